@@ -1,0 +1,70 @@
+"""The built-in validation battery: real text of every shape the runtime must get right."""
+
+from __future__ import annotations
+
+SHORT_QUERIES = [
+    "How big is London",
+    "what is the capital of france?",
+    "The weather is lovely today.",
+    "It's so sunny outside!",
+    "He drove to the stadium.",
+    "best pizza near me",
+    "python list comprehension example",
+    "symptoms of vitamin d deficiency",
+]
+
+PASSAGES = [
+    "London has 9,787,426 inhabitants at the 2011 census. It is the capital and largest city of England "
+    "and the United Kingdom, and stands on the River Thames in south-east England at the head of a "
+    "50-mile estuary down to the North Sea.",
+    "Paris is the capital and most populous city of France. Since the 17th century it has been one of the "
+    "world's major centres of finance, diplomacy, commerce, culture, fashion and gastronomy. For its "
+    "leading role in the arts and sciences and its early system of street lighting, in the 19th century "
+    "it became known as the City of Light.",
+    "Vitamin D deficiency can lead to a loss of bone density, which can contribute to osteoporosis and "
+    "fractures. Severe deficiency can also lead to other diseases. In children it can cause rickets, a "
+    "rare disease that causes the bones to become soft and bend.",
+]
+
+MULTILINGUAL = [
+    "Wie groß ist Berlin? Die Stadt hat etwa 3,7 Millionen Einwohner.",
+    "¿Dónde está la estación de tren más cercana?",
+    "Москва — столица России и крупнейший город страны.",
+    "東京は日本の首都であり、世界最大の都市圏の一つです。",
+    "北京是中华人民共和国的首都。",
+    "مرحبا بالعالم، كيف حالك اليوم؟",
+    "नमस्ते, आप कैसे हैं?",
+    "Ça va très bien, merci beaucoup !",
+]
+
+ODD = [
+    "a",
+    "?",
+    "",
+    "   ",
+    "I love this! 😀🎉👍🏽",
+    "👩‍👩‍👧‍👦",
+    "e\u0301te\u0301 cafe\u0301 (combining accents)",
+    "UPPER CASE AND lower case AND MiXeD",
+    "x" * 300,
+    "tab\tseparated\nnew line",
+]
+
+
+def long_text(words: int = 1200) -> str:
+    """A passage far longer than any max_seq_length we export (512 at most in the table)."""
+    base = " ".join(p for p in PASSAGES).split()
+    out = []
+    while len(out) < words:
+        out.extend(base)
+    return " ".join(out[:words])
+
+
+def battery() -> list[tuple[str, str]]:
+    """(tag, text) pairs. Tags say which class of input an item stands for in the report."""
+    items = [("query", t) for t in SHORT_QUERIES]
+    items += [("passage", t) for t in PASSAGES]
+    items += [("multilingual", t) for t in MULTILINGUAL]
+    items += [("odd", t) for t in ODD]
+    items += [("over_max_seq_length", long_text()), ("over_max_seq_length", long_text(700) + " the end")]
+    return items

@@ -1,0 +1,45 @@
+"""Command line: st-export NAME_OR_PATH [-o DIR] [--revision REV] [--trust-remote-code]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ExportError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="st-export",
+        description="Export a sentence-transformers model to ONNX graphs that st_runtime runs without torch. "
+                    "Every export is validated against sentence-transformers before it is written.")
+    p.add_argument("model", help="local sentence-transformers folder, hub id (org/name), or a short name from the "
+                                 "sentence-transformers model table (all-MiniLM-L6-v2)")
+    p.add_argument("-o", "--output", help="output folder (default: exported_models/<name>)")
+    p.add_argument("--revision", help="hub commit, branch or tag to export")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow models whose repository ships custom Python code (it is executed)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--external-data", action="store_true",
+                   help="store weights as ONNX external data even under 2 GB")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .export import DEFAULT_OPSET, export_model
+
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    try:
+        export_model(args.model, output=args.output, revision=args.revision,
+                     trust_remote_code=args.trust_remote_code, opset=args.opset or DEFAULT_OPSET,
+                     external_data=True if args.external_data else None, log=log)
+    except ExportError as exc:
+        print(f"st-export: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Read a sentence-transformers model into a description the exporter can act on.
+
+sentence-transformers itself reads the folder (so every legacy form it accepts, such as
+``sentence_transformers.models.Pooling`` type paths, ``pooling_mode_*_tokens`` keys or a
+``2_Normalize`` entry without a folder, is read exactly as it reads it); this module checks
+the loaded pipeline against what st-export can put into a graph and describes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RemoteCodeError, UnsupportedModelError
+from .specs import TextEncoderSpec, spec_for
+
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
+@dataclass
+class ModelDescription:
+    model_type: str
+    spec: TextEncoderSpec
+    modules: list[dict[str, Any]]           # modules.json entries, as written
+    pooling: dict[str, Any] | None = None
+    dense: list[dict[str, Any]] = field(default_factory=list)
+    normalized: bool = False
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dict[str, Any]]]:
+    """model_type of the transformer and the modules.json entries, without loading weights."""
+    modules_file = folder / "modules.json"
+    modules = _read_json(modules_file) if modules_file.is_file() else [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    custom = [m["type"] for m in modules if not str(m.get("type", "")).startswith("sentence_transformers.")]
+    if custom and not trust_remote_code:
+        raise RemoteCodeError(
+            f"{folder} uses custom module code {custom}. Running it executes code from the model repository; "
+            "if you trust it, pass --trust-remote-code.")
+    first = modules[0]
+    cfg_path = folder / first.get("path", "") / "config.json"
+    if not cfg_path.is_file():
+        raise UnsupportedModelError(
+            f"{folder}: the first module ({first.get('type')}) has no config.json at {cfg_path}, so it is not a "
+            f"Hugging Face transformer. st-export supports pipelines of {', '.join(SUPPORTED_MODULES)}.")
+    config = _read_json(cfg_path)
+    if config.get("auto_map") and not trust_remote_code:
+        raise RemoteCodeError(
+            f"{cfg_path} maps to custom model code ({sorted(config['auto_map'])}). Running it executes code from "
+            "the model repository; if you trust it, pass --trust-remote-code.")
+    model_type = config.get("model_type")
+    if not model_type:
+        raise UnsupportedModelError(f"{cfg_path} names no model_type.")
+    spec_for(model_type)  # raises with the list of supported architectures
+    return model_type, modules
+
+
+def describe(st_model, model_type: str, modules_json: list[dict[str, Any]]) -> ModelDescription:
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+
+    desc = ModelDescription(model_type=model_type, spec=spec_for(model_type), modules=modules_json)
+    mods = list(st_model)
+    if not mods or not isinstance(mods[0], Transformer):
+        raise UnsupportedModelError(
+            f"the first module is {type(mods[0]).__name__ if mods else 'missing'}; st-export needs a Transformer "
+            f"first. Supported modules: {', '.join(SUPPORTED_MODULES)}.")
+    for mod in mods[1:]:
+        if isinstance(mod, Pooling):
+            if desc.pooling is not None:
+                raise UnsupportedModelError("the model has two Pooling modules; st-export supports one.")
+            if not mod.include_prompt:
+                raise UnsupportedModelError(
+                    "Pooling with include_prompt=False (prompt tokens excluded from pooling) is not supported "
+                    "by st-export yet.")
+            modes = (mod.pooling_mode,) if isinstance(mod.pooling_mode, str) else tuple(mod.pooling_mode)
+            desc.pooling = {"modes": list(modes), "include_prompt": bool(mod.include_prompt)}
+        elif isinstance(mod, Dense):
+            act = mod.activation_function
+            desc.dense.append({
+                "in_features": int(mod.linear.in_features),
+                "out_features": int(mod.linear.out_features),
+                "bias": mod.linear.bias is not None,
+                "activation": f"{type(act).__module__}.{type(act).__name__}",
+            })
+        elif isinstance(mod, Normalize):
+            desc.normalized = True
+        else:
+            raise UnsupportedModelError(
+                f"module {type(mod).__module__}.{type(mod).__name__} is not supported by st-export. Supported "
+                f"modules: {', '.join(SUPPORTED_MODULES)}.")
+    if desc.pooling is None:
+        raise UnsupportedModelError(
+            "the model has no Pooling module, so it gives token embeddings, not sentence embeddings; "
+            "st-export exports sentence embedding models only.")
+    return desc

@@ -1,0 +1,65 @@
+"""End-to-end validation: sentence-transformers (torch) against st_runtime on the same text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .battery import battery
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    # Two zero vectors are equal; one zero vector against a non-zero one is not.
+    both_zero = den == 0
+    out = np.where(both_zero, np.where(np.abs(a - b).max(1) == 0, 1.0, 0.0), num / np.where(both_zero, 1, den))
+    return out
+
+
+def validate(reference, encoder, gate: float, texts: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Compare ``reference.encode`` (sentence-transformers) with ``encoder.encode`` (st_runtime).
+
+    st_runtime runs the whole battery at batch size 1 (every item alone) and at one batch holding
+    all items (mixed lengths, maximal padding). Every item of every run must reach ``gate``;
+    failures are collected, not raised one at a time.
+    """
+    items = texts if texts is not None else battery()
+    tags = [t for t, _ in items]
+    sentences = [s for _, s in items]
+    ref = np.asarray(reference.encode(sentences, batch_size=8, convert_to_numpy=True), dtype=np.float32)
+    runs = {
+        "batch_1": encoder.encode(sentences, batch_size=1),
+        f"batch_{len(sentences)}": encoder.encode(sentences, batch_size=len(sentences)),
+    }
+    failures = []
+    all_cos = []
+    max_abs = 0.0
+    for run, got in runs.items():
+        if got.shape != ref.shape:
+            failures.append({"run": run, "error": f"shape {got.shape} != sentence-transformers {ref.shape}"})
+            continue
+        cos = cosines(ref, got)
+        all_cos.append(cos)
+        max_abs = max(max_abs, float(np.abs(ref - got).max()))
+        for i in np.flatnonzero(~(cos >= gate)):
+            failures.append({"run": run, "index": int(i), "tag": tags[i], "text": sentences[i][:80],
+                             "cosine": float(cos[i])})
+    cos_all = np.concatenate(all_cos) if all_cos else np.array([np.nan])
+    report = {
+        "gate_min_cosine": gate,
+        "items": len(sentences),
+        "runs": sorted(runs),
+        "tags": sorted(set(tags)),
+        "min_cosine": float(np.min(cos_all)),
+        "mean_cosine": float(np.mean(cos_all)),
+        "max_abs_diff": max_abs,
+        "passed": not failures,
+        "failures": failures,
+    }
+    report["summary"] = (f"{len(sentences)} texts x {len(runs)} batchings: min cosine {report['min_cosine']:.7f}, "
+                         f"mean {report['mean_cosine']:.7f}, max |diff| {max_abs:.2e} (gate {gate})")
+    return report

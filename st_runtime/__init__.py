@@ -1,0 +1,9 @@
+"""st_runtime: run sentence-transformers models exported by st-export, without PyTorch."""
+
+__version__ = "0.1.0"
+
+from . import errors, util
+from .encoder import SentenceEncoder, SentenceTransformer
+from .manifest import FORMAT_VERSION
+
+__all__ = ["SentenceEncoder", "SentenceTransformer", "errors", "util", "FORMAT_VERSION", "__version__"]

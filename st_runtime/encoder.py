@@ -1,0 +1,315 @@
+"""SentenceEncoder: runs an st-export folder with onnxruntime and tokenizers only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from . import util
+from .errors import GraphLoadError, UnsupportedInputError, VariantError
+from .manifest import load_manifest, verify_files
+from .providers import check_session_providers, physical_cores, resolve_providers
+
+logger = logging.getLogger(__name__)
+
+_INT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _describe(obj: Any) -> str:
+    return type(obj).__name__
+
+
+class _TextTower:
+    """Tokenizer + graph of one text tower; stateless per call, so safe to share across threads."""
+
+    def __init__(self, folder: Path, tower: dict[str, Any], variant: dict[str, Any], providers, fallback_allowed,
+                 threads: int, session_options: ort.SessionOptions | None):
+        self.spec = tower
+        tok_path = folder / tower["tokenizer"]["file"]
+        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self.tokenizer.no_padding()
+        self._max_seq_length: int | None = tower["tokenizer"].get("max_seq_length")
+        self._truncation_side = tower["tokenizer"].get("truncation_side", "right")
+        self._configure_truncation(self._max_seq_length)
+        self.pad_id = int(tower["tokenizer"].get("pad_token_id") or 0)
+        self.inputs = list(tower["inputs"])
+        self.output = tower["output"]
+        unknown = [i for i in self.inputs if i not in _INT_INPUTS]
+        if unknown:
+            raise GraphLoadError(f"text tower declares inputs {unknown} that this st-runtime cannot feed "
+                                 f"(it knows {list(_INT_INPUTS)}). Upgrade st-runtime.")
+        self.session = _make_session(folder / variant["file"], providers, fallback_allowed, threads, session_options)
+        declared = {i.name for i in self.session.get_inputs()}
+        if declared != set(self.inputs):
+            raise GraphLoadError(
+                f"{variant['file']} takes inputs {sorted(declared)} but the manifest says {sorted(self.inputs)}: "
+                "the graph and the manifest do not belong together. Re-export the model with `st-export`."
+            )
+
+    def _configure_truncation(self, max_len: int | None) -> None:
+        if max_len is None:
+            self.tokenizer.no_truncation()
+        else:
+            self.tokenizer.enable_truncation(max_length=int(max_len), strategy="longest_first",
+                                             direction=self._truncation_side)
+        self._max_seq_length = max_len
+
+    def embed(self, items: list, batch_size: int, out: np.ndarray) -> None:
+        encodings = self.tokenizer.encode_batch(items)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable")
+        want_types = "token_type_ids" in self.inputs
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(int(lengths[idx[0]]), 1)
+            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            types = np.zeros((len(idx), width), dtype=np.int64) if want_types else None
+            for row, i in enumerate(idx):
+                enc = encodings[i]
+                n = len(enc.ids)
+                ids[row, :n] = enc.ids
+                mask[row, :n] = 1
+                if want_types:
+                    types[row, :n] = enc.type_ids
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if want_types:
+                feeds["token_type_ids"] = types
+            out[idx] = self.session.run([self.output], {k: feeds[k] for k in self.inputs})[0]
+
+
+def _make_session(path: Path, providers, fallback_allowed: bool, threads: int,
+                  session_options: ort.SessionOptions | None) -> ort.InferenceSession:
+    so = session_options or ort.SessionOptions()
+    if session_options is None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors; re-raise with a fix
+        raise GraphLoadError(
+            f"onnxruntime {ort.__version__} could not load {path}: {str(exc).strip()[:500]}. If the graph uses an "
+            "opset newer than this onnxruntime supports, upgrade onnxruntime; if the file is damaged, "
+            "re-export the model with `st-export`."
+        ) from exc
+    check_session_providers(session, providers, fallback_allowed, path.name)
+    return session
+
+
+class SentenceEncoder:
+    """Drop-in replacement for ``sentence_transformers.SentenceTransformer`` at inference time.
+
+    Args:
+        model_path: a folder written by ``st-export``.
+        providers: ``None`` (CPU), ``"cpu"``, ``"cuda"``, ``"tensorrt"``, an onnxruntime provider name, or an
+            explicit list; a list of several providers is an opt-in to fall back (with a warning).
+        threads: onnxruntime intra-op threads; default: the physical cores of this machine.
+        variant: which exported graph to run ("fp32", ...); default: the fastest one that passed its
+            accuracy gate for the chosen provider.
+        verify_checksums: check the sha256 of every file at load (sizes are always checked).
+        session_options: an ``onnxruntime.SessionOptions`` to use as is (threads is then ignored).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, providers=None, threads: int | None = None,
+                 variant: str | None = None, verify_checksums: bool = True,
+                 session_options: ort.SessionOptions | None = None):
+        self.path = Path(model_path)
+        self.manifest = load_manifest(self.path)
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.threads = threads or physical_cores()
+        self.providers, fallback_allowed = resolve_providers(providers)
+        towers = self.manifest["towers"]
+        if "text" not in towers:
+            raise GraphLoadError(f"{self.path} has towers {sorted(towers)} but no text tower; this st-runtime "
+                                 "cannot embed with it. Upgrade st-runtime.")
+        text = towers["text"]
+        self.variant, vspec = self._choose_variant(text, variant)
+        files = [vspec["file"], text["tokenizer"]["file"]]
+        verify_files(self.path, self.manifest, files, checksums=verify_checksums)
+        self._text = _TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,
+                                session_options)
+        emb = self.manifest["embedding"]
+        self._dim = int(emb["dimension"])
+        self.prompts: dict[str, str] = dict(self.manifest.get("prompts") or {})
+        self.default_prompt_name: str | None = self.manifest.get("default_prompt_name")
+        self.similarity_fn_name: str = emb.get("similarity_fn_name") or "cosine"
+        self.truncate_dim: int | None = None
+
+    # ------------------------------------------------------------------ variants
+    def _choose_variant(self, tower: dict[str, Any], requested: str | None) -> tuple[str, dict[str, Any]]:
+        variants = tower["variants"]
+        provider = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
+        if requested is not None:
+            if requested not in variants:
+                raise VariantError(f"variant {requested!r} is not in {self.path}; it has {sorted(variants)}. "
+                                   f"Re-export with `st-export` to produce it, or pick one of those.")
+            spec = variants[requested]
+            if spec["status"] == "failed":
+                raise VariantError(f"variant {requested!r} in {self.path} failed its accuracy gate at export "
+                                   f"({spec.get('validation', {}).get('summary', 'see manifest.json')}); it is "
+                                   f"not safe to use. Passing variants: "
+                                   f"{sorted(v for v, s in variants.items() if s['status'] == 'passed')}.")
+            return requested, spec
+        candidates = [(s["rank"], name) for name, s in variants.items()
+                      if s["status"] == "passed" and provider in s["providers"]]
+        if not candidates:
+            raise VariantError(f"{self.path} has no variant that passed its accuracy gate for {provider} "
+                               f"(variants: { {n: (s['status'], s['providers']) for n, s in variants.items()} }). "
+                               "Re-export the model with `st-export`, or choose another provider.")
+        name = min(candidates)[1]
+        return name, variants[name]
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def max_seq_length(self) -> int | None:
+        return self._text._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int | None) -> None:
+        exported = self.manifest["towers"]["text"]["tokenizer"].get("max_seq_length")
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"max_seq_length must be a positive integer, got {value!r}")
+        if exported is not None and (value is None or value > exported):
+            raise ValueError(f"max_seq_length can only be lowered: the model was exported (and validated) "
+                             f"with {exported}, got {value!r}.")
+        self._text._configure_truncation(value)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._text.tokenizer
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.truncate_dim or self._dim
+
+    get_embedding_dimension = get_sentence_embedding_dimension
+
+    def __repr__(self) -> str:
+        return (f"SentenceEncoder({str(self.path)!r}, variant={self.variant!r}, "
+                f"providers={[p[0] if isinstance(p, tuple) else p for p in self.providers]}, dim={self._dim})")
+
+    # ------------------------------------------------------------------ encoding
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a string, got {_describe(prompt)}")
+            if prompt_name is not None:
+                logger.warning("Provide either a `prompt`, a `prompt_name`, or neither, but not both. "
+                               "Ignoring the `prompt_name` in favor of `prompt`.")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"Prompt name {prompt_name!r} not found in the configured prompts; valid "
+                                 f"choices: {sorted(self.prompts)}.")
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts.get(self.default_prompt_name)
+        return None
+
+    @staticmethod
+    def _collect(sentences: Any) -> tuple[list, bool]:
+        """Validate inputs before any work: a list of str or (str, str) pairs, and whether it was singular."""
+        if isinstance(sentences, str):
+            return [sentences], True
+        if sentences is None or isinstance(sentences, (bytes, bytearray, dict, int, float, complex, bool)):
+            raise UnsupportedInputError(
+                f"encode expects a string or a list of strings, got {_describe(sentences)}.")
+        if isinstance(sentences, np.ndarray):
+            if sentences.ndim == 0:
+                return SentenceEncoder._collect(sentences.item())
+            items = sentences.tolist()
+        elif isinstance(sentences, (list, tuple)):
+            items = list(sentences)
+        elif isinstance(sentences, Iterable):
+            items = list(sentences)
+        else:
+            raise UnsupportedInputError(
+                f"encode expects a string or a list of strings, got {_describe(sentences)}.")
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                continue
+            if (isinstance(item, (list, tuple)) and len(item) == 2
+                    and all(isinstance(x, str) for x in item)):
+                items[i] = (item[0], item[1])
+                continue
+            raise UnsupportedInputError(
+                f"input {i} is a {_describe(item)} ({item!r:.60}); each input must be a string or a pair "
+                "[text, text_pair] of strings.")
+        return items, False
+
+    def encode(self, sentences, batch_size: int = 32, normalize_embeddings: bool = False,
+               show_progress_bar: bool | None = None, prompt_name: str | None = None, prompt: str | None = None,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, precision: str = "float32",
+               truncate_dim: int | None = None, output_value: str = "sentence_embedding", **kwargs):
+        """Embed sentences, as ``SentenceTransformer.encode`` does.
+
+        A single string gives a 1-D float32 array; a list gives an array [len, dim] in input order
+        (``convert_to_numpy=False``: a list of 1-D arrays). ``convert_to_tensor`` returns the same
+        numpy array (there is no torch here). ``show_progress_bar`` is accepted for compatibility and
+        draws nothing.
+        """
+        if kwargs:
+            raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if output_value != "sentence_embedding":
+            raise ValueError(f"output_value {output_value!r} is not available: the exported graph returns only "
+                             "'sentence_embedding'.")
+        if precision != "float32":
+            raise ValueError(f"precision {precision!r} is not supported; valid choices: ['float32'].")
+        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        if truncate_dim is not None and (not isinstance(truncate_dim, int) or not 0 < truncate_dim <= self._dim):
+            raise ValueError(f"truncate_dim must be an integer in 1..{self._dim}, got {truncate_dim!r}.")
+        items, singular = self._collect(sentences)
+        prompt_text = self._resolve_prompt(prompt, prompt_name)
+        if prompt_text:
+            items = [prompt_text + it if isinstance(it, str) else (prompt_text + it[0], it[1]) for it in items]
+        out = np.empty((len(items), self._dim), dtype=np.float32)
+        if items:
+            self._text.embed(items, batch_size, out)
+        if truncate_dim is not None:
+            out = np.ascontiguousarray(out[:, :truncate_dim])
+        if normalize_embeddings:
+            out = util.normalize_embeddings(out).astype(np.float32, copy=False)
+        if singular:
+            return out[0]
+        if not convert_to_numpy and not convert_to_tensor:
+            return list(out)
+        return out
+
+    def encode_query(self, sentences, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """encode() with the model's "query" prompt, when it has one (sentence-transformers 5+ semantics)."""
+        if prompt_name is None and prompt is None and "query" in self.prompts:
+            prompt_name = "query"
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, sentences, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """encode() with the model's "document", "passage" or "corpus" prompt, the first it has."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def similarity(self, embeddings1, embeddings2) -> np.ndarray:
+        """All-pairs similarity with the model's similarity function (cosine unless the model says otherwise)."""
+        return util.SIMILARITY_FUNCTIONS[self.similarity_fn_name](embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
+        a, b = np.atleast_2d(embeddings1), np.atleast_2d(embeddings2)
+        if self.similarity_fn_name == "cosine":
+            return util.pairwise_cos_sim(a, b)
+        if self.similarity_fn_name == "dot":
+            return util.pairwise_dot_score(a, b)
+        return np.array([self.similarity(x, y)[0, 0] for x, y in zip(a, b)], dtype=np.float32)
+
+
+# One-line switch from sentence-transformers: `from st_runtime import SentenceTransformer`.
+SentenceTransformer = SentenceEncoder

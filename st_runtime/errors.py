@@ -1,0 +1,44 @@
+"""Every error st_runtime raises on purpose. Each message says what is wrong, what was
+expected, and how to fix it."""
+
+from __future__ import annotations
+
+
+class StRuntimeError(Exception):
+    """Base class of all st_runtime errors."""
+
+
+class ModelFolderError(StRuntimeError, FileNotFoundError):
+    """The exported model folder or its manifest is missing."""
+
+
+class ManifestError(StRuntimeError, ValueError):
+    """The manifest is unreadable or does not follow the schema."""
+
+
+class ManifestVersionError(ManifestError):
+    """The manifest was written by a newer st-runtime than the one installed."""
+
+
+class ArtifactMissingError(StRuntimeError, FileNotFoundError):
+    """A file listed in the manifest is not in the folder."""
+
+
+class ArtifactCorruptError(StRuntimeError, ValueError):
+    """A file listed in the manifest has the wrong size or checksum."""
+
+
+class GraphLoadError(StRuntimeError, RuntimeError):
+    """onnxruntime could not load a graph (opset too new, damaged file, ...)."""
+
+
+class ProviderUnavailableError(StRuntimeError, RuntimeError):
+    """An execution provider was requested that this onnxruntime cannot use."""
+
+
+class VariantError(StRuntimeError, ValueError):
+    """The requested graph variant is missing or failed its accuracy gate."""
+
+
+class UnsupportedInputError(StRuntimeError, TypeError):
+    """An input to encode has a type this model cannot embed."""

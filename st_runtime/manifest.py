@@ -1,0 +1,158 @@
+"""The on-disk contract between st-export and st_runtime.
+
+An exported folder holds ``manifest.json`` plus the files it lists. The manifest is a
+plain JSON object; ``FORMAT_VERSION`` is bumped whenever a reader of an older version
+would misread it. The exporter builds the manifest with :func:`file_record` and writes
+it with :func:`dump_manifest`; the runtime reads it with :func:`load_manifest` and
+checks the files with :func:`verify_files`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    ArtifactCorruptError,
+    ArtifactMissingError,
+    ManifestError,
+    ManifestVersionError,
+    ModelFolderError,
+)
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# Keys every manifest must have, with the type each must be.
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "format_version": int,
+    "name": str,
+    "towers": dict,
+    "embedding": dict,
+    "files": dict,
+}
+_REQUIRED_TOWER: dict[str, type | tuple[type, ...]] = {
+    "modality": str,
+    "inputs": list,
+    "output": str,
+    "variants": dict,
+}
+_REQUIRED_VARIANT: dict[str, type | tuple[type, ...]] = {
+    "file": str,
+    "status": str,
+    "providers": list,
+    "rank": int,
+}
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest entry of one file: its size and sha256."""
+    return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def dump_manifest(manifest: dict[str, Any], folder: str | os.PathLike) -> Path:
+    """Write ``manifest.json`` into ``folder`` (through a temporary file and a rename)."""
+    path = Path(folder) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _check_keys(obj: Any, required: dict[str, Any], where: str, path: Path) -> None:
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{path}: {where} must be a JSON object, found {type(obj).__name__}. "
+                            "Re-export the model with `st-export`.")
+    for key, typ in required.items():
+        if key not in obj:
+            raise ManifestError(f"{path}: {where} has no '{key}' entry. The folder was not written by "
+                                "st-export or was edited by hand; re-export the model with `st-export`.")
+        if not isinstance(obj[key], typ):
+            raise ManifestError(f"{path}: {where}['{key}'] should be of type {typ}, found "
+                                f"{type(obj[key]).__name__}. Re-export the model with `st-export`.")
+
+
+def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and check the manifest of an exported folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(
+            f"Model folder {str(folder)!r} does not exist. Pass the folder written by `st-export NAME` "
+            "(by default exported_models/NAME)."
+        )
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelFolderError(
+            f"{str(folder)!r} has no {MANIFEST_NAME}, so it is not an st-export folder. "
+            f"Run `st-export MODEL -o {folder}` to create one."
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}). The file is damaged; re-export the model "
+                            "with `st-export`.") from exc
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path} must hold a JSON object. Re-export the model with `st-export`.")
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        from . import __version__
+
+        raise ManifestVersionError(
+            f"{path} has format_version {version}, but st-runtime {__version__} reads format versions up "
+            f"to {FORMAT_VERSION}. Upgrade st-runtime (`pip install -U st-runtime`) or export the model "
+            "with the st-export that matches this runtime."
+        )
+    _check_keys(manifest, _REQUIRED, "the manifest", path)
+    if not manifest["towers"]:
+        raise ManifestError(f"{path} lists no towers. Re-export the model with `st-export`.")
+    for tname, tower in manifest["towers"].items():
+        _check_keys(tower, _REQUIRED_TOWER, f"towers['{tname}']", path)
+        for vname, variant in tower["variants"].items():
+            _check_keys(variant, _REQUIRED_VARIANT, f"towers['{tname}'].variants['{vname}']", path)
+            if variant["file"] not in manifest["files"]:
+                raise ManifestError(f"{path}: variant '{vname}' uses {variant['file']!r}, which is not listed "
+                                    "under 'files'. Re-export the model with `st-export`.")
+    for fname, rec in manifest["files"].items():
+        _check_keys(rec, {"size": int, "sha256": str}, f"files['{fname}']", path)
+        if Path(fname).is_absolute() or ".." in Path(fname).parts:
+            raise ManifestError(f"{path}: file entry {fname!r} points outside the model folder.")
+    return manifest
+
+
+def verify_files(folder: str | os.PathLike, manifest: dict[str, Any], names: list[str] | None = None,
+                 checksums: bool = True) -> None:
+    """Check that the files of the manifest are present with the recorded size (and sha256)."""
+    folder = Path(folder)
+    for name in names if names is not None else list(manifest["files"]):
+        rec = manifest["files"][name]
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactMissingError(
+                f"{path} is listed in the manifest but missing. The folder was copied incompletely; copy it "
+                "again or re-export the model with `st-export`."
+            )
+        size = path.stat().st_size
+        if size != rec["size"]:
+            raise ArtifactCorruptError(
+                f"{path} has {size} bytes but the manifest records {rec['size']}: the file is truncated or was "
+                "replaced. Copy the folder again or re-export the model with `st-export`."
+            )
+        if checksums:
+            digest = sha256_file(path)
+            if digest != rec["sha256"]:
+                raise ArtifactCorruptError(
+                    f"{path} has sha256 {digest}, but the manifest records {rec['sha256']}: the file was altered "
+                    "or damaged. Copy the folder again or re-export the model with `st-export`. "
+                    "(verify_checksums=False skips this check, at your own risk.)"
+                )

@@ -1,0 +1,116 @@
+"""Choosing onnxruntime execution providers without ever falling back silently."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Sequence
+
+import onnxruntime as ort
+
+from .errors import ProviderUnavailableError
+
+ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+_GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+
+ProviderSpec = str | tuple[str, dict[str, Any]]
+
+
+def _name(p: ProviderSpec) -> str:
+    return p[0] if isinstance(p, tuple) else p
+
+
+def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> tuple[list[ProviderSpec], bool]:
+    """Turn the user's ``providers`` argument into onnxruntime's form.
+
+    Returns the provider list and whether the user opted in to fall back (an explicit list
+    of several providers). Raises ProviderUnavailableError for a provider this onnxruntime
+    cannot use, unless the user listed a fallback after it.
+    """
+    if providers is None:
+        requested: list[ProviderSpec] = ["CPUExecutionProvider"]
+    elif isinstance(providers, str):
+        requested = [providers]
+    elif isinstance(providers, (list, tuple)) and providers:
+        requested = list(providers)
+    else:
+        raise ProviderUnavailableError(
+            f"providers must be None, a provider name or a non-empty list of them, got {providers!r}. "
+            "Use for example 'cpu', 'cuda' or ['CUDAExecutionProvider', 'CPUExecutionProvider']."
+        )
+    normalized: list[ProviderSpec] = []
+    for p in requested:
+        if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], dict):
+            normalized.append((ALIASES.get(p[0].lower(), p[0]), p[1]))
+        elif isinstance(p, str):
+            normalized.append(ALIASES.get(p.lower(), p))
+        else:
+            raise ProviderUnavailableError(
+                f"Cannot read provider {p!r}: give a name like 'cuda' or 'CUDAExecutionProvider', or a "
+                "(name, options) tuple."
+            )
+    if any(_name(p) in _GPU_PROVIDERS for p in normalized) and hasattr(ort, "preload_dlls"):
+        # Loads CUDA/cuDNN from the nvidia-* Python packages when they are installed.
+        ort.preload_dlls()
+    available = ort.get_available_providers()
+    fallback_allowed = len(normalized) > 1
+    usable = [p for p in normalized if _name(p) in available]
+    missing = [_name(p) for p in normalized if _name(p) not in available]
+    if missing and (not fallback_allowed or not usable):
+        hint = ""
+        if any(m in _GPU_PROVIDERS for m in missing):
+            hint = (" For CUDA install the GPU build: `pip install 'st-runtime[gpu]'` (onnxruntime-gpu "
+                    "replaces onnxruntime), and check that the CUDA and cuDNN libraries it needs are present.")
+        raise ProviderUnavailableError(
+            f"Execution provider(s) {missing} requested, but this onnxruntime {ort.__version__} only offers "
+            f"{available}.{hint} To run on the CPU pass providers='cpu'; to allow falling back, list the "
+            "fallback explicitly, e.g. providers=['CUDAExecutionProvider', 'CPUExecutionProvider']."
+        )
+    if missing:
+        warnings.warn(
+            f"Execution provider(s) {missing} are not available in onnxruntime {ort.__version__} "
+            f"(available: {available}); falling back to {[_name(p) for p in usable]} as your providers list allows.",
+            RuntimeWarning, stacklevel=3,
+        )
+    return usable, fallback_allowed
+
+
+def check_session_providers(session: ort.InferenceSession, requested: list[ProviderSpec],
+                            fallback_allowed: bool, graph: str) -> None:
+    """onnxruntime drops a provider whose libraries fail to load and carries on: catch that."""
+    actual = session.get_providers()
+    first = _name(requested[0])
+    if first in actual:
+        return
+    msg = (f"onnxruntime was asked to run {graph} on {first} but the session only uses {actual}: "
+           "the provider failed to initialise (for CUDA usually missing CUDA/cuDNN libraries; onnxruntime "
+           "logged the reason above).")
+    if not fallback_allowed:
+        raise ProviderUnavailableError(msg + " Fix the installation, or pass providers='cpu'.")
+    warnings.warn(msg + " Falling back as your providers list allows.", RuntimeWarning, stacklevel=3)
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        base = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{base}/core_id") as f:
+                core = f.read().strip()
+            with open(f"{base}/physical_package_id") as f:
+                pkg = f.read().strip()
+        except OSError:
+            return len(cpus)
+        cores.add((pkg, core))
+    return max(1, len(cores))

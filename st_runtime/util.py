@@ -1,0 +1,90 @@
+"""numpy versions of sentence_transformers.util's similarity helpers."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["normalize_embeddings", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim",
+           "pairwise_cos_sim", "pairwise_dot_score", "semantic_search", "SIMILARITY_FUNCTIONS"]
+
+
+def _as_2d(x) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float32) if not isinstance(x, np.ndarray) or x.dtype.kind != "f" else x
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"expected a vector or a 2-D array of vectors, got an array of shape {arr.shape}")
+    return arr
+
+
+def normalize_embeddings(embeddings) -> np.ndarray:
+    """L2-normalise each row (zero rows stay zero)."""
+    a = np.asarray(embeddings)
+    norms = np.linalg.norm(a, axis=-1, keepdims=True)
+    return a / np.maximum(norms, 1e-12)
+
+
+def cos_sim(a, b) -> np.ndarray:
+    """Cosine similarity of every row of ``a`` with every row of ``b``: shape [len(a), len(b)]."""
+    return normalize_embeddings(_as_2d(a)) @ normalize_embeddings(_as_2d(b)).T
+
+
+def dot_score(a, b) -> np.ndarray:
+    return _as_2d(a) @ _as_2d(b).T
+
+
+def euclidean_sim(a, b) -> np.ndarray:
+    """Negative euclidean distance (higher is more similar), as sentence-transformers defines it."""
+    a, b = _as_2d(a), _as_2d(b)
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return -np.sqrt(np.maximum(sq, 0.0))
+
+
+def manhattan_sim(a, b) -> np.ndarray:
+    """Negative manhattan distance (higher is more similar)."""
+    a, b = _as_2d(a), _as_2d(b)
+    return -np.abs(a[:, None, :] - b[None, :, :]).sum(-1)
+
+
+def pairwise_cos_sim(a, b) -> np.ndarray:
+    a, b = normalize_embeddings(_as_2d(a)), normalize_embeddings(_as_2d(b))
+    return (a * b).sum(-1)
+
+
+def pairwise_dot_score(a, b) -> np.ndarray:
+    return (_as_2d(a) * _as_2d(b)).sum(-1)
+
+
+SIMILARITY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "cosine": cos_sim,
+    "dot": dot_score,
+    "euclidean": euclidean_sim,
+    "manhattan": manhattan_sim,
+}
+
+
+def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size: int = 100,
+                    corpus_chunk_size: int = 500000, top_k: int = 10,
+                    score_function: Callable[[np.ndarray, np.ndarray], np.ndarray] = cos_sim) -> list[list[dict]]:
+    """For each query, the ``top_k`` corpus entries by score: a list (one per query) of lists of
+    ``{"corpus_id": int, "score": float}`` sorted by decreasing score."""
+    q, c = _as_2d(query_embeddings), _as_2d(corpus_embeddings)
+    if top_k <= 0:
+        raise ValueError(f"top_k must be a positive integer, got {top_k}")
+    results: list[list[dict]] = []
+    for qs in range(0, len(q), query_chunk_size):
+        qchunk = q[qs:qs + query_chunk_size]
+        best_scores = np.full((len(qchunk), 0), -np.inf, dtype=np.float32)
+        best_ids = np.zeros((len(qchunk), 0), dtype=np.int64)
+        for cs in range(0, len(c), corpus_chunk_size):
+            scores = score_function(qchunk, c[cs:cs + corpus_chunk_size])
+            k = min(top_k, scores.shape[1])
+            idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            best_scores = np.concatenate([best_scores, np.take_along_axis(scores, idx, 1)], axis=1)
+            best_ids = np.concatenate([best_ids, idx + cs], axis=1)
+        for row_scores, row_ids in zip(best_scores, best_ids):
+            order = np.lexsort((row_ids, -row_scores))[:top_k]
+            results.append([{"corpus_id": int(row_ids[i]), "score": float(row_scores[i])} for i in order])
+    return results
