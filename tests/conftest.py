@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+HAVE_EXPORT = all(importlib.util.find_spec(m) for m in ("torch", "sentence_transformers", "onnx"))
+needs_export = pytest.mark.skipif(not HAVE_EXPORT, reason="needs the export extra: pip install 'st-runtime[export]'")
+
+
+class TinyZoo:
+    """Builds tiny sentence-transformers models and their exports once per test session."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._models: dict[tuple, Path] = {}
+        self._exports: dict[tuple, Path] = {}
+
+    @staticmethod
+    def _key(arch: str, kwargs: dict) -> tuple:
+        return (arch, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+
+    def model(self, arch: str, **kwargs) -> Path:
+        from tiny_models import build_tiny
+
+        key = self._key(arch, kwargs)
+        if key not in self._models:
+            self._models[key] = build_tiny(self.root / f"st-{len(self._models)}-{arch}", arch, **kwargs)
+        return self._models[key]
+
+    def export(self, arch: str, **kwargs) -> Path:
+        from exporters import export_model
+
+        key = self._key(arch, kwargs)
+        if key not in self._exports:
+            src = self.model(arch, **kwargs)
+            self._exports[key] = export_model(str(src), output=self.root / f"onnx-{len(self._exports)}-{arch}",
+                                              log=lambda _m: None)
+        return self._exports[key]
+
+    def reference(self, path: Path):
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(path), device="cpu").eval()
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> TinyZoo:
+    if not HAVE_EXPORT:
+        pytest.skip("needs the export extra: pip install 'st-runtime[export]'")
+    return TinyZoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(zoo) -> tuple[Path, Path]:
+    """(sentence-transformers folder, exported folder) of a tiny BERT with mean pooling + Normalize."""
+    return zoo.model("bert"), zoo.export("bert")

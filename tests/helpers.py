@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import numpy as np
+
+TEXTS = [
+    "How big is London",
+    "London has 9,787,426 inhabitants at the 2011 census.",
+    "a",
+    "",
+    "Москва — столица России.",
+    "東京は日本の首都です。",
+    "I love this! 😀🎉",
+    " ".join(["a long text that goes well past the maximum sequence length"] * 40),
+    "The weather is lovely today.",
+]
+
+
+def row_cosines(a, b) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def assert_parity(ref, got, gate: float = 0.99999) -> None:
+    ref = np.asarray(ref)
+    got = np.asarray(got)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert got.dtype == np.float32
+    cos = row_cosines(ref, got)
+    assert np.all(cos >= gate), f"cosines below {gate}: {cos[cos < gate]} at {np.flatnonzero(cos < gate)}"
