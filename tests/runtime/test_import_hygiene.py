@@ -1,0 +1,34 @@
+"""Importing and using st_runtime never loads torch, transformers, sentence_transformers or onnx."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "transformers", "sentence_transformers", "onnx", "optimum", "exporters")
+
+SCRIPT = """
+import sys
+from st_runtime import SentenceEncoder, util
+m = SentenceEncoder(sys.argv[1])
+e = m.encode(["How big is London", "London has 9,787,426 inhabitants"])
+util.semantic_search(e, e)
+m.similarity(e, e)
+heavy = sorted(k for k in sys.modules if k.split(".")[0] in {heavy!r})
+print("HEAVY:", heavy)
+sys.exit(1 if heavy else 0)
+""".replace("{heavy!r}", repr(set(HEAVY)))
+
+
+def test_encode_imports_no_heavy_module(tiny_bert):
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_bert[1])], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "HEAVY: []" in r.stdout
+
+
+def test_the_check_itself_detects_a_heavy_import(tiny_bert):
+    """Guard against a test that cannot fail: importing torch first must trip it."""
+    r = subprocess.run([sys.executable, "-c", "import torch\n" + SCRIPT, str(tiny_bert[1])], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "torch" in r.stdout
