@@ -68,3 +68,38 @@ def battery() -> list[tuple[str, str]]:
     items += [("odd", t) for t in ODD]
     items += [("over_max_seq_length", long_text()), ("over_max_seq_length", long_text(700) + " the end")]
     return items
+
+
+# Calibration text for int8 quantization: kept apart from the validation battery above, so the
+# accuracy recorded in the manifest is measured on text the quantizer never saw.
+CALIBRATION = [
+    "how do i reset my password",
+    "cheap flights to new york in december",
+    "what is the boiling point of water at altitude",
+    "Who wrote the novel Pride and Prejudice?",
+    "convert celsius to fahrenheit",
+    "side effects of ibuprofen",
+    "When did the Berlin wall fall?",
+    "Best way to learn a new language as an adult",
+    "The mitochondria is the powerhouse of the cell, producing most of the chemical energy needed to power "
+    "the cell's biochemical reactions.",
+    "The Great Wall of China is a series of fortifications built across the historical northern borders of "
+    "ancient Chinese states to protect against nomadic groups from the Eurasian Steppe.",
+    "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to create "
+    "oxygen and energy in the form of sugar.",
+    "A balanced diet includes a variety of fruits, vegetables, whole grains, lean proteins and healthy fats. "
+    "Limiting processed foods and added sugars helps maintain a healthy weight and reduces disease risk.",
+    "Die Katze schläft auf dem Sofa.",
+    "Il pleut beaucoup à Paris en novembre.",
+    "El tren sale a las ocho de la mañana.",
+    "Рим — столица Италии.",
+    "我喜欢在周末读书。",
+    "今日はとても暑いです。",
+    "Great product, would buy again!!! ⭐⭐⭐⭐⭐",
+    "ERROR 404: page not found",
+    "x = np.linspace(0, 1, 100)  # sample points",
+    "OK",
+    "Thanks",
+    "The stock market fell sharply on Monday as investors worried about rising interest rates and slowing "
+    "growth in major economies, with technology shares leading the decline.",
+]

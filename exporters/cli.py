@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--external-data", action="store_true",
                    help="store weights as ONNX external data even under 2 GB")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variants besides fp32: opt, int8, fp16 (default: all this machine can "
+                        "validate: opt,int8, plus fp16 where CUDA is available)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     return p
 
@@ -34,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_model(args.model, output=args.output, revision=args.revision,
                      trust_remote_code=args.trust_remote_code, opset=args.opset or DEFAULT_OPSET,
-                     external_data=True if args.external_data else None, log=log)
+                     external_data=True if args.external_data else None,
+                     variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None,
+                     log=log)
     except ExportError as exc:
         print(f"st-export: error: {exc}", file=sys.stderr)
         return 1

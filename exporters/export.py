@@ -10,18 +10,30 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from st_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, dump_manifest, file_record
 
 from .errors import ExportError, ValidationFailedError
 from .resolve import ResolvedModel, resolve
 from .st_model import ModelDescription, describe, inspect_folder
 from .validate import validate
+from .variants import PLANS, build_fp16, build_int8, build_opt
 
 DEFAULT_OPSET = 17
-FP32_GATE = 0.99999
 # Graphs at or above this size are written with ONNX external data (protobuf's limit is 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-ALL_PROVIDERS = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
+
+
+def default_variants() -> list[str]:
+    """Every variant this machine can validate: fp16 needs CUDA (onnxruntime's CPU provider
+    computes fp16 graphs in fp32, so a CPU check would not exercise fp16 arithmetic)."""
+    import onnxruntime as ort
+
+    names = ["fp32", "opt", "int8"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        names.append("fp16")
+    return names
 
 
 def _versions() -> dict[str, str]:
@@ -116,6 +128,53 @@ def _write_tokenizer(st_model, path: Path) -> dict[str, Any]:
     }
 
 
+def _variant_entry(name: str, file: str, info: dict[str, Any]) -> dict[str, Any]:
+    plan = PLANS[name]
+    return {"file": file, "precision": plan.precision, "status": "pending", "providers": list(plan.providers),
+            "rank": plan.rank, "exact": plan.exact, "build": info}
+
+
+def _validate_variant(manifest: dict[str, Any], folder: Path, name: str, reference, source: str,
+                      log: Callable[[str], None], required: bool = True) -> bool:
+    """Validate one variant through st_runtime itself and record the result in the manifest."""
+    from st_runtime import SentenceEncoder
+
+    plan = PLANS[name]
+    providers = "cuda" if "CPUExecutionProvider" not in plan.providers else "cpu"
+    encoder = SentenceEncoder(folder, providers=providers, variant=name)
+    report = validate(reference, encoder, plan.min_cosine, mean_gate=plan.mean_cosine)
+    report["provider"] = providers
+    variant = manifest["towers"]["text"]["variants"][name]
+    variant["status"] = "passed" if report["passed"] else "failed"
+    variant["validation"] = report
+    log(f"{name}: {report['summary']} -> {variant['status']}")
+    if report["passed"] or not required:
+        return report["passed"]
+    lines = "\n".join(
+        f"  [{f['run']}] #{f.get('index')} ({f.get('tag')}) cosine {f.get('cosine', float('nan')):.7f}: "
+        f"{f.get('text', f.get('error'))!r}" for f in report["failures"][:50])
+    raise ValidationFailedError(
+        f"The exported {name} graph of {source} does not reproduce sentence-transformers: "
+        f"{len(report['failures'])} item(s) below cosine {plan.min_cosine}:\n{lines}\nNothing was written. "
+        "Please report this with the model name and the versions in the manifest.", report)
+
+
+def _calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, Any]]:
+    """One feed per calibration text, tokenized exactly as the runtime does."""
+    from st_runtime import SentenceEncoder
+
+    from .battery import CALIBRATION
+
+    tok = SentenceEncoder(folder, variant="fp32").tokenizer
+    feeds = []
+    for enc in tok.encode_batch(CALIBRATION):
+        ids = np.asarray([enc.ids], dtype=np.int64)
+        all_feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                     "token_type_ids": np.asarray([enc.type_ids], dtype=np.int64)}
+        feeds.append({k: all_feeds[k] for k in input_names})
+    return feeds
+
+
 def _cleanup_stale(parent: Path, name: str) -> None:
     for d in parent.glob(f".{name}.partial-*"):
         pid = d.name.rsplit("-", 1)[-1]
@@ -143,8 +202,23 @@ def _place(tmp: Path, output: Path) -> None:
 
 def export_model(name_or_path: str, output: str | os.PathLike | None = None, revision: str | None = None,
                  trust_remote_code: bool = False, opset: int = DEFAULT_OPSET, external_data: bool | None = None,
-                 log: Callable[[str], None] = print) -> Path:
-    """Export a sentence-transformers model to ``output`` (default ``exported_models/<name>``)."""
+                 variants: list[str] | None = None, log: Callable[[str], None] = print) -> Path:
+    """Export a sentence-transformers model to ``output`` (default ``exported_models/<name>``).
+
+    ``variants``: graph variants to build besides the fp32 graph (which is always built and must pass):
+    any of "opt", "int8", "fp16"; default :func:`default_variants`.
+    """
+    wanted = list(dict.fromkeys(["fp32"] + list(variants if variants is not None else default_variants())))
+    unknown = [v for v in wanted if v not in PLANS]
+    if unknown:
+        raise ExportError(f"unknown variant(s) {unknown}; choose from {sorted(PLANS)}.")
+    if "fp16" in wanted:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ExportError("the fp16 variant can only be validated on CUDA, and this onnxruntime offers "
+                              f"{ort.get_available_providers()}. Export on a machine with onnxruntime-gpu and a GPU, "
+                              "or leave fp16 out.")
     resolved: ResolvedModel = resolve(name_or_path, revision=revision, log=log)
     output = Path(output) if output is not None else Path("exported_models") / resolved.name
     output = output.resolve()
@@ -186,14 +260,7 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
                 "inputs": input_names,
                 "output": "sentence_embedding",
                 "tokenizer": tok_info,
-                "variants": {"fp32": {
-                    "file": graph_file,
-                    "precision": "fp32",
-                    "status": "pending",
-                    "providers": ALL_PROVIDERS,
-                    "rank": 100,
-                    "external_data": used_external,
-                }},
+                "variants": {"fp32": _variant_entry("fp32", graph_file, {"external_data": used_external})},
             }},
             "embedding": {
                 "dimension": int(st_export.get_embedding_dimension()),
@@ -216,22 +283,33 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
         }
         dump_manifest(manifest, tmp)
 
-        from st_runtime import SentenceEncoder
-
-        encoder = SentenceEncoder(tmp, providers="cpu", variant="fp32")
-        report = validate(reference, encoder, FP32_GATE)
-        variant = manifest["towers"]["text"]["variants"]["fp32"]
-        variant["status"] = "passed" if report["passed"] else "failed"
-        variant["validation"] = report
-        log(f"fp32: {report['summary']} -> {variant['status']}")
-        if not report["passed"]:
-            lines = "\n".join(
-                f"  [{f['run']}] #{f.get('index')} ({f.get('tag')}) cosine {f.get('cosine', float('nan')):.7f}: "
-                f"{f.get('text', f.get('error'))!r}" for f in report["failures"][:50])
-            raise ValidationFailedError(
-                f"The exported graph of {resolved.source} does not reproduce sentence-transformers: "
-                f"{len(report['failures'])} item(s) below cosine {FP32_GATE}:\n{lines}\nNothing was written to "
-                f"{output}. Please report this with the model name and the versions above.", report)
+        _validate_variant(manifest, tmp, "fp32", reference, resolved.source, log)
+        hf_config = st_export[0].auto_model.config
+        fp32_path = tmp / graph_file
+        rejected: dict[str, Any] = {}
+        for name in wanted[1:]:
+            plan = PLANS[name]
+            path = tmp / f"model_{name}.onnx"
+            log(f"Building {name} variant")
+            if name == "opt":
+                info = build_opt(fp32_path, path, spec.ort_optimizer_type, hf_config.num_attention_heads,
+                                 hf_config.hidden_size)
+            elif name == "int8":
+                src = tmp / "model_opt.onnx" if "opt" in manifest["towers"]["text"]["variants"] else fp32_path
+                info = build_int8(src, path, _calibration_feeds(tmp, input_names), "sentence_embedding",
+                                  target_min=plan.min_cosine + 0.003, target_mean=plan.mean_cosine + 0.002,
+                                  workdir=tmp, log=log)
+            else:
+                info = build_fp16(tmp / "model_opt.onnx" if "opt" in manifest["towers"]["text"]["variants"]
+                                  else fp32_path, path)
+            manifest["files"][path.name] = file_record(path)
+            manifest["towers"]["text"]["variants"][name] = _variant_entry(name, path.name, info)
+            dump_manifest(manifest, tmp)
+            if not _validate_variant(manifest, tmp, name, reference, resolved.source, log, required=False):
+                rejected[name] = manifest["towers"]["text"]["variants"].pop(name)
+                del manifest["files"][path.name]
+                path.unlink()
+        manifest["export"]["rejected_variants"] = rejected
         dump_manifest(manifest, tmp)
         _place(tmp, output)
     except BaseException:

@@ -20,7 +20,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def validate(reference, encoder, gate: float, texts: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+def validate(reference, encoder, gate: float, texts: list[tuple[str, str]] | None = None,
+             mean_gate: float | None = None) -> dict[str, Any]:
     """Compare ``reference.encode`` (sentence-transformers) with ``encoder.encode`` (st_runtime).
 
     st_runtime runs the whole battery at batch size 1 (every item alone) and at one batch holding
@@ -49,8 +50,11 @@ def validate(reference, encoder, gate: float, texts: list[tuple[str, str]] | Non
             failures.append({"run": run, "index": int(i), "tag": tags[i], "text": sentences[i][:80],
                              "cosine": float(cos[i])})
     cos_all = np.concatenate(all_cos) if all_cos else np.array([np.nan])
+    if mean_gate is not None and not float(np.mean(cos_all)) >= mean_gate:
+        failures.append({"run": "all", "error": f"mean cosine {float(np.mean(cos_all)):.6f} below {mean_gate}"})
     report = {
         "gate_min_cosine": gate,
+        "gate_mean_cosine": mean_gate,
         "items": len(sentences),
         "runs": sorted(runs),
         "tags": sorted(set(tags)),
@@ -61,5 +65,6 @@ def validate(reference, encoder, gate: float, texts: list[tuple[str, str]] | Non
         "failures": failures,
     }
     report["summary"] = (f"{len(sentences)} texts x {len(runs)} batchings: min cosine {report['min_cosine']:.7f}, "
-                         f"mean {report['mean_cosine']:.7f}, max |diff| {max_abs:.2e} (gate {gate})")
+                         f"mean {report['mean_cosine']:.7f}, max |diff| {max_abs:.2e} (gate: min {gate}"
+                         + (f", mean {mean_gate})" if mean_gate is not None else ")"))
     return report

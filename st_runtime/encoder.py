@@ -113,8 +113,9 @@ class SentenceEncoder:
         providers: ``None`` (CPU), ``"cpu"``, ``"cuda"``, ``"tensorrt"``, an onnxruntime provider name, or an
             explicit list; a list of several providers is an opt-in to fall back (with a warning).
         threads: onnxruntime intra-op threads; default: the physical cores of this machine.
-        variant: which exported graph to run ("fp32", ...); default: the fastest one that passed its
-            accuracy gate for the chosen provider.
+        variant: which exported graph to run: "fp32", "opt", "int8", "fp16", or "fastest" (the fastest
+            that passed its own gate for the provider, int8 on CPU). Default: the fastest variant that
+            reproduces sentence-transformers' fp32 embeddings (cosine >= 0.99999) for the provider.
         verify_checksums: check the sha256 of every file at load (sizes are always checked).
         session_options: an ``onnxruntime.SessionOptions`` to use as is (threads is then ignored).
     """
@@ -147,21 +148,29 @@ class SentenceEncoder:
 
     # ------------------------------------------------------------------ variants
     def _choose_variant(self, tower: dict[str, Any], requested: str | None) -> tuple[str, dict[str, Any]]:
+        """Default: the fastest variant within fp32 accuracy that passed its gate for the provider.
+        "fastest": the fastest that passed its gate (int8 on CPU, fp16 on CUDA). A name: that variant."""
         variants = tower["variants"]
         provider = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
-        if requested is not None:
+        passed = sorted(v for v, s in variants.items() if s["status"] == "passed")
+        if requested is not None and requested != "fastest":
             if requested not in variants:
+                rejected = (self.manifest.get("export") or {}).get("rejected_variants") or {}
+                if requested in rejected:
+                    summary = (rejected[requested].get("validation") or {}).get("summary", "")
+                    raise VariantError(f"variant {requested!r} was built but missed its accuracy gate at export "
+                                       f"({summary}), so it was not written. Passing variants: {passed}.")
                 raise VariantError(f"variant {requested!r} is not in {self.path}; it has {sorted(variants)}. "
-                                   f"Re-export with `st-export` to produce it, or pick one of those.")
+                                   "Re-export with `st-export --variants ...` to produce it, or pick one of those.")
             spec = variants[requested]
             if spec["status"] == "failed":
                 raise VariantError(f"variant {requested!r} in {self.path} failed its accuracy gate at export "
                                    f"({spec.get('validation', {}).get('summary', 'see manifest.json')}); it is "
-                                   f"not safe to use. Passing variants: "
-                                   f"{sorted(v for v, s in variants.items() if s['status'] == 'passed')}.")
+                                   f"not safe to use. Passing variants: {passed}.")
             return requested, spec
         candidates = [(s["rank"], name) for name, s in variants.items()
-                      if s["status"] == "passed" and provider in s["providers"]]
+                      if s["status"] == "passed" and provider in s["providers"]
+                      and (requested == "fastest" or s.get("exact", True))]
         if not candidates:
             raise VariantError(f"{self.path} has no variant that passed its accuracy gate for {provider} "
                                f"(variants: { {n: (s['status'], s['providers']) for n, s in variants.items()} }). "

@@ -69,7 +69,12 @@ def test_failed_validation_writes_nothing_and_keeps_previous_export(zoo, tmp_pat
     src = zoo.model("bert")
     out = export.export_model(str(src), output=tmp_path / "out", log=lambda _m: None)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(export, "FP32_GATE", 1.5)  # no export can pass this
+    import dataclasses
+
+    from exporters import variants
+
+    strict = dataclasses.replace(variants.PLANS["fp32"], min_cosine=1.5)  # no export can pass this
+    monkeypatch.setitem(variants.PLANS, "fp32", strict)
     with pytest.raises(errors.ValidationFailedError, match="below cosine 1.5") as info:
         export.export_model(str(src), output=out, log=lambda _m: None)
     assert info.value.report["failures"]
