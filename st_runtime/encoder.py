@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from . import util
 from .errors import GraphLoadError, UnsupportedInputError, VariantError
+from .inputs import LongTextCutter, prepare
 from .manifest import load_manifest, verify_files
 from .providers import check_session_providers, physical_cores, resolve_providers
 
@@ -138,6 +139,7 @@ class SentenceEncoder:
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
         self._text = _TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,
                                 session_options)
+        self._cutter = LongTextCutter(self._text.tokenizer)
         emb = self.manifest["embedding"]
         self._dim = int(emb["dimension"])
         self.prompts: dict[str, str] = dict(self.manifest.get("prompts") or {})
@@ -273,6 +275,7 @@ class SentenceEncoder:
         prompt_text = self._resolve_prompt(prompt, prompt_name)
         if prompt_text:
             items = [prompt_text + it if isinstance(it, str) else (prompt_text + it[0], it[1]) for it in items]
+        items = prepare(items, self._cutter)
         out = np.empty((len(items), self._dim), dtype=np.float32)
         if items:
             self._text.embed(items, batch_size, out)
