@@ -14,8 +14,9 @@ from tokenizers import Tokenizer
 
 from . import util
 from .errors import GraphLoadError, UnsupportedInputError, VariantError
+from .graph_meta import graph_load_error
 from .inputs import LongTextCutter, prepare
-from .manifest import load_manifest, verify_files
+from .manifest import graph_files, load_manifest, verify_files
 from .providers import check_session_providers, physical_cores, resolve_providers
 
 logger = logging.getLogger(__name__)
@@ -97,11 +98,7 @@ def _make_session(path: Path, providers, fallback_allowed: bool, threads: int,
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors; re-raise with a fix
-        raise GraphLoadError(
-            f"onnxruntime {ort.__version__} could not load {path}: {str(exc).strip()[:500]}. If the graph uses an "
-            "opset newer than this onnxruntime supports, upgrade onnxruntime; if the file is damaged, "
-            "re-export the model with `st-export`."
-        ) from exc
+        raise graph_load_error(path, exc, ort.__version__) from exc
     check_session_providers(session, providers, fallback_allowed, path.name)
     return session
 
@@ -135,7 +132,7 @@ class SentenceEncoder:
                                  "cannot embed with it. Upgrade st-runtime.")
         text = towers["text"]
         self.variant, vspec = self._choose_variant(text, variant)
-        files = [vspec["file"], text["tokenizer"]["file"]]
+        files = [*graph_files(self.path, self.manifest, vspec), text["tokenizer"]["file"]]
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
         self._text = _TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,
                                 session_options)
