@@ -126,7 +126,9 @@ def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     for fname, rec in manifest["files"].items():
         _check_keys(rec, {"size": int, "sha256": str}, f"files['{fname}']", path)
         if Path(fname).is_absolute() or ".." in Path(fname).parts:
-            raise ManifestError(f"{path}: file entry {fname!r} points outside the model folder.")
+            raise ManifestError(f"{path}: file entry {fname!r} points outside the model folder, which an "
+                                "st-export manifest never does; the manifest was edited or forged. Re-export the "
+                                "model with `st-export` and do not load model folders from untrusted sources.")
     return manifest
 
 
