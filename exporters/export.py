@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
+import errno
 import importlib.metadata as _md
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -175,23 +178,65 @@ def _calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, A
     return feeds
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _cleanup_stale(parent: Path, name: str) -> None:
-    for d in parent.glob(f".{name}.partial-*"):
-        pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
+    """Remove what exports of ``name`` killed mid-way left behind: ``.NAME.partial-PID`` folders of dead
+    processes, and ``.NAME.old-PID`` folders (a previous export moved aside by the two-rename fallback of
+    :func:`_place`), which are moved back into place when the output is missing and removed otherwise."""
+    for kind in ("old", "partial"):
+        for d in sorted(parent.glob(f".{name}.{kind}-*")):
+            pid = d.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _pid_alive(int(pid)):
                 continue  # another export of the same model is running
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        shutil.rmtree(d, ignore_errors=True)
+            if kind == "old" and not (parent / name).exists():
+                os.rename(d, parent / name)
+            else:
+                shutil.rmtree(d)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE). False where the platform or
+    file system does not support it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 def _place(tmp: Path, output: Path) -> None:
-    """Move the finished export into place; the previous export stays intact until then."""
+    """Move the finished export into place; the previous export stays intact until then.
+
+    On Linux the previous export and the new one are swapped in one atomic step, so a kill at any moment
+    leaves ``output`` holding either the complete previous export or the complete new one (the swapped-out
+    folder, now named like the temporary one, is removed here or by the next export). Elsewhere two
+    renames are used; a kill between them leaves the previous export in ``.NAME.old-PID``, which the next
+    export of the same output moves back first."""
     if output.exists():
+        if _exchange(tmp, output):
+            shutil.rmtree(tmp)
+            return
         old = output.parent / f".{output.name}.old-{os.getpid()}"
         os.rename(output, old)
         os.rename(tmp, output)

@@ -14,7 +14,9 @@ from tokenizers import Tokenizer
 
 from . import util
 from .errors import GraphLoadError, UnsupportedInputError, VariantError
-from .manifest import load_manifest, verify_files
+from .graph_meta import graph_load_error
+from .inputs import LongTextCutter, prepare
+from .manifest import graph_files, load_manifest, verify_files
 from .providers import check_session_providers, physical_cores, resolve_providers
 
 logger = logging.getLogger(__name__)
@@ -96,11 +98,7 @@ def _make_session(path: Path, providers, fallback_allowed: bool, threads: int,
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors; re-raise with a fix
-        raise GraphLoadError(
-            f"onnxruntime {ort.__version__} could not load {path}: {str(exc).strip()[:500]}. If the graph uses an "
-            "opset newer than this onnxruntime supports, upgrade onnxruntime; if the file is damaged, "
-            "re-export the model with `st-export`."
-        ) from exc
+        raise graph_load_error(path, exc, ort.__version__) from exc
     check_session_providers(session, providers, fallback_allowed, path.name)
     return session
 
@@ -135,10 +133,11 @@ class SentenceEncoder:
                                  "cannot embed with it. Upgrade st-runtime.")
         text = towers["text"]
         self.variant, vspec = self._choose_variant(text, variant)
-        files = [vspec["file"], text["tokenizer"]["file"]]
+        files = [*graph_files(self.path, self.manifest, vspec), text["tokenizer"]["file"]]
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
         self._text = _TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,
                                 session_options)
+        self._cutter = LongTextCutter(self._text.tokenizer)
         emb = self.manifest["embedding"]
         self._dim = int(emb["dimension"])
         self.prompts: dict[str, str] = dict(self.manifest.get("prompts") or {})
@@ -282,6 +281,7 @@ class SentenceEncoder:
         prompt_text = self._resolve_prompt(prompt, prompt_name)
         if prompt_text:
             items = [prompt_text + it if isinstance(it, str) else (prompt_text + it[0], it[1]) for it in items]
+        items = prepare(items, self._cutter)
         out = np.empty((len(items), self._dim), dtype=np.float32)
         if items:
             self._text.embed(items, batch_size, out)

@@ -42,3 +42,7 @@ class VariantError(StRuntimeError, ValueError):
 
 class UnsupportedInputError(StRuntimeError, TypeError):
     """An input to encode has a type this model cannot embed."""
+
+
+class OpsetTooNewError(GraphLoadError):
+    """The graph uses an ONNX opset newer than the installed onnxruntime supports."""

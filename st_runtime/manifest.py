@@ -126,7 +126,9 @@ def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     for fname, rec in manifest["files"].items():
         _check_keys(rec, {"size": int, "sha256": str}, f"files['{fname}']", path)
         if Path(fname).is_absolute() or ".." in Path(fname).parts:
-            raise ManifestError(f"{path}: file entry {fname!r} points outside the model folder.")
+            raise ManifestError(f"{path}: file entry {fname!r} points outside the model folder, which an "
+                                "st-export manifest never does; the manifest was edited or forged. Re-export the "
+                                "model with `st-export` and do not load model folders from untrusted sources.")
     return manifest
 
 
@@ -156,3 +158,23 @@ def verify_files(folder: str | os.PathLike, manifest: dict[str, Any], names: lis
                     "or damaged. Copy the folder again or re-export the model with `st-export`. "
                     "(verify_checksums=False skips this check, at your own risk.)"
                 )
+
+
+def graph_files(folder: str | os.PathLike, manifest: dict[str, Any], variant: dict[str, Any]) -> list[str]:
+    """The files a graph variant needs: its ``.onnx`` file and, for graphs stored with ONNX external data,
+    the weights file next to it (``<file>.data``, or the names the variant lists under
+    ``external_data_files``). All of them are then size- and checksum-checked like the graph."""
+    graph = variant["file"]
+    names = [graph]
+    extra = variant.get("external_data_files")
+    if extra is None:
+        extra = [graph + ".data"] if graph + ".data" in manifest["files"] else []
+    for name in extra:
+        if name not in manifest["files"]:
+            raise ManifestError(f"{Path(folder) / MANIFEST_NAME}: variant file {graph!r} uses external data "
+                                f"{name!r}, which is not listed under 'files'. Re-export the model with `st-export`.")
+        names.append(name)
+    if variant.get("external_data") and len(names) == 1:
+        raise ManifestError(f"{Path(folder) / MANIFEST_NAME}: {graph!r} is marked as using external data but no "
+                            f"{graph + '.data'!r} is listed under 'files'. Re-export the model with `st-export`.")
+    return names

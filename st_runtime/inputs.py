@@ -1,0 +1,108 @@
+"""Text clean-up that runs before tokenization: lone surrogates, and an exact shortcut for very long texts.
+
+Two documented, deterministic rules:
+
+* **Surrogates.** A Python ``str`` can hold UTF-16 surrogate code points (U+D800..U+DFFF), for example
+  from ``json.loads('"\\ud800"')`` or ``bytes.decode(errors="surrogateescape")``. They are not Unicode
+  scalar values, and the Rust tokenizer (so sentence-transformers too) raises ``TypeError`` on them.
+  st_runtime instead decodes the text as UTF-16 would: a high surrogate directly followed by a low
+  surrogate becomes the character they encode, and every other surrogate becomes U+FFFD (the
+  replacement character). The embedding is then exactly sentence-transformers' embedding of that
+  repaired text.
+
+* **Very long texts.** The tokenizer reads the whole text even though only ``max_seq_length`` tokens
+  are kept. For tokenizers whose output is provably a concatenation of independent per-word pieces
+  (BertNormalizer or none, BertPreTokenizer, WordPiece: BERT, MiniLM, MPNet, DistilBERT, ...) and
+  right-side truncation, a text longer than ``64 * max_seq_length`` characters is cut at a word
+  boundary (an ASCII space, or before a CJK ideograph, which BertNormalizer isolates) inside that
+  bound, and the cut is used only if the shorter text still fills ``max_seq_length``. Every token of
+  the cut text then comes from a word that lies entirely before the cut, so the kept tokens are the
+  same as for the full text. In any other case the full text is tokenized.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Characters BertNormalizer(handle_chinese_chars=True) surrounds with spaces. Only the main CJK block
+# is used here, a subset of its set in every tokenizers version.
+_CJK = "\u4e00-\u9fff"
+_CUT_SPACE = re.compile(" ")
+_CUT_SPACE_CJK = re.compile(f"[ {_CJK}]")
+_WHITESPACE_OR_CJK = re.compile(rf"[\s{_CJK}]")
+
+PRECUT_FACTOR = 64  # characters per kept token before the shortcut is tried
+
+
+def repair_surrogates(text: str) -> str:
+    """Join surrogate pairs and replace lone surrogates with U+FFFD; other text is returned unchanged."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _cut_pattern(tokenizer: Tokenizer) -> re.Pattern | None:
+    """The cut-point pattern when the tokenizer is one whose kept tokens survive a word-boundary cut."""
+    norm = tokenizer.normalizer
+    if norm is not None and not isinstance(norm, normalizers.BertNormalizer):
+        return None
+    if not isinstance(tokenizer.pre_tokenizer, pre_tokenizers.BertPreTokenizer):
+        return None
+    if not isinstance(tokenizer.model, models.WordPiece):
+        return None
+    for tok in tokenizer.get_added_tokens_decoder().values():
+        if tok.single_word or _WHITESPACE_OR_CJK.search(tok.content):
+            return None
+    if norm is not None and norm.handle_chinese_chars:
+        return _CUT_SPACE_CJK
+    return _CUT_SPACE
+
+
+class LongTextCutter:
+    """Applies the long-text shortcut described in the module docstring for one tokenizer."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.pattern = _cut_pattern(tokenizer)
+
+    def cut(self, text: str) -> str:
+        trunc = self.tokenizer.truncation
+        if self.pattern is None or not trunc or trunc.get("direction", "right") != "right":
+            return text
+        max_len = int(trunc["max_length"])
+        bound = PRECUT_FACTOR * max_len
+        if len(text) <= bound:
+            return text
+        last = None
+        for last in self.pattern.finditer(text, bound // 2, bound):
+            pass
+        if last is None:
+            return text
+        prefix = text[:last.start()]
+        # The cut is exact only if the prefix alone still reaches the truncation length.
+        if len(self.tokenizer.encode(prefix).ids) < max_len:
+            return text
+        return prefix
+
+
+def prepare(items: list[Any], cutter: LongTextCutter | None) -> list[Any]:
+    """Repair surrogates in every text (and text pair) and shorten very long single texts exactly."""
+    out = items
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            new = repair_surrogates(item)
+            if cutter is not None:
+                new = cutter.cut(new)
+        else:
+            new = (repair_surrogates(item[0]), repair_surrogates(item[1]))
+            if new[0] is item[0] and new[1] is item[1]:
+                new = item
+        if new is not item:
+            if out is items:
+                out = list(items)
+            out[i] = new
+    return out

@@ -1,0 +1,85 @@
+"""Graphs stored with ONNX external data (exports over 2 GB), forced on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import TEXTS, assert_parity
+
+from st_runtime import SentenceEncoder
+from st_runtime.errors import ArtifactCorruptError, ArtifactMissingError, ManifestError
+from st_runtime.manifest import file_record, load_manifest, sha256_file
+
+
+@pytest.fixture(scope="module")
+def external(zoo, tmp_path_factory):
+    from exporters import export_model
+
+    out = tmp_path_factory.mktemp("ext") / "tiny-external"
+    export_model(str(zoo.model("bert")), output=out, external_data=True, log=lambda _m: None)
+    return out
+
+
+@pytest.fixture
+def copy(external, tmp_path):
+    dst = tmp_path / "m"
+    shutil.copytree(external, dst)
+    return dst
+
+
+def test_folder_has_graph_and_data_listed_with_checksums(external):
+    names = sorted(p.name for p in external.iterdir())
+    assert names == ["manifest.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
+    m = load_manifest(external)
+    for name in ("model.onnx", "model.onnx.data"):
+        assert m["files"][name] == file_record(external / name)
+        assert m["files"][name]["sha256"] == sha256_file(external / name)
+    assert m["towers"]["text"]["variants"]["fp32"]["external_data"] is True
+    # the weights really are outside the graph file
+    assert (external / "model.onnx").stat().st_size < (external / "model.onnx.data").stat().st_size
+
+
+def test_loads_and_matches_sentence_transformers_and_inline_export(zoo, external, tiny_bert):
+    enc = SentenceEncoder(external)
+    assert_parity(zoo.reference(tiny_bert[0]).encode(TEXTS), enc.encode(TEXTS))
+    np.testing.assert_array_equal(enc.encode(TEXTS), SentenceEncoder(tiny_bert[1]).encode(TEXTS))
+
+
+def test_loads_from_another_working_directory(external, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the .data file is found next to the graph, not relative to the CWD
+    assert SentenceEncoder(external).encode("x").shape == (SentenceEncoder(external).get_sentence_embedding_dimension(),)
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _flip(p):
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    p.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,error,match,checksums", [
+    pytest.param(_truncate, ArtifactCorruptError, "truncated", True, id="truncated"),
+    pytest.param(_truncate, ArtifactCorruptError, "truncated", False, id="truncated_no_checksums"),
+    pytest.param(_flip, ArtifactCorruptError, "sha256", True, id="altered"),
+    pytest.param(lambda p: p.unlink(), ArtifactMissingError, "missing", True, id="missing"),
+])
+def test_damaged_data_file_is_detected(copy, damage, error, match, checksums):
+    damage(copy / "model.onnx.data")
+    with pytest.raises(error, match=match) as info:
+        SentenceEncoder(copy, verify_checksums=checksums)
+    assert "model.onnx.data" in str(info.value)
+
+
+def test_data_file_missing_from_manifest_is_a_manifest_error(copy):
+    m = json.loads((copy / "manifest.json").read_text())
+    del m["files"]["model.onnx.data"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="model.onnx.data"):
+        SentenceEncoder(copy)
