@@ -100,15 +100,25 @@ def _export_text_graph(st_model, desc: ModelDescription, input_names: list[str],
             input_names=input_names, output_names=["sentence_embedding"], dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
-    model = onnx.load(str(path))
     use_external = external_data if external_data is not None else path.stat().st_size >= EXTERNAL_DATA_THRESHOLD
     if use_external:
-        for f in path.parent.iterdir():  # torch may already have spilled weights next to the graph
+        model = onnx.load(str(path))  # with any weights torch spilled next to the graph (> 2 GB)
+        for f in path.parent.iterdir():
             if f != path and f.is_file() and not f.name.endswith(".json"):
                 f.unlink()
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
+        _externalize(path, model)
     return use_external
+
+
+def _externalize(path: Path, model=None) -> Path:
+    """Re-save a graph with its weights in ``<file>.data`` next to it (ONNX external data)."""
+    import onnx
+
+    model = model if model is not None else onnx.load(str(path))
+    data = path.with_name(path.name + ".data")
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return data
 
 
 def _write_tokenizer(st_model, path: Path) -> dict[str, Any]:
@@ -133,8 +143,10 @@ def _write_tokenizer(st_model, path: Path) -> dict[str, Any]:
 
 def _variant_entry(name: str, file: str, info: dict[str, Any]) -> dict[str, Any]:
     plan = PLANS[name]
+    info = dict(info)
     return {"file": file, "precision": plan.precision, "status": "pending", "providers": list(plan.providers),
-            "rank": plan.rank, "exact": plan.exact, "build": info}
+            "rank": plan.rank, "exact": plan.exact, "external_data": bool(info.pop("external_data", False)),
+            "build": info}
 
 
 def _validate_variant(manifest: dict[str, Any], folder: Path, name: str, reference, source: str,
@@ -347,13 +359,19 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
             else:
                 info = build_fp16(tmp / "model_opt.onnx" if "opt" in manifest["towers"]["text"]["variants"]
                                   else fp32_path, path)
-            manifest["files"][path.name] = file_record(path)
+            written = [path]
+            if used_external:
+                written.append(_externalize(path))
+                info["external_data"] = True
+            for f in written:
+                manifest["files"][f.name] = file_record(f)
             manifest["towers"]["text"]["variants"][name] = _variant_entry(name, path.name, info)
             dump_manifest(manifest, tmp)
             if not _validate_variant(manifest, tmp, name, reference, resolved.source, log, required=False):
                 rejected[name] = manifest["towers"]["text"]["variants"].pop(name)
-                del manifest["files"][path.name]
-                path.unlink()
+                for f in written:
+                    del manifest["files"][f.name]
+                    f.unlink()
         manifest["export"]["rejected_variants"] = rejected
         dump_manifest(manifest, tmp)
         _place(tmp, output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -32,7 +33,7 @@ class _TextTower:
     """Tokenizer + graph of one text tower; stateless per call, so safe to share across threads."""
 
     def __init__(self, folder: Path, tower: dict[str, Any], variant: dict[str, Any], providers, fallback_allowed,
-                 threads: int, session_options: ort.SessionOptions | None):
+                 threads: int, session_options: ort.SessionOptions | None, io_binding: bool | None = None):
         self.spec = tower
         tok_path = folder / tower["tokenizer"]["file"]
         self.tokenizer = Tokenizer.from_file(str(tok_path))
@@ -48,6 +49,12 @@ class _TextTower:
             raise GraphLoadError(f"text tower declares inputs {unknown} that this st-runtime cannot feed "
                                  f"(it knows {list(_INT_INPUTS)}). Upgrade st-runtime.")
         self.session = _make_session(folder / variant["file"], providers, fallback_allowed, threads, session_options)
+        on_gpu = self.session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        # GPUs like shapes in multiples of 8; on the CPU padding is pure waste.
+        self.pad_multiple = 8 if on_gpu else 1
+        use_binding = on_gpu if io_binding is None else io_binding
+        self.runner = (_IOBindingRunner(self.session, tower["output"], "cuda" if on_gpu else "cpu")
+                       if use_binding else _SessionRunner(self.session, tower["output"]))
         declared = {i.name for i in self.session.get_inputs()}
         if declared != set(self.inputs):
             raise GraphLoadError(
@@ -67,24 +74,91 @@ class _TextTower:
         encodings = self.tokenizer.encode_batch(items)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
+        batches = plan_batches(lengths[order], batch_size, self.pad_multiple)
+        if len(batches) == 1:
+            start, end, width = batches[0]
+            out[order[start:end]] = self.runner(self._feeds(encodings, order[start:end], width))
+            return
+        # Build the next batch's arrays while onnxruntime (which releases the GIL) runs this one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            nxt = pool.submit(self._feeds, encodings, order[batches[0][0]:batches[0][1]], batches[0][2])
+            for k, (start, end, _width) in enumerate(batches):
+                feeds = nxt.result()
+                if k + 1 < len(batches):
+                    s2, e2, w2 = batches[k + 1]
+                    nxt = pool.submit(self._feeds, encodings, order[s2:e2], w2)
+                out[order[start:end]] = self.runner(feeds)
+
+    def _feeds(self, encodings, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
         want_types = "token_type_ids" in self.inputs
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(int(lengths[idx[0]]), 1)
-            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            types = np.zeros((len(idx), width), dtype=np.int64) if want_types else None
-            for row, i in enumerate(idx):
-                enc = encodings[i]
-                n = len(enc.ids)
-                ids[row, :n] = enc.ids
-                mask[row, :n] = 1
-                if want_types:
-                    types[row, :n] = enc.type_ids
-            feeds = {"input_ids": ids, "attention_mask": mask}
+        ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        types = np.zeros((len(idx), width), dtype=np.int64) if want_types else None
+        for row, i in enumerate(idx):
+            enc = encodings[i]
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
             if want_types:
-                feeds["token_type_ids"] = types
-            out[idx] = self.session.run([self.output], {k: feeds[k] for k in self.inputs})[0]
+                types[row, :n] = enc.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if want_types:
+            feeds["token_type_ids"] = types
+        return {k: feeds[k] for k in self.inputs}
+
+
+def plan_batches(sorted_lengths: np.ndarray, batch_size: int, pad_multiple: int = 1,
+                 split_ratio: float = 0.5) -> list[tuple[int, int, int]]:
+    """Split items sorted by decreasing token length into (start, end, padded width) batches.
+
+    A batch holds at most ``batch_size`` items, and a new batch starts when the next item is shorter
+    than ``split_ratio`` of the batch's width, so no batch spends most of its compute on padding
+    (and int8 graphs, whose activation ranges are per batch, never mix a 3-token query with a
+    256-token passage). Widths are rounded up to ``pad_multiple``.
+    """
+    out: list[tuple[int, int, int]] = []
+    n = len(sorted_lengths)
+    start = 0
+    while start < n:
+        width = max(int(sorted_lengths[start]), 1)
+        floor = width * split_ratio
+        end = start + 1
+        limit = min(n, start + batch_size)
+        while end < limit and sorted_lengths[end] >= floor:
+            end += 1
+        padded = -(-width // pad_multiple) * pad_multiple
+        out.append((start, end, padded))
+        start = end
+    return out
+
+
+class _SessionRunner:
+    """Runs a graph on host arrays; returns the output as float32 numpy."""
+
+    def __init__(self, session: ort.InferenceSession, output: str):
+        self.session = session
+        self.output = output
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output], feeds)[0]
+
+
+class _IOBindingRunner(_SessionRunner):
+    """Device inputs through onnxruntime's own OrtValue API (no torch); only the pooled output comes
+    back to the host, the [batch, seq, hidden] states never leave the device."""
+
+    def __init__(self, session: ort.InferenceSession, output: str, device: str, device_id: int = 0):
+        super().__init__(session, output)
+        self.device = device
+        self.device_id = device_id
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id))
+        binding.bind_output(self.output, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
 
 def _make_session(path: Path, providers, fallback_allowed: bool, threads: int,
@@ -116,11 +190,12 @@ class SentenceEncoder:
             reproduces sentence-transformers' fp32 embeddings (cosine >= 0.99999) for the provider.
         verify_checksums: check the sha256 of every file at load (sizes are always checked).
         session_options: an ``onnxruntime.SessionOptions`` to use as is (threads is then ignored).
+        io_binding: feed the graph through onnxruntime IO binding (default: on for CUDA/TensorRT).
     """
 
     def __init__(self, model_path: str | os.PathLike, providers=None, threads: int | None = None,
                  variant: str | None = None, verify_checksums: bool = True,
-                 session_options: ort.SessionOptions | None = None):
+                 session_options: ort.SessionOptions | None = None, io_binding: bool | None = None):
         self.path = Path(model_path)
         self.manifest = load_manifest(self.path)
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
@@ -136,7 +211,7 @@ class SentenceEncoder:
         files = [*graph_files(self.path, self.manifest, vspec), text["tokenizer"]["file"]]
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
         self._text = _TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,
-                                session_options)
+                                session_options, io_binding)
         self._cutter = LongTextCutter(self._text.tokenizer)
         emb = self.manifest["embedding"]
         self._dim = int(emb["dimension"])

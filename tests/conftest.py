@@ -33,14 +33,16 @@ class TinyZoo:
             self._models[key] = build_tiny(self.root / f"st-{len(self._models)}-{arch}", arch, **kwargs)
         return self._models[key]
 
-    def export(self, arch: str, **kwargs) -> Path:
+    def export(self, arch: str, variants: tuple[str, ...] = ("opt",), **kwargs) -> Path:
+        """Export (fp32 + ``variants``); int8 is left out by default because its calibration search
+        takes seconds per model (tests that need it ask for it)."""
         from exporters import export_model
 
-        key = self._key(arch, kwargs)
+        key = self._key(arch, dict(kwargs, variants=variants))
         if key not in self._exports:
             src = self.model(arch, **kwargs)
             self._exports[key] = export_model(str(src), output=self.root / f"onnx-{len(self._exports)}-{arch}",
-                                              log=lambda _m: None)
+                                              variants=list(variants), log=lambda _m: None)
         return self._exports[key]
 
     def reference(self, path: Path):

@@ -20,7 +20,7 @@ def external(zoo, tmp_path_factory):
     from exporters import export_model
 
     out = tmp_path_factory.mktemp("ext") / "tiny-external"
-    export_model(str(zoo.model("bert")), output=out, external_data=True, log=lambda _m: None)
+    export_model(str(zoo.model("bert")), output=out, external_data=True, variants=["opt"], log=lambda _m: None)
     return out
 
 
@@ -33,12 +33,14 @@ def copy(external, tmp_path):
 
 def test_folder_has_graph_and_data_listed_with_checksums(external):
     names = sorted(p.name for p in external.iterdir())
-    assert names == ["manifest.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
+    assert names == ["manifest.json", "model.onnx", "model.onnx.data", "model_opt.onnx", "model_opt.onnx.data",
+                     "tokenizer.json"]
     m = load_manifest(external)
-    for name in ("model.onnx", "model.onnx.data"):
+    for name in ("model.onnx", "model.onnx.data", "model_opt.onnx", "model_opt.onnx.data"):
         assert m["files"][name] == file_record(external / name)
         assert m["files"][name]["sha256"] == sha256_file(external / name)
     assert m["towers"]["text"]["variants"]["fp32"]["external_data"] is True
+    assert m["towers"]["text"]["variants"]["opt"]["external_data"] is True
     # the weights really are outside the graph file
     assert (external / "model.onnx").stat().st_size < (external / "model.onnx.data").stat().st_size
 
@@ -71,15 +73,15 @@ def _flip(p):
     pytest.param(lambda p: p.unlink(), ArtifactMissingError, "missing", True, id="missing"),
 ])
 def test_damaged_data_file_is_detected(copy, damage, error, match, checksums):
-    damage(copy / "model.onnx.data")
+    damage(copy / "model_opt.onnx.data")  # the default variant's weights
     with pytest.raises(error, match=match) as info:
         SentenceEncoder(copy, verify_checksums=checksums)
-    assert "model.onnx.data" in str(info.value)
+    assert "model_opt.onnx.data" in str(info.value)
 
 
 def test_data_file_missing_from_manifest_is_a_manifest_error(copy):
     m = json.loads((copy / "manifest.json").read_text())
-    del m["files"]["model.onnx.data"]
+    del m["files"]["model_opt.onnx.data"]
     (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ManifestError, match="model.onnx.data"):
+    with pytest.raises(ManifestError, match="model_opt.onnx.data"):
         SentenceEncoder(copy)

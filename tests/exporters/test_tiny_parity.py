@@ -22,18 +22,21 @@ def test_parity_arch_x_pooling(zoo, arch, pooling):
     src = zoo.model(arch, pooling=pooling)
     out = zoo.export(arch, pooling=pooling)
     ref_model = zoo.reference(src)
-    enc = SentenceEncoder(out)
     ref = ref_model.encode(TEXTS, batch_size=4)
-    # mixed lengths in one batch, and the default batching
-    assert_parity(ref, enc.encode(TEXTS, batch_size=len(TEXTS)))
-    assert_parity(ref, enc.encode(TEXTS))
-    # batch of one, item by item
-    assert_parity(ref, np.stack([enc.encode(t) for t in TEXTS]))
+    assert SentenceEncoder(out).variant == "opt"  # the default: fastest variant within fp32 accuracy
+    for variant in ("fp32", "opt"):
+        enc = SentenceEncoder(out, variant=variant)
+        # mixed lengths in one batch, and the default batching
+        assert_parity(ref, enc.encode(TEXTS, batch_size=len(TEXTS)))
+        assert_parity(ref, enc.encode(TEXTS))
+        # batch of one, item by item
+        assert_parity(ref, np.stack([enc.encode(t) for t in TEXTS]))
     # the manifest records the pooling and the validation that export ran
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["embedding"]["pooling"]["modes"] == [pooling]
-    val = manifest["towers"]["text"]["variants"]["fp32"]["validation"]
-    assert val["passed"] and val["min_cosine"] >= 0.99999
+    for variant in ("fp32", "opt"):
+        val = manifest["towers"]["text"]["variants"][variant]["validation"]
+        assert val["passed"] and val["min_cosine"] >= 0.99999
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
