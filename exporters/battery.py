@@ -100,6 +100,22 @@ CALIBRATION = [
     "x = np.linspace(0, 1, 100)  # sample points",
     "OK",
     "Thanks",
+    "The industrial revolution began in Britain in the late eighteenth century and spread to Western Europe "
+    "and North America. It marked the shift from hand production to machines, new chemical manufacturing and "
+    "iron production processes, the increasing use of steam power and water power, the development of machine "
+    "tools and the rise of the mechanised factory system. Output greatly increased, and the standard of living "
+    "for the general population began to rise steadily for the first time in history, although working "
+    "conditions in early factories were often harsh and child labour was common.",
+    "To make a simple bread, mix flour, water, salt and yeast into a dough, knead it for about ten minutes "
+    "until it is smooth and elastic, then leave it covered in a warm place until it has doubled in size. "
+    "Shape the loaf, let it rise again for half an hour, and bake it in a hot oven until the crust is golden "
+    "and the bottom sounds hollow when tapped. Let it cool on a rack before slicing, otherwise the crumb "
+    "will be gummy. Many bakers add a tray of water to the oven to create steam for a crisper crust.",
+    "Machine learning models are trained by minimising a loss function over a data set, usually with a variant "
+    "of stochastic gradient descent. Regularisation, early stopping and data augmentation reduce overfitting, "
+    "while a held-out validation set estimates how the model will perform on new data. Transformer networks, "
+    "which rely on self-attention rather than recurrence, now dominate natural language processing and are "
+    "increasingly used for images, audio and protein structures.",
     "The stock market fell sharply on Monday as investors worried about rising interest rates and slowing "
     "growth in major economies, with technology shares leading the decline.",
 ]

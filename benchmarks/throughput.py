@@ -1,0 +1,238 @@
+"""Throughput of st_runtime against sentence-transformers, in one run, on the same inputs and threads.
+
+    python benchmarks/throughput.py all-MiniLM-L6-v2 [all-mpnet-base-v2 ...] [--provider cpu|cuda]
+        [--threads N] [--rounds 5] [--json FILE] [--png FILE]
+
+MODEL is a folder written by st-export, or a name whose export lives in exported_models/NAME (it is
+exported first when missing). The reference is sentence-transformers loaded from the source the
+manifest records (hub id, resolved through the local HF cache, or local folder).
+
+Workloads come from a fixed, seeded generated corpus (see make_corpus): short queries (about 8-14
+tokens, like the model table's "queries") and passages (about 100-200 tokens). Every system runs
+every workload once per round, systems alternating, after a warm-up; figures are medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# queries/s published in the sentence-transformers model table (V100 GPU / CPU), for context only:
+# different hardware, so only our same-run ratios are comparable.
+PUBLISHED = {
+    "all-MiniLM-L6-v2": (14200, 750), "multi-qa-MiniLM-L6-cos-v1": (18000, 750),
+    "all-mpnet-base-v2": (2800, 170), "multi-qa-mpnet-base-dot-v1": (4000, 170),
+    "all-MiniLM-L12-v2": (7500, 400), "all-distilroberta-v1": (4000, 350),
+}
+
+WORDS = """time year people way day man thing woman life child world school state family student group country
+problem hand part place case week company system program question work government number night point home water
+room mother area money story fact month lot right study book eye job word business issue side kind head house
+service friend father power hour game line end member law car city community name president team minute idea kid
+body information back parent face others level office door health person art war history party result change
+morning reason research girl guy moment air teacher force education foot boy age policy music market sense nation
+plan college interest death experience effect class control care field development role effort rate heart drug
+show leader light voice wife police mind price report decision son view relationship town road arm difference
+value building action model season society tax director position player record paper space ground form event
+official matter center couple site project activity star table need court oil situation cost industry figure
+street image phone data picture practice piece land product doctor wall patient worker news test movie north love
+support technology step baby computer type attention film tree source organization hair window evidence
+population truth song energy chance dog""".split()
+VERBS = "is was makes takes finds gives tells becomes leaves feels brings begins keeps holds writes stands hears " \
+        "lets means sets meets runs pays sits speaks lies leads reads grows loses falls sends builds".split()
+
+
+def make_corpus(seed: int = 13, n_queries: int = 2048, n_passages: int = 256) -> dict[str, list[str]]:
+    rng = random.Random(seed)
+
+    def sentence(lo: int, hi: int) -> str:
+        n = rng.randint(lo, hi)
+        words = [rng.choice(WORDS) if i % 4 != 2 else rng.choice(VERBS) for i in range(n)]
+        return " ".join(words).capitalize()
+
+    queries = [sentence(5, 11) + "?" for _ in range(n_queries)]
+    passages = [". ".join(sentence(10, 22) for _ in range(rng.randint(7, 12))) + "." for _ in range(n_passages)]
+    return {"queries": queries, "passages": passages}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    vers = {}
+    for d in ("torch", "sentence-transformers", "transformers", "onnxruntime", "onnxruntime-gpu", "tokenizers",
+              "numpy", "st-runtime"):
+        try:
+            vers[d] = md.version(d)
+        except md.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "versions": vers}
+
+
+def ensure_export(model: str) -> Path:
+    path = Path(model)
+    if (path / "manifest.json").is_file():
+        return path
+    path = ROOT / "exported_models" / model
+    if not (path / "manifest.json").is_file():
+        from exporters import export_model
+
+        export_model(model, output=path)
+    return path
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size: int, corpus: dict,
+                variants: list[str] | None) -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from st_runtime import SentenceEncoder
+
+    folder = ensure_export(model)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    source = manifest["source"]["model"]
+    if manifest["source"]["origin"].startswith("bundled:") or Path(source).is_dir():
+        source = source if Path(source).is_dir() else _bundled_path(manifest)
+    torch.set_num_threads(threads)
+    device = "cuda" if provider == "cuda" else "cpu"
+    st_model = SentenceTransformer(source, device=device)
+    systems = {"sentence-transformers fp32": lambda x: st_model.encode(x, batch_size=batch_size)}
+    if device == "cuda":
+        st_half = SentenceTransformer(source, device=device).half()
+        systems["sentence-transformers fp16"] = lambda x: st_half.encode(x, batch_size=batch_size)
+    available = manifest["towers"]["text"]["variants"]
+    for v in variants or sorted(available, key=lambda k: -available[k]["rank"]):
+        if v not in available:
+            continue
+        enc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v)
+        label = f"st_runtime {v}" + (" (default)" if v == SentenceEncoder(folder, providers=provider).variant else "")
+        systems[label] = (lambda e: (lambda x: e.encode(x, batch_size=batch_size)))(enc)
+    results = {}
+    for workload, texts in corpus.items():
+        ref = np.asarray(systems["sentence-transformers fp32"](texts))
+        times: dict[str, list[float]] = {name: [] for name in systems}
+        accuracy = {}
+        for name, fn in systems.items():
+            got = np.asarray(fn(texts))  # warm-up, and accuracy against sentence-transformers
+            cos = cosines(ref, got)
+            accuracy[name] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+        for _ in range(rounds):
+            for name, fn in systems.items():
+                t = time.perf_counter()
+                fn(texts)
+                times[name].append(time.perf_counter() - t)
+        base = statistics.median(times["sentence-transformers fp32"])
+        results[workload] = {
+            name: {"items_per_s": len(texts) / statistics.median(ts), "median_s": statistics.median(ts),
+                   "all_s": ts, "ratio_to_sentence_transformers": base / statistics.median(ts), **accuracy[name]}
+            for name, ts in times.items()}
+    return {"model": model, "source": source, "published_queries_per_s": dict(zip(("gpu", "cpu"),
+                                                                                  PUBLISHED.get(model, (None, None)))),
+            "workloads": {k: len(v) for k, v in corpus.items()}, "results": results}
+
+
+def _bundled_path(manifest) -> str:
+    from exporters.resolve import _bundled_copy
+
+    return str(_bundled_copy(manifest["source"]["model"])[1])
+
+
+def print_table(res: dict, provider: str) -> None:
+    pub = res["published_queries_per_s"]["gpu" if provider == "cuda" else "cpu"]
+    print(f"\n{res['model']}  (model table, {provider.upper()}: {pub or 'n/a'} queries/s on its hardware)")
+    print(f"{'workload':9} {'system':34} {'items/s':>9} {'vs ST':>6} {'min cos':>9} {'mean cos':>9}")
+    for workload, rows in res["results"].items():
+        for name, r in rows.items():
+            print(f"{workload:9} {name:34} {r['items_per_s']:9.1f} {r['ratio_to_sentence_transformers']:5.2f}x "
+                  f"{r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}")
+
+
+def plot(all_results: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG written (pip install matplotlib)")
+        return False
+    rows = [(f"{r['model']}\n{w}", name, v["ratio_to_sentence_transformers"])
+            for r in all_results for w, sysres in r["results"].items() for name, v in sysres.items()]
+    groups = list(dict.fromkeys(g for g, _, _ in rows))
+    names = list(dict.fromkeys(n for _, n, _ in rows))
+    fig, ax = plt.subplots(figsize=(2.2 * len(groups) + 3, 4.5))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        xs = [i + j * width for i, g in enumerate(groups) for gg, n, _ in rows if gg == g and n == name]
+        ys = [v for g in groups for gg, n, v in rows if gg == g and n == name]
+        ax.bar(xs, ys, width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_ylabel("throughput / sentence-transformers (same run)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+")
+    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="threads for both (default: physical cores)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--queries", type=int, default=2048)
+    p.add_argument("--passages", type=int, default=256)
+    p.add_argument("--variants", default=None, help="comma-separated st_runtime variants (default: all)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--png", type=Path, default=None)
+    args = p.parse_args(argv)
+    from st_runtime.providers import physical_cores
+
+    threads = args.threads or physical_cores()
+    corpus = make_corpus(n_queries=args.queries, n_passages=args.passages)
+    out = {"created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+           "provider": args.provider, "threads": threads, "rounds": args.rounds, "batch_size": args.batch_size,
+           "machine": machine(), "models": []}
+    for model in args.models:
+        res = bench_model(model, args.provider, threads, args.rounds, args.batch_size, corpus,
+                          args.variants.split(",") if args.variants else None)
+        print_table(res, args.provider)
+        out["models"].append(res)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"\nwrote {args.json}")
+    if args.png and plot(out["models"], args.png):
+        print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
