@@ -49,53 +49,6 @@ def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | Non
     return model.eval()
 
 
-def _graph_module(st_model, input_names: list[str]):
-    import torch
-
-    class SentenceEmbeddingGraph(torch.nn.Module):
-        """input tensors -> every sentence-transformers module in order -> sentence_embedding."""
-
-        def __init__(self):
-            super().__init__()
-            self.stages = torch.nn.ModuleList(list(st_model))
-
-        def forward(self, *tensors):
-            features = dict(zip(input_names, tensors))
-            for stage in self.stages:
-                features = stage(features)
-            return features["sentence_embedding"]
-
-    return SentenceEmbeddingGraph().eval()
-
-
-def _export_text_graph(st_model, desc: ModelDescription, input_names: list[str], path: Path, opset: int,
-                       external_data: bool | None) -> bool:
-    import onnx
-    import torch
-
-    # Tracing sample: two texts of different lengths, so the traced graph sees real padding.
-    sample = st_model.preprocess(["a short text", "a noticeably longer text so that the batch needs padding"])
-    args = tuple(sample[name] for name in input_names)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    dynamic_axes["sentence_embedding"] = {0: "batch"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _graph_module(st_model, input_names), args, str(path), dynamo=False, opset_version=opset,
-            input_names=input_names, output_names=["sentence_embedding"], dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-    model = onnx.load(str(path))
-    use_external = external_data if external_data is not None else path.stat().st_size >= EXTERNAL_DATA_THRESHOLD
-    if use_external:
-        for f in path.parent.iterdir():  # torch may already have spilled weights next to the graph
-            if f != path and f.is_file() and not f.name.endswith(".json"):
-                f.unlink()
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    return use_external
-
-
 def _write_tokenizer(st_model, path: Path) -> dict[str, Any]:
     from tokenizers import Tokenizer
 
@@ -168,12 +121,9 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        tok_info = _write_tokenizer(st_export, tmp / "tokenizer.json")
-        input_names = [i for i in spec.inputs
-                       if i in ("input_ids", "attention_mask") or i in tok_info["model_input_names"]]
-        graph_file = "model.onnx"
-        log(f"Tracing {graph_file} (inputs {input_names}, opset {opset}, attention {spec.attn_implementation})")
-        used_external = _export_text_graph(st_export, desc, input_names, tmp / graph_file, opset, external_data)
+        from .towers import build_towers
+
+        towers = build_towers(st_export, desc, tmp, opset, external_data, log)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -181,20 +131,7 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
             "source": {"model": resolved.source, "revision": resolved.revision, "origin": resolved.origin,
                        "modules": modules_json},
             "architecture": {"model_type": model_type, "family": spec.family},
-            "towers": {"text": {
-                "modality": "text",
-                "inputs": input_names,
-                "output": "sentence_embedding",
-                "tokenizer": tok_info,
-                "variants": {"fp32": {
-                    "file": graph_file,
-                    "precision": "fp32",
-                    "status": "pending",
-                    "providers": ALL_PROVIDERS,
-                    "rank": 100,
-                    "external_data": used_external,
-                }},
-            }},
+            "towers": towers,
             "embedding": {
                 "dimension": int(st_export.get_embedding_dimension()),
                 "pooling": desc.pooling,
@@ -219,19 +156,22 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
         from st_runtime import SentenceEncoder
 
         encoder = SentenceEncoder(tmp, providers="cpu", variant="fp32")
-        report = validate(reference, encoder, FP32_GATE)
-        variant = manifest["towers"]["text"]["variants"]["fp32"]
-        variant["status"] = "passed" if report["passed"] else "failed"
-        variant["validation"] = report
-        log(f"fp32: {report['summary']} -> {variant['status']}")
-        if not report["passed"]:
-            lines = "\n".join(
-                f"  [{f['run']}] #{f.get('index')} ({f.get('tag')}) cosine {f.get('cosine', float('nan')):.7f}: "
-                f"{f.get('text', f.get('error'))!r}" for f in report["failures"][:50])
-            raise ValidationFailedError(
-                f"The exported graph of {resolved.source} does not reproduce sentence-transformers: "
-                f"{len(report['failures'])} item(s) below cosine {FP32_GATE}:\n{lines}\nNothing was written to "
-                f"{output}. Please report this with the model name and the versions above.", report)
+        from .towers import validation_items
+
+        for tname, tower in manifest["towers"].items():
+            report = validate(reference, encoder, FP32_GATE, validation_items(tower))
+            variant = tower["variants"]["fp32"]
+            variant["status"] = "passed" if report["passed"] else "failed"
+            variant["validation"] = report
+            log(f"{tname} fp32: {report['summary']} -> {variant['status']}")
+            if not report["passed"]:
+                lines = "\n".join(
+                    f"  [{f['run']}] #{f.get('index')} ({f.get('tag')}) cosine {f.get('cosine', float('nan')):.7f}: "
+                    f"{f.get('text', f.get('error'))!r}" for f in report["failures"][:50])
+                raise ValidationFailedError(
+                    f"The exported {tname} tower of {resolved.source} does not reproduce sentence-transformers: "
+                    f"{len(report['failures'])} item(s) below cosine {FP32_GATE}:\n{lines}\nNothing was written to "
+                    f"{output}. Please report this with the model name and the versions above.", report)
         dump_manifest(manifest, tmp)
         _place(tmp, output)
     except BaseException:
