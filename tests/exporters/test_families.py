@@ -268,3 +268,33 @@ def test_clip_processor_setting_outside_what_runtime_reproduces_is_refused(zoo_f
     with pytest.raises(errors.UnsupportedModelError, match="size"):
         export_model(str(src), output=tmp_path / "out", log=lambda _m: None)
     assert not (tmp_path / "out").exists()
+
+
+_HYGIENE = """
+import sys
+from st_runtime import SentenceEncoder
+m = SentenceEncoder(sys.argv[1])
+m.encode(["a photo of a red square"])
+print("PIL_AFTER_TEXT:", "PIL" in sys.modules)
+if len(sys.argv) > 2:
+    m.encode([sys.argv[2], "a caption"])
+heavy = sorted(k for k in sys.modules if k.split(".")[0] in
+               {"torch", "transformers", "sentence_transformers", "onnx", "exporters"})
+print("HEAVY:", heavy)
+"""
+
+
+@pytest.mark.parametrize("family", ["clip", "glove"])
+def test_new_families_run_without_heavy_imports(zoo_families, tmp_path, family):
+    import subprocess
+    import sys
+
+    out = zoo_families.clip()[1] if family == "clip" else zoo_families.glove()[1]
+    args = [sys.executable, "-c", _HYGIENE, str(out)]
+    if family == "clip":
+        p = tmp_path / "img.png"
+        _images()[0].save(p)
+        args.append(str(p))
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY: []" in r.stdout and "PIL_AFTER_TEXT: False" in r.stdout, r.stdout
