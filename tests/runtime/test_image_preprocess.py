@@ -102,3 +102,28 @@ def test_classify_follows_sentence_transformers_rules(tmp_path):
     assert kinds == ["text", "image", "text", "text", "image", "image"] and not singular
     assert rt_image.classify(Image.new("RGB", (2, 2)))[2] is True
     assert rt_image.classify(np.zeros((4, 4, 3), np.uint8))[2] is True
+
+
+def test_data_uri_is_an_image_and_bad_inputs_are_typed(tmp_path):
+    import base64
+    import io
+
+    from st_runtime.errors import UnsupportedInputError
+
+    img = _images()["landscape"]
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    cfg = _manifest_cfg(_processor(CONFIGS["tiny-32"]))
+    assert rt_image.classify([uri])[1] == ["image"]
+    np.testing.assert_array_equal(rt_image.preprocess([uri], cfg), rt_image.preprocess([img], cfg))
+    with pytest.raises(UnsupportedInputError, match="data:image"):
+        rt_image.preprocess(["data:image/png;base64,bm90IGFuIGltYWdl"], cfg)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(UnsupportedInputError, match="could not read the image file"):
+        rt_image.preprocess([str(bad)], cfg)
+    with pytest.raises(UnsupportedInputError, match="uint8"):
+        rt_image.preprocess([np.zeros((4, 4, 3), np.float64)], cfg)
+    with pytest.raises(UnsupportedInputError, match="channel"):
+        rt_image.preprocess([np.zeros((5, 5, 7), np.uint8)], cfg)
