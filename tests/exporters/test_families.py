@@ -122,8 +122,10 @@ def test_glove_legacy_hub_layout(zoo_families, tmp_path):
 
 def test_glove_refuses_pairs_with_a_typed_error(zoo_families):
     enc = SentenceEncoder(zoo_families.glove()[1])
-    with pytest.raises(UnsupportedInputError, match="pairs are not supported"):
-        enc.encode([["London", "Paris"]])
+    with pytest.raises(UnsupportedInputError, match="input 1 is a .text, text_pair. pair.*word-embeddings"):
+        enc.encode(["London", ["London", "Paris"]])
+    with pytest.raises(UnsupportedInputError, match="pairs are not supported"):  # the tokenizer itself refuses too
+        enc.tokenizer.encode_batch([("London", "Paris")])
 
 
 def test_word_embeddings_with_a_transformers_tokenizer_is_refused(zoo_families, tmp_path):
@@ -240,6 +242,9 @@ def test_clip_bad_image_inputs_are_typed(zoo_families):
         enc.encode(["https://example.com/cat.jpg"])
     with pytest.raises(UnsupportedInputError, match="input 1"):
         enc.encode(["text", 3])
+    # sentence-transformers 6 refuses text pairs for CLIP (ValueError); st_runtime refuses them with a typed error
+    with pytest.raises(UnsupportedInputError, match="pair.*clip"):
+        enc.encode([("a photo", "of a cat")])
 
 
 def test_clip_legacy_hub_layout(zoo_families, tmp_path):
