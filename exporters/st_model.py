@@ -61,7 +61,9 @@ def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dic
             "the model repository; if you trust it, pass --trust-remote-code.")
     model_type = config.get("model_type")
     if not model_type:
-        raise UnsupportedModelError(f"{cfg_path} names no model_type.")
+        raise UnsupportedModelError(
+            f"{cfg_path} names no model_type, so the first module ({first.get('type')}) is not a Hugging Face "
+            f"transformer. st-export supports pipelines of {', '.join(SUPPORTED_MODULES)}. {supported_summary()}.")
     spec_for(model_type)  # raises with the list of supported architectures
     return model_type, modules
 

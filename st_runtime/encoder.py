@@ -337,10 +337,11 @@ class SentenceEncoder:
         if not self.manifest["towers"]["text"]["tokenizer"].get("pairs", True):
             pair = next((i for i, it in enumerate(items) if isinstance(it, tuple)), None)
             if pair is not None:
+                family = self.manifest.get("architecture", {}).get("family", "?")
                 raise UnsupportedInputError(
-                    f"input {pair} is a [text, text_pair] pair, but this model ({self.manifest.get('architecture', {}).get('family', '?')}"
-                    ") embeds single texts: sentence-transformers does not accept pairs for it either, so pairs were "
-                    "not validated at export. Pass single strings.")
+                    f"input {pair} is a [text, text_pair] pair, but this model ({family}) embeds single texts: "
+                    "sentence-transformers does not accept pairs for it either, so pairs were not validated at "
+                    "export. Pass single strings.")
         prompt_text = self._resolve_prompt(prompt, prompt_name)
         if prompt_text:  # prompts apply to text only, as in sentence-transformers
             items = [it if kinds is not None and kinds[i] != "text" else

@@ -303,3 +303,21 @@ def test_new_families_run_without_heavy_imports(zoo_families, tmp_path, family):
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "HEAVY: []" in r.stdout and "PIL_AFTER_TEXT: False" in r.stdout, r.stdout
+
+
+def test_unsupported_modules_around_new_families_are_named(zoo_families, tmp_path):
+    from sentence_transformers import SentenceTransformer, models
+
+    from exporters import errors, export_model
+
+    glove = SentenceTransformer(str(zoo_families.glove()[0]), device="cpu")
+    lstm = SentenceTransformer(modules=[glove[0], models.LSTM(12, 6), models.Pooling(12, pooling_mode="mean")],
+                               device="cpu")
+    lstm.save(str(tmp_path / "lstm"))
+    with pytest.raises(errors.UnsupportedModelError, match=r"LSTM.*Supported modules: .*WordEmbeddings"):
+        export_model(str(tmp_path / "lstm"), output=tmp_path / "out1", log=lambda _m: None)
+    bow = SentenceTransformer(modules=[models.BoW(["a", "b", "c"])], device="cpu")
+    bow.save(str(tmp_path / "bow"))
+    with pytest.raises(errors.UnsupportedModelError, match=r"BoW.*WordEmbeddings"):
+        export_model(str(tmp_path / "bow"), output=tmp_path / "out2", log=lambda _m: None)
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
