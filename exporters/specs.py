@@ -149,6 +149,20 @@ register(TextEncoderSpec(
     examples=("paraphrase-multilingual-mpnet-base-v2",),
 ))
 register(TextEncoderSpec(
+    family="roberta",
+    model_types=("roberta",),
+    inputs=("input_ids", "attention_mask"),
+    ort_optimizer_type="bert",
+    examples=("all-distilroberta-v1",),
+))
+register(TextEncoderSpec(
+    family="albert",
+    model_types=("albert",),
+    inputs=("input_ids", "attention_mask", "token_type_ids"),
+    ort_optimizer_type=None,
+    examples=("paraphrase-albert-small-v2",),
+))
+register(TextEncoderSpec(
     family="clip",
     model_types=("clip",),
     inputs=("input_ids", "attention_mask"),

@@ -40,6 +40,22 @@ def _unigram_tokenizer():
     return tok
 
 
+def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab and merges of a GPT-2/RoBERTa-style byte-level BPE trained on the battery."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from exporters.battery import battery
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=special_tokens, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([t for _, t in battery()] * 3, trainer)
+    d = json.loads(tok.to_str())
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in d["model"]["merges"]]
+    return d["model"]["vocab"], merges
+
+
 def _hf_tokenizer(arch: str):
     import transformers as tr
 
@@ -53,6 +69,14 @@ def _hf_tokenizer(arch: str):
         for extra in ("<s>", "</s>", "<pad>", "<mask>"):
             vocab[extra] = len(vocab)
         return tr.MPNetTokenizerFast(vocab=vocab, do_lower_case=True)
+    if arch == "roberta":  # all-distilroberta-v1: byte-level BPE, trained here
+        vocab, merges = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        return tr.RobertaTokenizer(vocab=vocab, merges=merges)
+    if arch == "albert":  # paraphrase-albert-small-v2: sentencepiece Unigram (the one trained for XLM-R here)
+        uni = json.loads(_unigram_tokenizer().to_str())["model"]["vocab"]
+        specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+        vocab = [(t, 0.0) for t in specials] + [(t, sc) for t, sc in uni if t not in specials]
+        return tr.AlbertTokenizer(vocab=vocab, do_lower_case=True)
     if arch == "xlm-roberta":
         return tr.XLMRobertaTokenizerFast(tokenizer_object=_unigram_tokenizer(), bos_token="<s>", eos_token="</s>",
                                           sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
@@ -78,6 +102,14 @@ def _hf_model(arch: str, vocab_size: int, pad_id: int):
         cfg = tr.MPNetConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                              max_position_embeddings=66, **common)
         return tr.MPNetModel(cfg, add_pooling_layer=False)
+    if arch == "roberta":
+        cfg = tr.RobertaConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                               max_position_embeddings=MAX_SEQ + 2, type_vocab_size=1, **common)
+        return tr.RobertaModel(cfg, add_pooling_layer=False)
+    if arch == "albert":
+        cfg = tr.AlbertConfig(embedding_size=16, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, max_position_embeddings=64, **common)
+        return tr.AlbertModel(cfg, add_pooling_layer=False)
     if arch == "xlm-roberta":
         cfg = tr.XLMRobertaConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=MAX_SEQ + 2, type_vocab_size=1,
@@ -296,5 +328,7 @@ def glove_to_legacy_layout(src: Path, dst: Path) -> Path:
 
 
 # registry family -> how its tiny model is built (build_tiny for the architecture grid, a builder otherwise)
-TINY_FAMILIES = {**{arch: "build_tiny" for arch in TINY_ARCHITECTURES},
+# roberta and albert are built by build_tiny but kept out of the pooling grid (tested in test_families).
+EXTRA_ARCHITECTURES = ("roberta", "albert")
+TINY_FAMILIES = {**{arch: "build_tiny" for arch in TINY_ARCHITECTURES + EXTRA_ARCHITECTURES},
                  "clip": "build_tiny_clip", "word-embeddings": "build_tiny_glove"}

@@ -321,3 +321,18 @@ def test_unsupported_modules_around_new_families_are_named(zoo_families, tmp_pat
     with pytest.raises(errors.UnsupportedModelError, match=r"BoW.*WordEmbeddings"):
         export_model(str(tmp_path / "bow"), output=tmp_path / "out2", log=lambda _m: None)
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+# ------------------------------------------------------------------------------------------------ RoBERTa, ALBERT
+@pytest.mark.parametrize("arch,pooling,normalize", [
+    ("roberta", "mean", True),    # all-distilroberta-v1
+    ("albert", "mean", False),    # paraphrase-albert-small-v2
+])
+def test_roberta_and_albert(zoo, arch, pooling, normalize):
+    src = zoo.model(arch, pooling=pooling, normalize=normalize)
+    enc = SentenceEncoder(zoo.export(arch, pooling=pooling, normalize=normalize))
+    ref_model = zoo.reference(src)
+    assert_parity(ref_model.encode(TEXTS), enc.encode(TEXTS))
+    assert_parity(ref_model.encode(TEXTS), np.stack([enc.encode(t) for t in TEXTS]))
+    assert_parity(ref_model.encode([list(p) for p in PAIRS]), enc.encode(PAIRS))
+    assert enc.max_seq_length == ref_model.max_seq_length
