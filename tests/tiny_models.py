@@ -247,16 +247,27 @@ def build_tiny_clip(out: Path) -> Path:
 
 def clip_to_legacy_layout(src: Path, dst: Path) -> Path:
     """The hub's clip-ViT-* layout: the legacy ``sentence_transformers.models.CLIPModel`` module in 0_CLIPModel/
-    with config.json, weights, preprocessor_config.json, vocab.json/merges.txt and tokenizer config."""
+    holding config.json, pytorch_model.bin, an old-style preprocessor_config.json (CLIPFeatureExtractor with
+    integer size/crop_size) and the slow tokenizer files vocab.json/merges.txt (no tokenizer.json)."""
+    import torch
+    from safetensors.torch import load_file
+
     sub = dst / "0_CLIPModel"
     sub.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, sub / name)
-    proc = json.loads((src / "processor_config.json").read_text())
-    (sub / "preprocessor_config.json").write_text(json.dumps(proc["image_processor"], indent=2))
-    tok_cfg = json.loads((sub / "tokenizer_config.json").read_text())
-    tok_cfg["tokenizer_class"] = "CLIPTokenizer"
-    (sub / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    shutil.copy(src / "config.json", sub / "config.json")
+    torch.save(load_file(str(src / "model.safetensors")), sub / "pytorch_model.bin")
+    proc = json.loads((src / "processor_config.json").read_text())["image_processor"]
+    (sub / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": proc["crop_size"]["height"], "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": proc["image_mean"],
+        "image_std": proc["image_std"], "resample": 3, "size": proc["size"]["shortest_edge"]}, indent=2))
+    (sub / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>"}, indent=2))
+    (sub / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>"}))
     _, vocab, merges = _clip_tokenizer()
     (sub / "vocab.json").write_text(json.dumps(vocab))
     (sub / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
