@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -157,6 +158,7 @@ class SentenceEncoder:
             if tname != "text":
                 self._lazy_towers[tname] = (tower, *self._choose_variant(tower, variant))
         self._loaded_towers: dict[str, Any] = {}
+        self._tower_lock = threading.Lock()
         self._session_args = (fallback_allowed, session_options, verify_checksums)
         emb = self.manifest["embedding"]
         self._dim = int(emb["dimension"])
@@ -190,24 +192,25 @@ class SentenceEncoder:
         return name, variants[name]
 
     def _tower(self, name: str):
-        """A non-text tower (CLIP's "image"), loaded on first use."""
-        if name not in self._loaded_towers:
-            tower, _vname, vspec = self._lazy_towers[name]
-            fallback_allowed, session_options, verify_checksums = self._session_args
-            verify_files(self.path, self.manifest, [vspec["file"]], checksums=verify_checksums)
-            session = _make_session(self.path / vspec["file"], self.providers, fallback_allowed, self.threads,
-                                    session_options)
-            if tower["modality"] != "image":
-                raise GraphLoadError(f"tower {name!r} has modality {tower['modality']!r}, which this st-runtime "
-                                     "cannot run. Upgrade st-runtime.")
-            from .image import ImageTower
+        """A non-text tower (CLIP's "image"), loaded on first use (once, also under concurrent calls)."""
+        with self._tower_lock:
+            if name not in self._loaded_towers:
+                tower, _vname, vspec = self._lazy_towers[name]
+                if tower["modality"] != "image":
+                    raise GraphLoadError(f"tower {name!r} has modality {tower['modality']!r}, which this "
+                                         "st-runtime cannot run. Upgrade st-runtime.")
+                fallback_allowed, session_options, verify_checksums = self._session_args
+                verify_files(self.path, self.manifest, [vspec["file"]], checksums=verify_checksums)
+                session = _make_session(self.path / vspec["file"], self.providers, fallback_allowed, self.threads,
+                                        session_options)
+                declared = [i.name for i in session.get_inputs()]
+                if declared != list(tower["inputs"]):
+                    raise GraphLoadError(f"{vspec['file']} takes inputs {declared} but the manifest says "
+                                         f"{tower['inputs']}. Re-export the model with `st-export`.")
+                from .image import ImageTower
 
-            declared = [i.name for i in session.get_inputs()]
-            if declared != list(tower["inputs"]):
-                raise GraphLoadError(f"{vspec['file']} takes inputs {declared} but the manifest says "
-                                     f"{tower['inputs']}. Re-export the model with `st-export`.")
-            self._loaded_towers[name] = ImageTower(tower, session)
-        return self._loaded_towers[name]
+                self._loaded_towers[name] = ImageTower(tower, session)
+            return self._loaded_towers[name]
 
     @property
     def modalities(self) -> list[str]:
