@@ -120,16 +120,18 @@ def _hf_model(arch: str, vocab_size: int, pad_id: int):
 
 def build_tiny(out: Path, arch: str, pooling: str = "mean", dense: list[tuple[int, str]] | None = None,
                normalize: bool = True, prompts: dict[str, str] | None = None,
-               default_prompt_name: str | None = None, similarity_fn_name: str | None = None) -> Path:
+               default_prompt_name: str | None = None, similarity_fn_name: str | None = None,
+               tokenizer_arch: str | None = None) -> Path:
     """Save a tiny sentence-transformers model to ``out`` and return it.
 
     dense: [(out_features, activation)] with activation a torch.nn class name ("Tanh", "Identity").
+    tokenizer_arch: use that architecture's tokenizer (BERT weights with the XLM-R Unigram tokenizer).
     """
     import torch
     from sentence_transformers import SentenceTransformer, models
 
     hf_dir = out.parent / f"{out.name}-hf"
-    tok = _hf_tokenizer(arch)
+    tok = _hf_tokenizer(tokenizer_arch or arch)  # another family's tokenizer: paraphrase-multilingual-MiniLM
     model = _hf_model(arch, len(tok), tok.pad_token_id)
     # Random weights of a fresh model are near-isotropic; scale embeddings so pooling modes differ visibly.
     model.save_pretrained(str(hf_dir))

@@ -336,3 +336,16 @@ def test_roberta_and_albert(zoo, arch, pooling, normalize):
     assert_parity(ref_model.encode(TEXTS), np.stack([enc.encode(t) for t in TEXTS]))
     assert_parity(ref_model.encode([list(p) for p in PAIRS]), enc.encode(PAIRS))
     assert enc.max_seq_length == ref_model.max_seq_length
+
+
+def test_bert_weights_with_xlm_r_tokenizer(zoo):
+    """paraphrase-multilingual-MiniLM-L12-v2: model_type bert, sentencepiece Unigram tokenizer that gives no
+    token_type_ids, so the graph takes none (BERT then uses zeros, as in sentence-transformers)."""
+    src = zoo.model("bert", pooling="mean", tokenizer_arch="xlm-roberta")
+    out = zoo.export("bert", pooling="mean", tokenizer_arch="xlm-roberta")
+    enc = SentenceEncoder(out)
+    assert enc._text.inputs == ["input_ids", "attention_mask"]
+    assert enc.tokenizer.encode("hello").tokens[0] == "<s>"
+    ref_model = zoo.reference(src)
+    assert_parity(ref_model.encode(TEXTS), enc.encode(TEXTS))
+    assert_parity(ref_model.encode([list(p) for p in PAIRS]), enc.encode(PAIRS))
