@@ -349,3 +349,25 @@ def test_bert_weights_with_xlm_r_tokenizer(zoo):
     ref_model = zoo.reference(src)
     assert_parity(ref_model.encode(TEXTS), enc.encode(TEXTS))
     assert_parity(ref_model.encode([list(p) for p in PAIRS]), enc.encode(PAIRS))
+
+
+def test_manifest_format_version_marks_new_fields(zoo_families):
+    """Readers of format 1 would misread image towers and whitespace tokenizers; such manifests say 2."""
+    from st_runtime.manifest import FORMAT_VERSION
+
+    assert FORMAT_VERSION == 2
+    for out in (zoo_families.clip()[1], zoo_families.glove()[1]):
+        assert json.loads((out / "manifest.json").read_text())["format_version"] == 2
+
+
+def test_format_1_manifest_still_reads(zoo, tmp_path):
+    """An export written before format 2 (no tokenizer kind, no pairs flag) reads and encodes as before."""
+    out = shutil.copytree(zoo.export("bert", pooling="cls", normalize=False), tmp_path / "v1")
+    m = json.loads((out / "manifest.json").read_text())
+    m["format_version"] = 1
+    for key in ("kind", "pairs"):
+        m["towers"]["text"]["tokenizer"].pop(key)
+    (out / "manifest.json").write_text(json.dumps(m))
+    enc = SentenceEncoder(out)
+    ref = SentenceEncoder(zoo.export("bert", pooling="cls", normalize=False))
+    np.testing.assert_array_equal(enc.encode(PAIRS + TEXTS), ref.encode(PAIRS + TEXTS))
