@@ -119,3 +119,55 @@ CALIBRATION = [
     "The stock market fell sharply on Monday as investors worried about rising interest rates and slowing "
     "growth in major economies, with technology shares leading the decline.",
 ]
+
+
+def pair_battery() -> list[tuple[str, tuple[str, str]]]:
+    """[title, passage] pairs as DPR context encoders and nq-distilbert take them (tokenized as a pair, with
+    token_type_ids for BERT), including pairs whose halves must be truncated longest-first."""
+    items = [
+        ("pair", ("London", PASSAGES[0])),
+        ("pair", ("Paris", PASSAGES[1])),
+        ("pair", ("Vitamin D", PASSAGES[2])),
+        ("pair", ("How big is London", "London has 9,787,426 inhabitants")),
+        ("pair", ("", "an empty title")),
+        ("pair", ("a title with no text", "")),
+        ("pair_over_max_seq_length", ("A short title", long_text(600))),
+        ("pair_over_max_seq_length", (long_text(300), long_text(500))),
+    ]
+    return items
+
+
+def image_battery() -> list[tuple[str, object]]:
+    """Deterministic generated images of every shape image preprocessing must get right: landscape, portrait,
+    square, smaller than the crop, large, grayscale, with alpha, palette. Needs Pillow."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.RandomState(1234)
+
+    def scene(w: int, h: int, seed: int) -> "Image.Image":
+        r = np.random.RandomState(seed)
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)),
+                         np.full_like(x, r.randint(0, 256))], -1).astype(np.uint8)
+        img = Image.fromarray(base)
+        draw = ImageDraw.Draw(img)
+        for _ in range(3):
+            x0, y0 = r.randint(0, max(w - 2, 1)), r.randint(0, max(h - 2, 1))
+            draw.ellipse([x0, y0, x0 + r.randint(1, w), y0 + r.randint(1, h)], fill=tuple(r.randint(0, 256, 3)))
+        return img
+
+    items: list[tuple[str, object]] = [
+        ("image_landscape", scene(96, 64, 1)),
+        ("image_portrait", scene(45, 80, 2)),
+        ("image_square", scene(50, 50, 3)),
+        ("image_smaller_than_crop", scene(9, 13, 4)),
+        ("image_large", scene(640, 480, 5)),
+        ("image_noise", Image.fromarray(rng.randint(0, 256, size=(70, 71, 3), dtype=np.uint8))),
+        ("image_grayscale", scene(64, 48, 6).convert("L")),
+        ("image_rgba", Image.fromarray(np.concatenate(
+            [np.asarray(scene(60, 40, 7)), rng.randint(0, 256, size=(40, 60, 1), dtype=np.uint8)], -1), "RGBA")),
+        ("image_palette", scene(57, 57, 8).convert("P")),
+        ("image_one_pixel", Image.new("RGB", (1, 1), (200, 30, 90))),
+    ]
+    return items

@@ -19,7 +19,7 @@ from st_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, dump_manifest, fi
 
 from .errors import ExportError, ValidationFailedError
 from .resolve import ResolvedModel, resolve
-from .st_model import ModelDescription, describe, inspect_folder
+from .st_model import describe, inspect_folder
 from .validate import validate
 from .variants import PLANS, build_fp16, build_int8, build_opt
 
@@ -64,52 +64,6 @@ def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | Non
     return model.eval()
 
 
-def _graph_module(st_model, input_names: list[str]):
-    import torch
-
-    class SentenceEmbeddingGraph(torch.nn.Module):
-        """input tensors -> every sentence-transformers module in order -> sentence_embedding."""
-
-        def __init__(self):
-            super().__init__()
-            self.stages = torch.nn.ModuleList(list(st_model))
-
-        def forward(self, *tensors):
-            features = dict(zip(input_names, tensors))
-            for stage in self.stages:
-                features = stage(features)
-            return features["sentence_embedding"]
-
-    return SentenceEmbeddingGraph().eval()
-
-
-def _export_text_graph(st_model, desc: ModelDescription, input_names: list[str], path: Path, opset: int,
-                       external_data: bool | None) -> bool:
-    import onnx
-    import torch
-
-    # Tracing sample: two texts of different lengths, so the traced graph sees real padding.
-    sample = st_model.preprocess(["a short text", "a noticeably longer text so that the batch needs padding"])
-    args = tuple(sample[name] for name in input_names)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    dynamic_axes["sentence_embedding"] = {0: "batch"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _graph_module(st_model, input_names), args, str(path), dynamo=False, opset_version=opset,
-            input_names=input_names, output_names=["sentence_embedding"], dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-    use_external = external_data if external_data is not None else path.stat().st_size >= EXTERNAL_DATA_THRESHOLD
-    if use_external:
-        model = onnx.load(str(path))  # with any weights torch spilled next to the graph (> 2 GB)
-        for f in path.parent.iterdir():
-            if f != path and f.is_file() and not f.name.endswith(".json"):
-                f.unlink()
-        _externalize(path, model)
-    return use_external
-
-
 def _externalize(path: Path, model=None) -> Path:
     """Re-save a graph with its weights in ``<file>.data`` next to it (ONNX external data)."""
     import onnx
@@ -149,27 +103,30 @@ def _variant_entry(name: str, file: str, info: dict[str, Any]) -> dict[str, Any]
             "build": info}
 
 
-def _validate_variant(manifest: dict[str, Any], folder: Path, name: str, reference, source: str,
+def _validate_variant(manifest: dict[str, Any], folder: Path, tower: str, name: str, reference, source: str,
                       log: Callable[[str], None], required: bool = True) -> bool:
-    """Validate one variant through st_runtime itself and record the result in the manifest."""
+    """Validate one variant of one tower through st_runtime itself and record the result in the manifest."""
     from st_runtime import SentenceEncoder
+
+    from .towers import validation_items
 
     plan = PLANS[name]
     providers = "cuda" if "CPUExecutionProvider" not in plan.providers else "cpu"
     encoder = SentenceEncoder(folder, providers=providers, variant=name)
-    report = validate(reference, encoder, plan.min_cosine, mean_gate=plan.mean_cosine)
+    entry = manifest["towers"][tower]
+    report = validate(reference, encoder, plan.min_cosine, validation_items(entry), mean_gate=plan.mean_cosine)
     report["provider"] = providers
-    variant = manifest["towers"]["text"]["variants"][name]
+    variant = entry["variants"][name]
     variant["status"] = "passed" if report["passed"] else "failed"
     variant["validation"] = report
-    log(f"{name}: {report['summary']} -> {variant['status']}")
+    log(f"{tower} {name}: {report['summary']} -> {variant['status']}")
     if report["passed"] or not required:
         return report["passed"]
     lines = "\n".join(
         f"  [{f['run']}] #{f.get('index')} ({f.get('tag')}) cosine {f.get('cosine', float('nan')):.7f}: "
         f"{f.get('text', f.get('error'))!r}" for f in report["failures"][:50])
     raise ValidationFailedError(
-        f"The exported {name} graph of {source} does not reproduce sentence-transformers: "
+        f"The exported {name} graph of the {tower} tower of {source} does not reproduce sentence-transformers: "
         f"{len(report['failures'])} item(s) below cosine {plan.min_cosine}:\n{lines}\nNothing was written. "
         "Please report this with the model name and the versions in the manifest.", report)
 
@@ -299,12 +256,9 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        tok_info = _write_tokenizer(st_export, tmp / "tokenizer.json")
-        input_names = [i for i in spec.inputs
-                       if i in ("input_ids", "attention_mask") or i in tok_info["model_input_names"]]
-        graph_file = "model.onnx"
-        log(f"Tracing {graph_file} (inputs {input_names}, opset {opset}, attention {spec.attn_implementation})")
-        used_external = _export_text_graph(st_export, desc, input_names, tmp / graph_file, opset, external_data)
+        from .towers import build_towers
+
+        towers = build_towers(st_export, desc, tmp, opset, external_data, log)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -312,13 +266,7 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
             "source": {"model": resolved.source, "revision": resolved.revision, "origin": resolved.origin,
                        "modules": modules_json},
             "architecture": {"model_type": model_type, "family": spec.family},
-            "towers": {"text": {
-                "modality": "text",
-                "inputs": input_names,
-                "output": "sentence_embedding",
-                "tokenizer": tok_info,
-                "variants": {"fp32": _variant_entry("fp32", graph_file, {"external_data": used_external})},
-            }},
+            "towers": towers,
             "embedding": {
                 "dimension": int(st_export.get_embedding_dimension()),
                 "pooling": desc.pooling,
@@ -340,38 +288,44 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
         }
         dump_manifest(manifest, tmp)
 
-        _validate_variant(manifest, tmp, "fp32", reference, resolved.source, log)
-        hf_config = st_export[0].auto_model.config
-        fp32_path = tmp / graph_file
         rejected: dict[str, Any] = {}
-        for name in wanted[1:]:
-            plan = PLANS[name]
-            path = tmp / f"model_{name}.onnx"
-            log(f"Building {name} variant")
-            if name == "opt":
-                info = build_opt(fp32_path, path, spec.ort_optimizer_type, hf_config.num_attention_heads,
-                                 hf_config.hidden_size)
-            elif name == "int8":
-                src = tmp / "model_opt.onnx" if "opt" in manifest["towers"]["text"]["variants"] else fp32_path
-                info = build_int8(src, path, _calibration_feeds(tmp, input_names), "sentence_embedding",
-                                  target_min=plan.min_cosine + 0.003, target_mean=plan.mean_cosine + 0.002,
-                                  workdir=tmp, log=log)
-            else:
-                info = build_fp16(tmp / "model_opt.onnx" if "opt" in manifest["towers"]["text"]["variants"]
-                                  else fp32_path, path)
-            written = [path]
-            if used_external:
-                written.append(_externalize(path))
-                info["external_data"] = True
-            for f in written:
-                manifest["files"][f.name] = file_record(f)
-            manifest["towers"]["text"]["variants"][name] = _variant_entry(name, path.name, info)
-            dump_manifest(manifest, tmp)
-            if not _validate_variant(manifest, tmp, name, reference, resolved.source, log, required=False):
-                rejected[name] = manifest["towers"]["text"]["variants"].pop(name)
+        for tname, tower in manifest["towers"].items():
+            _validate_variant(manifest, tmp, tname, "fp32", reference, resolved.source, log)
+        for tname, tower in manifest["towers"].items():
+            if tower["modality"] != "text":
+                continue
+            fp32_path = tmp / tower["variants"]["fp32"]["file"]
+            used_external = tower["variants"]["fp32"]["external_data"]
+            for name in [v for v in wanted[1:] if v in spec.variants]:
+                plan = PLANS[name]
+                path = tmp / f"{fp32_path.stem}_{name}.onnx"
+                opt_path = tmp / f"{fp32_path.stem}_opt.onnx"
+                log(f"Building {name} variant of the {tname} tower")
+                if name == "opt":
+                    hf_config = st_export[0].auto_model.config
+                    info = build_opt(fp32_path, path, spec.ort_optimizer_type, hf_config.num_attention_heads,
+                                     hf_config.hidden_size)
+                elif name == "int8":
+                    info = build_int8(opt_path if "opt" in tower["variants"] else fp32_path, path,
+                                      _calibration_feeds(tmp, tower["inputs"]), "sentence_embedding",
+                                      target_min=plan.min_cosine + 0.003, target_mean=plan.mean_cosine + 0.002,
+                                      workdir=tmp, log=log)
+                else:
+                    info = build_fp16(opt_path if "opt" in tower["variants"] else fp32_path, path)
+                written = [path]
+                if used_external:
+                    written.append(_externalize(path))
+                    info["external_data"] = True
                 for f in written:
-                    del manifest["files"][f.name]
-                    f.unlink()
+                    manifest["files"][f.name] = file_record(f)
+                tower["variants"][name] = _variant_entry(name, path.name, info)
+                dump_manifest(manifest, tmp)
+                if not _validate_variant(manifest, tmp, tname, name, reference, resolved.source, log,
+                                         required=False):
+                    rejected[name] = tower["variants"].pop(name)
+                    for f in written:
+                        del manifest["files"][f.name]
+                        f.unlink()
         manifest["export"]["rejected_variants"] = rejected
         dump_manifest(manifest, tmp)
         _place(tmp, output)

@@ -15,8 +15,24 @@ from .errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
+class TowerSpec:
+    """One exported graph: the sentence-transformers pipeline run on one modality.
+
+    ``features`` are constant entries added to the pipeline's feature dict while tracing (for example
+    ``("modality", "image")``, which makes sentence-transformers' Transformer module call
+    ``get_image_features``).
+    """
+
+    name: str                           # key in manifest["towers"]
+    modality: str                       # "text" or "image"
+    inputs: tuple[str, ...]             # graph inputs the tower can take, in graph order
+    graph_file: str
+    features: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextEncoderSpec:
-    """How to export a text transformer."""
+    """How to export one model family (historical name: it also covers image towers and word embeddings)."""
 
     family: str
     model_types: tuple[str, ...]
@@ -25,36 +41,85 @@ class TextEncoderSpec:
     inputs: tuple[str, ...]
     # Attention implementation used for tracing. "eager" traces to plain MatMul/Softmax, which
     # onnxruntime's optimizer recognises; it is numerically equivalent to SDPA.
-    attn_implementation: str = "eager"
+    attn_implementation: str | None = "eager"
     # model_type for onnxruntime.transformers.optimizer, None if it has no fusion for it.
     ort_optimizer_type: str | None = None
     examples: tuple[str, ...] = ()
+    # sentence-transformers input module (class name) this family is read through. "Transformer" covers
+    # every Hugging Face model (including the legacy CLIPModel module, a Transformer subclass); other input
+    # modules (WordEmbeddings) have no config.json and are registered by module name instead of model_type.
+    input_module: str = "Transformer"
+    # The graphs to export. Empty: one text tower "text" -> model.onnx taking ``inputs``.
+    towers: tuple[TowerSpec, ...] = ()
+    # False when the input module itself yields sentence_embedding (CLIP's projection heads).
+    needs_pooling: bool = True
+    # "hf": Hugging Face fast tokenizer (tokenizer.json); "whitespace": sentence-transformers' WhitespaceTokenizer.
+    tokenizer_kind: str = "hf"
+    # Whether sentence-transformers accepts [text, text_pair] inputs for this family (validated at export).
+    text_pairs: bool = True
+    # Graph variants besides fp32 this family can get (exporters.variants.PLANS); each is still validated.
+    variants: tuple[str, ...] = ("opt", "int8", "fp16")
+
+    def tower_specs(self) -> tuple[TowerSpec, ...]:
+        return self.towers or (TowerSpec("text", "text", self.inputs, "model.onnx"),)
 
 
 _REGISTRY: dict[str, TextEncoderSpec] = {}
+_BY_INPUT_MODULE: dict[str, TextEncoderSpec] = {}
 
 
 def register(spec: TextEncoderSpec) -> TextEncoderSpec:
+    if not spec.model_types and spec.input_module == "Transformer":
+        raise ValueError(f"spec {spec.family!r} names no model_types; a Transformer family needs at least one")
+    if not spec.model_types and spec.input_module in _BY_INPUT_MODULE:
+        raise ValueError(f"input module {spec.input_module!r} is registered twice "
+                         f"({_BY_INPUT_MODULE[spec.input_module].family} and {spec.family})")
     for mt in spec.model_types:
         if mt in _REGISTRY:
             raise ValueError(f"model_type {mt!r} is registered twice ({_REGISTRY[mt].family} and {spec.family})")
+    for mt in spec.model_types:
         _REGISTRY[mt] = spec
+    if not spec.model_types:
+        _BY_INPUT_MODULE[spec.input_module] = spec
     return spec
 
 
 def registry() -> Mapping[str, TextEncoderSpec]:
-    """Read-only view of the registered specs, keyed by model_type."""
+    """Read-only view of the registered Hugging Face architectures, keyed by model_type."""
     return MappingProxyType(_REGISTRY)
 
 
+def module_registry() -> Mapping[str, TextEncoderSpec]:
+    """Read-only view of the families read through a non-transformer input module, keyed by module name."""
+    return MappingProxyType(_BY_INPUT_MODULE)
+
+
+def all_specs() -> tuple[TextEncoderSpec, ...]:
+    """Every registered family once."""
+    seen: dict[str, TextEncoderSpec] = {}
+    for spec in [*_REGISTRY.values(), *_BY_INPUT_MODULE.values()]:
+        seen.setdefault(spec.family, spec)
+    return tuple(seen.values())
+
+
+def supported_summary() -> str:
+    return (f"Supported model types: {sorted(_REGISTRY)}; supported input modules without a transformer: "
+            f"{sorted(_BY_INPUT_MODULE)}")
+
+
 def spec_for(model_type: str) -> TextEncoderSpec:
+    """The spec of a Hugging Face model_type, or of a non-transformer input module name (WordEmbeddings)."""
     try:
-        return _REGISTRY[model_type]
+        return _REGISTRY[model_type] if model_type in _REGISTRY else _BY_INPUT_MODULE[model_type]
     except KeyError:
         raise UnsupportedModelError(
-            f"architecture {model_type!r} is not supported by st-export. Supported model types: "
-            f"{sorted(_REGISTRY)}."
+            f"architecture {model_type!r} is not supported by st-export. {supported_summary()}."
         ) from None
+
+
+def spec_for_input_module(name: str) -> TextEncoderSpec | None:
+    """The spec of a non-transformer input module (by class name), or None."""
+    return _BY_INPUT_MODULE.get(name)
 
 
 register(TextEncoderSpec(
@@ -84,4 +149,45 @@ register(TextEncoderSpec(
     inputs=("input_ids", "attention_mask"),
     ort_optimizer_type="bert",
     examples=("paraphrase-multilingual-mpnet-base-v2",),
+))
+register(TextEncoderSpec(
+    family="roberta",
+    model_types=("roberta",),
+    inputs=("input_ids", "attention_mask"),
+    ort_optimizer_type="bert",
+    examples=("all-distilroberta-v1",),
+))
+register(TextEncoderSpec(
+    family="albert",
+    model_types=("albert",),
+    inputs=("input_ids", "attention_mask", "token_type_ids"),
+    ort_optimizer_type=None,
+    examples=("paraphrase-albert-small-v2",),
+))
+register(TextEncoderSpec(
+    family="clip",
+    variants=(),
+    model_types=("clip",),
+    inputs=("input_ids", "attention_mask"),
+    ort_optimizer_type=None,
+    examples=("clip-ViT-B-32", "clip-ViT-B-16", "clip-ViT-L-14"),
+    towers=(
+        TowerSpec("text", "text", ("input_ids", "attention_mask"), "text.onnx", (("modality", "text"),)),
+        TowerSpec("image", "image", ("pixel_values",), "image.onnx", (("modality", "image"),)),
+    ),
+    needs_pooling=False,
+    text_pairs=False,
+))
+register(TextEncoderSpec(
+    family="word-embeddings",
+    variants=(),
+    model_types=(),
+    inputs=("input_ids", "attention_mask"),
+    ort_optimizer_type=None,
+    examples=("average_word_embeddings_glove.6B.300d", "average_word_embeddings_komninos",
+              "average_word_embeddings_levy_dependency", "average_word_embeddings_glove.840B.300d"),
+    input_module="WordEmbeddings",
+    attn_implementation=None,
+    tokenizer_kind="whitespace",
+    text_pairs=False,
 ))

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RemoteCodeError, UnsupportedModelError
-from .specs import TextEncoderSpec, spec_for
+from .specs import TextEncoderSpec, spec_for, spec_for_input_module, supported_summary
 
-SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "CLIPModel", "WordEmbeddings")
 
 
 @dataclass
@@ -45,11 +45,15 @@ def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dic
             f"{folder} uses custom module code {custom}. Running it executes code from the model repository; "
             "if you trust it, pass --trust-remote-code.")
     first = modules[0]
+    input_spec = spec_for_input_module(str(first.get("type", "")).rsplit(".", 1)[-1])
+    if input_spec is not None:  # a non-transformer input module (WordEmbeddings): no config.json to read
+        return input_spec.input_module, modules
     cfg_path = folder / first.get("path", "") / "config.json"
     if not cfg_path.is_file():
         raise UnsupportedModelError(
             f"{folder}: the first module ({first.get('type')}) has no config.json at {cfg_path}, so it is not a "
-            f"Hugging Face transformer. st-export supports pipelines of {', '.join(SUPPORTED_MODULES)}.")
+            f"Hugging Face transformer. st-export supports pipelines of {', '.join(SUPPORTED_MODULES)}. "
+            f"{supported_summary()}.")
     config = _read_json(cfg_path)
     if config.get("auto_map") and not trust_remote_code:
         raise RemoteCodeError(
@@ -57,20 +61,28 @@ def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dic
             "the model repository; if you trust it, pass --trust-remote-code.")
     model_type = config.get("model_type")
     if not model_type:
-        raise UnsupportedModelError(f"{cfg_path} names no model_type.")
+        raise UnsupportedModelError(
+            f"{cfg_path} names no model_type, so the first module ({first.get('type')}) is not a Hugging Face "
+            f"transformer. st-export supports pipelines of {', '.join(SUPPORTED_MODULES)}. {supported_summary()}.")
     spec_for(model_type)  # raises with the list of supported architectures
     return model_type, modules
 
 
 def describe(st_model, model_type: str, modules_json: list[dict[str, Any]]) -> ModelDescription:
-    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    import sentence_transformers.models as st_models
+    from sentence_transformers.models import Dense, Normalize, Pooling
 
-    desc = ModelDescription(model_type=model_type, spec=spec_for(model_type), modules=modules_json)
+    spec = spec_for(model_type)
+    desc = ModelDescription(model_type=model_type, spec=spec, modules=modules_json)
     mods = list(st_model)
-    if not mods or not isinstance(mods[0], Transformer):
+    input_cls = getattr(st_models, spec.input_module)
+    if not mods or not isinstance(mods[0], input_cls):
         raise UnsupportedModelError(
-            f"the first module is {type(mods[0]).__name__ if mods else 'missing'}; st-export needs a Transformer "
-            f"first. Supported modules: {', '.join(SUPPORTED_MODULES)}.")
+            f"the first module is {type(mods[0]).__name__ if mods else 'missing'}; st-export needs a "
+            f"{spec.input_module} first for {spec.family} models. Supported modules: {', '.join(SUPPORTED_MODULES)}.")
+    from .towers import check_input_module
+
+    check_input_module(mods[0], spec)
     for mod in mods[1:]:
         if isinstance(mod, Pooling):
             if desc.pooling is not None:
@@ -95,7 +107,7 @@ def describe(st_model, model_type: str, modules_json: list[dict[str, Any]]) -> M
             raise UnsupportedModelError(
                 f"module {type(mod).__module__}.{type(mod).__name__} is not supported by st-export. Supported "
                 f"modules: {', '.join(SUPPORTED_MODULES)}.")
-    if desc.pooling is None:
+    if desc.pooling is None and spec.needs_pooling:
         raise UnsupportedModelError(
             "the model has no Pooling module, so it gives token embeddings, not sentence embeddings; "
             "st-export exports sentence embedding models only.")

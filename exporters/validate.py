@@ -20,7 +20,17 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def validate(reference, encoder, gate: float, texts: list[tuple[str, str]] | None = None,
+def _show(item: Any) -> str:
+    """A short printable form of a battery item (text, [text, pair] or image)."""
+    if isinstance(item, str):
+        return item[:80]
+    if isinstance(item, (tuple, list)):
+        return " | ".join(_show(x)[:40] for x in item)
+    size = getattr(item, "size", None)
+    return f"<{type(item).__name__} {getattr(item, 'mode', '')} {size if size is not None else ''}>"
+
+
+def validate(reference, encoder, gate: float, texts: list[tuple[str, Any]] | None = None,
              mean_gate: float | None = None) -> dict[str, Any]:
     """Compare ``reference.encode`` (sentence-transformers) with ``encoder.encode`` (st_runtime).
 
@@ -47,7 +57,7 @@ def validate(reference, encoder, gate: float, texts: list[tuple[str, str]] | Non
         all_cos.append(cos)
         max_abs = max(max_abs, float(np.abs(ref - got).max()))
         for i in np.flatnonzero(~(cos >= gate)):
-            failures.append({"run": run, "index": int(i), "tag": tags[i], "text": sentences[i][:80],
+            failures.append({"run": run, "index": int(i), "tag": tags[i], "text": _show(sentences[i]),
                              "cosine": float(cos[i])})
     cos_all = np.concatenate(all_cos) if all_cos else np.array([np.nan])
     if mean_gate is not None and not float(np.mean(cos_all)) >= mean_gate:
@@ -64,7 +74,7 @@ def validate(reference, encoder, gate: float, texts: list[tuple[str, str]] | Non
         "passed": not failures,
         "failures": failures,
     }
-    report["summary"] = (f"{len(sentences)} texts x {len(runs)} batchings: min cosine {report['min_cosine']:.7f}, "
+    report["summary"] = (f"{len(sentences)} items x {len(runs)} batchings: min cosine {report['min_cosine']:.7f}, "
                          f"mean {report['mean_cosine']:.7f}, max |diff| {max_abs:.2e} (gate: min {gate}"
                          + (f", mean {mean_gate})" if mean_gate is not None else ")"))
     return report

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import util
-from .errors import GraphLoadError, UnsupportedInputError, VariantError
+from .errors import GraphLoadError, ManifestError, UnsupportedInputError, VariantError
 from .graph_meta import graph_load_error
 from .inputs import LongTextCutter, prepare
 from .manifest import graph_files, load_manifest, verify_files
@@ -29,14 +29,27 @@ def _describe(obj: Any) -> str:
     return type(obj).__name__
 
 
+def _load_tokenizer(folder: Path, info: dict[str, Any]):
+    """The text tower's tokenizer: a tokenizers.Tokenizer (kind "hf", the default) or the word-embedding
+    models' WhitespaceTokenizer (kind "whitespace"), which offers the same encode_batch interface."""
+    kind = info.get("kind", "hf")
+    if kind == "hf":
+        return Tokenizer.from_file(str(folder / info["file"]))
+    if kind == "whitespace":
+        from .glove import WhitespaceTokenizer
+
+        return WhitespaceTokenizer.from_manifest(folder, info)
+    raise ManifestError(f"tokenizer kind {kind!r} in {folder} is unknown to this st-runtime (it knows 'hf' and "
+                        "'whitespace'). Upgrade st-runtime or re-export the model.")
+
+
 class _TextTower:
     """Tokenizer + graph of one text tower; stateless per call, so safe to share across threads."""
 
     def __init__(self, folder: Path, tower: dict[str, Any], variant: dict[str, Any], providers, fallback_allowed,
                  threads: int, session_options: ort.SessionOptions | None, io_binding: bool | None = None):
         self.spec = tower
-        tok_path = folder / tower["tokenizer"]["file"]
-        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self.tokenizer = _load_tokenizer(folder, tower["tokenizer"])
         self.tokenizer.no_padding()
         self._max_seq_length: int | None = tower["tokenizer"].get("max_seq_length")
         self._truncation_side = tower["tokenizer"].get("truncation_side", "right")
@@ -213,6 +226,14 @@ class SentenceEncoder:
         self._text = _TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,
                                 session_options, io_binding)
         self._cutter = LongTextCutter(self._text.tokenizer)
+        # Other towers (CLIP's image tower) load on first use, so text-only users never load their graphs.
+        self._lazy_towers: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}
+        for tname, tower in towers.items():
+            if tname != "text":
+                self._lazy_towers[tname] = (tower, *self._choose_variant(tower, variant))
+        self._loaded_towers: dict[str, Any] = {}
+        self._tower_lock = threading.Lock()
+        self._session_args = (fallback_allowed, session_options, verify_checksums)
         emb = self.manifest["embedding"]
         self._dim = int(emb["dimension"])
         self.prompts: dict[str, str] = dict(self.manifest.get("prompts") or {})
@@ -251,6 +272,46 @@ class SentenceEncoder:
                                "Re-export the model with `st-export`, or choose another provider.")
         name = min(candidates)[1]
         return name, variants[name]
+
+    def _tower(self, name: str):
+        """A non-text tower (CLIP's "image"), loaded on first use (once, also under concurrent calls)."""
+        with self._tower_lock:
+            if name not in self._loaded_towers:
+                tower, _vname, vspec = self._lazy_towers[name]
+                if tower["modality"] != "image":
+                    raise GraphLoadError(f"tower {name!r} has modality {tower['modality']!r}, which this "
+                                         "st-runtime cannot run. Upgrade st-runtime.")
+                fallback_allowed, session_options, verify_checksums = self._session_args
+                verify_files(self.path, self.manifest, graph_files(self.path, self.manifest, vspec),
+                             checksums=verify_checksums)
+                session = _make_session(self.path / vspec["file"], self.providers, fallback_allowed, self.threads,
+                                        session_options)
+                declared = [i.name for i in session.get_inputs()]
+                if declared != list(tower["inputs"]):
+                    raise GraphLoadError(f"{vspec['file']} takes inputs {declared} but the manifest says "
+                                         f"{tower['inputs']}. Re-export the model with `st-export`.")
+                from .image import ImageTower
+
+                self._loaded_towers[name] = ImageTower(tower, session)
+            return self._loaded_towers[name]
+
+    @property
+    def modalities(self) -> list[str]:
+        """The input modalities this model embeds ("text", and "image" for CLIP)."""
+        return sorted({t["modality"] for t in self.manifest["towers"].values()})
+
+    def _embed_mixed(self, items: list, kinds: list[str], batch_size: int, out: np.ndarray) -> None:
+        """Text items through the text tower, images through the image tower, results in input order."""
+        for kind in ("text", "image"):
+            idx = [i for i, k in enumerate(kinds) if k == kind]
+            if not idx:
+                continue
+            if kind == "image" and "image" not in self._lazy_towers:
+                raise UnsupportedInputError(f"{self.path} embeds text only; input {idx[0]} is an image.")
+            part = np.empty((len(idx), out.shape[1]), dtype=np.float32)
+            tower = self._text if kind == "text" else self._tower("image")
+            tower.embed([items[i] for i in idx], batch_size, part)
+            out[idx] = part
 
     # ------------------------------------------------------------------ properties
     @property
@@ -352,13 +413,31 @@ class SentenceEncoder:
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if truncate_dim is not None and (not isinstance(truncate_dim, int) or not 0 < truncate_dim <= self._dim):
             raise ValueError(f"truncate_dim must be an integer in 1..{self._dim}, got {truncate_dim!r}.")
-        items, singular = self._collect(sentences)
+        kinds = None
+        if self._lazy_towers:  # a model with an image tower: inputs may be images (hook: st_runtime.image)
+            from .image import classify
+
+            items, kinds, singular = classify(sentences)
+        else:
+            items, singular = self._collect(sentences)
+        if not self.manifest["towers"]["text"]["tokenizer"].get("pairs", True):
+            pair = next((i for i, it in enumerate(items) if isinstance(it, tuple)), None)
+            if pair is not None:
+                family = self.manifest.get("architecture", {}).get("family", "?")
+                raise UnsupportedInputError(
+                    f"input {pair} is a [text, text_pair] pair, but this model ({family}) embeds single texts: "
+                    "sentence-transformers does not accept pairs for it either, so pairs were not validated at "
+                    "export. Pass single strings.")
         prompt_text = self._resolve_prompt(prompt, prompt_name)
-        if prompt_text:
-            items = [prompt_text + it if isinstance(it, str) else (prompt_text + it[0], it[1]) for it in items]
-        items = prepare(items, self._cutter)
+        if prompt_text:  # prompts apply to text only, as in sentence-transformers
+            items = [it if kinds is not None and kinds[i] != "text" else
+                     prompt_text + it if isinstance(it, str) else (prompt_text + it[0], it[1])
+                     for i, it in enumerate(items)]
+        items = prepare(items, self._cutter, kinds)
         out = np.empty((len(items), self._dim), dtype=np.float32)
-        if items:
+        if items and kinds is not None:
+            self._embed_mixed(items, kinds, batch_size, out)
+        elif items:
             self._text.embed(items, batch_size, out)
         if truncate_dim is not None:
             out = np.ascontiguousarray(out[:, :truncate_dim])

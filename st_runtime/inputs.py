@@ -47,6 +47,8 @@ def repair_surrogates(text: str) -> str:
 
 def _cut_pattern(tokenizer: Tokenizer) -> re.Pattern | None:
     """The cut-point pattern when the tokenizer is one whose kept tokens survive a word-boundary cut."""
+    if not isinstance(tokenizer, Tokenizer):  # e.g. the word-embedding models' WhitespaceTokenizer
+        return None
     norm = tokenizer.normalizer
     if norm is not None and not isinstance(norm, normalizers.BertNormalizer):
         return None
@@ -89,10 +91,13 @@ class LongTextCutter:
         return prefix
 
 
-def prepare(items: list[Any], cutter: LongTextCutter | None) -> list[Any]:
-    """Repair surrogates in every text (and text pair) and shorten very long single texts exactly."""
+def prepare(items: list[Any], cutter: LongTextCutter | None, kinds: list[str] | None = None) -> list[Any]:
+    """Repair surrogates in every text (and text pair) and shorten very long single texts exactly.
+    ``kinds`` marks items that are not text (images), which are left alone."""
     out = items
     for i, item in enumerate(items):
+        if kinds is not None and kinds[i] != "text":
+            continue
         if isinstance(item, str):
             new = repair_surrogates(item)
             if cutter is not None:

@@ -23,7 +23,11 @@ from .errors import (
     ModelFolderError,
 )
 
-FORMAT_VERSION = 1
+# 1: one text tower with a Hugging Face tokenizer.
+# 2: towers other than text (CLIP's "image" with its "preprocessor"), tokenizer "kind" ("hf" or "whitespace")
+#    and "pairs". A version-1 reader would misread these (image paths embedded as text, a whitespace vocabulary
+#    parsed as tokenizer.json), so it must refuse them. Version-1 manifests read as before.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 # Keys every manifest must have, with the type each must be.

@@ -40,6 +40,22 @@ def _unigram_tokenizer():
     return tok
 
 
+def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab and merges of a GPT-2/RoBERTa-style byte-level BPE trained on the battery."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from exporters.battery import battery
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=special_tokens, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([t for _, t in battery()] * 3, trainer)
+    d = json.loads(tok.to_str())
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in d["model"]["merges"]]
+    return d["model"]["vocab"], merges
+
+
 def _hf_tokenizer(arch: str):
     import transformers as tr
 
@@ -53,6 +69,14 @@ def _hf_tokenizer(arch: str):
         for extra in ("<s>", "</s>", "<pad>", "<mask>"):
             vocab[extra] = len(vocab)
         return tr.MPNetTokenizerFast(vocab=vocab, do_lower_case=True)
+    if arch == "roberta":  # all-distilroberta-v1: byte-level BPE, trained here
+        vocab, merges = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        return tr.RobertaTokenizer(vocab=vocab, merges=merges)
+    if arch == "albert":  # paraphrase-albert-small-v2: sentencepiece Unigram (the one trained for XLM-R here)
+        uni = json.loads(_unigram_tokenizer().to_str())["model"]["vocab"]
+        specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+        vocab = [(t, 0.0) for t in specials] + [(t, sc) for t, sc in uni if t not in specials]
+        return tr.AlbertTokenizer(vocab=vocab, do_lower_case=True)
     if arch == "xlm-roberta":
         return tr.XLMRobertaTokenizerFast(tokenizer_object=_unigram_tokenizer(), bos_token="<s>", eos_token="</s>",
                                           sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
@@ -78,6 +102,14 @@ def _hf_model(arch: str, vocab_size: int, pad_id: int):
         cfg = tr.MPNetConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                              max_position_embeddings=66, **common)
         return tr.MPNetModel(cfg, add_pooling_layer=False)
+    if arch == "roberta":
+        cfg = tr.RobertaConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                               max_position_embeddings=MAX_SEQ + 2, type_vocab_size=1, **common)
+        return tr.RobertaModel(cfg, add_pooling_layer=False)
+    if arch == "albert":
+        cfg = tr.AlbertConfig(embedding_size=16, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, max_position_embeddings=64, **common)
+        return tr.AlbertModel(cfg, add_pooling_layer=False)
     if arch == "xlm-roberta":
         cfg = tr.XLMRobertaConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=MAX_SEQ + 2, type_vocab_size=1,
@@ -88,16 +120,18 @@ def _hf_model(arch: str, vocab_size: int, pad_id: int):
 
 def build_tiny(out: Path, arch: str, pooling: str = "mean", dense: list[tuple[int, str]] | None = None,
                normalize: bool = True, prompts: dict[str, str] | None = None,
-               default_prompt_name: str | None = None, similarity_fn_name: str | None = None) -> Path:
+               default_prompt_name: str | None = None, similarity_fn_name: str | None = None,
+               tokenizer_arch: str | None = None) -> Path:
     """Save a tiny sentence-transformers model to ``out`` and return it.
 
     dense: [(out_features, activation)] with activation a torch.nn class name ("Tanh", "Identity").
+    tokenizer_arch: use that architecture's tokenizer (BERT weights with the XLM-R Unigram tokenizer).
     """
     import torch
     from sentence_transformers import SentenceTransformer, models
 
     hf_dir = out.parent / f"{out.name}-hf"
-    tok = _hf_tokenizer(arch)
+    tok = _hf_tokenizer(tokenizer_arch or arch)  # another family's tokenizer: paraphrase-multilingual-MiniLM
     model = _hf_model(arch, len(tok), tok.pad_token_id)
     # Random weights of a fresh model are near-isotropic; scale embeddings so pooling modes differ visibly.
     model.save_pretrained(str(hf_dir))
@@ -147,3 +181,167 @@ def to_legacy_layout(src: Path, dst: Path) -> Path:
     cst.write_text(json.dumps({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.6.1",
                                                "pytorch": "1.8.1"}}))
     return dst
+
+
+# ---------------------------------------------------------------------------------------------- other families
+# Families that do not fit the architecture x pooling grid above (their pooling is fixed by the model), each
+# with its own builder. TINY_FAMILIES maps a registry family to the builder that makes its tiny model.
+CLIP_IMAGE = 32
+CLIP_PROJ = 16
+GLOVE_DIM = 12
+
+
+def _clip_tokenizer():
+    """A CLIP BPE tokenizer (CLIP's normalizer/pre-tokenizer, '</w>' word ends) with merges trained here."""
+    import transformers as tr
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from exporters.battery import battery
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  end_of_word_suffix="</w>", initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    corpus = [t.lower() for _, t in battery()] * 3 + CAPTIONS * 5
+    tok.train_from_iterator(corpus, trainer)
+    d = json.loads(tok.to_str())
+    vocab = d["model"]["vocab"]
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):  # every byte, alone and word-final
+        for t in (ch, ch + "</w>"):
+            vocab.setdefault(t, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in d["model"]["merges"]]
+    return tr.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77), vocab, merges  # as openai/clip-*
+
+
+CAPTIONS = ["a photo of a red square", "a blue circle on a white background", "a green gradient",
+            "a dark noisy picture", "a tiny yellow dot", "stripes of many colours"]
+
+
+def build_tiny_clip(out: Path) -> Path:
+    """A tiny random CLIPModel with a real BPE tokenizer and a CLIPImageProcessor, loaded and saved by
+    sentence-transformers 6 (one Transformer module with text and image modalities)."""
+    import torch
+    import transformers as tr
+    from sentence_transformers import SentenceTransformer
+
+    hf_dir = out.parent / f"{out.name}-hf"
+    tok, _, _ = _clip_tokenizer()
+    ip = tr.CLIPImageProcessorPil(size={"shortest_edge": CLIP_IMAGE},
+                                  crop_size={"height": CLIP_IMAGE, "width": CLIP_IMAGE})
+    processor = tr.CLIPProcessor(image_processor=ip, tokenizer=tok)
+    torch.manual_seed(4321)
+    cfg = tr.CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=CLIP_IMAGE, patch_size=8),
+        projection_dim=CLIP_PROJ)
+    model = tr.CLIPModel(cfg)
+    model.save_pretrained(str(hf_dir))
+    processor.save_pretrained(str(hf_dir))
+    st = SentenceTransformer(str(hf_dir), device="cpu")
+    st.save(str(out))
+    shutil.rmtree(hf_dir)
+    return out
+
+
+def clip_to_legacy_layout(src: Path, dst: Path) -> Path:
+    """The hub's clip-ViT-* layout: the legacy ``sentence_transformers.models.CLIPModel`` module in 0_CLIPModel/
+    holding config.json, pytorch_model.bin, an old-style preprocessor_config.json (CLIPFeatureExtractor with
+    integer size/crop_size) and the slow tokenizer files vocab.json/merges.txt (no tokenizer.json)."""
+    import torch
+    from safetensors.torch import load_file
+
+    sub = dst / "0_CLIPModel"
+    sub.mkdir(parents=True)
+    shutil.copy(src / "config.json", sub / "config.json")
+    torch.save(load_file(str(src / "model.safetensors")), sub / "pytorch_model.bin")
+    proc = json.loads((src / "processor_config.json").read_text())["image_processor"]
+    (sub / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": proc["crop_size"]["height"], "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": proc["image_mean"],
+        "image_std": proc["image_std"], "resample": 3, "size": proc["size"]["shortest_edge"]}, indent=2))
+    (sub / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>"}, indent=2))
+    (sub / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>"}))
+    _, vocab, merges = _clip_tokenizer()
+    (sub / "vocab.json").write_text(json.dumps(vocab))
+    (sub / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    (dst / "modules.json").write_text(json.dumps(
+        [{"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}], indent=2))
+    (dst / "config_sentence_transformers.json").write_text(json.dumps(
+        {"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.7.0", "pytorch": "1.9.0"}}))
+    return dst
+
+
+GLOVE_WORDS = ["PADDING_TOKEN", "london", "London", "paris", "Paris", "big", "city", "capital", "england",
+               "france", "weather", "lovely", "today", "sunny", "outside", "drove", "stadium", "pizza", "python",
+               "list", "example", "vitamin", "deficiency", "bone", "U.S.", "u.s", "it's", "don't", "rock'n'roll",
+               "e-mail", "hello", "world", "...", "9,787,426", "inhabitants", "census", "river", "thames", "UPPER",
+               "upper", "case", "lower", "mixed", "café", "Москва", "東京は日本の首都です。", "x" * 5, "end",
+               "hello", "!?", "—", "ß", "straße"]  # "hello" twice: sentence-transformers keeps the last id
+
+
+def build_tiny_glove(out: Path, do_lower_case: bool = False, max_seq_length: int = 1000000,
+                     stop_words: list[str] | None = None) -> Path:
+    """average_word_embeddings_*-style: WordEmbeddings(WhitespaceTokenizer) + mean Pooling, saved by
+    sentence-transformers."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers.models.tokenizer import WhitespaceTokenizer
+    from sentence_transformers.sentence_transformer.modules.tokenizer.word import ENGLISH_STOP_WORDS
+
+    rng = np.random.RandomState(42)
+    weights = rng.normal(size=(len(GLOVE_WORDS), GLOVE_DIM)).astype(np.float32)
+    weights[0] = 0.0
+    tok = WhitespaceTokenizer(GLOVE_WORDS, stop_words=ENGLISH_STOP_WORDS if stop_words is None else stop_words,
+                              do_lower_case=do_lower_case)
+    emb = models.WordEmbeddings(tok, weights, max_seq_length=max_seq_length)
+    st = SentenceTransformer(modules=[emb, models.Pooling(GLOVE_DIM, pooling_mode="mean")], device="cpu")
+    st.save(str(out))
+    return out
+
+
+def glove_to_legacy_layout(src: Path, dst: Path) -> Path:
+    """The hub's average_word_embeddings_* layout: 0_WordEmbeddings/ (whitespacetokenizer_config.json,
+    wordembedding_config.json with the old tokenizer class path, pytorch_model.bin) and 1_Pooling/ with
+    pooling_mode_*_tokens keys, legacy module type paths."""
+    import torch
+    from safetensors.torch import load_file
+
+    modules = json.loads((src / "modules.json").read_text())
+    emb_dir = src / modules[0]["path"]
+    pool_dir = src / modules[1]["path"]
+    (dst / "0_WordEmbeddings").mkdir(parents=True)
+    (dst / "1_Pooling").mkdir()
+    shutil.copy(emb_dir / "whitespacetokenizer_config.json", dst / "0_WordEmbeddings")
+    cfg = json.loads((emb_dir / "wordembedding_config.json").read_text())
+    cfg["tokenizer_class"] = "sentence_transformers.models.tokenizer.WhitespaceTokenizer.WhitespaceTokenizer"
+    (dst / "0_WordEmbeddings" / "wordembedding_config.json").write_text(json.dumps(cfg))
+    weights = next(emb_dir.glob("*.safetensors"), None)
+    state = load_file(str(weights)) if weights else torch.load(emb_dir / "pytorch_model.bin")
+    torch.save(state, dst / "0_WordEmbeddings" / "pytorch_model.bin")
+    pool = json.loads((pool_dir / "config.json").read_text())
+    (dst / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": pool["embedding_dimension"], "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False}))
+    (dst / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_WordEmbeddings", "type": "sentence_transformers.models.WordEmbeddings"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}], indent=2))
+    (dst / "config_sentence_transformers.json").write_text(json.dumps(
+        {"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.6.1", "pytorch": "1.8.1"}}))
+    return dst
+
+
+# registry family -> how its tiny model is built (build_tiny for the architecture grid, a builder otherwise)
+# roberta and albert are built by build_tiny but kept out of the pooling grid (tested in test_families).
+EXTRA_ARCHITECTURES = ("roberta", "albert")
+TINY_FAMILIES = {**{arch: "build_tiny" for arch in TINY_ARCHITECTURES + EXTRA_ARCHITECTURES},
+                 "clip": "build_tiny_clip", "word-embeddings": "build_tiny_glove"}

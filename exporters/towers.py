@@ -1,0 +1,207 @@
+"""One graph per tower: text (transformer or word embeddings) and image (CLIP's vision tower).
+
+The registry spec of a family says which towers it has (:class:`exporters.specs.TowerSpec`); this module
+traces each one as "the sentence-transformers pipeline run on that modality", writes what its input side
+needs (tokenizer.json, the WhitespaceTokenizer vocabulary, the image preprocessor parameters) and validates
+each tower end to end against sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ExportError, UnsupportedModelError
+from .export import EXTERNAL_DATA_THRESHOLD, _externalize, _variant_entry, _write_tokenizer
+from .specs import TextEncoderSpec, TowerSpec
+
+_TRACE_TEXTS = ["a short text", "a noticeably longer text so that the batch needs padding"]
+
+# Image preprocessor settings st_runtime.image reproduces; anything else set on the processor is refused.
+_IMAGE_KEYS = ("do_convert_rgb", "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
+               "rescale_factor", "do_normalize", "image_mean", "image_std")
+_SUPPORTED_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+# ---------------------------------------------------------------- checks
+def check_input_module(module, spec: TextEncoderSpec) -> None:
+    """Refuse an input module whose set-up this family's export cannot reproduce, naming what is wrong."""
+    if spec.tokenizer_kind == "whitespace":
+        from sentence_transformers.models.tokenizer import WhitespaceTokenizer
+
+        tok = getattr(module, "tokenizer", None)
+        if not isinstance(tok, WhitespaceTokenizer):
+            raise UnsupportedModelError(
+                f"{type(module).__name__} uses the tokenizer {type(tok).__module__}.{type(tok).__name__}; st-export "
+                "supports WordEmbeddings only with sentence-transformers' WhitespaceTokenizer.")
+    modality_config = getattr(module, "modality_config", None)
+    if isinstance(modality_config, dict):
+        missing = [t.modality for t in spec.tower_specs() if t.modality not in modality_config]
+        if missing:
+            raise UnsupportedModelError(
+                f"the {spec.family} model's Transformer module has no {missing} modality (it has "
+                f"{sorted(modality_config)}); st-export exports the towers {[t.name for t in spec.tower_specs()]}.")
+
+
+# ---------------------------------------------------------------- input sides
+def _write_whitespace_tokenizer(module, path: Path) -> dict[str, Any]:
+    tok = module.tokenizer
+    vocab = list(tok.get_vocab())
+    if not all(isinstance(w, str) for w in vocab):
+        raise ExportError("the WhitespaceTokenizer vocabulary holds non-string entries; it cannot be exported.")
+    path.write_text(json.dumps({"vocab": vocab}, ensure_ascii=False), encoding="utf-8")
+    max_len = getattr(module, "max_seq_length", None)
+    return {
+        "kind": "whitespace",
+        "file": path.name,
+        "vocab_size": len(vocab),
+        # sentence-transformers keeps stop words in a set; sorted here so exports are reproducible.
+        "stop_words": sorted(tok.stop_words),
+        "do_lower_case": bool(tok.do_lower_case),
+        "max_seq_length": int(max_len) if max_len is not None else None,
+        "truncation_side": "right",
+        "pad_token_id": 0,
+        "model_input_names": ["input_ids", "attention_mask"],
+    }
+
+
+def image_preprocessor_info(module) -> dict[str, Any]:
+    processor = getattr(module, "processor", None)
+    ip = getattr(processor, "image_processor", None)
+    if ip is None:
+        raise UnsupportedModelError(f"{type(module).__name__} has no image processor, so its image tower cannot "
+                                    "be exported.")
+    info: dict[str, Any] = {"kind": "clip", "processor_class": type(ip).__name__}
+    saved = ip.to_dict()  # exactly what the model's preprocessor config holds (plain JSON types)
+    for key in _IMAGE_KEYS:
+        value = saved.get(key)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        info[key] = value
+    for flag in ("do_pad", "do_reduce_labels"):
+        if saved.get(flag):
+            raise UnsupportedModelError(f"the image processor {type(ip).__name__} sets {flag}; st_runtime's image "
+                                        f"preprocessing supports {list(_IMAGE_KEYS)} only.")
+    size = info["size"] or {}
+    if info["do_resize"] and not ("shortest_edge" in size and len(size) == 1
+                                  or set(size) == {"height", "width"}):
+        raise UnsupportedModelError(f"image processor size {size} is not supported; st_runtime resizes to "
+                                    "{'shortest_edge': n} or {'height': h, 'width': w}.")
+    if info["do_resize"] and info["resample"] not in _SUPPORTED_RESAMPLE:
+        raise UnsupportedModelError(f"image processor resample {info['resample']!r} is not supported; supported: "
+                                    f"{_SUPPORTED_RESAMPLE}.")
+    if info["do_center_crop"] and set(info["crop_size"] or {}) != {"height", "width"}:
+        raise UnsupportedModelError(f"image processor crop_size {info['crop_size']} is not supported.")
+    crop = info["crop_size"] if info["do_center_crop"] else size
+    if set(crop or {}) != {"height", "width"}:
+        raise UnsupportedModelError("the image processor does not give a fixed output size (no center crop and no "
+                                    "fixed resize), which the exported image tower needs.")
+    info["image_size"] = [int(crop["height"]), int(crop["width"])]
+    return info
+
+
+# ---------------------------------------------------------------- tracing
+def sample_images() -> list:
+    """Two small deterministic RGB images of different shapes, for tracing and as a validation seed."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(7)
+    return [Image.fromarray(rng.randint(0, 256, size=(h, w, 3), dtype=np.uint8)) for h, w in ((40, 52), (61, 33))]
+
+
+def _graph_module(st_model, input_names: list[str], features: dict[str, str]):
+    import torch
+
+    class TowerGraph(torch.nn.Module):
+        """input tensors (+ constant features such as the modality) -> every module in order -> embedding."""
+
+        def __init__(self):
+            super().__init__()
+            self.stages = torch.nn.ModuleList(list(st_model))
+
+        def forward(self, *tensors):
+            feats: dict[str, Any] = dict(zip(input_names, tensors))
+            feats.update(features)
+            for stage in self.stages:
+                feats = stage(feats)
+            return feats["sentence_embedding"]
+
+    return TowerGraph().eval()
+
+
+def trace_tower(st_model, tower: TowerSpec, input_names: list[str], path: Path, opset: int,
+                external_data: bool | None) -> bool:
+    import onnx
+    import torch
+
+    sample = st_model.preprocess(_TRACE_TEXTS if tower.modality == "text" else sample_images())
+    missing = [n for n in input_names if n not in sample]
+    if missing:
+        raise ExportError(f"the {tower.name} tower's preprocessing gives {sorted(k for k in sample)} but not "
+                          f"{missing}; this model does not fit the {tower.name} tower spec.")
+    args = tuple(sample[name] for name in input_names)
+    dynamic_axes = {name: ({0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"})
+                    for name in input_names}
+    dynamic_axes["sentence_embedding"] = {0: "batch"}
+    before = {f.name for f in path.parent.iterdir()}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _graph_module(st_model, input_names, dict(tower.features)), args, str(path), dynamo=False,
+            opset_version=opset, input_names=input_names, output_names=["sentence_embedding"],
+            dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+    use_external = external_data if external_data is not None else path.stat().st_size >= EXTERNAL_DATA_THRESHOLD
+    if use_external:
+        model = onnx.load(str(path))
+        for f in path.parent.iterdir():  # torch may already have spilled weights next to the graph
+            if f != path and f.is_file() and f.name not in before:
+                f.unlink()
+        _externalize(path, model)
+    return use_external
+
+
+def build_towers(st_model, desc, folder: Path, opset: int, external_data: bool | None,
+                 log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Trace every tower of ``desc.spec`` into ``folder`` and return manifest["towers"] (variants pending)."""
+    spec: TextEncoderSpec = desc.spec
+    towers: dict[str, dict[str, Any]] = {}
+    for tower in spec.tower_specs():
+        entry: dict[str, Any] = {"modality": tower.modality, "output": "sentence_embedding"}
+        if tower.modality == "text":
+            if spec.tokenizer_kind == "whitespace":
+                info = _write_whitespace_tokenizer(st_model[0], folder / "whitespace_tokenizer.json")
+            else:
+                info = {"kind": "hf", **_write_tokenizer(st_model, folder / "tokenizer.json")}
+                if info["max_seq_length"] is not None and info["max_seq_length"] >= 2 ** 31:
+                    info["max_seq_length"] = None  # "unlimited" (tokenizer without model_max_length): no truncation
+            info["pairs"] = spec.text_pairs
+            entry["tokenizer"] = info
+            input_names = [i for i in tower.inputs
+                           if i in ("input_ids", "attention_mask") or i in info["model_input_names"]]
+        elif tower.modality == "image":
+            entry["preprocessor"] = image_preprocessor_info(st_model[0])
+            input_names = list(tower.inputs)
+        else:
+            raise ExportError(f"tower modality {tower.modality!r} of spec {spec.family!r} is not implemented.")
+        log(f"Tracing {tower.graph_file} ({tower.name} tower, inputs {input_names}, opset {opset})")
+        used_external = trace_tower(st_model, tower, input_names, folder / tower.graph_file, opset, external_data)
+        entry["inputs"] = input_names
+        entry["variants"] = {"fp32": _variant_entry("fp32", tower.graph_file, {"external_data": used_external})}
+        towers[tower.name] = entry
+    return towers
+
+
+def validation_items(tower: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The battery a tower is validated on: text (and text pairs where the family takes them), or images."""
+    from .battery import battery, image_battery, pair_battery
+
+    if tower["modality"] == "image":
+        return image_battery()
+    items = battery()
+    if tower["tokenizer"].get("pairs"):
+        items += pair_battery()
+    return items
