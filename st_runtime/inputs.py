@@ -72,8 +72,10 @@ class LongTextCutter:
         self.pattern = _cut_pattern(tokenizer)
 
     def cut(self, text: str) -> str:
+        if self.pattern is None:
+            return text
         trunc = self.tokenizer.truncation
-        if self.pattern is None or not trunc or trunc.get("direction", "right") != "right":
+        if not trunc or trunc.get("direction", "right") != "right":
             return text
         max_len = int(trunc["max_length"])
         bound = PRECUT_FACTOR * max_len
