@@ -57,6 +57,9 @@ class TextEncoderSpec:
     tokenizer_kind: str = "hf"
     # Whether sentence-transformers accepts [text, text_pair] inputs for this family (validated at export).
     text_pairs: bool = True
+    # Our own fusion pass (exporters.fusions) run before onnxruntime's optimizer, for attention blocks it
+    # does not recognise: "relative_bias" (MPNet's position bias added to the attention scores).
+    attention_fusion: str | None = None
     # Graph variants besides fp32 this family can get (exporters.variants.PLANS); each is still validated.
     variants: tuple[str, ...] = ("opt", "int8", "fp16")
 
@@ -131,6 +134,7 @@ register(TextEncoderSpec(
 ))
 register(TextEncoderSpec(
     family="mpnet",
+    attention_fusion="relative_bias",
     model_types=("mpnet",),
     inputs=("input_ids", "attention_mask"),
     ort_optimizer_type=None,

@@ -52,17 +52,31 @@ def fused_operator_counts(model) -> dict[str, int]:
     return {op: counts.get(op, 0) for op in fused}
 
 
-def build_opt(src: Path, dst: Path, optimizer_type: str | None, num_heads: int, hidden_size: int) -> dict[str, Any]:
-    """onnxruntime.transformers fusions (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu)."""
+def build_opt(src: Path, dst: Path, optimizer_type: str | None, num_heads: int, hidden_size: int,
+              attention_fusion: str | None = None) -> dict[str, Any]:
+    """onnxruntime.transformers fusions (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), after our own
+    attention fusion where the family needs one."""
     import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
     from onnxruntime.transformers.optimizer import optimize_model
 
+    info: dict[str, Any] = {}
+    if attention_fusion is not None:
+        if attention_fusion != "relative_bias":
+            raise ValueError(f"unknown attention fusion {attention_fusion!r}")
+        from .fusions import fuse_relative_bias_attention
+
+        pre = OnnxModel(onnx.load(str(src)))
+        info["relative_bias_attention_fused"] = fuse_relative_bias_attention(pre, num_heads)
+        pre.save_model_to_file(str(dst))
+        src = dst
     # opt_level=0: only the portable python fusions; onnxruntime applies its own at session load.
     model = optimize_model(str(src), model_type=optimizer_type or "bert", num_heads=num_heads,
                            hidden_size=hidden_size, opt_level=0)
     model.save_model_to_file(str(dst))
-    return {"optimizer": f"onnxruntime.transformers.optimizer(model_type={optimizer_type or 'bert'!r})",
-            "fused_operators": fused_operator_counts(onnx.load(str(dst), load_external_data=False))}
+    info["optimizer"] = f"onnxruntime.transformers.optimizer(model_type={optimizer_type or 'bert'!r})"
+    info["fused_operators"] = fused_operator_counts(onnx.load(str(dst), load_external_data=False))
+    return info
 
 
 # ----------------------------------------------------------------------------- int8
