@@ -161,7 +161,7 @@ def _quantize(model, exclude: list[str], workdir: Path):
 
 
 def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarray]], output: str,
-               target_min: float, target_mean: float, workdir: Path, max_excluded: int | None = None,
+               target_min: float, target_mean: float, workdir: Path, max_excluded: int = 8,
                log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Dynamic int8 with per-channel weights, SmoothQuant scaling calibrated on ``calibration_feeds``
     (alpha chosen from a small grid), then, while the calibration accuracy is below target, the MatMul
@@ -170,8 +170,6 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
 
     base = onnx.load(str(src))
     matmuls = _weighted_matmuls(base)
-    if max_excluded is None:
-        max_excluded = len(matmuls) // 3
     act_names = sorted({n.input[0] for n in matmuls})
     ref_sess = _session(_with_outputs(base, act_names))
     ref_runs = _run_all(ref_sess, calibration_feeds, [output] + act_names)

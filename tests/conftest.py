@@ -62,3 +62,17 @@ def zoo(tmp_path_factory) -> TinyZoo:
 def tiny_bert(zoo) -> tuple[Path, Path]:
     """(sentence-transformers folder, exported folder) of a tiny BERT with mean pooling + Normalize."""
     return zoo.model("bert"), zoo.export("bert")
+
+
+@pytest.fixture(scope="module")
+def enc(tiny_bert):
+    """st_runtime encoder of the tiny BERT export."""
+    from st_runtime import SentenceEncoder
+
+    return SentenceEncoder(tiny_bert[1])
+
+
+@pytest.fixture(scope="module")
+def ref(zoo, tiny_bert):
+    """sentence-transformers reference of the tiny BERT."""
+    return zoo.reference(tiny_bert[0])

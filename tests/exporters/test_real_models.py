@@ -53,8 +53,23 @@ def test_minilm_parity_with_sentence_transformers(minilm):
     assert enc.max_seq_length == ref_model.max_seq_length == 256
     manifest = json.loads((minilm[1] / "manifest.json").read_text())
     assert manifest["towers"]["text"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    variants = manifest["towers"]["text"]["variants"]
+    assert variants["opt"]["build"]["fused_operators"]["Attention"] == 6
+    assert enc.variant == "opt"
     assert manifest["embedding"] == {"dimension": 384, "pooling": {"modes": ["mean"], "include_prompt": True},
                                      "dense": [], "normalized": True, "similarity_fn_name": "cosine"}
+
+
+def test_minilm_int8_passes_its_gate(minilm):
+    manifest = json.loads((minilm[1] / "manifest.json").read_text())
+    v = manifest["towers"]["text"]["variants"]["int8"]
+    assert v["status"] == "passed", manifest["export"].get("rejected_variants")
+    assert v["validation"]["min_cosine"] >= 0.99 and v["validation"]["mean_cosine"] >= 0.995
+    emb = SentenceEncoder(minilm[1], variant="int8").encode(WEATHER)
+    sims = emb @ emb.T
+    np.testing.assert_allclose([sims[0, 1], sims[0, 2], sims[1, 2]], [0.6660, 0.1046, 0.1411], atol=0.02)
+
+
 
 
 def _mpnet_cached() -> bool:
@@ -67,7 +82,8 @@ def _mpnet_cached() -> bool:
                     "run ../shared/tools/get-real-models mpnet to place it there")
 def test_mpnet_offline_export_from_hub_cache(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "exporters.cli", "all-mpnet-base-v2", "-o", str(tmp_path / "mpnet")],
+    r = subprocess.run([sys.executable, "-m", "exporters.cli", "all-mpnet-base-v2", "-o", str(tmp_path / "mpnet"),
+                        "--variants", "opt"],
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     from sentence_transformers import SentenceTransformer
@@ -80,3 +96,6 @@ def test_mpnet_offline_export_from_hub_cache(tmp_path):
     manifest = json.loads((tmp_path / "mpnet" / "manifest.json").read_text())
     assert manifest["source"]["model"] == "sentence-transformers/all-mpnet-base-v2"
     assert manifest["towers"]["text"]["inputs"] == ["input_ids", "attention_mask"]
+    # Our relative-position-bias attention fusion caught all 12 layers.
+    assert manifest["towers"]["text"]["variants"]["opt"]["build"]["fused_operators"]["Attention"] == 12
+    assert enc.variant == "opt"

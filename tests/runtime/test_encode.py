@@ -12,16 +12,6 @@ from st_runtime import SentenceEncoder, SentenceTransformer
 from st_runtime.errors import ProviderUnavailableError, UnsupportedInputError, VariantError
 
 
-@pytest.fixture(scope="module")
-def enc(tiny_bert):
-    return SentenceEncoder(tiny_bert[1])
-
-
-@pytest.fixture(scope="module")
-def ref(zoo, tiny_bert):
-    return zoo.reference(tiny_bert[0])
-
-
 def test_alias_is_one_line_switch():
     assert SentenceTransformer is SentenceEncoder
 

@@ -40,16 +40,6 @@ ODD_TEXTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def enc(tiny_bert):
-    return SentenceEncoder(tiny_bert[1])
-
-
-@pytest.fixture(scope="module")
-def ref(zoo, tiny_bert):
-    return zoo.reference(tiny_bert[0])
-
-
 def test_surrogate_repair_rule():
     assert repair_surrogates("\ud800") == "\ufffd"
     assert repair_surrogates("a\udc00b") == "a\ufffdb"
