@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,6 +64,8 @@ class _TextTower:
                                  f"(it knows {list(_INT_INPUTS)}). Upgrade st-runtime.")
         self.session = _make_session(folder / variant["file"], providers, fallback_allowed, threads, session_options)
         on_gpu = self.session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self.on_gpu = on_gpu
+        self._oom_warned = False
         # GPUs like shapes in multiples of 8; on the CPU padding is pure waste.
         self.pad_multiple = 8 if on_gpu else 1
         use_binding = on_gpu if io_binding is None else io_binding
@@ -90,7 +93,7 @@ class _TextTower:
         batches = plan_batches(lengths[order], batch_size, self.pad_multiple)
         if len(batches) == 1:
             start, end, width = batches[0]
-            out[order[start:end]] = self.runner(self._feeds(encodings, order[start:end], width))
+            out[order[start:end]] = self._run(self._feeds(encodings, order[start:end], width))
             return
         # Build the next batch's arrays while onnxruntime (which releases the GIL) runs this one.
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -100,7 +103,24 @@ class _TextTower:
                 if k + 1 < len(batches):
                     s2, e2, w2 = batches[k + 1]
                     nxt = pool.submit(self._feeds, encodings, order[s2:e2], w2)
-                out[order[start:end]] = self.runner(feeds)
+                out[order[start:end]] = self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one batch; on device out-of-memory, run it in halves (and say so once)."""
+        try:
+            return self.runner(feeds)
+        except Exception as exc:  # onnxruntime raises untyped errors; only OOM is handled here
+            rows = next(iter(feeds.values())).shape[0]
+            if not self.on_gpu or rows < 2 or not _is_out_of_memory(exc):
+                raise
+        if not self._oom_warned:
+            self._oom_warned = True
+            warnings.warn(f"{self.session.get_providers()[0]} ran out of memory on a batch of {rows} x "
+                          f"{next(iter(feeds.values())).shape[1]} tokens; running such batches in halves. Pass a "
+                          "smaller batch_size to avoid the retries.", RuntimeWarning, stacklevel=4)
+        half = rows // 2
+        return np.concatenate([self._run({k: v[:half] for k, v in feeds.items()}),
+                               self._run({k: v[half:] for k, v in feeds.items()})])
 
     def _feeds(self, encodings, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
         want_types = "token_type_ids" in self.inputs
@@ -118,6 +138,14 @@ class _TextTower:
         if want_types:
             feeds["token_type_ids"] = types
         return {k: feeds[k] for k in self.inputs}
+
+
+_OOM_MESSAGES = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation", "bfcarena")
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
 
 
 def plan_batches(sorted_lengths: np.ndarray, batch_size: int, pad_multiple: int = 1,

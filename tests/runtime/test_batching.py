@@ -44,3 +44,39 @@ def test_many_batches_restore_input_order(tiny_bert, bs):
     texts = TEXTS * 7
     rows = np.stack([enc.encode(t) for t in texts])
     np.testing.assert_allclose(enc.encode(texts, batch_size=bs), rows, atol=2e-6)
+
+
+class _OOMOnBigBatches:
+    """Stands in for a CUDA runner that runs out of memory above 2 rows."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.rows = []
+
+    def __call__(self, feeds):
+        rows = next(iter(feeds.values())).shape[0]
+        self.rows.append(rows)
+        if rows > 2:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for "
+                               "requested buffer of size 123456 (BFCArena)")
+        return self.runner(feeds)
+
+
+def test_out_of_memory_on_gpu_halves_the_batch_and_warns_once(tiny_bert):
+    enc = SentenceEncoder(tiny_bert[1])
+    expected = enc.encode(TEXTS)
+    fake = _OOMOnBigBatches(enc._text.runner)
+    enc._text.runner = fake
+    enc._text.on_gpu = True  # as on CUDA
+    with pytest.warns(RuntimeWarning, match="ran out of memory") as record:
+        got = enc.encode(TEXTS, batch_size=8)
+    assert len([w for w in record if "ran out of memory" in str(w.message)]) == 1
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    assert max(r for r in fake.rows if r <= 2) <= 2 and any(r > 2 for r in fake.rows)
+
+
+def test_out_of_memory_on_cpu_is_not_hidden(tiny_bert):
+    enc = SentenceEncoder(tiny_bert[1])
+    enc._text.runner = _OOMOnBigBatches(enc._text.runner)
+    with pytest.raises(RuntimeError, match="Failed to allocate"):
+        enc.encode(TEXTS, batch_size=8)
