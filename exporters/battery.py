@@ -100,6 +100,12 @@ CALIBRATION = [
     "x = np.linspace(0, 1, 100)  # sample points",
     "OK",
     "Thanks",
+    "!",
+    "??",
+    "hi",
+    "😊",
+    "Wow!!! 🔥🔥 so good",
+    "Merci 🙏",
     "The industrial revolution began in Britain in the late eighteenth century and spread to Western Europe "
     "and North America. It marked the shift from hand production to machines, new chemical manufacturing and "
     "iron production processes, the increasing use of steam power and water power, the development of machine "

@@ -291,14 +291,18 @@ class SentenceEncoder:
                                    f"({spec.get('validation', {}).get('summary', 'see manifest.json')}); it is "
                                    f"not safe to use. Passing variants: {passed}.")
             return requested, spec
-        candidates = [(s["rank"], name) for name, s in variants.items()
-                      if s["status"] == "passed" and provider in s["providers"]
-                      and (requested == "fastest" or s.get("exact", True))]
+        eligible = {name: s for name, s in variants.items()
+                    if s["status"] == "passed" and provider in s["providers"]
+                    and (requested == "fastest" or s.get("exact", True))}
+        # On the CPU, st-export timed the variants: prefer the measured order to the static rank.
+        timed = provider == "CPUExecutionProvider" and all("cpu_timing" in s for s in eligible.values())
+        candidates = [((s["cpu_timing"]["median_s"] if timed else 0.0), s["rank"], name)
+                      for name, s in eligible.items()]
         if not candidates:
             raise VariantError(f"{self.path} has no variant that passed its accuracy gate for {provider} "
                                f"(variants: { {n: (s['status'], s['providers']) for n, s in variants.items()} }). "
                                "Re-export the model with `st-export`, or choose another provider.")
-        name = min(candidates)[1]
+        name = min(candidates)[-1]
         return name, variants[name]
 
     def _tower(self, name: str):

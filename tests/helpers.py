@@ -28,3 +28,14 @@ def assert_parity(ref, got, gate: float = 0.99999) -> None:
     assert got.dtype == np.float32
     cos = row_cosines(ref, got)
     assert np.all(cos >= gate), f"cosines below {gate}: {cos[cos < gate]} at {np.flatnonzero(cos < gate)}"
+
+
+def fastest_timed(folder, exact_only: bool = True) -> str:
+    """The passed CPU variant st-export timed fastest (among those within fp32 accuracy by default)."""
+    import json
+    from pathlib import Path
+
+    variants = json.loads((Path(folder) / "manifest.json").read_text())["towers"]["text"]["variants"]
+    timed = {n: v["cpu_timing"]["median_s"] for n, v in variants.items()
+             if v["status"] == "passed" and (v["exact"] or not exact_only)}
+    return min(timed, key=timed.get)

@@ -73,9 +73,9 @@ def _flip(p):
     pytest.param(lambda p: p.unlink(), ArtifactMissingError, "missing", True, id="missing"),
 ])
 def test_damaged_data_file_is_detected(copy, damage, error, match, checksums):
-    damage(copy / "model_opt.onnx.data")  # the default variant's weights
+    damage(copy / "model_opt.onnx.data")
     with pytest.raises(error, match=match) as info:
-        SentenceEncoder(copy, verify_checksums=checksums)
+        SentenceEncoder(copy, verify_checksums=checksums, variant="opt")
     assert "model_opt.onnx.data" in str(info.value)
 
 
@@ -84,4 +84,4 @@ def test_data_file_missing_from_manifest_is_a_manifest_error(copy):
     del m["files"]["model_opt.onnx.data"]
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ManifestError, match="model_opt.onnx.data"):
-        SentenceEncoder(copy)
+        SentenceEncoder(copy, variant="opt")

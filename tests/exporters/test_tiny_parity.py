@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import TEXTS, assert_parity
+from helpers import TEXTS, assert_parity, fastest_timed
 from tiny_models import POOLING_MODES, TINY_ARCHITECTURES
 
 from st_runtime import SentenceEncoder
@@ -23,7 +23,8 @@ def test_parity_arch_x_pooling(zoo, arch, pooling):
     out = zoo.export(arch, pooling=pooling)
     ref_model = zoo.reference(src)
     ref = ref_model.encode(TEXTS, batch_size=4)
-    assert SentenceEncoder(out).variant == "opt"  # the default: fastest variant within fp32 accuracy
+    # the default: the variant within fp32 accuracy that st-export timed fastest on this CPU
+    assert SentenceEncoder(out).variant == fastest_timed(out)
     for variant in ("fp32", "opt"):
         enc = SentenceEncoder(out, variant=variant)
         # mixed lengths in one batch, and the default batching
