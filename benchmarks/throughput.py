@@ -172,7 +172,7 @@ def print_table(res: dict, provider: str) -> None:
                   f"{r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}")
 
 
-def plot(all_results: list[dict], path: Path) -> bool:
+def plot(all_results: list[dict], path: Path, title: str = "") -> bool:
     try:
         import matplotlib
 
@@ -181,7 +181,7 @@ def plot(all_results: list[dict], path: Path) -> bool:
     except ImportError:
         print("matplotlib not installed: no PNG written (pip install matplotlib)")
         return False
-    rows = [(f"{r['model']}\n{w}", name, v["ratio_to_sentence_transformers"])
+    rows = [(f"{r['model']}\n{w}", name.replace(" (default)", ""), v["ratio_to_sentence_transformers"])
             for r in all_results for w, sysres in r["results"].items() for name, v in sysres.items()]
     groups = list(dict.fromkeys(g for g, _, _ in rows))
     names = list(dict.fromkeys(n for _, n, _ in rows))
@@ -194,6 +194,7 @@ def plot(all_results: list[dict], path: Path) -> bool:
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_ylabel("throughput / sentence-transformers (same run)")
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -229,7 +230,8 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")
-    if args.png and plot(out["models"], args.png):
+    title = f"{out['machine']['cpu']}, {threads} threads, {args.provider}, median of {args.rounds} rounds"
+    if args.png and plot(out["models"], args.png, title):
         print(f"wrote {args.png}")
     return 0
 
