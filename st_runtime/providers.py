@@ -65,8 +65,9 @@ def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> tuple[l
     if missing and (not fallback_allowed or not usable):
         hint = ""
         if any(m in _GPU_PROVIDERS for m in missing):
-            hint = (" For CUDA install the GPU build: `pip install 'st-runtime[gpu]'` (onnxruntime-gpu "
-                    "replaces onnxruntime), and check that the CUDA and cuDNN libraries it needs are present.")
+            hint = (" For CUDA install the GPU build of onnxruntime in place of the CPU one (`pip uninstall -y "
+                    "onnxruntime && pip install onnxruntime-gpu`), and check that the CUDA and cuDNN libraries it "
+                    "needs are present.")
         raise ProviderUnavailableError(
             f"Execution provider(s) {missing} requested, but this onnxruntime {ort.__version__} only offers "
             f"{available}.{hint} To run on the CPU pass providers='cpu'; to allow falling back, list the "
