@@ -68,6 +68,10 @@ class _TextTower:
         self._oom_warned = False
         # GPUs like shapes in multiples of 8; on the CPU padding is pure waste.
         self.pad_multiple = 8 if on_gpu else 1
+        # Tokens (items x padded width) per batch on the CPU, where long texts run faster in small batches
+        # (measured on a 2-core EPYC: 200-token passages 39/s at 8 per batch, 31/s at 32). GPUs want big
+        # batches: there only batch_size limits them.
+        self.max_batch_tokens: int | None = None if on_gpu else 2048
         use_binding = on_gpu if io_binding is None else io_binding
         self.runner = (_IOBindingRunner(self.session, tower["output"], "cuda" if on_gpu else "cpu")
                        if use_binding else _SessionRunner(self.session, tower["output"]))
@@ -90,7 +94,7 @@ class _TextTower:
         encodings = self.tokenizer.encode_batch(items)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
-        batches = plan_batches(lengths[order], batch_size, self.pad_multiple)
+        batches = plan_batches(lengths[order], batch_size, self.pad_multiple, max_tokens=self.max_batch_tokens)
         if len(batches) == 1:
             start, end, width = batches[0]
             out[order[start:end]] = self._run(self._feeds(encodings, order[start:end], width))
@@ -149,13 +153,15 @@ def _is_out_of_memory(exc: Exception) -> bool:
 
 
 def plan_batches(sorted_lengths: np.ndarray, batch_size: int, pad_multiple: int = 1,
-                 split_ratio: float = 0.5) -> list[tuple[int, int, int]]:
+                 split_ratio: float = 0.5, max_tokens: int | None = None) -> list[tuple[int, int, int]]:
     """Split items sorted by decreasing token length into (start, end, padded width) batches.
 
     A batch holds at most ``batch_size`` items, and a new batch starts when the next item is shorter
     than ``split_ratio`` of the batch's width, so no batch spends most of its compute on padding
     (and int8 graphs, whose activation ranges are per batch, never mix a 3-token query with a
-    256-token passage). Widths are rounded up to ``pad_multiple``.
+    256-token passage). Widths are rounded up to ``pad_multiple``. ``max_tokens`` also caps
+    items x padded width per batch (long texts run faster in smaller batches: their activations stay
+    in cache).
     """
     out: list[tuple[int, int, int]] = []
     n = len(sorted_lengths)
@@ -163,11 +169,13 @@ def plan_batches(sorted_lengths: np.ndarray, batch_size: int, pad_multiple: int 
     while start < n:
         width = max(int(sorted_lengths[start]), 1)
         floor = width * split_ratio
+        padded = -(-width // pad_multiple) * pad_multiple
         end = start + 1
         limit = min(n, start + batch_size)
+        if max_tokens is not None:
+            limit = min(limit, start + max(1, max_tokens // padded))
         while end < limit and sorted_lengths[end] >= floor:
             end += 1
-        padded = -(-width // pad_multiple) * pad_multiple
         out.append((start, end, padded))
         start = end
     return out

@@ -13,21 +13,29 @@ from st_runtime.encoder import plan_batches
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(1, 512), max_size=300), st.integers(1, 64), st.sampled_from([1, 8]))
-def test_plan_covers_everything_once(lengths, batch_size, multiple):
+@given(st.lists(st.integers(1, 512), max_size=300), st.integers(1, 64), st.sampled_from([1, 8]),
+       st.sampled_from([None, 64, 2048]))
+def test_plan_covers_everything_once(lengths, batch_size, multiple, max_tokens):
     lens = np.sort(np.asarray(lengths, dtype=np.int64))[::-1]
-    plan = plan_batches(lens, batch_size, multiple)
+    plan = plan_batches(lens, batch_size, multiple, max_tokens=max_tokens)
     assert [p[0] for p in plan] == ([0] + [p[1] for p in plan[:-1]] if plan else [])
     assert (plan[-1][1] if plan else 0) == len(lens)
     for start, end, width in plan:
         assert 1 <= end - start <= batch_size
         assert width % multiple == 0 and width >= lens[start] and width - lens[start] < multiple
         assert lens[end - 1] >= lens[start] * 0.5  # no batch is mostly padding
+        if max_tokens is not None and end - start > 1:
+            assert (end - start) * width <= max_tokens
 
 
 def test_plan_splits_queries_from_passages():
     plan = plan_batches(np.array([256, 250, 12, 10, 3]), 32)
     assert [(s, e) for s, e, _ in plan] == [(0, 2), (2, 4), (4, 5)]
+
+
+def test_plan_token_budget_makes_long_batches_smaller():
+    plan = plan_batches(np.array([200] * 20 + [10] * 100), 32, max_tokens=2048)
+    assert [e - s for s, e, _ in plan] == [10, 10, 32, 32, 32, 4]
 
 
 def test_io_binding_path_gives_same_result(tiny_bert, zoo):
