@@ -340,17 +340,27 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
                 path = tmp / f"{fp32_path.stem}_{name}.onnx"
                 opt_path = tmp / f"{fp32_path.stem}_opt.onnx"
                 log(f"Building {name} variant of the {tname} tower")
-                if name == "opt":
-                    hf_config = st_export[0].auto_model.config
-                    info = build_opt(fp32_path, path, spec.ort_optimizer_type, hf_config.num_attention_heads,
-                                     hf_config.hidden_size, spec.attention_fusion)
-                elif name == "int8":
-                    info = build_int8(opt_path if "opt" in tower["variants"] else fp32_path, path,
-                                      _calibration_feeds(tmp, tower["inputs"]), "sentence_embedding",
-                                      target_min=plan.min_cosine + 0.003, target_mean=plan.mean_cosine + 0.002,
-                                      workdir=tmp, log=log)
-                else:
-                    info = build_fp16(opt_path if "opt" in tower["variants"] else fp32_path, path)
+                try:
+                    if name == "opt":
+                        hf_config = st_export[0].auto_model.config
+                        info = build_opt(fp32_path, path, spec.ort_optimizer_type, hf_config.num_attention_heads,
+                                         hf_config.hidden_size, spec.attention_fusion)
+                    elif name == "int8":
+                        info = build_int8(opt_path if "opt" in tower["variants"] else fp32_path, path,
+                                          _calibration_feeds(tmp, tower["inputs"]), "sentence_embedding",
+                                          target_min=plan.min_cosine + 0.003,
+                                          target_mean=plan.mean_cosine + 0.002, workdir=tmp, log=log)
+                    else:
+                        info = build_fp16(opt_path if "opt" in tower["variants"] else fp32_path, path)
+                except Exception as exc:  # an optional variant that cannot be built is reported, not fatal
+                    error = f"{type(exc).__name__}: {exc}"
+                    log(f"{tname} {name}: could not be built ({error[:300]}); it is left out.")
+                    rejected[name] = {"status": "failed", "error": error,
+                                      "validation": {"summary": f"build failed: {error[:300]}"}}
+                    for f in (path, path.with_name(path.name + ".data")):
+                        if f.exists():
+                            f.unlink()
+                    continue
                 written = [path]
                 if used_external:
                     written.append(_externalize(path))

@@ -288,7 +288,11 @@ class SentenceEncoder:
             if requested not in variants:
                 rejected = (self.manifest.get("export") or {}).get("rejected_variants") or {}
                 if requested in rejected:
-                    summary = (rejected[requested].get("validation") or {}).get("summary", "")
+                    entry = rejected[requested]
+                    if entry.get("error"):
+                        raise VariantError(f"variant {requested!r} could not be built at export ({entry['error']}), "
+                                           f"so it was not written. Passing variants: {passed}.")
+                    summary = (entry.get("validation") or {}).get("summary", "")
                     raise VariantError(f"variant {requested!r} was built but missed its accuracy gate at export "
                                        f"({summary}), so it was not written. Passing variants: {passed}.")
                 raise VariantError(f"variant {requested!r} is not in {self.path}; it has {sorted(variants)}. "

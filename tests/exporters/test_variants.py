@@ -102,3 +102,20 @@ def test_fp16_graph_builds_and_keeps_reductions_fp32(zoo, tmp_path):
             src = producers.get(node.input[0])
             assert src is not None and src.op_type == "Cast" and \
                 next(a.i for a in src.attribute if a.name == "to") == onnx.TensorProto.FLOAT
+
+
+def test_variant_that_cannot_be_built_is_reported_and_left_out(zoo, tmp_path, monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("quantizer exploded")
+
+    monkeypatch.setattr(export, "build_int8", broken)
+    said = []
+    out = export.export_model(str(zoo.model("bert")), output=tmp_path / "o", variants=["opt", "int8"],
+                              log=said.append)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["towers"]["text"]["variants"]) == ["fp32", "opt"]
+    assert "quantizer exploded" in manifest["export"]["rejected_variants"]["int8"]["error"]
+    assert any("int8: could not be built" in line and "quantizer exploded" in line for line in said)
+    with pytest.raises(VariantError, match="quantizer exploded"):
+        SentenceEncoder(out, variant="int8")
+    assert not list(out.glob("model_int8*"))
