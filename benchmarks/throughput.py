@@ -101,16 +101,12 @@ def ensure_export(model: str) -> Path:
     return path
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size: int, corpus: dict,
                 variants: list[str] | None) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from exporters.validate import cosines
     from st_runtime import SentenceEncoder
 
     folder = ensure_export(model)

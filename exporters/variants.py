@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from .validate import cosines
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +82,6 @@ def build_opt(src: Path, dst: Path, optimizer_type: str | None, num_heads: int, 
 
 
 # ----------------------------------------------------------------------------- int8
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-
-
 def _session(model_or_path):
     import onnxruntime as ort
 
@@ -182,7 +178,7 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
 
     def score(model) -> tuple[float, float]:
         got = np.concatenate([r[0] for r in _run_all(_session(model), calibration_feeds, [output])])
-        cos = _cosines(reference, got)
+        cos = cosines(reference, got)
         return float(cos.min()), float(cos.mean())
 
     best = None
@@ -262,10 +258,3 @@ def build_fp16(src: Path, dst: Path) -> dict[str, Any]:
     model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
     model.save_model_to_file(str(dst))
     return {"method": "onnxruntime.transformers float16", "kept_fp32_ops": FP16_KEEP_FP32}
-
-
-@dataclass
-class BuiltVariant:
-    plan: VariantPlan
-    file: str
-    info: dict[str, Any] = field(default_factory=dict)
