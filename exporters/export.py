@@ -346,7 +346,7 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
                         info = build_opt(fp32_path, path, spec.ort_optimizer_type, hf_config.num_attention_heads,
                                          hf_config.hidden_size, spec.attention_fusion)
                     elif name == "int8":
-                        info = build_int8(opt_path if "opt" in tower["variants"] else fp32_path, path,
+                        info = build_int8(fp32_path, path,
                                           _calibration_feeds(tmp, tower["inputs"]), "sentence_embedding",
                                           target_min=plan.min_cosine + 0.003,
                                           target_mean=plan.mean_cosine + 0.002, workdir=tmp, log=log)

@@ -95,9 +95,101 @@ def _run_all(session, feeds: list[dict[str, np.ndarray]], names: list[str] | Non
     return [session.run(names, f) for f in feeds]
 
 
+OUTLIER_SUFFIX = "/outlier_matmul"
+
+
 def _weighted_matmuls(model) -> list:
-    inits = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits]
+    """MatMuls with a constant 2-D weight, except the fp32 side products of outlier channels."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits
+            and len(inits[n.input[1]].dims) == 2 and not n.name.endswith(OUTLIER_SUFFIX)]
+
+
+def _consumers(model) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _constants(model) -> dict[str, np.ndarray]:
+    """Initializers, Constant nodes, and Identity nodes of either (the exporter shares equal tensors that way)."""
+    from onnx import numpy_helper
+
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
+    return out
+
+
+def _bias_add(node, consumers, consts, graph_outputs):
+    """The Add that adds a constant 1-D bias to ``node``'s output, when that is its only consumer, and the bias."""
+    users = consumers.get(node.output[0], [])
+    if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in graph_outputs:
+        return None
+    add = users[0]
+    other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+    if other not in consts or consts[other].ndim != 1:
+        return None
+    return add, consts[other]
+
+
+def merge_sibling_matmuls(model) -> int:
+    """MatMuls with constant weights that read the same activation, each followed only by a constant bias Add
+    (attention's query, key and value projections), become one MatMul + Add + Split: one larger GEMM and, in
+    int8, one quantization of the shared activation. Exact up to fp32 summation order. Returns how many groups
+    were merged."""
+    from onnx import helper, numpy_helper
+
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
+        return 0  # Split takes its sizes as an input from opset 13
+    graph = model.graph
+    consts = _constants(model)
+    consumers = _consumers(model)
+    outputs = {o.name for o in graph.output}
+    groups: dict[str, list] = {}
+    for node in _weighted_matmuls(model):
+        found = _bias_add(node, consumers, consts, outputs)
+        if found is not None:
+            groups.setdefault(node.input[0], []).append((node, *found))
+    replace: dict[int, list] = {}
+    drop: set[int] = set()
+    for x, members in groups.items():
+        if len(members) < 2:
+            continue
+        weights = [consts[m.input[1]] for m, _, _ in members]
+        biases = [b for _, _, b in members]
+        if len({w.shape[0] for w in weights}) != 1 or any(b.shape[0] != w.shape[1] for w, b in zip(weights, biases)):
+            continue
+        base = f"{members[0][0].name}/merged"
+        graph.initializer.extend([
+            numpy_helper.from_array(np.concatenate(weights, 1), f"{base}/weight"),
+            numpy_helper.from_array(np.concatenate(biases, 0), f"{base}/bias"),
+            numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{base}/sizes")])
+        replace[id(members[0][0])] = [
+            helper.make_node("MatMul", [x, f"{base}/weight"], [f"{base}/product"], name=f"{base}/MatMul"),
+            helper.make_node("Add", [f"{base}/product", f"{base}/bias"], [f"{base}/biased"], name=f"{base}/Add"),
+            helper.make_node("Split", [f"{base}/biased", f"{base}/sizes"], [add.output[0] for _, add, _ in members],
+                             axis=-1, name=f"{base}/Split")]
+        drop.update(id(n) for m in members for n in m[:2])
+    if not replace:
+        return 0
+    nodes = []
+    for node in graph.node:
+        nodes.extend(replace.get(id(node), []))
+        if id(node) not in drop:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return len(replace)
 
 
 def _with_outputs(model, names: list[str]):
@@ -112,33 +204,77 @@ def _with_outputs(model, names: list[str]):
     return m
 
 
-def _smooth(model, amax: dict[str, np.ndarray], alpha: float):
+def _outlier_channels(smoothed_amax: np.ndarray, gain: float | None) -> list[int]:
+    """The fewest top channels (1, 2, 4 or 8) whose removal shrinks the int8 range at least ``gain``-fold."""
+    if gain is None:
+        return []
+    order = np.argsort(-smoothed_amax, kind="stable")
+    top = smoothed_amax[order]
+    for k in (1, 2, 4, 8):
+        if k < len(top) and top[0] >= gain * max(float(top[k]), 1e-12):
+            return [int(c) for c in order[:k]]
+    return []
+
+
+def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: float | None = None):
     """SmoothQuant: move activation outliers of each MatMul input into its weights
-    (X W = (X / s)(s W)), so per-tensor int8 activations lose less. Exact in fp32."""
+    (X W = (X / s)(s W)), so per-tensor int8 activations lose less. Exact in fp32.
+
+    Where a few input channels still dominate the range after smoothing (in BERT-style models the [CLS]
+    token carries, in one or two channels, values several times larger than anything else), those channels
+    are taken out of the int8 product and multiplied in fp32 on the side,
+    X W = X[:, ~O] W[~O] + X[:, O] W[O], so the int8 range only has to fit the rest. Also exact in fp32.
+    Returns the model and how many MatMuls had channels taken out."""
     from onnx import helper, numpy_helper
 
     m = copy.deepcopy(model)
     inits = {i.name: i for i in m.graph.initializer}
+    consts = _constants(m)
+    consumers = _consumers(m)
+    outputs = {o.name for o in m.graph.output}
+    after: dict[int, object] = {}
     nodes = []
+    decomposed = 0
+    targets = {id(n) for n in _weighted_matmuls(m)}
     for node in m.graph.node:
-        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits and node.input[0] in amax:
+        if id(node) in targets and node.input[0] in amax:
+            x, a = node.input[0], amax[node.input[0]]
             w = numpy_helper.to_array(inits[node.input[1]])
-            if w.ndim == 2:
-                s = amax[node.input[0]] ** alpha / np.maximum(np.abs(w).max(1), 1e-8) ** (1 - alpha)
-                s = np.clip(np.nan_to_num(s, nan=1.0, posinf=1.0), 1e-4, 1e4).astype(np.float32)
-                s[amax[node.input[0]] == 0] = 1.0
-                inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32),
-                                                                      node.input[1]))
-                inv = numpy_helper.from_array((1.0 / s).astype(np.float32), f"{node.name}/smooth_scale")
-                m.graph.initializer.append(inv)
-                smoothed = f"{node.input[0]}/smoothed_for/{node.name}"
-                nodes.append(helper.make_node("Mul", [node.input[0], inv.name], [smoothed],
-                                              name=f"{node.name}/smooth"))
-                node.input[0] = smoothed
+            s = a ** alpha / np.maximum(np.abs(w).max(1), 1e-8) ** (1 - alpha)
+            s = np.clip(np.nan_to_num(s, nan=1.0, posinf=1.0), 1e-4, 1e4).astype(np.float32)
+            s[a == 0] = 1.0
+            inv = (1.0 / s).astype(np.float32)
+            scaled = (w * s[:, None]).astype(np.float32)
+            out = _outlier_channels(a / s, outlier_gain)
+            if out:
+                decomposed += 1
+                inv[out] = 0.0
+                scaled[out, :] = 0.0
+                idx = numpy_helper.from_array(np.array(out, np.int64), f"{node.name}/outlier_channels")
+                w_out = numpy_helper.from_array(w[out, :].astype(np.float32), f"{node.name}/outlier_weight")
+                m.graph.initializer.extend([idx, w_out])
+                picked, side = f"{node.name}/outlier_input", f"{node.name}/outlier_product"
+                nodes.append(helper.make_node("Gather", [x, idx.name], [picked], axis=-1,
+                                              name=f"{node.name}/outlier_gather"))
+                nodes.append(helper.make_node("MatMul", [picked, w_out.name], [side], name=node.name + OUTLIER_SUFFIX))
+                found = _bias_add(node, consumers, consts, outputs)
+                tail = found[0] if found is not None else node
+                final = tail.output[0]
+                tail.output[0] = f"{final}/without_outliers"
+                after[id(tail)] = helper.make_node("Add", [tail.output[0], side], [final],
+                                                   name=f"{node.name}/outlier_add")
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(scaled, node.input[1]))
+            inv_t = numpy_helper.from_array(inv, f"{node.name}/smooth_scale")
+            m.graph.initializer.append(inv_t)
+            smoothed = f"{x}/smoothed_for/{node.name}"
+            nodes.append(helper.make_node("Mul", [x, inv_t.name], [smoothed], name=f"{node.name}/smooth"))
+            node.input[0] = smoothed
         nodes.append(node)
+        if id(node) in after:
+            nodes.append(after[id(node)])
     del m.graph.node[:]
     m.graph.node.extend(nodes)
-    return m
+    return m, decomposed
 
 
 def _quantize(model, exclude: list[str], workdir: Path):
@@ -148,8 +284,10 @@ def _quantize(model, exclude: list[str], workdir: Path):
     src = workdir / "int8-src.onnx"
     dst = workdir / "int8-try.onnx"
     onnx.save(model, str(src))
+    side = [n.name for n in model.graph.node if n.name.endswith(OUTLIER_SUFFIX)]
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                     nodes_to_exclude=exclude, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     nodes_to_exclude=list(exclude) + side,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     out = onnx.load(str(dst))
     src.unlink()
     dst.unlink()
@@ -159,12 +297,16 @@ def _quantize(model, exclude: list[str], workdir: Path):
 def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarray]], output: str,
                target_min: float, target_mean: float, workdir: Path, max_excluded: int | None = None,
                log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Dynamic int8 with per-channel weights, SmoothQuant scaling calibrated on ``calibration_feeds``
-    (alpha chosen from a small grid), then, while the calibration accuracy is below target, MatMuls are
-    kept in fp32: those fed by a GELU first, worst local signal-to-noise ratio first."""
+    """Dynamic int8 with per-channel weights from the plain fp32 graph (onnxruntime's own CPU fusions apply at
+    load; its fused Attention would keep the query/key/value projections in fp32). Sibling projections are
+    merged first. SmoothQuant scaling and outlier-channel decomposition are calibrated on
+    ``calibration_feeds`` (the most accurate of a small grid of smoothing strengths and outlier thresholds).
+    Only if the calibration accuracy is still below target are MatMuls kept in fp32,
+    worst local signal-to-noise ratio first."""
     import onnx
 
     base = onnx.load(str(src))
+    merged = merge_sibling_matmuls(base)
     matmuls = _weighted_matmuls(base)
     if max_excluded is None:
         max_excluded = len(matmuls) // 2
@@ -181,27 +323,23 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
         cos = cosines(reference, got)
         return float(cos.min()), float(cos.mean())
 
-    best = None
-    for alpha in (0.5, 0.7, 0.85):
-        smoothed = _smooth(base, amax, alpha)
+    def attempt(alpha: float, gain: float | None):
+        smoothed, decomposed = _smooth(base, amax, alpha, gain)
         q = _quantize(smoothed, [], workdir)
         s = score(q)
-        log(f"  int8 calibration: smoothing alpha {alpha}: min cosine {s[0]:.4f}, mean {s[1]:.5f}")
-        if best is None or s > best[0]:
-            best = (s, alpha, smoothed, q)
-    (cal_min, cal_mean), alpha, smoothed, quantized = best
-    # MatMuls fed by a GELU (the second FFN projection) see heavy-tailed activations that smoothing cannot
-    # tame; they are kept in fp32 first, the rest after them, worst local signal-to-noise ratio first.
-    # The number kept per step doubles (1, 2, 4, ...), so a model that needs many stays affordable.
-    producers = {o: n for n in base.graph.node for o in n.output}
-    post_gelu = {n.name for n in matmuls if producers.get(n.input[0]) is not None
-                 and producers[n.input[0]].op_type in _GELU_OPS}
+        log(f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
+            f"min cosine {s[0]:.4f}, mean {s[1]:.5f}")
+        return s, alpha, gain, decomposed, smoothed, q
+
+    # The most accurate of a small grid: smoothing strength first, then how many channels are taken out.
+    best = max((attempt(alpha, 1.5) for alpha in (0.5, 0.7, 0.85)), key=lambda r: r[0])
+    best = max([best] + [attempt(best[1], gain) for gain in (2.0, 1.2)], key=lambda r: r[0])
+    (cal_min, cal_mean), alpha, gain, decomposed, smoothed, quantized = best
     excluded: list[str] = []
     step = 1
     while (cal_min < target_min or cal_mean < target_mean) and len(excluded) < max_excluded:
         left = [n for n in _weighted_matmuls(smoothed) if n.name not in excluded]
-        pool = [n for n in left if n.name in post_gelu] or left
-        ranked = _rank_by_noise(quantized, smoothed, calibration_feeds, pool)
+        ranked = _rank_by_noise(quantized, smoothed, calibration_feeds, left)
         if not ranked:
             break
         chosen = ranked[:min(step, max_excluded - len(excluded))]
@@ -212,13 +350,12 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
             f"min cosine {cal_min:.4f}, mean {cal_mean:.5f}")
         step *= 2
     onnx.save(quantized, str(dst))
-    return {"method": "dynamic int8, per-channel weights, SmoothQuant", "smooth_alpha": alpha,
+    return {"method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",
+            "source": "fp32", "merged_sibling_matmuls": merged, "smooth_alpha": alpha,
+            "outlier_gain": gain, "outlier_decomposed_matmuls": decomposed,
             "fp32_matmuls": excluded, "int8_matmuls": len(matmuls) - len(excluded),
             "calibration": {"texts": len(calibration_feeds), "min_cosine_vs_fp32": cal_min,
                             "mean_cosine_vs_fp32": cal_mean}}
-
-
-_GELU_OPS = ("Gelu", "BiasGelu", "FastGelu", "QuickGelu")
 
 
 def _rank_by_noise(quantized, smoothed, feeds, candidates) -> list[str]:

@@ -209,7 +209,8 @@ class ImageTower:
         self.input = tower["inputs"][0]
         self.output = tower["output"]
 
-    def embed(self, items: list, batch_size: int, out: np.ndarray) -> None:
+    def embed(self, items: list, batch_size: int | None, out: np.ndarray) -> None:
+        batch_size = batch_size or 32
         for start in range(0, len(items), batch_size):
             pixels = preprocess(items[start:start + batch_size], self.preprocessor)
             out[start:start + len(pixels)] = self.session.run([self.output], {self.input: pixels})[0]

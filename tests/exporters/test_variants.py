@@ -119,3 +119,33 @@ def test_variant_that_cannot_be_built_is_reported_and_left_out(zoo, tmp_path, mo
     with pytest.raises(VariantError, match="quantizer exploded"):
         SentenceEncoder(out, variant="int8")
     assert not list(out.glob("model_int8*"))
+
+
+def test_int8_graph_rewrites_are_exact_before_quantization(zoo):
+    """Merging the query/key/value projections and taking outlier channels out of the int8 product change
+    nothing in fp32: only the quantization itself may move the embeddings."""
+    import copy
+
+    import numpy as np
+    import onnx
+
+    out = zoo.export("bert")
+    model = onnx.load(str(out / "model.onnx"))
+    feeds = export._calibration_feeds(out, [i.name for i in model.graph.input])[-3:]
+    merged = copy.deepcopy(model)
+    assert variants.merge_sibling_matmuls(merged) == 2  # one query/key/value group per layer
+    assert sum(n.op_type == "Split" for n in merged.graph.node) == 2
+    inputs = {n.input[0] for n in variants._weighted_matmuls(merged)}
+    dims = {i.name: i.dims for i in merged.graph.initializer}
+    sizes = {n.input[0]: dims[n.input[1]][0] for n in variants._weighted_matmuls(merged)}
+    amax = {}
+    for name in inputs:  # one channel far above the rest: it must be taken out
+        amax[name] = np.ones(sizes[name], np.float32)
+        amax[name][3] = 50.0
+    smoothed, decomposed = variants._smooth(merged, amax, 0.7, outlier_gain=1.5)
+    assert decomposed == len(variants._weighted_matmuls(merged))
+    results = [variants._run_all(variants._session(m), feeds, ["sentence_embedding"])
+               for m in (model, merged, smoothed)]
+    for got in results[1:]:
+        for a, b in zip(results[0], got):
+            np.testing.assert_allclose(a[0], b[0], atol=2e-6)

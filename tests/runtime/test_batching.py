@@ -88,3 +88,28 @@ def test_out_of_memory_on_cpu_is_not_hidden(tiny_bert):
     enc._text.runner = _OOMOnBigBatches(enc._text.runner)
     with pytest.raises(RuntimeError, match="Failed to allocate"):
         enc.encode(TEXTS, batch_size=8)
+
+
+class _Recorder:
+    def __init__(self, runner):
+        self.runner = runner
+        self.shapes = []
+
+    def __call__(self, feeds):
+        self.shapes.append(feeds["input_ids"].shape)
+        return self.runner(feeds)
+
+
+def test_default_batch_size_is_a_token_budget_on_cpu(tiny_bert):
+    """batch_size=None (the default): short texts go 100+ to a batch, long ones fewer, within 2048 tokens."""
+    enc = SentenceEncoder(tiny_bert[1])
+    texts = [f"query number {i} about {TEXTS[i % len(TEXTS)][:30]}" for i in range(400)]
+    explicit = enc.encode(texts, batch_size=32)
+    rec = _Recorder(enc._text.runner)
+    enc._text.runner = rec
+    np.testing.assert_allclose(enc.encode(texts), explicit, atol=2e-6)
+    assert max(rows for rows, _ in rec.shapes) > 32
+    assert all(rows * width <= enc._text.max_batch_tokens for rows, width in rec.shapes)
+    rec.shapes.clear()
+    enc.encode(texts, batch_size=32)
+    assert max(rows for rows, _ in rec.shapes) == 32
