@@ -96,6 +96,7 @@ def _run_all(session, feeds: list[dict[str, np.ndarray]], names: list[str] | Non
 
 
 OUTLIER_SUFFIX = "/outlier_matmul"
+SMOOTH_FLOOR_QUANTILE = 0.5
 
 
 def _weighted_matmuls(model) -> list:
@@ -240,7 +241,11 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
         if id(node) in targets and node.input[0] in amax:
             x, a = node.input[0], amax[node.input[0]]
             w = numpy_helper.to_array(inits[node.input[1]])
-            s = a ** alpha / np.maximum(np.abs(w).max(1), 1e-8) ** (1 - alpha)
+            # Channels calibration saw nearly silent (a GELU output that stayed negative) are scaled as if
+            # typical: scaling them up by their calibrated range would blow up the int8 range on the first
+            # text that does activate them.
+            floor = float(np.quantile(a, SMOOTH_FLOOR_QUANTILE)) if SMOOTH_FLOOR_QUANTILE else 0.0
+            s = np.maximum(a, floor) ** alpha / np.maximum(np.abs(w).max(1), 1e-8) ** (1 - alpha)
             s = np.clip(np.nan_to_num(s, nan=1.0, posinf=1.0), 1e-4, 1e4).astype(np.float32)
             s[a == 0] = 1.0
             inv = (1.0 / s).astype(np.float32)
