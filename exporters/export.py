@@ -132,10 +132,11 @@ def _validate_variant(manifest: dict[str, Any], folder: Path, tower: str, name: 
 
 
 def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[[str], None],
-                          rounds: int = 3) -> None:
+                          rounds: int = 5) -> None:
     """Time every passed CPU variant of the text tower on the same mixed workload, so the runtime can pick
     the fastest one measured rather than guessed (on this CPU, fused graphs are not always faster: onnxruntime
-    applies its own CPU fusions to the plain graph at load)."""
+    applies its own CPU fusions to the plain graph at load). Variants alternate within each round, so a burst
+    of load from elsewhere hits them alike; the median round counts."""
     import time
 
     from st_runtime import SentenceEncoder
@@ -147,20 +148,22 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     if tower is None:
         return
     texts = SHORT_QUERIES * 16 + PASSAGES * 4
-    timed = {}
-    for name, v in tower["variants"].items():
-        if v["status"] != "passed" or "CPUExecutionProvider" not in v["providers"]:
-            continue
-        enc = SentenceEncoder(folder, providers="cpu", variant=name)
+    encoders = {name: SentenceEncoder(folder, providers="cpu", variant=name)
+                for name, v in tower["variants"].items()
+                if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]}
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    for enc in encoders.values():
         enc.encode(texts[:16])
-        times = []
-        for _ in range(rounds):
+    for _ in range(rounds):
+        for name, enc in encoders.items():
             t = time.perf_counter()
             enc.encode(texts)
-            times.append(time.perf_counter() - t)
-        timed[name] = sorted(times)[len(times) // 2]
-        v["cpu_timing"] = {"items": len(texts), "median_s": timed[name], "threads": physical_cores(),
-                           "rounds": rounds}
+            times[name].append(time.perf_counter() - t)
+    timed = {}
+    for name, ts in times.items():
+        timed[name] = sorted(ts)[len(ts) // 2]
+        tower["variants"][name]["cpu_timing"] = {"items": len(texts), "median_s": timed[name],
+                                                 "threads": physical_cores(), "rounds": rounds}
     if timed:
         log("CPU timing (items/s): " + ", ".join(f"{n} {len(texts) / t:.0f}" for n, t in timed.items()))
 
