@@ -141,17 +141,18 @@ def _peer(worker: PeerWorker, key: str, tmp: Path, timeout: float):
     return run
 
 
-def start_peers(peers: dict, model: str, manifest: dict, source: str, threads: int, batch_size: int,
+def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads: int, batch_size: int,
                 corpus_file: Path, tmp: Path) -> tuple[PeerWorker | None, dict, dict]:
-    """Start the peer worker for MODEL and load its systems: (worker, systems, report)."""
-    name = Path(model).name if (Path(model) / "manifest.json").is_file() else model.rstrip("/").split("/")[-1]
+    """Start the peer worker for the model exported in FOLDER and load its systems: (worker, systems, report)."""
+    name = folder.resolve().name
     cache = ROOT / "exported_models" / "peers" / name
     report = {"cache": str(cache), "systems": {}, "skipped": {}, "failed": {}}
     print(f"peers: loading {', '.join(peers['systems'])} with {peers['python']} (exports are cached in {cache}; "
           f"the first run makes them, which takes a while)", flush=True)
     worker = None
     try:
-        worker = PeerWorker(peers["python"], tmp / f"peer-worker-{name}.log")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        worker = PeerWorker(peers["python"], cache.parent / f"{name}.worker.log")  # kept after the run
         peers.setdefault("versions", worker.hello.get("versions"))
         loaded = worker.request({"cmd": "load", "model": name, "source": source,
                                  "hub_id": manifest["source"]["model"], "revision": manifest["source"].get("revision"),
@@ -163,7 +164,7 @@ def start_peers(peers: dict, model: str, manifest: dict, source: str, threads: i
             worker.close()
         for key in peers["systems"]:
             report["failed"][PEER_LABELS[key]] = {"error": str(e)}
-        print(f"peers: FAILED to start for {model}: {e}", flush=True)
+        print(f"peers: FAILED to start for {name}: {e}", flush=True)
         return None, {}, report
     report["export"] = loaded.get("export")
     systems = {}
@@ -206,7 +207,7 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
         systems[label] = _local((lambda e: (lambda x: e.encode(x, batch_size=batch_size)))(enc))
     worker, peer_report, peer_keys = None, None, {}
     if peers:
-        worker, peer_systems, peer_report = start_peers(peers, model, manifest, source, threads, batch_size,
+        worker, peer_systems, peer_report = start_peers(peers, folder, manifest, source, threads, batch_size,
                                                         corpus_file, tmp)
         for label, (key, fn) in peer_systems.items():
             systems[label] = fn
@@ -222,6 +223,8 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
         print(f"peers: FAILED {', '.join(gone)}: {err}", flush=True)
 
     def call(name: str, texts: list[str], workload: str, want: bool):
+        if name not in systems:  # a peer that failed earlier in this round
+            return None
         try:
             return systems[name](texts, workload, want)
         except PeerError as e:
@@ -360,7 +363,7 @@ def main(argv=None) -> int:
                               peers if peers["enabled"] else None, corpus_file, Path(tmp))
             print_table(res, args.provider)
             out["models"].append(res)
-    failed = [(r["model"], name) for r in out["models"] for name in (r.get("peers") or {}).get("failed", {})]
+    failed = {r["model"]: list(r["peers"]["failed"]) for r in out["models"] if (r.get("peers") or {}).get("failed")}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
@@ -369,7 +372,7 @@ def main(argv=None) -> int:
     if args.png and plot(out["models"], args.png, title):
         print(f"wrote {args.png}")
     if failed:
-        print(f"\npeers FAILED (see above): {', '.join(f'{m}: {n}' for m, n in failed)}")
+        print("\npeers FAILED (see above): " + "; ".join(f"{m}: {', '.join(n)}" for m, n in failed.items()))
         return 1
     return 0
 
