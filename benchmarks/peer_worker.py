@@ -106,11 +106,16 @@ def ensure_exports(source: str, revision: str | None, cache: Path, provider_kwar
                                                              "onnxruntime", "transformers", "torch")}}
     stamp = cache / STAMP
     if stamp.is_file():
-        have = json.loads(stamp.read_text())
-        if {k: have.get(k) for k in want} == want and all((cache / f).is_file() for f in have["files"].values()):
+        try:
+            have = json.loads(stamp.read_text())
+            complete = all((cache / f).is_file() for f in have["files"].values()) and set(have["files"]) == set(ST_SYSTEMS)
+        except (ValueError, KeyError, AttributeError, TypeError):
+            have, complete = {}, False
+        if complete and {k: have.get(k) for k in want} == want:
             log(f"reusing exports in {cache}")
             return have
-        log(f"exports in {cache} are stale (made for {({k: have.get(k) for k in want})}): exporting again")
+        log(f"exports in {cache} are stale or incomplete (made for {({k: have.get(k) for k in want})}): "
+            "exporting again")
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.backend import export_dynamic_quantized_onnx_model, export_optimized_onnx_model
 

@@ -147,8 +147,8 @@ def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads:
     name = folder.resolve().name
     cache = ROOT / "exported_models" / "peers" / name
     report = {"cache": str(cache), "systems": {}, "skipped": {}, "failed": {}}
-    print(f"peers: loading {', '.join(peers['systems'])} with {peers['python']} (exports are cached in {cache}; "
-          f"the first run makes them, which takes a while)", flush=True)
+    print(f"peers: loading {', '.join(peers['systems'])} with {peers['python']} (exports in {cache}, made on "
+          f"first use; worker log {cache.parent / (name + '.worker.log')})", flush=True)
     worker = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
