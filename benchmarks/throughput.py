@@ -1,7 +1,7 @@
 """Throughput of st_runtime against sentence-transformers, in one run, on the same inputs and threads.
 
     python benchmarks/throughput.py all-MiniLM-L6-v2 [all-mpnet-base-v2 ...] [--provider cpu|cuda]
-        [--threads N] [--rounds 5] [--json FILE] [--png FILE]
+        [--threads N] [--rounds 5] [--json FILE] [--png FILE] [--peer-python PY | --no-peers]
 
 MODEL is a folder written by st-export, or a name whose export lives in exported_models/NAME (it is
 exported first when missing). The reference is sentence-transformers loaded from the source the
@@ -10,6 +10,12 @@ manifest records (hub id, resolved through the local HF cache, or local folder).
 Workloads come from a fixed, seeded generated corpus (see make_corpus): short queries (about 8-14
 tokens, like the model table's "queries") and passages (about 100-200 tokens). Every system runs
 every workload once per round, systems alternating, after a warm-up; figures are medians over rounds.
+
+Peers (CPU only): sentence-transformers' own ONNX backend (plain, O3, dynamic-quantized avx2 and
+avx512_vnni graphs) and fastembed need packages that conflict with this environment, so they run in a
+second venv (`bash scripts/setup-peers.sh` makes .venv-peers, used when it exists) as a worker process
+(benchmarks/peer_worker.py, one per model) that this script drives: the same texts, threads, batch size
+and rounds, alternating with the other systems; the worker times each encode call itself.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +37,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peer_client import PeerError, PeerWorker  # noqa: E402
+from peer_worker import LABELS as PEER_LABELS  # noqa: E402  (stdlib-only module level)
+
+REFERENCE = "sentence-transformers fp32"
+DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
 # queries/s published in the sentence-transformers model table (V100 GPU / CPU), for context only:
 # different hardware, so only our same-run ratios are comparable.
@@ -101,8 +115,71 @@ def ensure_export(model: str) -> Path:
     return path
 
 
+def _local(fn):
+    """A system of this process: (embeddings when asked, seconds of the encode call)."""
+
+    def run(texts: list[str], workload: str, want: bool):
+        t = time.perf_counter()
+        out = fn(texts)
+        seconds = time.perf_counter() - t
+        return (np.asarray(out) if want else None), seconds
+
+    return run
+
+
+def _peer(worker: PeerWorker, key: str, tmp: Path, timeout: float):
+    """A system of the peer worker, which times its encode call itself."""
+
+    def run(texts: list[str], workload: str, want: bool):
+        save = tmp / f"{key}-{workload}.npy" if want else None
+        r = worker.request({"cmd": "encode", "system": key, "workload": workload,
+                            "save": str(save) if save else None}, timeout, f"encode {key} on {workload}")
+        if r["n"] != len(texts):
+            raise PeerError(f"the peer worker encoded {r['n']} of {len(texts)} {workload}", alive=True)
+        return (np.load(save) if save else None), float(r["seconds"])
+
+    return run
+
+
+def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads: int, batch_size: int,
+                corpus_file: Path, tmp: Path) -> tuple[PeerWorker | None, dict, dict]:
+    """Start the peer worker for the model exported in FOLDER and load its systems: (worker, systems, report)."""
+    name = folder.resolve().name
+    cache = ROOT / "exported_models" / "peers" / name
+    report = {"cache": str(cache), "systems": {}, "skipped": {}, "failed": {}}
+    print(f"peers: loading {', '.join(peers['systems'])} with {peers['python']} (exports in {cache}, made on "
+          f"first use; worker log {cache.parent / (name + '.worker.log')})", flush=True)
+    worker = None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        worker = PeerWorker(peers["python"], cache.parent / f"{name}.worker.log")  # kept after the run
+        peers.setdefault("versions", worker.hello.get("versions"))
+        loaded = worker.request({"cmd": "load", "model": name, "source": source,
+                                 "hub_id": manifest["source"]["model"], "revision": manifest["source"].get("revision"),
+                                 "cache_dir": str(cache), "threads": threads, "batch_size": batch_size,
+                                 "systems": peers["systems"]}, peers["load_timeout"], "load")
+        worker.request({"cmd": "corpus", "path": str(corpus_file)}, peers["timeout"])
+    except PeerError as e:
+        if worker is not None:
+            worker.close()
+        for key in peers["systems"]:
+            report["failed"][PEER_LABELS[key]] = {"error": str(e)}
+        print(f"peers: FAILED to start for {name}: {e}", flush=True)
+        return None, {}, report
+    report["export"] = loaded.get("export")
+    systems = {}
+    for key, info in loaded["systems"].items():
+        systems[info["label"]] = (key, _peer(worker, key, tmp, peers["timeout"]))
+        report["systems"][info["label"]] = info
+    for key, info in loaded["skipped"].items():
+        report["skipped"][info["label"]] = info["reason"]
+        print(f"peers: {info['label']} skipped: {info['reason']}", flush=True)
+    return worker, systems, report
+
+
 def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size: int, corpus: dict,
-                variants: list[str] | None) -> dict:
+                variants: list[str] | None, peers: dict | None = None, corpus_file: Path | None = None,
+                tmp: Path | None = None) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -117,39 +194,77 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
     torch.set_num_threads(threads)
     device = "cuda" if provider == "cuda" else "cpu"
     st_model = SentenceTransformer(source, device=device)
-    systems = {"sentence-transformers fp32": lambda x: st_model.encode(x, batch_size=batch_size)}
+    systems = {REFERENCE: _local(lambda x: st_model.encode(x, batch_size=batch_size))}
     if device == "cuda":
         st_half = SentenceTransformer(source, device=device).half()
-        systems["sentence-transformers fp16"] = lambda x: st_half.encode(x, batch_size=batch_size)
+        systems["sentence-transformers fp16"] = _local(lambda x: st_half.encode(x, batch_size=batch_size))
     available = manifest["towers"]["text"]["variants"]
     for v in variants or sorted(available, key=lambda k: -available[k]["rank"]):
         if v not in available:
             continue
         enc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v)
         label = f"st_runtime {v}" + (" (default)" if v == SentenceEncoder(folder, providers=provider).variant else "")
-        systems[label] = (lambda e: (lambda x: e.encode(x, batch_size=batch_size)))(enc)
+        systems[label] = _local((lambda e: (lambda x: e.encode(x, batch_size=batch_size)))(enc))
+    worker, peer_report, peer_keys = None, None, {}
+    if peers:
+        worker, peer_systems, peer_report = start_peers(peers, folder, manifest, source, threads, batch_size,
+                                                        corpus_file, tmp)
+        for label, (key, fn) in peer_systems.items():
+            systems[label] = fn
+            peer_keys[label] = key
+
+    def fail(label: str, err: PeerError) -> None:
+        """A peer system that failed: out of the run, loudly, with the worker's error (all of them if it died)."""
+        gone = [label] if err.alive else [n for n in peer_keys if n in systems]
+        for name in gone:
+            systems.pop(name, None)
+            peer_report["failed"][name] = {"error": str(err)}
+            peer_report["systems"].pop(name, None)
+        print(f"peers: FAILED {', '.join(gone)}: {err}", flush=True)
+
+    def call(name: str, texts: list[str], workload: str, want: bool):
+        if name not in systems:  # a peer that failed earlier in this round
+            return None
+        try:
+            return systems[name](texts, workload, want)
+        except PeerError as e:
+            if name not in peer_keys:
+                raise
+            fail(name, e)
+            return None
+
     results = {}
-    for workload, texts in corpus.items():
-        ref = np.asarray(systems["sentence-transformers fp32"](texts))
-        times: dict[str, list[float]] = {name: [] for name in systems}
-        accuracy = {}
-        for name, fn in systems.items():
-            got = np.asarray(fn(texts))  # warm-up, and accuracy against sentence-transformers
-            cos = cosines(ref, got)
-            accuracy[name] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
-        for _ in range(rounds):
-            for name, fn in systems.items():
-                t = time.perf_counter()
-                fn(texts)
-                times[name].append(time.perf_counter() - t)
-        base = statistics.median(times["sentence-transformers fp32"])
-        results[workload] = {
-            name: {"items_per_s": len(texts) / statistics.median(ts), "median_s": statistics.median(ts),
-                   "all_s": ts, "ratio_to_sentence_transformers": base / statistics.median(ts), **accuracy[name]}
-            for name, ts in times.items()}
-    return {"model": model, "source": source, "published_queries_per_s": dict(zip(("gpu", "cpu"),
-                                                                                  PUBLISHED.get(model, (None, None)))),
-            "workloads": {k: len(v) for k, v in corpus.items()}, "results": results}
+    try:
+        for workload, texts in corpus.items():
+            ref = systems[REFERENCE](texts, workload, True)[0]
+            times: dict[str, list[float]] = {name: [] for name in systems}
+            accuracy = {}
+            for name in list(systems):
+                got = call(name, texts, workload, True)  # warm-up, and accuracy against sentence-transformers
+                if got is None:
+                    continue
+                cos = cosines(ref, got[0])
+                accuracy[name] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+            for _ in range(rounds):
+                for name in list(systems):
+                    got = call(name, texts, workload, False)
+                    if got is not None:
+                        times[name].append(got[1])
+            base = statistics.median(times[REFERENCE])
+            results[workload] = {
+                name: {"items_per_s": len(texts) / statistics.median(ts), "median_s": statistics.median(ts),
+                       "all_s": ts, "ratio_to_sentence_transformers": base / statistics.median(ts),
+                       **accuracy[name], **({"peer": True} if name in peer_keys else {})}
+                for name, ts in times.items() if name in systems}
+    finally:
+        if worker is not None:
+            worker.close()
+    out = {"model": model, "source": source, "published_queries_per_s": dict(zip(("gpu", "cpu"),
+                                                                               PUBLISHED.get(model, (None, None)))),
+           "workloads": {k: len(v) for k, v in corpus.items()}, "results": results}
+    if peer_report is not None:
+        out["peers"] = peer_report
+    return out
 
 
 def _bundled_path(manifest) -> str:
@@ -166,6 +281,11 @@ def print_table(res: dict, provider: str) -> None:
         for name, r in rows.items():
             print(f"{workload:9} {name:34} {r['items_per_s']:9.1f} {r['ratio_to_sentence_transformers']:5.2f}x "
                   f"{r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}")
+    peers = res.get("peers") or {}
+    for name, reason in peers.get("skipped", {}).items():
+        print(f"{'':9} {name:34} skipped: {reason}")
+    for name, failure in peers.get("failed", {}).items():
+        print(f"{'':9} {name:34} FAILED: {failure['error'].splitlines()[0]}")
 
 
 def plot(all_results: list[dict], path: Path, title: str = "") -> bool:
@@ -209,19 +329,41 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=None, help="comma-separated st_runtime variants (default: all)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
+    p.add_argument("--peer-python", type=Path, default=None,
+                   help=f"python of the peer venv (default: {DEFAULT_PEER_PYTHON.relative_to(ROOT)} when it exists; "
+                        "made by scripts/setup-peers.sh)")
+    p.add_argument("--no-peers", action="store_true", help="measure no peers")
+    p.add_argument("--peer-systems", default=",".join(PEER_LABELS),
+                   help=f"comma-separated peers to measure (default: all of {','.join(PEER_LABELS)})")
+    p.add_argument("--peer-timeout", type=float, default=900.0,
+                   help="seconds the peer worker may take for one encode call before it is killed (default 900)")
+    p.add_argument("--peer-load-timeout", type=float, default=3600.0,
+                   help="seconds the peer worker may take to export and load its systems (default 3600)")
     args = p.parse_args(argv)
+    peer_systems = [k for k in args.peer_systems.split(",") if k]
+    unknown = [k for k in peer_systems if k not in PEER_LABELS]
+    if unknown:
+        p.error(f"unknown --peer-systems {unknown}; choose from {','.join(PEER_LABELS)}")
+    if args.peer_python is not None and not args.no_peers and not args.peer_python.is_file():
+        p.error(f"--peer-python {args.peer_python}: no such file (bash scripts/setup-peers.sh makes .venv-peers)")
     from st_runtime.providers import physical_cores
 
     threads = args.threads or physical_cores()
     corpus = make_corpus(n_queries=args.queries, n_passages=args.passages)
+    peers = resolve_peers(args, peer_systems)
     out = {"created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
            "provider": args.provider, "threads": threads, "rounds": args.rounds, "batch_size": args.batch_size,
-           "machine": machine(), "models": []}
-    for model in args.models:
-        res = bench_model(model, args.provider, threads, args.rounds, args.batch_size, corpus,
-                          args.variants.split(",") if args.variants else None)
-        print_table(res, args.provider)
-        out["models"].append(res)
+           "machine": machine(), "peers": peers, "models": []}
+    with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
+        corpus_file = Path(tmp) / "corpus.json"
+        corpus_file.write_text(json.dumps(corpus))
+        for model in args.models:
+            res = bench_model(model, args.provider, threads, args.rounds, args.batch_size, corpus,
+                              args.variants.split(",") if args.variants else None,
+                              peers if peers["enabled"] else None, corpus_file, Path(tmp))
+            print_table(res, args.provider)
+            out["models"].append(res)
+    failed = {r["model"]: list(r["peers"]["failed"]) for r in out["models"] if (r.get("peers") or {}).get("failed")}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
@@ -229,7 +371,33 @@ def main(argv=None) -> int:
     title = f"{out['machine']['cpu']}, {threads} threads, {args.provider}, median of {args.rounds} rounds"
     if args.png and plot(out["models"], args.png, title):
         print(f"wrote {args.png}")
+    if failed:
+        print("\npeers FAILED (see above): " + "; ".join(f"{m}: {', '.join(n)}" for m, n in failed.items()))
+        return 1
     return 0
+
+
+def resolve_peers(args, systems: list[str]) -> dict:
+    """Which peer python to use, or why there are no peers (printed, and recorded in the JSON)."""
+    def off(reason: str) -> dict:
+        print(f"peers: not measured: {reason}")
+        return {"enabled": False, "reason": reason}
+
+    if args.no_peers:
+        return off("--no-peers")
+    if not systems:
+        return off("--peer-systems is empty")
+    if args.provider != "cpu":
+        return off(f"--provider {args.provider}: the peers run on the CPU only (their venv has the CPU onnxruntime)")
+    python = args.peer_python
+    if python is None:
+        if not DEFAULT_PEER_PYTHON.is_file():
+            return off(f"no {DEFAULT_PEER_PYTHON.relative_to(ROOT)}; `bash scripts/setup-peers.sh` makes it "
+                       "(sentence-transformers' ONNX backend and fastembed), or pass --peer-python")
+        python = DEFAULT_PEER_PYTHON
+    # not resolved: a venv's bin/python is a link to the base interpreter, which would leave the venv
+    return {"enabled": True, "python": str(python.absolute()), "systems": systems,
+            "timeout": args.peer_timeout, "load_timeout": args.peer_load_timeout}
 
 
 if __name__ == "__main__":
