@@ -207,14 +207,14 @@ class Worker:
     def __init__(self):
         self.systems: dict = {}
         self.corpus: dict[str, list[str]] = {}
-        self.batch_size = 32
+        self.batch_size: int | None = None  # None: each library's own default
 
     def load(self, req: dict) -> dict:
         import onnxruntime as ort
         import torch
 
         threads = int(req["threads"])
-        self.batch_size = int(req["batch_size"])
+        self.batch_size = None if req.get("batch_size") is None else int(req["batch_size"])
         torch.set_num_threads(threads)  # sentence-transformers pools in torch, also with backend="onnx"
         cache = Path(req["cache_dir"])
         wanted = req.get("systems") or ALL_SYSTEMS
@@ -243,8 +243,8 @@ class Worker:
                                             model_kwargs={**provider, "file_name": file,
                                                           "session_options": session_options()})
                 max_seq_length = model.max_seq_length
-                bs = self.batch_size
-                self.systems[key] = (lambda m: (lambda texts: m.encode(texts, batch_size=bs)))(model)
+                bs = {} if self.batch_size is None else {"batch_size": self.batch_size}
+                self.systems[key] = (lambda m: (lambda texts: m.encode(texts, **bs)))(model)
                 loaded[key] = {"label": label, "file": str(cache / file), "max_seq_length": model.max_seq_length,
                                "export_seconds": info["export_seconds"].get(key)}
             except Exception as e:  # reported as skipped, with the reason
@@ -291,8 +291,8 @@ class Worker:
         model = TextEmbedding(name, cache_dir=str(cache / "fastembed-cache"), threads=threads,
                               providers=["CPUExecutionProvider"], specific_model_path=str(folder),
                               local_files_only=True)
-        bs = self.batch_size
-        self.systems["fastembed"] = lambda texts: np.stack(list(model.embed(texts, batch_size=bs)))
+        bs = {} if self.batch_size is None else {"batch_size": self.batch_size}
+        self.systems["fastembed"] = lambda texts: np.stack(list(model.embed(texts, **bs)))
         return {"label": FASTEMBED[0], "model_name": name, "config": config, "file": str(folder / "model.onnx"),
                 "max_seq_length": max_seq_length, "class": type(model.model).__name__}
 

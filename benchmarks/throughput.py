@@ -141,7 +141,7 @@ def _peer(worker: PeerWorker, key: str, tmp: Path, timeout: float):
     return run
 
 
-def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads: int, batch_size: int,
+def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads: int, batch_size: int | None,
                 corpus_file: Path, tmp: Path) -> tuple[PeerWorker | None, dict, dict]:
     """Start the peer worker for the model exported in FOLDER and load its systems: (worker, systems, report)."""
     name = folder.resolve().name
@@ -177,7 +177,7 @@ def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads:
     return worker, systems, report
 
 
-def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size: int, corpus: dict,
+def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size: int | None, corpus: dict,
                 variants: list[str] | None, peers: dict | None = None, corpus_file: Path | None = None,
                 tmp: Path | None = None) -> dict:
     import torch
@@ -194,17 +194,18 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
     torch.set_num_threads(threads)
     device = "cuda" if provider == "cuda" else "cpu"
     st_model = SentenceTransformer(source, device=device)
-    systems = {REFERENCE: _local(lambda x: st_model.encode(x, batch_size=batch_size))}
+    bs = {} if batch_size is None else {"batch_size": batch_size}  # None: each system's own default
+    systems = {REFERENCE: _local(lambda x: st_model.encode(x, **bs))}
     if device == "cuda":
         st_half = SentenceTransformer(source, device=device).half()
-        systems["sentence-transformers fp16"] = _local(lambda x: st_half.encode(x, batch_size=batch_size))
+        systems["sentence-transformers fp16"] = _local(lambda x: st_half.encode(x, **bs))
     available = manifest["towers"]["text"]["variants"]
     for v in variants or sorted(available, key=lambda k: -available[k]["rank"]):
         if v not in available:
             continue
         enc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v)
         label = f"st_runtime {v}" + (" (default)" if v == SentenceEncoder(folder, providers=provider).variant else "")
-        systems[label] = _local((lambda e: (lambda x: e.encode(x, batch_size=batch_size)))(enc))
+        systems[label] = _local((lambda e: (lambda x: e.encode(x, **bs)))(enc))
     worker, peer_report, peer_keys = None, None, {}
     if peers:
         worker, peer_systems, peer_report = start_peers(peers, folder, manifest, source, threads, batch_size,
@@ -323,7 +324,9 @@ def main(argv=None) -> int:
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None, help="threads for both (default: physical cores)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="texts per batch for every system (default: each system's own default: 32 for "
+                        "sentence-transformers, 256 for fastembed, a token budget for st_runtime)")
     p.add_argument("--queries", type=int, default=2048)
     p.add_argument("--passages", type=int, default=256)
     p.add_argument("--variants", default=None, help="comma-separated st_runtime variants (default: all)")
