@@ -183,7 +183,7 @@ def _calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, A
     order = np.argsort(-lengths, kind="stable")
     from st_runtime.encoder import plan_batches
 
-    for start, end, width in plan_batches(lengths[order], 32):
+    for start, end, width in plan_batches(lengths[order], text.auto_batch_size, max_tokens=text.max_batch_tokens):
         if end - start > 1:
             feeds.append(text._feeds(encodings, order[start:end], width))
     return [{k: f[k] for k in input_names} for f in feeds]
