@@ -356,6 +356,9 @@ def main(argv=None) -> int:
     peers = resolve_peers(args, peer_systems)
     out = {"created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
            "provider": args.provider, "threads": threads, "rounds": args.rounds, "batch_size": args.batch_size,
+           "batch_size_meaning": ("every system" if args.batch_size else
+                                  "null: each system's own default (sentence-transformers and its ONNX backend 32, "
+                                  "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch)"),
            "machine": machine(), "peers": peers, "models": []}
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
         corpus_file = Path(tmp) / "corpus.json"
