@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from st_runtime.providers import cpu_int8_dot_product
+
 from .validate import cosines
 
 logger = logging.getLogger(__name__)
@@ -357,6 +359,7 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
     onnx.save(quantized, str(dst))
     return {"method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",
             "source": "fp32", "merged_sibling_matmuls": merged, "smooth_alpha": alpha,
+            "cpu_int8_dot_product": cpu_int8_dot_product(),
             "outlier_gain": gain, "outlier_decomposed_matmuls": decomposed,
             "fp32_matmuls": excluded, "int8_matmuls": len(matmuls) - len(excluded),
             "calibration": {"texts": len(calibration_feeds), "min_cosine_vs_fp32": cal_min,

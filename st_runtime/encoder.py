@@ -19,7 +19,7 @@ from .errors import GraphLoadError, ManifestError, UnsupportedInputError, Varian
 from .graph_meta import graph_load_error
 from .inputs import LongTextCutter, prepare
 from .manifest import graph_files, load_manifest, verify_files
-from .providers import check_session_providers, physical_cores, resolve_providers
+from .providers import check_session_providers, cpu_int8_dot_product, physical_cores, resolve_providers
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,21 @@ class _IOBindingRunner(_SessionRunner):
         return binding.copy_outputs_to_cpu()[0]
 
 
+def _warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
+    """int8 graphs are validated on the export machine. One validated where the CPU has an int8 dot product
+    (VNNI/AMX) may lose accuracy where it has not: onnxruntime's AVX2 int8 kernels sum pairs of products in
+    16 bits, which can saturate. Say so rather than let the manifest's accuracy stand unqualified."""
+    exported_with = (vspec.get("build") or {}).get("cpu_int8_dot_product")
+    if vspec.get("precision") != "int8" or not exported_with:
+        return
+    here = cpu_int8_dot_product()
+    if here is False:
+        warnings.warn(f"The int8 graph of {path} was validated on a CPU with an int8 dot-product instruction "
+                      "(VNNI); this CPU has none, so onnxruntime uses kernels that can saturate and the accuracy "
+                      "recorded in manifest.json may not hold here. Run `st-export` on this machine to validate "
+                      "int8 here, or use the default (exact) variant.", RuntimeWarning, stacklevel=3)
+
+
 def _make_session(path: Path, providers, fallback_allowed: bool, threads: int,
                   session_options: ort.SessionOptions | None) -> ort.InferenceSession:
     so = session_options or ort.SessionOptions()
@@ -261,6 +276,7 @@ class SentenceEncoder:
                                  "cannot embed with it. Upgrade st-runtime.")
         text = towers["text"]
         self.variant, vspec = self._choose_variant(text, variant)
+        _warn_if_int8_kernels_differ(vspec, self.path)
         files = [*graph_files(self.path, self.manifest, vspec), text["tokenizer"]["file"]]
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
         self._text = _TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,

@@ -115,3 +115,20 @@ def physical_cores() -> int:
             return len(cpus)
         cores.add((pkg, core))
     return max(1, len(cores))
+
+
+_INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_dot_product() -> bool | None:
+    """Whether this x86 CPU has an int8 dot-product instruction (VNNI or AMX), which onnxruntime's int8
+    MatMul kernels use without intermediate saturation; None where that cannot be read (not Linux x86)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return any(flag in flags for flag in _INT8_DOT_FLAGS)
+    except OSError:
+        return None
+    return None

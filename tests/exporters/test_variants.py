@@ -149,3 +149,24 @@ def test_int8_graph_rewrites_are_exact_before_quantization(zoo):
     for got in results[1:]:
         for a, b in zip(results[0], got):
             np.testing.assert_allclose(a[0], b[0], atol=2e-6)
+
+
+def test_int8_warns_on_a_cpu_without_the_int8_dot_product_it_was_validated_with(with_int8, monkeypatch):
+    import warnings
+
+    from st_runtime import encoder, providers
+
+    _src, out = with_int8
+    build = json.loads((out / "manifest.json").read_text())["towers"]["text"]["variants"]["int8"]["build"]
+    assert build["cpu_int8_dot_product"] == providers.cpu_int8_dot_product()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["towers"]["text"]["variants"]["int8"]["build"]["cpu_int8_dot_product"] = True
+    (out / "manifest.json").write_text(json.dumps(manifest))  # as if exported on a VNNI machine
+    monkeypatch.setattr(encoder, "cpu_int8_dot_product", lambda: False)
+    with pytest.warns(RuntimeWarning, match="VNNI"):
+        SentenceEncoder(out, variant="int8")
+    monkeypatch.setattr(encoder, "cpu_int8_dot_product", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SentenceEncoder(out, variant="int8")
+        SentenceEncoder(out)  # the exact default is never affected
