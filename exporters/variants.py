@@ -108,6 +108,18 @@ def _weighted_matmuls(model) -> list:
             and len(inits[n.input[1]].dims) == 2 and not n.name.endswith(OUTLIER_SUFFIX)]
 
 
+def _name_nodes(graph) -> None:
+    """Give unnamed nodes unique names: the rewrites below name what they add after the node they rewrite."""
+    taken = {n.name for n in graph.node}
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_st_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
 def _consumers(model) -> dict[str, list]:
     out: dict[str, list] = {}
     for node in model.graph.node:
@@ -151,6 +163,7 @@ def merge_sibling_matmuls(model) -> int:
     if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
         return 0  # Split takes its sizes as an input from opset 13
     graph = model.graph
+    _name_nodes(graph)
     consts = _constants(model)
     consumers = _consumers(model)
     outputs = {o.name for o in graph.output}
@@ -188,11 +201,15 @@ def merge_sibling_matmuls(model) -> int:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
+    _drop_unused_initializers(graph)
+    return len(replace)
+
+
+def _drop_unused_initializers(graph) -> None:
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return len(replace)
 
 
 def _with_outputs(model, names: list[str]):
@@ -231,6 +248,7 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
     from onnx import helper, numpy_helper
 
     m = copy.deepcopy(model)
+    _name_nodes(m.graph)
     inits = {i.name: i for i in m.graph.initializer}
     consts = _constants(m)
     consumers = _consumers(m)
@@ -270,7 +288,11 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
                 tail.output[0] = f"{final}/without_outliers"
                 after[id(tail)] = helper.make_node("Add", [tail.output[0], side], [final],
                                                    name=f"{node.name}/outlier_add")
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(scaled, node.input[1]))
+            # A weight of its own: the original may be shared (ALBERT reuses one layer's weights in every
+            # layer), and each use is scaled for its own input.
+            own = numpy_helper.from_array(scaled, f"{node.name}/smoothed_weight")
+            m.graph.initializer.append(own)
+            node.input[1] = own.name
             inv_t = numpy_helper.from_array(inv, f"{node.name}/smooth_scale")
             m.graph.initializer.append(inv_t)
             smoothed = f"{x}/smoothed_for/{node.name}"
@@ -281,6 +303,7 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
             nodes.append(after[id(node)])
     del m.graph.node[:]
     m.graph.node.extend(nodes)
+    _drop_unused_initializers(m.graph)
     return m, decomposed
 
 

@@ -170,3 +170,28 @@ def test_int8_warns_on_a_cpu_without_the_int8_dot_product_it_was_validated_with(
         warnings.simplefilter("error")
         SentenceEncoder(out, variant="int8")
         SentenceEncoder(out)  # the exact default is never affected
+
+
+def test_int8_rewrites_stay_exact_with_shared_weights_and_unnamed_nodes():
+    """ALBERT-style graphs use one weight in several MatMuls; each use is smoothed for its own input."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.RandomState(0)
+    w = numpy_helper.from_array(rng.randn(8, 8).astype(np.float32), "shared_w")
+    b = numpy_helper.from_array(rng.randn(8).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "shared_w"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]),
+             helper.make_node("MatMul", ["r", "shared_w"], ["y"])]  # unnamed nodes, one weight twice
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.randn(5, 8).astype(np.float32)
+    x[:, 2] *= 30  # an outlier channel in the first MatMul's input
+    amax = {"x": np.abs(x).max(0), "r": np.maximum(x @ numpy_helper.to_array(w) + numpy_helper.to_array(b), 0).max(0)}
+    smoothed, decomposed = variants._smooth(model, amax, 0.7, outlier_gain=1.5)
+    assert decomposed >= 1
+    want = variants._session(model).run(None, {"x": x})[0]
+    got = variants._session(smoothed).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
