@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ def rss_mb() -> float:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    raise SystemExit("memory.py reads VmRSS from /proc/self/status (Linux only)")
 
 
 def main(argv=None) -> int:

@@ -151,11 +151,15 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     encoders = {name: SentenceEncoder(folder, providers="cpu", variant=name)
                 for name, v in tower["variants"].items()
                 if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]}
+    if not encoders:
+        return
     times: dict[str, list[float]] = {name: [] for name in encoders}
     for enc in encoders.values():
         enc.encode(texts[:16])
-    for _ in range(rounds):
-        for name, enc in encoders.items():
+    names = list(encoders)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # a different variant goes first each round
+            enc = encoders[name]
             t = time.perf_counter()
             enc.encode(texts)
             times[name].append(time.perf_counter() - t)

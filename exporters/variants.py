@@ -120,6 +120,27 @@ def _name_nodes(graph) -> None:
             taken.add(name)
 
 
+def _fold_constant_identities(graph) -> None:
+    """Point every input that reads an Identity of an initializer (how the exporter shares a tensor, e.g.
+    ALBERT's one set of layer weights) at the initializer itself, so shared weights are seen as such."""
+    source: dict[str, str] = {}
+    inits = {i.name for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Identity" and (node.input[0] in inits or node.input[0] in source):
+            source[node.output[0]] = source.get(node.input[0], node.input[0])
+    if not source:
+        return
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in source:
+                node.input[i] = source[name]
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in source
+                                            and n.output[0] not in outputs)]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def _consumers(model) -> dict[str, list]:
     out: dict[str, list] = {}
     for node in model.graph.node:
@@ -142,7 +163,8 @@ def _constants(model) -> dict[str, np.ndarray]:
 
 
 def _bias_add(node, consumers, consts, graph_outputs):
-    """The Add that adds a constant 1-D bias to ``node``'s output, when that is its only consumer, and the bias."""
+    """The Add that adds a constant 1-D bias to ``node``'s output, when that is its only consumer, and the
+    bias's name."""
     users = consumers.get(node.output[0], [])
     if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in graph_outputs:
         return None
@@ -150,7 +172,7 @@ def _bias_add(node, consumers, consts, graph_outputs):
     other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
     if other not in consts or consts[other].ndim != 1:
         return None
-    return add, consts[other]
+    return add, other
 
 
 def merge_sibling_matmuls(model) -> int:
@@ -164,6 +186,7 @@ def merge_sibling_matmuls(model) -> int:
         return 0  # Split takes its sizes as an input from opset 13
     graph = model.graph
     _name_nodes(graph)
+    _fold_constant_identities(graph)
     consts = _constants(model)
     consumers = _consumers(model)
     outputs = {o.name for o in graph.output}
@@ -172,32 +195,37 @@ def merge_sibling_matmuls(model) -> int:
         found = _bias_add(node, consumers, consts, outputs)
         if found is not None:
             groups.setdefault(node.input[0], []).append((node, *found))
-    replace: dict[int, list] = {}
-    drop: set[int] = set()
+    replace: dict[str, list] = {}
+    drop: set[str] = set()
+    made: dict[tuple, str] = {}  # shared weights (ALBERT) are concatenated once
     for x, members in groups.items():
         if len(members) < 2:
             continue
         weights = [consts[m.input[1]] for m, _, _ in members]
-        biases = [b for _, _, b in members]
+        biases = [consts[b] for _, _, b in members]
         if len({w.shape[0] for w in weights}) != 1 or any(b.shape[0] != w.shape[1] for w, b in zip(weights, biases)):
             continue
         base = f"{members[0][0].name}/merged"
-        graph.initializer.extend([
-            numpy_helper.from_array(np.concatenate(weights, 1), f"{base}/weight"),
-            numpy_helper.from_array(np.concatenate(biases, 0), f"{base}/bias"),
-            numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{base}/sizes")])
-        replace[id(members[0][0])] = [
-            helper.make_node("MatMul", [x, f"{base}/weight"], [f"{base}/product"], name=f"{base}/MatMul"),
-            helper.make_node("Add", [f"{base}/product", f"{base}/bias"], [f"{base}/biased"], name=f"{base}/Add"),
-            helper.make_node("Split", [f"{base}/biased", f"{base}/sizes"], [add.output[0] for _, add, _ in members],
-                             axis=-1, name=f"{base}/Split")]
-        drop.update(id(n) for m in members for n in m[:2])
+        key = tuple(m.input[1] for m, _, _ in members) + tuple(b for _, _, b in members)
+        if key not in made:
+            made[key] = base
+            graph.initializer.extend([
+                numpy_helper.from_array(np.concatenate(weights, 1), f"{base}/weight"),
+                numpy_helper.from_array(np.concatenate(biases, 0), f"{base}/bias"),
+                numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{base}/sizes")])
+        tensors = made[key]
+        replace[members[0][0].name] = [
+            helper.make_node("MatMul", [x, f"{tensors}/weight"], [f"{base}/product"], name=f"{base}/MatMul"),
+            helper.make_node("Add", [f"{base}/product", f"{tensors}/bias"], [f"{base}/biased"], name=f"{base}/Add"),
+            helper.make_node("Split", [f"{base}/biased", f"{tensors}/sizes"],
+                             [add.output[0] for _, add, _ in members], axis=-1, name=f"{base}/Split")]
+        drop.update(n.name for m in members for n in m[:2])
     if not replace:
         return 0
     nodes = []
     for node in graph.node:
-        nodes.extend(replace.get(id(node), []))
-        if id(node) not in drop:
+        nodes.extend(replace.get(node.name, []))
+        if node.name not in drop:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
@@ -205,8 +233,18 @@ def merge_sibling_matmuls(model) -> int:
     return len(replace)
 
 
-def _drop_unused_initializers(graph) -> None:
+def _used_names(graph) -> set[str]:
+    """Every tensor name read in ``graph``, including inside If/Loop/Scan bodies."""
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                used |= _used_names(sub)
+    return used
+
+
+def _drop_unused_initializers(graph) -> None:
+    used = _used_names(graph)
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -249,58 +287,68 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
 
     m = copy.deepcopy(model)
     _name_nodes(m.graph)
+    _fold_constant_identities(m.graph)
     inits = {i.name: i for i in m.graph.initializer}
     consts = _constants(m)
     consumers = _consumers(m)
     outputs = {o.name for o in m.graph.output}
-    after: dict[int, object] = {}
+    uses: dict[str, list] = {}
+    for n in _weighted_matmuls(m):
+        if n.input[0] in amax:
+            uses.setdefault(n.input[1], []).append(n.input[0])
+    # One scaling per weight: a weight shared by several MatMuls (ALBERT) is scaled once, for the widest
+    # range any of its inputs reaches; each input is divided by the same s, so every product stays exact.
+    plans: dict[str, tuple[str, str, list[int]]] = {}
+    for wname, xs in uses.items():
+        w = numpy_helper.to_array(inits[wname])
+        a = np.max(np.stack([np.nan_to_num(amax[x], nan=0.0, posinf=0.0) for x in xs]), 0)
+        # Channels calibration saw nearly silent (a GELU output that stayed negative) are scaled as if
+        # typical: scaling them up by their calibrated range would blow up the int8 range on the first
+        # text that does activate them.
+        floor = float(np.quantile(a, SMOOTH_FLOOR_QUANTILE)) if SMOOTH_FLOOR_QUANTILE else 0.0
+        s = np.maximum(a, floor) ** alpha / np.maximum(np.abs(w).max(1), 1e-8) ** (1 - alpha)
+        s = np.clip(np.nan_to_num(s, nan=1.0, posinf=1.0), 1e-4, 1e4).astype(np.float32)
+        s[a == 0] = 1.0
+        inv = (1.0 / s).astype(np.float32)
+        scaled = (w * s[:, None]).astype(np.float32)
+        out = _outlier_channels(a / s, outlier_gain)
+        if out:
+            inv[out] = 0.0
+            scaled[out, :] = 0.0
+            m.graph.initializer.extend([
+                numpy_helper.from_array(np.array(out, np.int64), f"{wname}/outlier_channels"),
+                numpy_helper.from_array(w[out, :].astype(np.float32), f"{wname}/outlier_weight")])
+        m.graph.initializer.extend([numpy_helper.from_array(scaled, f"{wname}/smoothed"),
+                                    numpy_helper.from_array(inv, f"{wname}/smooth_scale")])
+        plans[wname] = (f"{wname}/smoothed", f"{wname}/smooth_scale", out)
+    after: dict[str, object] = {}
     nodes = []
     decomposed = 0
-    targets = {id(n) for n in _weighted_matmuls(m)}
+    targets = {n.name for n in _weighted_matmuls(m) if n.input[0] in amax}
     for node in m.graph.node:
-        if id(node) in targets and node.input[0] in amax:
-            x, a = node.input[0], amax[node.input[0]]
-            w = numpy_helper.to_array(inits[node.input[1]])
-            # Channels calibration saw nearly silent (a GELU output that stayed negative) are scaled as if
-            # typical: scaling them up by their calibrated range would blow up the int8 range on the first
-            # text that does activate them.
-            floor = float(np.quantile(a, SMOOTH_FLOOR_QUANTILE)) if SMOOTH_FLOOR_QUANTILE else 0.0
-            s = np.maximum(a, floor) ** alpha / np.maximum(np.abs(w).max(1), 1e-8) ** (1 - alpha)
-            s = np.clip(np.nan_to_num(s, nan=1.0, posinf=1.0), 1e-4, 1e4).astype(np.float32)
-            s[a == 0] = 1.0
-            inv = (1.0 / s).astype(np.float32)
-            scaled = (w * s[:, None]).astype(np.float32)
-            out = _outlier_channels(a / s, outlier_gain)
+        if node.name in targets:
+            x, wname = node.input[0], node.input[1]
+            weight, scale, out = plans[wname]
             if out:
                 decomposed += 1
-                inv[out] = 0.0
-                scaled[out, :] = 0.0
-                idx = numpy_helper.from_array(np.array(out, np.int64), f"{node.name}/outlier_channels")
-                w_out = numpy_helper.from_array(w[out, :].astype(np.float32), f"{node.name}/outlier_weight")
-                m.graph.initializer.extend([idx, w_out])
                 picked, side = f"{node.name}/outlier_input", f"{node.name}/outlier_product"
-                nodes.append(helper.make_node("Gather", [x, idx.name], [picked], axis=-1,
+                nodes.append(helper.make_node("Gather", [x, f"{wname}/outlier_channels"], [picked], axis=-1,
                                               name=f"{node.name}/outlier_gather"))
-                nodes.append(helper.make_node("MatMul", [picked, w_out.name], [side], name=node.name + OUTLIER_SUFFIX))
+                nodes.append(helper.make_node("MatMul", [picked, f"{wname}/outlier_weight"], [side],
+                                              name=node.name + OUTLIER_SUFFIX))
                 found = _bias_add(node, consumers, consts, outputs)
                 tail = found[0] if found is not None else node
                 final = tail.output[0]
                 tail.output[0] = f"{final}/without_outliers"
-                after[id(tail)] = helper.make_node("Add", [tail.output[0], side], [final],
-                                                   name=f"{node.name}/outlier_add")
-            # A weight of its own: the original may be shared (ALBERT reuses one layer's weights in every
-            # layer), and each use is scaled for its own input.
-            own = numpy_helper.from_array(scaled, f"{node.name}/smoothed_weight")
-            m.graph.initializer.append(own)
-            node.input[1] = own.name
-            inv_t = numpy_helper.from_array(inv, f"{node.name}/smooth_scale")
-            m.graph.initializer.append(inv_t)
+                after[tail.name] = helper.make_node("Add", [tail.output[0], side], [final],
+                                                    name=f"{node.name}/outlier_add")
             smoothed = f"{x}/smoothed_for/{node.name}"
-            nodes.append(helper.make_node("Mul", [x, inv_t.name], [smoothed], name=f"{node.name}/smooth"))
+            nodes.append(helper.make_node("Mul", [x, scale], [smoothed], name=f"{node.name}/smooth"))
             node.input[0] = smoothed
+            node.input[1] = weight
         nodes.append(node)
-        if id(node) in after:
-            nodes.append(after[id(node)])
+        if node.name in after:
+            nodes.append(after[node.name])
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     _drop_unused_initializers(m.graph)
@@ -313,15 +361,16 @@ def _quantize(model, exclude: list[str], workdir: Path):
 
     src = workdir / "int8-src.onnx"
     dst = workdir / "int8-try.onnx"
-    onnx.save(model, str(src))
     side = [n.name for n in model.graph.node if n.name.endswith(OUTLIER_SUFFIX)]
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                     nodes_to_exclude=list(exclude) + side,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    out = onnx.load(str(dst))
-    src.unlink()
-    dst.unlink()
-    return out
+    try:
+        onnx.save(model, str(src))
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=list(exclude) + side,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        return onnx.load(str(dst))
+    finally:  # never leave a scratch graph in the export folder, also when quantization fails
+        src.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
 
 
 def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarray]], output: str,
@@ -336,6 +385,8 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
     import onnx
 
     base = onnx.load(str(src))
+    _name_nodes(base.graph)
+    _fold_constant_identities(base.graph)
     merged = merge_sibling_matmuls(base)
     matmuls = _weighted_matmuls(base)
     if max_excluded is None:
