@@ -98,7 +98,6 @@ def _run_all(session, feeds: list[dict[str, np.ndarray]], names: list[str] | Non
 
 
 OUTLIER_SUFFIX = "/outlier_matmul"
-SMOOTH_FLOOR_QUANTILE = 0.5
 
 
 def _weighted_matmuls(model) -> list:
@@ -288,7 +287,6 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
     m = copy.deepcopy(model)
     _name_nodes(m.graph)
     _fold_constant_identities(m.graph)
-    inits = {i.name: i for i in m.graph.initializer}
     consts = _constants(m)
     consumers = _consumers(m)
     outputs = {o.name for o in m.graph.output}
@@ -300,13 +298,12 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
     # range any of its inputs reaches; each input is divided by the same s, so every product stays exact.
     plans: dict[str, tuple[str, str, list[int]]] = {}
     for wname, xs in uses.items():
-        w = numpy_helper.to_array(inits[wname])
+        w = consts[wname]
         a = np.max(np.stack([np.nan_to_num(amax[x], nan=0.0, posinf=0.0) for x in xs]), 0)
         # Channels calibration saw nearly silent (a GELU output that stayed negative) are scaled as if
         # typical: scaling them up by their calibrated range would blow up the int8 range on the first
         # text that does activate them.
-        floor = float(np.quantile(a, SMOOTH_FLOOR_QUANTILE)) if SMOOTH_FLOOR_QUANTILE else 0.0
-        s = np.maximum(a, floor) ** alpha / np.maximum(np.abs(w).max(1), 1e-8) ** (1 - alpha)
+        s = np.maximum(a, np.median(a)) ** alpha / np.maximum(np.abs(w).max(1), 1e-8) ** (1 - alpha)
         s = np.clip(np.nan_to_num(s, nan=1.0, posinf=1.0), 1e-4, 1e4).astype(np.float32)
         s[a == 0] = 1.0
         inv = (1.0 / s).astype(np.float32)
