@@ -43,6 +43,7 @@ from peer_client import PeerError, PeerWorker  # noqa: E402
 from peer_worker import LABELS as PEER_LABELS  # noqa: E402  (stdlib-only module level)
 
 REFERENCE = "sentence-transformers fp32"
+HALF = "sentence-transformers fp16"  # CUDA only
 DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
 # queries/s published in the sentence-transformers model table (V100 GPU / CPU), for context only:
@@ -83,7 +84,7 @@ def make_corpus(seed: int = 13, n_queries: int = 2048, n_passages: int = 256) ->
     return {"queries": queries, "passages": passages}
 
 
-def machine() -> dict:
+def machine(provider: str = "cpu") -> dict:
     cpu = platform.processor()
     try:
         for line in open("/proc/cpuinfo"):
@@ -99,8 +100,13 @@ def machine() -> dict:
             vers[d] = md.version(d)
         except md.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "versions": vers}
+    out = {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+           "python": platform.python_version(), "versions": vers}
+    if provider == "cuda":
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible to torch"
+    return out
 
 
 def ensure_export(model: str) -> Path:
@@ -179,7 +185,7 @@ def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads:
 
 def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size: int | None, corpus: dict,
                 variants: list[str] | None, peers: dict | None = None, corpus_file: Path | None = None,
-                tmp: Path | None = None) -> dict:
+                tmp: Path | None = None, cuda_graphs: bool = True) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -198,14 +204,30 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
     systems = {REFERENCE: _local(lambda x: st_model.encode(x, **bs))}
     if device == "cuda":
         st_half = SentenceTransformer(source, device=device).half()
-        systems["sentence-transformers fp16"] = _local(lambda x: st_half.encode(x, **bs))
+        systems[HALF] = _local(lambda x: st_half.encode(x, **bs))
     available = manifest["towers"]["text"]["variants"]
+    default = SentenceEncoder(folder, providers=provider).variant
+    unavailable = {}
     for v in variants or sorted(available, key=lambda k: -available[k]["rank"]):
         if v not in available:
             continue
         enc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v)
-        label = f"st_runtime {v}" + (" (default)" if v == SentenceEncoder(folder, providers=provider).variant else "")
+        label = f"st_runtime {v}" + (" (default)" if v == default else "")
         systems[label] = _local((lambda e: (lambda x: e.encode(x, **bs)))(enc))
+        if device == "cuda" and cuda_graphs:
+            try:
+                genc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v, cuda_graphs=True)
+            except Exception as e:  # recorded in the results, not hidden: CUDA graphs are optional
+                unavailable[f"st_runtime {v} + CUDA graphs"] = f"{type(e).__name__}: {e}"
+            else:
+                systems[f"st_runtime {v} + CUDA graphs"] = _local((lambda e: (lambda x: e.encode(x, **bs)))(genc))
+    if device == "cuda":
+        try:
+            tenc = SentenceEncoder(folder, providers="tensorrt", threads=threads, variant=default)
+        except Exception as e:  # TensorRT needs its own libraries: why it did not run is recorded and printed
+            unavailable[f"st_runtime {default} on TensorRT"] = f"{type(e).__name__}: {e}"
+        else:
+            systems[f"st_runtime {default} on TensorRT"] = _local((lambda e: (lambda x: e.encode(x, **bs)))(tenc))
     worker, peer_report, peer_keys = None, None, {}
     if peers:
         worker, peer_systems, peer_report = start_peers(peers, folder, manifest, source, threads, batch_size,
@@ -252,19 +274,23 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
                     if got is not None:
                         times[name].append(got[1])
             base = statistics.median(times[REFERENCE])
+            half = statistics.median(times[HALF]) if HALF in times else None
             results[workload] = {
                 name: {"items_per_s": len(texts) / statistics.median(ts), "median_s": statistics.median(ts),
                        "all_s": ts, "ratio_to_sentence_transformers": base / statistics.median(ts),
+                       **({"ratio_to_sentence_transformers_fp16": half / statistics.median(ts)} if half else {}),
                        **accuracy[name], **({"peer": True} if name in peer_keys else {})}
                 for name, ts in times.items() if name in systems}
     finally:
         if worker is not None:
             worker.close()
-    out = {"model": model, "source": source, "published_queries_per_s": dict(zip(("gpu", "cpu"),
-                                                                               PUBLISHED.get(model, (None, None)))),
+    out = {"model": Path(model).name, "source": source, "published_queries_per_s": dict(zip(("gpu", "cpu"),
+                                                                               PUBLISHED.get(Path(model).name, (None, None)))),
            "workloads": {k: len(v) for k, v in corpus.items()}, "results": results}
     if peer_report is not None:
         out["peers"] = peer_report
+    if unavailable:
+        out["unavailable"] = unavailable
     return out
 
 
@@ -277,11 +303,16 @@ def _bundled_path(manifest) -> str:
 def print_table(res: dict, provider: str) -> None:
     pub = res["published_queries_per_s"]["gpu" if provider == "cuda" else "cpu"]
     print(f"\n{res['model']}  (model table, {provider.upper()}: {pub or 'n/a'} queries/s on its hardware)")
-    print(f"{'workload':9} {'system':34} {'items/s':>9} {'vs ST':>6} {'min cos':>9} {'mean cos':>9}")
+    half = any("ratio_to_sentence_transformers_fp16" in r for rows in res["results"].values() for r in rows.values())
+    print(f"{'workload':9} {'system':34} {'items/s':>9} {'vs ST':>6}" + (f" {'vs fp16':>7}" if half else "")
+          + f" {'min cos':>9} {'mean cos':>9}")
     for workload, rows in res["results"].items():
         for name, r in rows.items():
-            print(f"{workload:9} {name:34} {r['items_per_s']:9.1f} {r['ratio_to_sentence_transformers']:5.2f}x "
-                  f"{r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}")
+            print(f"{workload:9} {name:34} {r['items_per_s']:9.1f} {r['ratio_to_sentence_transformers']:5.2f}x"
+                  + (f" {r['ratio_to_sentence_transformers_fp16']:6.2f}x" if half else "")
+                  + f" {r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}")
+    for name, reason in res.get("unavailable", {}).items():
+        print(f"{'':9} {name:34} not measured: {reason.splitlines()[0][:160]}")
     peers = res.get("peers") or {}
     for name, reason in peers.get("skipped", {}).items():
         print(f"{'':9} {name:34} skipped: {reason}")
@@ -327,8 +358,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None,
                    help="texts per batch for every system (default: each system's own default: 32 for "
                         "sentence-transformers, 256 for fastembed, a token budget for st_runtime)")
-    p.add_argument("--queries", type=int, default=2048)
-    p.add_argument("--passages", type=int, default=256)
+    p.add_argument("--queries", type=int, default=None, help="short queries (default 2048; 32768 on cuda)")
+    p.add_argument("--passages", type=int, default=None, help="passages (default 256; 4096 on cuda)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on cuda, do not also measure each variant with cuda_graphs=True")
     p.add_argument("--variants", default=None, help="comma-separated st_runtime variants (default: all)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
@@ -352,21 +385,24 @@ def main(argv=None) -> int:
     from st_runtime.providers import physical_cores
 
     threads = args.threads or physical_cores()
-    corpus = make_corpus(n_queries=args.queries, n_passages=args.passages)
+    gpu = args.provider == "cuda"
+    corpus = make_corpus(n_queries=args.queries or (32768 if gpu else 2048),
+                         n_passages=args.passages or (4096 if gpu else 256))
     peers = resolve_peers(args, peer_systems)
     out = {"created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
            "provider": args.provider, "threads": threads, "rounds": args.rounds, "batch_size": args.batch_size,
            "batch_size_meaning": ("every system" if args.batch_size else
                                   "null: each system's own default (sentence-transformers and its ONNX backend 32, "
-                                  "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch)"),
-           "machine": machine(), "peers": peers, "models": []}
+                                  "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch, 128 texts per GPU batch)"),
+           "machine": machine(args.provider), "peers": peers, "models": []}
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
         corpus_file = Path(tmp) / "corpus.json"
         corpus_file.write_text(json.dumps(corpus))
         for model in args.models:
             res = bench_model(model, args.provider, threads, args.rounds, args.batch_size, corpus,
                               args.variants.split(",") if args.variants else None,
-                              peers if peers["enabled"] else None, corpus_file, Path(tmp))
+                              peers if peers["enabled"] else None, corpus_file, Path(tmp),
+                              cuda_graphs=not args.no_cuda_graphs)
             print_table(res, args.provider)
             out["models"].append(res)
     failed = {r["model"]: list(r["peers"]["failed"]) for r in out["models"] if (r.get("peers") or {}).get("failed")}
@@ -374,7 +410,8 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")
-    title = f"{out['machine']['cpu']}, {threads} threads, {args.provider}, median of {args.rounds} rounds"
+    title = (f"{out['machine'].get('gpu') or out['machine']['cpu']}, {threads} threads, {args.provider}, "
+             f"median of {args.rounds} rounds")
     if args.png and plot(out["models"], args.png, title):
         print(f"wrote {args.png}")
     if failed:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-import warnings
 import threading
+import warnings
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
@@ -48,7 +50,8 @@ class _TextTower:
     """Tokenizer + graph of one text tower; stateless per call, so safe to share across threads."""
 
     def __init__(self, folder: Path, tower: dict[str, Any], variant: dict[str, Any], providers, fallback_allowed,
-                 threads: int, session_options: ort.SessionOptions | None, io_binding: bool | None = None):
+                 threads: int, session_options: ort.SessionOptions | None, io_binding: bool | None = None,
+                 cuda_graphs: bool = False, dim: int | None = None):
         self.spec = tower
         self.tokenizer = _load_tokenizer(folder, tower["tokenizer"])
         self.tokenizer.no_padding()
@@ -62,7 +65,8 @@ class _TextTower:
         if unknown:
             raise GraphLoadError(f"text tower declares inputs {unknown} that this st-runtime cannot feed "
                                  f"(it knows {list(_INT_INPUTS)}). Upgrade st-runtime.")
-        self.session = _make_session(folder / variant["file"], providers, fallback_allowed, threads, session_options)
+        self.session = _make_session(folder / variant["file"], providers, fallback_allowed, threads, session_options,
+                                     cuda_graphs=cuda_graphs)
         on_gpu = self.session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.on_gpu = on_gpu
         self._oom_warned = False
@@ -75,8 +79,12 @@ class _TextTower:
         # batch_size=None (the default): on the CPU only the token budget limits a batch (short queries run
         # faster 100+ to a batch than 32); on a GPU, 128 texts (not tuned on a GPU yet).
         self.auto_batch_size = 128 if on_gpu else 1024
-        use_binding = on_gpu if io_binding is None else io_binding
-        self.runner = (_IOBindingRunner(self.session, tower["output"], "cuda" if on_gpu else "cpu")
+        use_binding = on_gpu or cuda_graphs if io_binding is None else io_binding
+        if cuda_graphs and not use_binding:
+            raise ValueError("cuda_graphs=True needs IO binding (CUDA graphs replay fixed device buffers); "
+                             "leave io_binding at its default.")
+        self.runner = (_BoundRunner(self.session, tower["output"], "cuda" if on_gpu else "cpu", graphs=cuda_graphs,
+                                    dim=dim)
                        if use_binding else _SessionRunner(self.session, tower["output"]))
         declared = {i.name for i in self.session.get_inputs()}
         if declared != set(self.inputs):
@@ -96,21 +104,21 @@ class _TextTower:
     def embed(self, items: list, batch_size: int | None, out: np.ndarray) -> None:
         batch_size = batch_size or self.auto_batch_size
         encodings = self.tokenizer.encode_batch(items)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         batches = plan_batches(lengths[order], batch_size, self.pad_multiple, max_tokens=self.max_batch_tokens)
         if len(batches) == 1:
             start, end, width = batches[0]
-            out[order[start:end]] = self._run(self._feeds(encodings, order[start:end], width))
+            out[order[start:end]] = self._run(self._feeds(encodings, lengths, order[start:end], width))
             return
         # Build the next batch's arrays while onnxruntime (which releases the GIL) runs this one.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            nxt = pool.submit(self._feeds, encodings, order[batches[0][0]:batches[0][1]], batches[0][2])
+            nxt = pool.submit(self._feeds, encodings, lengths, order[batches[0][0]:batches[0][1]], batches[0][2])
             for k, (start, end, _width) in enumerate(batches):
                 feeds = nxt.result()
                 if k + 1 < len(batches):
                     s2, e2, w2 = batches[k + 1]
-                    nxt = pool.submit(self._feeds, encodings, order[s2:e2], w2)
+                    nxt = pool.submit(self._feeds, encodings, lengths, order[s2:e2], w2)
                 out[order[start:end]] = self._run(feeds)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -130,20 +138,20 @@ class _TextTower:
         return np.concatenate([self._run({k: v[:half] for k, v in feeds.items()}),
                                self._run({k: v[half:] for k, v in feeds.items()})])
 
-    def _feeds(self, encodings, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
-        want_types = "token_type_ids" in self.inputs
+    def _feeds(self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
+        """The padded [rows, width] int64 arrays of the items ``idx``; built with one pass over their token ids
+        (each row's tokens fill a prefix of it, so a boolean mask scatters the concatenation in place)."""
+        lens = lengths[idx]
+        mask = np.arange(width) < lens[:, None]
+        total = int(lens.sum())
         ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(idx), width), dtype=np.int64)
-        types = np.zeros((len(idx), width), dtype=np.int64) if want_types else None
-        for row, i in enumerate(idx):
-            enc = encodings[i]
-            n = len(enc.ids)
-            ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-            if want_types:
-                types[row, :n] = enc.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if want_types:
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].ids for i in idx), dtype=np.int64,
+                                count=total)
+        feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+        if "token_type_ids" in self.inputs:
+            types = np.zeros((len(idx), width), dtype=np.int64)
+            types[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].type_ids for i in idx),
+                                      dtype=np.int64, count=total)
             feeds["token_type_ids"] = types
         return {k: feeds[k] for k in self.inputs}
 
@@ -196,22 +204,100 @@ class _SessionRunner:
         return self.session.run([self.output], feeds)[0]
 
 
-class _IOBindingRunner(_SessionRunner):
-    """Device inputs through onnxruntime's own OrtValue API (no torch); only the pooled output comes
-    back to the host, the [batch, seq, hidden] states never leave the device."""
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
-    def __init__(self, session: ort.InferenceSession, output: str, device: str, device_id: int = 0):
+
+class _Slot:
+    """Device buffers of one batch shape, bound once: each batch is copied into them in place."""
+
+    def __init__(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray], output: str, out_shape,
+                 out_dtype, device: str, device_id: int, graph_id: int | None):
+        self.binding = session.io_binding()
+        self.inputs = {}
+        for name, array in inputs.items():
+            value = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, device, device_id)
+            self.binding.bind_ortvalue_input(name, value)
+            self.inputs[name] = value
+        if out_shape is not None:  # CUDA graphs replay into fixed addresses: the output is preallocated too
+            self.output = ort.OrtValue.ortvalue_from_shape_and_type(out_shape, out_dtype, device, device_id)
+            self.binding.bind_ortvalue_output(output, self.output)
+        else:
+            self.binding.bind_output(output, device, device_id)
+        self.run_options = ort.RunOptions()
+        if graph_id is not None:
+            # onnxruntime's annotation of a captured CUDA graph: one per shape; -1 runs without capture
+            self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+
+class _BoundRunner(_SessionRunner):
+    """IO binding through onnxruntime's own OrtValue API (no torch). Each batch shape gets device buffers
+    once, and later batches of that shape are copied into them (length-sorted batching repeats shapes:
+    full batches of each padded width); only the pooled output comes back to the host, the
+    [batch, seq, hidden] states never leave the device.
+
+    With ``graphs`` (CUDA graphs, onnxruntime's ``enable_cuda_graph``), rows are padded up to a power of two
+    so that few shapes recur, and each shape is captured once as its own graph (``gpu_graph_id``) and
+    replayed after; up to MAX_GRAPHS shapes, beyond which batches run uncaptured. Buffers are shared, so
+    runs are serialized (a GPU runs one batch at a time anyway).
+    """
+
+    MAX_SLOTS = 16  # shapes whose buffers are kept without graphs (least recently used dropped)
+    MAX_GRAPHS = 64  # captured graphs, each pinned with its buffers for the session's lifetime
+
+    def __init__(self, session: ort.InferenceSession, output: str, device: str, device_id: int = 0,
+                 graphs: bool = False, dim: int | None = None):
         super().__init__(session, output)
         self.device = device
         self.device_id = device_id
+        self.graphs = graphs
+        out = next(o for o in session.get_outputs() if o.name == output)
+        self.out_dtype = _ORT_TYPES.get(out.type, np.float32)
+        self.dim = dim if dim is not None else out.shape[-1]
+        if graphs and not isinstance(self.dim, int):
+            raise GraphLoadError(f"CUDA graphs need the output width of {output!r}, which the graph leaves "
+                                 f"symbolic ({out.shape}) and the manifest does not give.")
+        self.slots: OrderedDict[tuple, _Slot] = OrderedDict()
+        self.uncaptured = 0  # batches run without a graph because MAX_GRAPHS shapes were taken
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def bucket(rows: int) -> int:
+        return 1 << (rows - 1).bit_length()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id))
-        binding.bind_output(self.output, self.device, self.device_id)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        rows, width = next(iter(feeds.values())).shape
+        if self.graphs:
+            padded = self.bucket(rows)
+            if padded != rows:  # extra rows repeat the first one (a valid row: no all-masked NaN risk)
+                feeds = {k: np.concatenate([v, np.repeat(v[:1], padded - rows, axis=0)]) for k, v in feeds.items()}
+        key = tuple((k, v.shape, v.dtype.str) for k, v in feeds.items())
+        with self._lock:
+            slot = self.slots.get(key)
+            if slot is None:
+                slot = self._new_slot(key, feeds)
+            else:
+                self.slots.move_to_end(key)
+            for name, array in feeds.items():
+                slot.inputs[name].update_inplace(np.ascontiguousarray(array))
+            self.session.run_with_iobinding(slot.binding, slot.run_options)
+            result = slot.binding.copy_outputs_to_cpu()[0]
+        return result[:rows]
+
+    def _new_slot(self, key: tuple, feeds: dict[str, np.ndarray]) -> _Slot:
+        rows = next(iter(feeds.values())).shape[0]
+        if not self.graphs:
+            if len(self.slots) >= self.MAX_SLOTS:
+                self.slots.popitem(last=False)
+            slot = _Slot(self.session, feeds, self.output, None, None, self.device, self.device_id, None)
+        elif len(self.slots) < self.MAX_GRAPHS:
+            slot = _Slot(self.session, feeds, self.output, (rows, self.dim), self.out_dtype, self.device,
+                         self.device_id, len(self.slots) + 1)
+        else:  # no graph id left: run this shape uncaptured, in buffers of its own
+            self.uncaptured += 1
+            return _Slot(self.session, feeds, self.output, (rows, self.dim), self.out_dtype, self.device,
+                         self.device_id, -1)
+        self.slots[key] = slot
+        return slot
 
 
 def _warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
@@ -229,17 +315,33 @@ def _warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
                       "int8 here, or use the default (exact) variant.", RuntimeWarning, stacklevel=3)
 
 
+def _with_cuda_graphs(providers: list) -> list:
+    """The provider list with onnxruntime's CUDA-graph option set on its (first) CUDA provider."""
+    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    if first != "CUDAExecutionProvider":
+        raise ValueError(f"cuda_graphs=True needs the CUDA execution provider first (providers='cuda'), but this "
+                         f"encoder runs on {first}. Pass providers='cuda', or leave cuda_graphs off.")
+    options = dict(providers[0][1]) if isinstance(providers[0], tuple) else {}
+    options["enable_cuda_graph"] = "1"
+    return [("CUDAExecutionProvider", options), *providers[1:]]
+
+
 def _make_session(path: Path, providers, fallback_allowed: bool, threads: int,
-                  session_options: ort.SessionOptions | None) -> ort.InferenceSession:
+                  session_options: ort.SessionOptions | None, cuda_graphs: bool = False) -> ort.InferenceSession:
     so = session_options or ort.SessionOptions()
     if session_options is None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cuda_graphs:
+        providers = _with_cuda_graphs(providers)
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors; re-raise with a fix
+        if cuda_graphs and "graph" in str(exc).lower():
+            raise GraphLoadError(f"onnxruntime cannot capture {path.name} as a CUDA graph: {exc}. Run it "
+                                 "without cuda_graphs=True (CUDA graphs need every node on the CUDA provider).") from exc
         raise graph_load_error(path, exc, ort.__version__) from exc
     check_session_providers(session, providers, fallback_allowed, path.name)
     return session
@@ -259,17 +361,25 @@ class SentenceEncoder:
         verify_checksums: check the sha256 of every file at load (sizes are always checked).
         session_options: an ``onnxruntime.SessionOptions`` to use as is (threads is then ignored).
         io_binding: feed the graph through onnxruntime IO binding (default: on for CUDA/TensorRT).
+        cuda_graphs: capture each batch shape as a CUDA graph and replay it (CUDA provider only; rows are
+            padded up to a power of two so shapes recur; at most 64 graphs). Saves kernel-launch time on
+            small batches; costs a capture per new shape and device memory per graph.
     """
 
     def __init__(self, model_path: str | os.PathLike, providers=None, threads: int | None = None,
                  variant: str | None = None, verify_checksums: bool = True,
-                 session_options: ort.SessionOptions | None = None, io_binding: bool | None = None):
+                 session_options: ort.SessionOptions | None = None, io_binding: bool | None = None,
+                 cuda_graphs: bool = False):
         self.path = Path(model_path)
         self.manifest = load_manifest(self.path)
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads or physical_cores()
         self.providers, fallback_allowed = resolve_providers(providers)
+        if not isinstance(cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
+        if cuda_graphs:
+            _with_cuda_graphs(self.providers)  # the provider check, before any loading
         towers = self.manifest["towers"]
         if "text" not in towers:
             raise GraphLoadError(f"{self.path} has towers {sorted(towers)} but no text tower; this st-runtime "
@@ -280,7 +390,7 @@ class SentenceEncoder:
         files = [*graph_files(self.path, self.manifest, vspec), text["tokenizer"]["file"]]
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
         self._text = _TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,
-                                session_options, io_binding)
+                                session_options, io_binding, cuda_graphs, int(self.manifest["embedding"]["dimension"]))
         self._cutter = LongTextCutter(self._text.tokenizer)
         # Other towers (CLIP's image tower) load on first use, so text-only users never load their graphs.
         self._lazy_towers: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}

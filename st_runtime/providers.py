@@ -55,6 +55,7 @@ def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> tuple[l
                 f"Cannot read provider {p!r}: give a name like 'cuda' or 'CUDAExecutionProvider', or a "
                 "(name, options) tuple."
             )
+    normalized = [full_precision(p) for p in normalized]
     if any(_name(p) in _GPU_PROVIDERS for p in normalized) and hasattr(ort, "preload_dlls"):
         # Loads CUDA/cuDNN from the nvidia-* Python packages when they are installed.
         ort.preload_dlls()
@@ -80,6 +81,17 @@ def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> tuple[l
             RuntimeWarning, stacklevel=3,
         )
     return usable, fallback_allowed
+
+
+def full_precision(provider: ProviderSpec) -> ProviderSpec:
+    """onnxruntime's CUDA provider runs float32 MatMuls in TF32 (10-bit mantissa) on Ampere and newer GPUs
+    unless told otherwise; sentence-transformers' torch does not, and our fp32 variants promise its results.
+    So CUDA gets use_tf32=0 unless the caller's own provider options set it."""
+    if _name(provider) != "CUDAExecutionProvider":
+        return provider
+    options = dict(provider[1]) if isinstance(provider, tuple) else {}
+    options.setdefault("use_tf32", "0")
+    return ("CUDAExecutionProvider", options)
 
 
 def check_session_providers(session: ort.InferenceSession, requested: list[ProviderSpec],

@@ -38,12 +38,45 @@ def test_plan_token_budget_makes_long_batches_smaller():
     assert [e - s for s, e, _ in plan] == [10, 10, 32, 32, 32, 4]
 
 
-def test_io_binding_path_gives_same_result(tiny_bert, zoo):
-    """The IO-binding runner (used on CUDA) exercised on the CPU device."""
+def test_io_binding_path_gives_same_result_and_reuses_buffers(tiny_bert, zoo):
+    """The IO-binding runner (used on CUDA) exercised on the CPU device: same results, one set of buffers per
+    batch shape, and a later batch in the same buffers does not change an earlier batch's result."""
     ref = zoo.reference(tiny_bert[0]).encode(TEXTS)
     enc = SentenceEncoder(tiny_bert[1], io_binding=True)
-    assert type(enc._text.runner).__name__ == "_IOBindingRunner"
+    runner = enc._text.runner
+    assert type(runner).__name__ == "_BoundRunner" and not runner.graphs
+    first = enc.encode(TEXTS[:2], batch_size=2)
     assert_parity(ref, enc.encode(TEXTS, batch_size=3))
+    assert_parity(ref, enc.encode(TEXTS, batch_size=3))
+    shapes = [dict((k, shape) for k, shape, _ in key)["input_ids"] for key in runner.slots]
+    assert len(shapes) == len(set(shapes)) <= len(TEXTS)
+    np.testing.assert_array_equal(first, enc.encode(TEXTS[:2], batch_size=2))
+
+
+def test_cuda_graph_runner_buckets_rows_and_caps_graphs(tiny_bert, zoo, monkeypatch):
+    """The CUDA-graph mode of the runner on the CPU device (onnxruntime's CPU provider ignores the graph
+    ids): rows are padded to powers of two and sliced back, each shape gets its own graph id, and past the
+    cap batches run uncaptured, all with unchanged results."""
+    from st_runtime.encoder import _BoundRunner
+
+    ref = zoo.reference(tiny_bert[0]).encode(TEXTS)
+    enc = SentenceEncoder(tiny_bert[1])
+    tower = enc._text
+    tower.runner = _BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
+    assert_parity(ref, enc.encode(TEXTS, batch_size=3))
+    rows = [dict((k, shape) for k, shape, _ in key)["input_ids"][0] for key in tower.runner.slots]
+    assert rows and all(r & (r - 1) == 0 for r in rows) and 4 in rows  # 3 texts ran as 4 rows
+    ids = [s.run_options.get_run_config_entry("gpu_graph_id") for s in tower.runner.slots.values()]
+    assert ids == [str(i) for i in range(1, len(ids) + 1)]
+    monkeypatch.setattr(_BoundRunner, "MAX_GRAPHS", 1)
+    tower.runner = _BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
+    assert_parity(ref, enc.encode(TEXTS, batch_size=1))
+    assert len(tower.runner.slots) == 1 and tower.runner.uncaptured == len(TEXTS) - 1
+
+
+def test_cuda_graphs_need_the_cuda_provider(tiny_bert):
+    with pytest.raises(ValueError, match="cuda_graphs=True needs the CUDA execution provider"):
+        SentenceEncoder(tiny_bert[1], cuda_graphs=True)
 
 
 @pytest.mark.parametrize("bs", [1, 2, 5, 64])

@@ -143,3 +143,15 @@ def test_util_matches_sentence_transformers_util(enc):
     assert [[h["corpus_id"] for h in r] for r in ours] == [[h["corpus_id"] for h in r] for r in theirs]
     np.testing.assert_allclose([[h["score"] for h in r] for r in ours], [[h["score"] for h in r] for r in theirs],
                                atol=1e-6)
+
+
+def test_cuda_provider_is_asked_for_full_fp32_precision():
+    """onnxruntime's CUDA provider defaults to TF32 MatMuls; the fp32 promise needs them off, unless the
+    caller set it."""
+    from st_runtime.providers import full_precision
+
+    assert full_precision("CUDAExecutionProvider") == ("CUDAExecutionProvider", {"use_tf32": "0"})
+    assert full_precision(("CUDAExecutionProvider", {"device_id": 1})) == (
+        "CUDAExecutionProvider", {"device_id": 1, "use_tf32": "0"})
+    assert full_precision(("CUDAExecutionProvider", {"use_tf32": "1"}))[1]["use_tf32"] == "1"
+    assert full_precision("CPUExecutionProvider") == "CPUExecutionProvider"
