@@ -181,15 +181,15 @@ def _calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, A
     from .battery import CALIBRATION
 
     text = SentenceEncoder(folder, variant="fp32")._text
-    encodings = text.tokenizer.encode_batch(CALIBRATION)
-    feeds = [text._feeds(encodings, np.array([i]), len(e.ids)) for i, e in enumerate(encodings)]
-    lengths = np.array([len(e.ids) for e in encodings])
-    order = np.argsort(-lengths, kind="stable")
     from st_runtime.encoder import plan_batches
 
+    encodings = text.tokenizer.encode_batch(CALIBRATION)
+    lengths = np.array([len(e) for e in encodings], dtype=np.int64)
+    feeds = [text._feeds(encodings, lengths, np.array([i]), int(n)) for i, n in enumerate(lengths)]
+    order = np.argsort(-lengths, kind="stable")
     for start, end, width in plan_batches(lengths[order], text.auto_batch_size, max_tokens=text.max_batch_tokens):
         if end - start > 1:
-            feeds.append(text._feeds(encodings, order[start:end], width))
+            feeds.append(text._feeds(encodings, lengths, order[start:end], width))
     return [{k: f[k] for k in input_names} for f in feeds]
 
 
