@@ -100,8 +100,13 @@ def machine(provider: str = "cpu") -> dict:
             vers[d] = md.version(d)
         except md.PackageNotFoundError:
             pass
+    import onnxruntime as ort
+
     out = {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-           "python": platform.python_version(), "versions": vers}
+           "python": platform.python_version(), "versions": vers,
+           # the onnxruntime this process imports (a GPU machine may hold the CPU build too)
+           "onnxruntime_imported": {"version": ort.__version__, "file": ort.__file__,
+                                    "providers": ort.get_available_providers()}}
     if provider == "cuda":
         import torch
 
@@ -185,7 +190,7 @@ def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads:
 
 def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size: int | None, corpus: dict,
                 variants: list[str] | None, peers: dict | None = None, corpus_file: Path | None = None,
-                tmp: Path | None = None, cuda_graphs: bool = True) -> dict:
+                tmp: Path | None = None, cuda_graphs: bool = True, progress=None) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -257,6 +262,17 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
             return None
 
     results = {}
+
+    def summary() -> dict:
+        out = {"model": Path(model).name, "source": source,
+               "published_queries_per_s": dict(zip(("gpu", "cpu"), PUBLISHED.get(Path(model).name, (None, None)))),
+               "workloads": {k: len(v) for k, v in corpus.items()}, "results": results}
+        if peer_report is not None:
+            out["peers"] = peer_report
+        if unavailable:
+            out["unavailable"] = unavailable
+        return out
+
     try:
         for workload, texts in corpus.items():
             ref = systems[REFERENCE](texts, workload, True)[0]
@@ -281,17 +297,12 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
                        **({"ratio_to_sentence_transformers_fp16": half / statistics.median(ts)} if half else {}),
                        **accuracy[name], **({"peer": True} if name in peer_keys else {})}
                 for name, ts in times.items() if name in systems}
+            if progress is not None:  # each finished workload is saved: a run cut short keeps its figures
+                progress(summary())
     finally:
         if worker is not None:
             worker.close()
-    out = {"model": Path(model).name, "source": source, "published_queries_per_s": dict(zip(("gpu", "cpu"),
-                                                                               PUBLISHED.get(Path(model).name, (None, None)))),
-           "workloads": {k: len(v) for k, v in corpus.items()}, "results": results}
-    if peer_report is not None:
-        out["peers"] = peer_report
-    if unavailable:
-        out["unavailable"] = unavailable
-    return out
+    return summary()
 
 
 def _bundled_path(manifest) -> str:
@@ -398,17 +409,22 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
         corpus_file = Path(tmp) / "corpus.json"
         corpus_file.write_text(json.dumps(corpus))
+        def save(partial: dict | None = None) -> None:
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                done = out["models"] + ([partial] if partial else [])
+                args.json.write_text(json.dumps({**out, "models": done}, indent=2))
+
         for model in args.models:
             res = bench_model(model, args.provider, threads, args.rounds, args.batch_size, corpus,
                               args.variants.split(",") if args.variants else None,
                               peers if peers["enabled"] else None, corpus_file, Path(tmp),
-                              cuda_graphs=not args.no_cuda_graphs)
+                              cuda_graphs=not args.no_cuda_graphs, progress=save)
             print_table(res, args.provider)
             out["models"].append(res)
+            save()
     failed = {r["model"]: list(r["peers"]["failed"]) for r in out["models"] if (r.get("peers") or {}).get("failed")}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")
     title = (f"{out['machine'].get('gpu') or out['machine']['cpu']}, {threads} threads, {args.provider}, "
              f"median of {args.rounds} rounds")

@@ -352,6 +352,14 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
                         hf_config = st_export[0].auto_model.config
                         info = build_opt(fp32_path, path, spec.ort_optimizer_type, hf_config.num_attention_heads,
                                          hf_config.hidden_size, spec.attention_fusion)
+                        fused = info["fused_operators"]
+                        if not fused["Attention"] + fused["MultiHeadAttention"]:
+                            import onnxruntime as ort
+
+                            log(f"warning: onnxruntime {ort.__version__}'s optimizer fused no attention in "
+                                f"the {tname} tower's opt graph ({fused}); the graph is exact but its attention "
+                                "runs unfused. A newer onnxruntime may fuse it (1.30 fused none in BERT exports "
+                                "of transformers 5.17, 1.31 does): `pip install -U onnxruntime`, export again.")
                     elif name == "int8":
                         info = build_int8(fp32_path, path,
                                           _calibration_feeds(tmp, tower["inputs"]), "sentence_embedding",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -79,6 +80,7 @@ class _TextTower:
         # batch_size=None (the default): on the CPU only the token budget limits a batch (short queries run
         # faster 100+ to a batch than 32); on a GPU, 128 texts (not tuned on a GPU yet).
         self.auto_batch_size = 128 if on_gpu else 1024
+        self.cuda_graphs = cuda_graphs
         use_binding = on_gpu or cuda_graphs if io_binding is None else io_binding
         if cuda_graphs and not use_binding:
             raise ValueError("cuda_graphs=True needs IO binding (CUDA graphs replay fixed device buffers); "
@@ -106,7 +108,10 @@ class _TextTower:
         encodings = self.tokenizer.encode_batch(items)
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
-        batches = plan_batches(lengths[order], batch_size, self.pad_multiple, max_tokens=self.max_batch_tokens)
+        batches = plan_batches(lengths[order], batch_size, self.pad_multiple, max_tokens=self.max_batch_tokens,
+                               max_width=self._max_seq_length)
+        if self.cuda_graphs:  # fewer distinct shapes, so fewer graphs to capture
+            batches = [(s, e, graph_width(w, self._max_seq_length)) for s, e, w in batches]
         if len(batches) == 1:
             start, end, width = batches[0]
             out[order[start:end]] = self._run(self._feeds(encodings, lengths, order[start:end], width))
@@ -165,13 +170,15 @@ def _is_out_of_memory(exc: Exception) -> bool:
 
 
 def plan_batches(sorted_lengths: np.ndarray, batch_size: int, pad_multiple: int = 1,
-                 split_ratio: float = 0.5, max_tokens: int | None = None) -> list[tuple[int, int, int]]:
+                 split_ratio: float = 0.5, max_tokens: int | None = None,
+                 max_width: int | None = None) -> list[tuple[int, int, int]]:
     """Split items sorted by decreasing token length into (start, end, padded width) batches.
 
     A batch holds at most ``batch_size`` items, and a new batch starts when the next item is shorter
     than ``split_ratio`` of the batch's width, so no batch spends most of its compute on padding
     (and int8 graphs, whose activation ranges are per batch, never mix a 3-token query with a
-    256-token passage). Widths are rounded up to ``pad_multiple``. ``max_tokens`` also caps
+    256-token passage). Widths are rounded up to ``pad_multiple``, but not past ``max_width`` (the
+    tokenizer's limit: a model's position table can end there, as CLIP's 77). ``max_tokens`` also caps
     items x padded width per batch (long texts run faster in smaller batches: their activations stay
     in cache).
     """
@@ -182,6 +189,8 @@ def plan_batches(sorted_lengths: np.ndarray, batch_size: int, pad_multiple: int 
         width = max(int(sorted_lengths[start]), 1)
         floor = width * split_ratio
         padded = -(-width // pad_multiple) * pad_multiple
+        if max_width is not None:
+            padded = min(padded, max(width, max_width))
         end = start + 1
         limit = min(n, start + batch_size)
         if max_tokens is not None:
@@ -223,25 +232,74 @@ class _Slot:
             self.binding.bind_ortvalue_output(output, self.output)
         else:
             self.binding.bind_output(output, device, device_id)
+        self.graph_id = graph_id
+        self.captured = graph_id is None or graph_id < 0  # nothing to capture: counts as done
         self.run_options = ort.RunOptions()
         if graph_id is not None:
             # onnxruntime's annotation of a captured CUDA graph: one per shape; -1 runs without capture
             self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+    def uncapture(self) -> None:
+        self.graph_id = -1
+        self.captured = True
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("gpu_graph_id", "-1")
+
+
+class _CaptureGate:
+    """Process-wide gate for st_runtime's GPU runs. onnxruntime captures CUDA graphs in the global capture
+    mode, where a CUDA call from another thread during the capture fails; so a capture waits for the GPU
+    runs in flight and runs alone, while ordinary runs of any number of encoders go on together."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._running = 0
+        self._capturing = False
+
+    def _enter(self, capture: bool) -> None:
+        with self._cond:
+            while self._capturing or (capture and self._running):
+                self._cond.wait()
+            if capture:
+                self._capturing = True
+            else:
+                self._running += 1
+
+    def _leave(self, capture: bool) -> None:
+        with self._cond:
+            if capture:
+                self._capturing = False
+            else:
+                self._running -= 1
+            self._cond.notify_all()
+
+    def run(self, fn, capture: bool = False):
+        self._enter(capture)
+        try:
+            return fn()
+        finally:
+            self._leave(capture)
+
+
+_GPU_GATE = _CaptureGate()
 
 
 class _BoundRunner(_SessionRunner):
     """IO binding through onnxruntime's own OrtValue API (no torch). Each batch shape gets device buffers
     once, and later batches of that shape are copied into them (length-sorted batching repeats shapes:
     full batches of each padded width); only the pooled output comes back to the host, the
-    [batch, seq, hidden] states never leave the device.
+    [batch, seq, hidden] states never leave the device. The MAX_SLOTS most recent shapes are kept.
 
     With ``graphs`` (CUDA graphs, onnxruntime's ``enable_cuda_graph``), rows are padded up to a power of two
-    so that few shapes recur, and each shape is captured once as its own graph (``gpu_graph_id``) and
-    replayed after; up to MAX_GRAPHS shapes, beyond which batches run uncaptured. Buffers are shared, so
-    runs are serialized (a GPU runs one batch at a time anyway).
+    (and the tower rounds widths coarsely) so that few shapes recur, and each shape is captured once as its
+    own graph (``gpu_graph_id``) and replayed after; up to MAX_GRAPHS shapes, beyond which batches run
+    uncaptured. onnxruntime keeps CUDA graphs per calling thread, so graph-mode runs all go through one
+    worker thread of the runner; a capture runs alone among st_runtime's GPU runs (_CaptureGate). A shape
+    whose capture fails (a kernel that cannot be captured) warns once and runs uncaptured from then on.
+    Buffers are shared, so runs of one runner are serialized (a GPU runs one batch at a time anyway).
     """
 
-    MAX_SLOTS = 16  # shapes whose buffers are kept without graphs (least recently used dropped)
+    MAX_SLOTS = 16  # uncaptured shapes whose buffers are kept (least recently used dropped)
     MAX_GRAPHS = 64  # captured graphs, each pinned with its buffers for the session's lifetime
 
     def __init__(self, session: ort.InferenceSession, output: str, device: str, device_id: int = 0,
@@ -250,22 +308,36 @@ class _BoundRunner(_SessionRunner):
         self.device = device
         self.device_id = device_id
         self.graphs = graphs
-        out = next(o for o in session.get_outputs() if o.name == output)
+        out = next((o for o in session.get_outputs() if o.name == output), None)
+        if out is None:
+            raise GraphLoadError(f"the graph has no output {output!r} (it has "
+                                 f"{[o.name for o in session.get_outputs()]}): the graph and the manifest do not "
+                                 "belong together. Re-export the model with `st-export`.")
         self.out_dtype = _ORT_TYPES.get(out.type, np.float32)
         self.dim = dim if dim is not None else out.shape[-1]
         if graphs and not isinstance(self.dim, int):
             raise GraphLoadError(f"CUDA graphs need the output width of {output!r}, which the graph leaves "
                                  f"symbolic ({out.shape}) and the manifest does not give.")
-        self.slots: OrderedDict[tuple, _Slot] = OrderedDict()
-        self.uncaptured = 0  # batches run without a graph because MAX_GRAPHS shapes were taken
+        self.slots: OrderedDict[tuple, _Slot] = OrderedDict()  # captured ones are never dropped
+        self.graphs_taken = 0
+        self.uncaptured = 0  # shapes run without a graph: past MAX_GRAPHS, or their capture failed
         self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="st-cuda-graphs") if graphs else None
+        self._warned = False
+        # the CPU provider captures nothing and needs no gate
+        self._gate = _GPU_GATE.run if device != "cpu" else (lambda fn, capture=False: fn())
 
     @staticmethod
     def bucket(rows: int) -> int:
         return 1 << (rows - 1).bit_length()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        rows, width = next(iter(feeds.values())).shape
+        if self._worker is not None:
+            return self._worker.submit(self._call, feeds).result()
+        return self._call(feeds)
+
+    def _call(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        rows = next(iter(feeds.values())).shape[0]
         if self.graphs:
             padded = self.bucket(rows)
             if padded != rows:  # extra rows repeat the first one (a valid row: no all-masked NaN risk)
@@ -277,27 +349,66 @@ class _BoundRunner(_SessionRunner):
                 slot = self._new_slot(key, feeds)
             else:
                 self.slots.move_to_end(key)
-            for name, array in feeds.items():
-                slot.inputs[name].update_inplace(np.ascontiguousarray(array))
-            self.session.run_with_iobinding(slot.binding, slot.run_options)
-            result = slot.binding.copy_outputs_to_cpu()[0]
-        return result[:rows]
+            def run():
+                return self._run(slot, feeds)
+
+            if slot.captured:
+                return self._gate(run)[:rows]
+            try:
+                result = self._gate(run, capture=True)
+            except Exception as exc:  # onnxruntime's errors are untyped: out of memory goes up to be halved
+                if _is_out_of_memory(exc):
+                    raise
+                self._capture_failed(slot, exc)
+                result = self._gate(run)  # a genuine error raises here again
+            slot.captured = True
+            return result[:rows]
+
+    def _run(self, slot: _Slot, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        for name, array in feeds.items():
+            slot.inputs[name].update_inplace(np.ascontiguousarray(array))
+        slot.binding.synchronize_inputs()
+        self.session.run_with_iobinding(slot.binding, slot.run_options)
+        return slot.binding.copy_outputs_to_cpu()[0]
+
+    def _capture_failed(self, slot: _Slot, exc: Exception) -> None:
+        self.uncaptured += 1
+        slot.uncapture()
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"onnxruntime could not capture a CUDA graph for a batch of shape "
+                          f"{next(iter(slot.inputs.values())).shape()} ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]}); such batches run without CUDA graphs (same results, "
+                          "more launch overhead). Pass cuda_graphs=False to skip the attempts.",
+                          RuntimeWarning, stacklevel=6)
 
     def _new_slot(self, key: tuple, feeds: dict[str, np.ndarray]) -> _Slot:
         rows = next(iter(feeds.values())).shape[0]
-        if not self.graphs:
-            if len(self.slots) >= self.MAX_SLOTS:
-                self.slots.popitem(last=False)
-            slot = _Slot(self.session, feeds, self.output, None, None, self.device, self.device_id, None)
-        elif len(self.slots) < self.MAX_GRAPHS:
+        if self.graphs and self.graphs_taken < self.MAX_GRAPHS:
+            self.graphs_taken += 1
             slot = _Slot(self.session, feeds, self.output, (rows, self.dim), self.out_dtype, self.device,
-                         self.device_id, len(self.slots) + 1)
-        else:  # no graph id left: run this shape uncaptured, in buffers of its own
-            self.uncaptured += 1
-            return _Slot(self.session, feeds, self.output, (rows, self.dim), self.out_dtype, self.device,
-                         self.device_id, -1)
+                         self.device_id, self.graphs_taken)
+        else:
+            uncaptured = [k for k, v in self.slots.items() if v.graph_id is None or v.graph_id < 0]
+            if len(uncaptured) >= self.MAX_SLOTS:
+                del self.slots[uncaptured[0]]
+            if self.graphs:  # no graph id left: this shape runs uncaptured, in preallocated buffers
+                self.uncaptured += 1
+                slot = _Slot(self.session, feeds, self.output, (rows, self.dim), self.out_dtype, self.device,
+                             self.device_id, -1)
+            else:
+                slot = _Slot(self.session, feeds, self.output, None, None, self.device, self.device_id, None)
         self.slots[key] = slot
         return slot
+
+
+def graph_width(width: int, limit: int | None) -> int:
+    """Padded width of a batch under CUDA graphs: a multiple of 8 up to 128 tokens, then of an eighth of the
+    power of two below it (<= 12.5% more padding), so a few dozen widths cover any length; never past
+    ``limit`` (the longest the tokenizer emits: position tables can end there, as CLIP's 77)."""
+    step = max(8, 1 << max(0, width.bit_length() - 4))
+    padded = -(-width // step) * step
+    return padded if limit is None else min(padded, max(width, limit))
 
 
 def _warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
@@ -339,7 +450,7 @@ def _make_session(path: Path, providers, fallback_allowed: bool, threads: int,
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors; re-raise with a fix
-        if cuda_graphs and "graph" in str(exc).lower():
+        if cuda_graphs and re.search(r"cannot use the (graph capture|cuda graph) feature", str(exc), re.I):
             raise GraphLoadError(f"onnxruntime cannot capture {path.name} as a CUDA graph: {exc}. Run it "
                                  "without cuda_graphs=True (CUDA graphs need every node on the CUDA provider).") from exc
         raise graph_load_error(path, exc, ort.__version__) from exc
@@ -380,6 +491,9 @@ class SentenceEncoder:
             raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
         if cuda_graphs:
             _with_cuda_graphs(self.providers)  # the provider check, before any loading
+            if io_binding is False:
+                raise ValueError("cuda_graphs=True needs IO binding (CUDA graphs replay fixed device buffers); "
+                                 "leave io_binding at its default.")
         towers = self.manifest["towers"]
         if "text" not in towers:
             raise GraphLoadError(f"{self.path} has towers {sorted(towers)} but no text tower; this st-runtime "

@@ -14,15 +14,18 @@ from st_runtime.encoder import plan_batches
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 512), max_size=300), st.integers(1, 64), st.sampled_from([1, 8]),
-       st.sampled_from([None, 64, 2048]))
-def test_plan_covers_everything_once(lengths, batch_size, multiple, max_tokens):
+       st.sampled_from([None, 64, 2048]), st.sampled_from([None, 77, 512]))
+def test_plan_covers_everything_once(lengths, batch_size, multiple, max_tokens, max_width):
     lens = np.sort(np.asarray(lengths, dtype=np.int64))[::-1]
-    plan = plan_batches(lens, batch_size, multiple, max_tokens=max_tokens)
+    if max_width is not None:
+        lens = np.minimum(lens, max_width)  # the tokenizer truncates there
+    plan = plan_batches(lens, batch_size, multiple, max_tokens=max_tokens, max_width=max_width)
     assert [p[0] for p in plan] == ([0] + [p[1] for p in plan[:-1]] if plan else [])
     assert (plan[-1][1] if plan else 0) == len(lens)
     for start, end, width in plan:
         assert 1 <= end - start <= batch_size
-        assert width % multiple == 0 and width >= lens[start] and width - lens[start] < multiple
+        assert width >= lens[start] and width - lens[start] < multiple
+        assert width % multiple == 0 or width == max_width  # CLIP's 77 positions: never padded past them
         assert lens[end - 1] >= lens[start] * 0.5  # no batch is mostly padding
         if max_tokens is not None and end - start > 1:
             assert (end - start) * width <= max_tokens
@@ -62,16 +65,61 @@ def test_cuda_graph_runner_buckets_rows_and_caps_graphs(tiny_bert, zoo, monkeypa
     ref = zoo.reference(tiny_bert[0]).encode(TEXTS)
     enc = SentenceEncoder(tiny_bert[1])
     tower = enc._text
+    tower.cuda_graphs = True  # as SentenceEncoder(cuda_graphs=True) sets it on CUDA
     tower.runner = _BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
     assert_parity(ref, enc.encode(TEXTS, batch_size=3))
-    rows = [dict((k, shape) for k, shape, _ in key)["input_ids"][0] for key in tower.runner.slots]
+    from st_runtime.encoder import graph_width
+
+    shapes = [dict((k, shape) for k, shape, _ in key)["input_ids"] for key in tower.runner.slots]
+    rows = [r for r, _ in shapes]
     assert rows and all(r & (r - 1) == 0 for r in rows) and 4 in rows  # 3 texts ran as 4 rows
+    assert all(w == graph_width(w, enc.max_seq_length) for _, w in shapes)
     ids = [s.run_options.get_run_config_entry("gpu_graph_id") for s in tower.runner.slots.values()]
     assert ids == [str(i) for i in range(1, len(ids) + 1)]
     monkeypatch.setattr(_BoundRunner, "MAX_GRAPHS", 1)
+    monkeypatch.setattr(_BoundRunner, "MAX_SLOTS", 2)
     tower.runner = _BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
     assert_parity(ref, enc.encode(TEXTS, batch_size=1))
-    assert len(tower.runner.slots) == 1 and tower.runner.uncaptured == len(TEXTS) - 1
+    runner = tower.runner
+    ids = [s.graph_id for s in runner.slots.values()]
+    assert ids[0] == 1 and ids[1:] == [-1, -1]  # the captured shape stays; the others are a 2-shape LRU
+    shapes = {graph_width(len(enc.tokenizer.encode(t)), enc.max_seq_length) for t in TEXTS}
+    assert len(shapes) > 3 and runner.uncaptured == len(shapes) - 1
+
+
+def test_failed_cuda_graph_capture_warns_once_and_runs_uncaptured(tiny_bert, zoo):
+    """A shape whose capture fails (a kernel onnxruntime cannot capture) is rerun without a graph, with
+    one warning, and keeps running without one; a genuine error still raises."""
+    from st_runtime.encoder import _BoundRunner
+
+    ref = zoo.reference(tiny_bert[0]).encode(TEXTS)
+    enc = SentenceEncoder(tiny_bert[1])
+    tower = enc._text
+    tower.cuda_graphs = True
+    tower.runner = runner = _BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
+    real = tower.session.run_with_iobinding
+    calls = []
+
+    def flaky(binding, options):
+        calls.append(options.get_run_config_entry("gpu_graph_id"))
+        if calls[-1] not in ("-1",):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 901: operation not permitted when "
+                               "stream is capturing")
+        return real(binding, options)
+
+    tower.session.run_with_iobinding = flaky
+    try:
+        with pytest.warns(RuntimeWarning, match="could not capture a CUDA graph") as record:
+            got = enc.encode(TEXTS, batch_size=4)
+        assert len([w for w in record if "could not capture" in str(w.message)]) == 1
+        assert_parity(ref, got)
+        assert all(s.graph_id == -1 and s.captured for s in runner.slots.values())
+        assert runner.uncaptured == len(runner.slots)
+        calls.clear()
+        assert_parity(ref, enc.encode(TEXTS, batch_size=4))
+        assert set(calls) == {"-1"}  # no capture attempts any more
+    finally:
+        tower.session.run_with_iobinding = real
 
 
 def test_cuda_graphs_need_the_cuda_provider(tiny_bert):
@@ -146,3 +194,13 @@ def test_default_batch_size_is_a_token_budget_on_cpu(tiny_bert):
     rec.shapes.clear()
     enc.encode(texts, batch_size=32)
     assert max(rows for rows, _ in rec.shapes) == 32
+
+
+def test_graph_widths_are_few_and_stay_within_the_tokenizer_limit():
+    from st_runtime.encoder import graph_width
+
+    widths = [graph_width(w, 256) for w in range(1, 257)]
+    assert all(w <= g <= 256 and g - w <= max(7, w // 8) for w, g in zip(range(1, 257), widths))
+    assert len(set(widths)) <= 24
+    assert graph_width(75, 77) == 77 and graph_width(7, 77) == 8  # CLIP: not past its 77 positions
+    assert graph_width(300, 256) >= 300  # an over-long batch (never made by the tokenizer) is not cut
