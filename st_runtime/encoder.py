@@ -255,14 +255,19 @@ class _CaptureGate:
         self._cond = threading.Condition()
         self._running = 0
         self._capturing = False
+        self._waiting = 0  # captures waiting: new runs hold back for them, so they cannot starve
 
     def _enter(self, capture: bool) -> None:
         with self._cond:
-            while self._capturing or (capture and self._running):
-                self._cond.wait()
             if capture:
+                self._waiting += 1
+                while self._capturing or self._running:
+                    self._cond.wait()
+                self._waiting -= 1
                 self._capturing = True
             else:
+                while self._capturing or self._waiting:
+                    self._cond.wait()
                 self._running += 1
 
     def _leave(self, capture: bool) -> None:

@@ -204,3 +204,43 @@ def test_graph_widths_are_few_and_stay_within_the_tokenizer_limit():
     assert len(set(widths)) <= 24
     assert graph_width(75, 77) == 77 and graph_width(7, 77) == 8  # CLIP: not past its 77 positions
     assert graph_width(300, 256) >= 300  # an over-long batch (never made by the tokenizer) is not cut
+
+
+def test_capture_gate_runs_a_capture_alone_and_does_not_starve_it():
+    """Runs overlap each other; a capture waits for the runs in flight, holds new ones back, and runs alone."""
+    import threading
+    import time
+
+    from st_runtime.encoder import _CaptureGate
+
+    gate = _CaptureGate()
+    active, log, lock = [], [], threading.Lock()
+
+    def job(kind, seconds):
+        def fn():
+            with lock:
+                active.append(kind)
+                log.append(tuple(active))
+            time.sleep(seconds)
+            with lock:
+                active.remove(kind)
+        return fn
+
+    def until(cond):
+        deadline = time.monotonic() + 10
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    runs = [threading.Thread(target=gate.run, args=(job("run", 0.3),)) for _ in range(3)]
+    for t in runs:
+        t.start()
+    until(lambda: len(active) == 3)
+    cap = threading.Thread(target=gate.run, args=(job("capture", 0.1),), kwargs={"capture": True})
+    cap.start()
+    until(lambda: gate._waiting == 1)
+    late = threading.Thread(target=gate.run, args=(job("late", 0.01),))  # arrives while the capture waits
+    late.start()
+    for t in [*runs, cap, late]:
+        t.join(10)
+    assert log[:3] == [("run",), ("run", "run"), ("run", "run", "run")]  # ordinary runs overlap
+    assert log[3:] == [("capture",), ("late",)]  # the capture ran alone, and the late run waited for it
