@@ -81,10 +81,7 @@ class _TextTower:
         # faster 100+ to a batch than 32); on a GPU, 128 texts (not tuned on a GPU yet).
         self.auto_batch_size = 128 if on_gpu else 1024
         self.cuda_graphs = cuda_graphs
-        use_binding = on_gpu or cuda_graphs if io_binding is None else io_binding
-        if cuda_graphs and not use_binding:
-            raise ValueError("cuda_graphs=True needs IO binding (CUDA graphs replay fixed device buffers); "
-                             "leave io_binding at its default.")
+        use_binding = on_gpu or cuda_graphs if io_binding is None else io_binding  # io_binding=False: refused
         self.runner = (_BoundRunner(self.session, tower["output"], "cuda" if on_gpu else "cpu", graphs=cuda_graphs,
                                     dim=dim)
                        if use_binding else _SessionRunner(self.session, tower["output"]))
