@@ -117,10 +117,9 @@ EOF
 )
     mv "$KIT/onnxruntime_gpu-0-cp312-cp312-manylinux_2_28_x86_64.whl.zip" "$KIT/$whl"
     "$py" -m pip install -q --no-index --no-deps --no-compile --target "$KIT/site" "$KIT/$whl" || exit 1
-    export PYTHONPATH="$KIT/site:$PWD"
+    export PYTHONPATH="$KIT/site"
   fi
-  export PYTHONPATH="${PYTHONPATH:-$PWD}"
-  [[ ":$PYTHONPATH:" == *":$PWD:"* ]] || export PYTHONPATH="$PYTHONPATH:$PWD"
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
   for k in 1 2 3 4 5 6; do
     [ -f "$KIT/.gpukit-part-$k" ] || { echo "missing hub part $k" >&2; exit 1; }
   done

@@ -322,7 +322,7 @@ class _BoundRunner(_SessionRunner):
                                  f"symbolic ({out.shape}) and the manifest does not give.")
         self.slots: OrderedDict[tuple, _Slot] = OrderedDict()  # captured ones are never dropped
         self.graphs_taken = 0
-        self.uncaptured = 0  # shapes run without a graph: past MAX_GRAPHS, or their capture failed
+        self.uncaptured = 0  # graph-mode slots made uncaptured: past MAX_GRAPHS, or their capture failed
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="st-cuda-graphs") if graphs else None
         self._warned = False
@@ -351,6 +351,7 @@ class _BoundRunner(_SessionRunner):
                 slot = self._new_slot(key, feeds)
             else:
                 self.slots.move_to_end(key)
+
             def run():
                 return self._run(slot, feeds)
 
@@ -388,26 +389,26 @@ class _BoundRunner(_SessionRunner):
         rows = next(iter(feeds.values())).shape[0]
         if self.graphs and self.graphs_taken < self.MAX_GRAPHS:
             self.graphs_taken += 1
-            slot = _Slot(self.session, feeds, self.output, (rows, self.dim), self.out_dtype, self.device,
-                         self.device_id, self.graphs_taken)
-        else:
+            graph_id = self.graphs_taken
+        else:  # kept among the MAX_SLOTS most recent uncaptured shapes
             uncaptured = [k for k, v in self.slots.items() if v.graph_id is None or v.graph_id < 0]
             if len(uncaptured) >= self.MAX_SLOTS:
                 del self.slots[uncaptured[0]]
-            if self.graphs:  # no graph id left: this shape runs uncaptured, in preallocated buffers
-                self.uncaptured += 1
-                slot = _Slot(self.session, feeds, self.output, (rows, self.dim), self.out_dtype, self.device,
-                             self.device_id, -1)
-            else:
-                slot = _Slot(self.session, feeds, self.output, None, None, self.device, self.device_id, None)
+            graph_id = -1 if self.graphs else None  # -1: no graph id left, this shape runs uncaptured
+            self.uncaptured += self.graphs
+        # a graph-enabled session binds preallocated outputs only (replays write to fixed addresses)
+        out_shape = (rows, self.dim) if self.graphs else None
+        slot = _Slot(self.session, feeds, self.output, out_shape, self.out_dtype, self.device, self.device_id,
+                     graph_id)
         self.slots[key] = slot
         return slot
 
 
 def graph_width(width: int, limit: int | None) -> int:
-    """Padded width of a batch under CUDA graphs: a multiple of 8 up to 128 tokens, then of an eighth of the
-    power of two below it (<= 12.5% more padding), so a few dozen widths cover any length; never past
-    ``limit`` (the longest the tokenizer emits: position tables can end there, as CLIP's 77)."""
+    """Padded width of a batch under CUDA graphs: a multiple of 8 below 128 tokens (as without graphs), then
+    of an eighth of the power of two below the width (padding at most an eighth of the width), so a few
+    dozen widths cover any length; never past ``limit`` (the longest the tokenizer emits: position tables
+    can end there, as CLIP's 77)."""
     step = max(8, 1 << max(0, width.bit_length() - 4))
     padded = -(-width // step) * step
     return padded if limit is None else min(padded, max(width, limit))
