@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
-# The GPU check of st-runtime as one prepared run, for a development session that is lent a GPU machine
-# (the `device` tool: at most 64 MiB travel per call, nothing can be downloaded there, 15 minutes in all).
+# Development tooling (not for users): the GPU check of st-runtime as one prepared run, for a development
+# session that is lent a GPU machine (the `device` tool: at most 64 MiB travel per call, nothing can be
+# downloaded there, 15 minutes of device time in all, machine start and transfers included).
 #
-#   here:   bash scripts/gpu-kit.sh pack        # .ortgpu/part-1..5 (onnxruntime-gpu) and .gpukit/part-1..6
-#                                               # (the all-MiniLM-L6-v2 hub snapshot), then prints the 6 calls
-#   there:  calls 1-5  bash scripts/gpu-kit.sh receive   carry [".ortgpu/part-K", ".gpukit/part-K"]
-#           call 6     bash scripts/gpu-kit.sh run       carry [".gpukit/part-6", ".gpukit/part-6.sha256"]
+#   here:   bash scripts/gpu-kit.sh pack        # .gpukit/part-1..N: one xz bundle, split to fit the transfers
+#   there:  calls 1..N-1  bash scripts/gpu-kit.sh receive   carry [".gpukit/part-K"]
+#           call N        bash scripts/gpu-kit.sh run       carry [".gpukit/part-N", ".gpukit/bundle.sha256"]
 #   (pack in the session's own checkout: the device tool sends that one, not a helper's worktree)
 #   dry run of `run` on this CPU machine, after pack:  GPUKIT_DRY=1 OUT=/tmp/gpukit-out bash scripts/gpu-kit.sh run
 #
-# `run` installs onnxruntime-gpu beside the machine's own PyTorch, sentence-transformers and transformers,
-# then (results under $OUT): the CUDA tests (tests/gpu), `st-export all-MiniLM-L6-v2 --variants opt,fp16`
-# (fp16 is validated on CUDA there), and benchmarks/throughput.py --provider cuda against
-# sentence-transformers fp32 and fp16 in the same run, at each system's default batch, then at 512 and
-# 2048 texts per batch for all (the GPU default of 128 is not tuned yet: these runs are what tunes it).
-# Keep the JSON and PNG under benchmarks/results/ with the card in the name (gpu-h100-minilm.json).
+# The bundle (about 150 MB, 3 transfers where the old kit took 6):
+#   ort/   onnxruntime-gpu unpacked, without its TensorRT provider (the machine has no TensorRT) and with the
+#          CUDA kernels of other GPU generations than GPUKIT_SM (default 90: H100/H200) zeroed in place, so
+#          they compress to nothing. The fatbin entry headers stay intact; the driver loads only the sm_90 ones.
+#   hub/   the all-MiniLM-L6-v2 hub snapshot (real weights).
+#   all-mpnet-base-v2-random/  all-mpnet-base-v2's config, tokenizer and module files without its weights;
+#          `run` writes random weights at the real shape (speed does not depend on weight values).
+#
+# `run` (results under $OUT, each step time-limited, each writing as it goes): the onnxruntime providers,
+# `st-export all-MiniLM-L6-v2 --variants opt,fp16` (fp16 validated on CUDA), benchmarks/gpu_sweep.py on it
+# (st_runtime fp16/opt x CUDA graphs x batch sizes against sentence-transformers fp32 and fp16 in the same run,
+# GPU busy %, tokenizer rate, graph-only ceiling), the CUDA tests (tests/gpu), then the random-weight
+# all-mpnet-base-v2: export and a smaller sweep. Keep the JSON and PNG under benchmarks/results/ with the
+# card in the name (gpu-h200-minilm.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODEL=all-MiniLM-L6-v2
 REPO=models--sentence-transformers--all-MiniLM-L6-v2
+MPNET_REPO=models--sentence-transformers--all-mpnet-base-v2
 KIT=${GPUKIT_DIR:-/tmp/st-gpukit}
+SM=${GPUKIT_SM:-90}
+ORT_VERSION=${GPUKIT_ORT_VERSION:-1.31.1}
 LIMIT=$((64 * 1024 * 1024))
 MARGIN=$((1024 * 1024))
 
@@ -28,52 +39,93 @@ tree_bytes() {  # what travels besides carried paths: tracked files and untracke
     awk '{s += $1} END {print s + 0}'
 }
 
+strip_cubins() {  # strip_cubins FILE SM: zero the ELF cubins of every fatbin entry built for another sm
+  python3 - "$1" "$2" <<'EOF'
+import struct, sys
+path, keep = sys.argv[1], int(sys.argv[2])
+data = bytearray(open(path, "rb").read())
+magic = struct.pack("<I", 0xBA55ED50)  # fatbin header: magic, u16 version, u16 header size, u64 entries size
+pos = fatbins = zeroed = kept = 0
+while (i := data.find(magic, pos)) >= 0:
+    version, header, size = struct.unpack_from("<HHQ", data, i + 4)
+    if version != 1 or header != 16:
+        pos = i + 4
+        continue
+    off, end = i + 16, i + 16 + size
+    while off < end:  # entry: u16 kind (1 PTX, 2 ELF), u16, u32 header size, u64 payload size, ..., u32 sm at 28
+        kind, _, eh, payload = struct.unpack_from("<HHIQ", data, off)
+        sm = struct.unpack_from("<I", data, off + 28)[0]
+        if kind == 2 and sm != keep:
+            data[off + eh:off + eh + payload] = bytes(payload)
+            zeroed += payload
+        elif sm == keep:
+            kept += 1
+        off += eh + payload
+    if off != end:
+        sys.exit(f"{path}: fatbin at {i} does not parse ({off} != {end}); not stripping")
+    fatbins += 1
+    pos = end
+if not kept:
+    sys.exit(f"{path}: no sm_{keep} kernels in {fatbins} fatbins; not stripping")
+open(path, "wb").write(data)
+print(f"{path}: {fatbins} fatbins, {kept} sm_{keep} entries kept, {zeroed >> 20} MiB of other sms zeroed")
+EOF
+}
+
 pack() {
-  if [ ! -f .ortgpu/part-5 ]; then
-    "${ORT_GPU_CHUNKS:-../shared/tools/ort-gpu-chunks}" || { echo "ort-gpu-chunks failed" >&2; exit 1; }
+  local dl="$HOME/.cache/st-real-models" whl hub stage
+  whl=$(ls "$dl"/onnxruntime_gpu-"$ORT_VERSION"-cp312-*.whl 2>/dev/null | head -1)
+  if [ -z "$whl" ]; then
+    mkdir -p "$dl"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      -d "$dl" "onnxruntime-gpu==$ORT_VERSION" || { echo "could not download onnxruntime-gpu" >&2; exit 1; }
+    whl=$(ls "$dl"/onnxruntime_gpu-"$ORT_VERSION"-cp312-*.whl | head -1)
   fi
-  local hub="${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}"
-  if [ ! -d "$hub/$REPO/snapshots" ]; then
-    "${GET_REAL_MODELS:-../shared/tools/get-real-models}" minilm || { echo "get-real-models failed" >&2; exit 1; }
-  fi
-  rm -rf .gpukit && mkdir .gpukit
-  # snapshots hold links into blobs/: store the files themselves (-h), without blobs/, so nothing twice
-  tar -C "$hub" -h -cf .gpukit/hub.tar "$REPO/refs" "$REPO/snapshots"
-  sha256sum .gpukit/hub.tar | cut -c1-64 > .gpukit/hub.sha256
-  local tree total off=0 k size
-  tree=$(tree_bytes)
-  total=$(stat -c %s .gpukit/hub.tar)
-  for k in 1 2 3 4 5 6; do
-    if [ "$k" -lt 6 ]; then
-      size=$((LIMIT - MARGIN - tree - $(stat -c %s ".ortgpu/part-$k")))
-    else
-      size=$((total - off))
+  hub="${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}"
+  for r in "$REPO:minilm" "$MPNET_REPO:mpnet"; do
+    if [ ! -d "$hub/${r%%:*}/snapshots" ]; then
+      "${GET_REAL_MODELS:-../shared/tools/get-real-models}" "${r##*:}" || { echo "get-real-models failed" >&2; exit 1; }
     fi
-    [ "$size" -gt $((total - off)) ] && size=$((total - off))
-    [ "$size" -lt 0 ] && size=0
-    tail -c +"$((off + 1))" .gpukit/hub.tar | head -c "$size" > ".gpukit/part-$k"
-    off=$((off + size))
   done
-  if [ "$(stat -c %s .gpukit/part-6)" -gt $((LIMIT - MARGIN - tree)) ]; then
-    echo "the hub snapshot does not fit in 6 calls" >&2; exit 1
-  fi
-  mv .gpukit/hub.sha256 .gpukit/part-6.sha256  # travels with the last part
-  rm .gpukit/hub.tar
-  ls -la .ortgpu .gpukit
-  echo "working tree that travels: $tree bytes. Make these device calls back to back (one warm machine):"
-  for k in 1 2 3 4 5; do
-    echo "  run command='bash scripts/gpu-kit.sh receive' carry=[\".ortgpu/part-$k\", \".gpukit/part-$k\"] timeout_s=120"
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' RETURN
+  mkdir -p "$stage/ort" "$stage/hub" "$stage/all-mpnet-base-v2-random"
+  python3 -m zipfile -e "$whl" "$stage/ort" || exit 1
+  rm -f "$stage"/ort/onnxruntime/capi/libonnxruntime_providers_tensorrt.so
+  strip_cubins "$stage/ort/onnxruntime/capi/libonnxruntime_providers_cuda.so" "$SM" || exit 1
+  # snapshots hold links into blobs/: copy the files themselves (-L), without blobs/, so nothing twice
+  mkdir -p "$stage/hub/$REPO"
+  cp -rL "$hub/$REPO/refs" "$hub/$REPO/snapshots" "$stage/hub/$REPO/"
+  local snap
+  snap=$(ls -d "$hub/$MPNET_REPO"/snapshots/* | head -1)
+  (cd "$snap" && find -L . -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.onnx' ! -name '*.h5' \
+    ! -path './onnx/*' ! -path './openvino/*' -print0 | xargs -0 -I{} cp --parents -L {} "$stage/all-mpnet-base-v2-random/")
+  rm -rf .gpukit && mkdir .gpukit
+  echo "compressing (xz -9, a minute or two)"
+  tar -C "$stage" -cf - ort hub all-mpnet-base-v2-random | xz -9 -T0 > .gpukit/bundle.tar.xz || exit 1
+  sha256sum .gpukit/bundle.tar.xz | cut -c1-64 > .gpukit/bundle.sha256
+  local tree part
+  tree=$(tree_bytes)
+  part=$((LIMIT - MARGIN - tree - 4096))
+  split -b "$part" -d -a 1 .gpukit/bundle.tar.xz .gpukit/piece-
+  rm .gpukit/bundle.tar.xz
+  local n=0 f
+  for f in .gpukit/piece-*; do n=$((n + 1)); mv "$f" ".gpukit/part-$n"; done
+  ls -la .gpukit
+  echo "working tree that travels: $tree bytes. Make these $n device calls back to back (one warm machine):"
+  for k in $(seq 1 $((n - 1))); do
+    echo "  run command='bash scripts/gpu-kit.sh receive' carry=[\".gpukit/part-$k\"] timeout_s=60"
   done
-  echo "  run command='bash scripts/gpu-kit.sh run' carry=[\".gpukit/part-6\", \".gpukit/part-6.sha256\"] timeout_s=600"
+  echo "  run command='bash scripts/gpu-kit.sh run' carry=[\".gpukit/part-$n\", \".gpukit/bundle.sha256\"] timeout_s=600"
   echo "then give_back. Results (JSON, PNG, logs) come back from \$OUT."
 }
 
 receive() {
   mkdir -p "$KIT"
   local f
-  for f in .ortgpu/part-* .gpukit/part-*; do
-    [ -f "$f" ] || continue
-    cp "$f" "$KIT/$(basename "$(dirname "$f")")-$(basename "$f")"
+  for f in .gpukit/part-* .gpukit/bundle.sha256; do
+    [ -f "$f" ] && cp "$f" "$KIT/"
   done
   ls -la "$KIT"
 }
@@ -83,10 +135,23 @@ step() {  # step NAME SECONDS COMMAND...: runs with a time limit, logs, and goes
   shift 2
   echo "=== $name ($(date -u +%T), limit ${limit}s): $*"
   local t0=$SECONDS
-  timeout "$limit" "$@"
+  timeout -k 5 "$limit" "$@"
   local rc=$?
   echo "=== $name: exit $rc after $((SECONDS - t0))s"
   echo "$name $rc $((SECONDS - t0))" >> "$OUT/steps.txt"
+}
+
+write_random_weights_script() {  # $KIT/random_weights.py FOLDER: random weights at the folder config's shape
+  cat > "$KIT/random_weights.py" <<'EOF'
+import sys
+import torch
+from transformers import AutoConfig, AutoModel
+torch.manual_seed(0)
+folder = sys.argv[1]
+model = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+model.save_pretrained(folder)
+print(f"{folder}: random {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+EOF
 }
 
 run() {
@@ -95,58 +160,52 @@ run() {
   exec > >(tee -a "$OUT/run.log") 2>&1
   receive
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=true
-  local py=${PYTHON:-python3} provider=cuda variants=opt,fp16 bench_args=()
-  if [ -n "${GPUKIT_DRY:-}" ]; then  # this CPU machine: its own onnxruntime, a small corpus
+  py=${PYTHON:-python3}
+  local provider=cuda variants=opt,fp16 sweep_args=() mpnet_sweep_args=()
+  local parts
+  parts=$(ls "$KIT"/part-* 2>/dev/null | sort -t- -k2 -n)
+  [ -n "$parts" ] || { echo "no parts in $KIT: make the receive calls first" >&2; exit 1; }
+  # shellcheck disable=SC2086
+  cat $parts > "$KIT/bundle.tar.xz"
+  if [ "$(sha256sum "$KIT/bundle.tar.xz" | cut -c1-64)" != "$(cat "$KIT/bundle.sha256")" ]; then
+    echo "the reassembled bundle does not match its checksum (parts: $parts)" >&2; exit 1
+  fi
+  "$py" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$KIT/bundle.tar.xz" "$KIT" \
+    || exit 1
+  rm "$KIT/bundle.tar.xz"
+  if [ -n "${GPUKIT_DRY:-}" ]; then  # this CPU machine: its own onnxruntime, small corpora
     provider=cpu variants=opt
-    bench_args=(--no-peers --queries 256 --passages 32 --rounds 1)
+    sweep_args=(--queries 512 --passages 64 --rounds 1 --batch-sizes 128,512 --st-batch-sizes 32)
+    mpnet_sweep_args=("${sweep_args[@]}")
   else
-    for k in 1 2 3 4 5; do
-      [ -f "$KIT/.ortgpu-part-$k" ] || { echo "missing onnxruntime-gpu part $k: make calls 1-5 first" >&2; exit 1; }
-    done
-    cat "$KIT"/.ortgpu-part-{1,2,3,4,5} > "$KIT/onnxruntime_gpu-0-cp312-cp312-manylinux_2_28_x86_64.whl.zip"
-    # pip wants the wheel's own file name: read it from the archive's dist-info
-    local whl
-    whl=$("$py" - "$KIT/onnxruntime_gpu-0-cp312-cp312-manylinux_2_28_x86_64.whl.zip" <<'EOF'
-import re, sys, zipfile
-z = zipfile.ZipFile(sys.argv[1])
-wheel = next(n for n in z.namelist() if n.endswith(".dist-info/WHEEL"))
-dist = wheel.split("/")[0][: -len(".dist-info")]
-tag = re.search(r"^Tag: (.+)$", z.read(wheel).decode(), re.M).group(1)
-print(f"{dist}-{tag}.whl")
-EOF
-)
-    mv "$KIT/onnxruntime_gpu-0-cp312-cp312-manylinux_2_28_x86_64.whl.zip" "$KIT/$whl"
-    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$KIT/site" "$KIT/$whl" || exit 1
-    export PYTHONPATH="$KIT/site"
+    export PYTHONPATH="$KIT/ort"
+    sweep_args=(--budget-s 130)
+    mpnet_sweep_args=(--budget-s 70 --batch-sizes 256,1024,4096 --variants fp16 --st-batch-sizes 32,256
+                      --queries 16384 --passages 2048)
   fi
   export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
-  for k in 1 2 3 4 5 6; do
-    [ -f "$KIT/.gpukit-part-$k" ] || { echo "missing hub part $k" >&2; exit 1; }
-  done
-  cat "$KIT"/.gpukit-part-{1,2,3,4,5,6} > "$KIT/hub.tar"
-  if [ "$(sha256sum "$KIT/hub.tar" | cut -c1-64)" != "$(cat "$KIT/.gpukit-part-6.sha256")" ]; then
-    echo "the reassembled hub snapshot does not match its checksum" >&2; exit 1
-  fi
-  mkdir -p "$KIT/hub" && tar -C "$KIT/hub" -xf "$KIT/hub.tar" && rm "$KIT/hub.tar"
   export HF_HUB_CACHE="$KIT/hub"
   : > "$OUT/steps.txt"
-  # Step limits total 570 s inside the call's 600; each step writes its results as it goes, so a step cut
-  # short keeps what it finished. Correctness first, then the figures.
+  # Step limits total about 530 s inside the call's 600; each step writes its results as it goes, so a step
+  # cut short keeps what it finished. The MiniLM figures first, then correctness, then mpnet.
   step providers 30 "$py" -c "import onnxruntime as o; getattr(o, 'preload_dlls', lambda: None)(); \
 print(o.__version__, o.__file__, o.get_available_providers())"
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  step tests 90 "$py" -m pytest -q -p no:cacheprovider -rs tests/gpu
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  nproc
   local folder="$KIT/export/$MODEL"
-  step export 150 "$py" -m exporters.cli "$MODEL" --variants "$variants" -o "$folder"
-  cp "$folder/manifest.json" "$OUT/manifest-$MODEL.json"
-  step bench 150 "$py" benchmarks/throughput.py "$folder" --provider "$provider" --variants "$variants" \
-    --rounds 3 --json "$OUT/$provider-minilm.json" --png "$OUT/$provider-minilm.png" "${bench_args[@]}"
-  step bench512 80 "$py" benchmarks/throughput.py "$folder" --provider "$provider" --variants "$variants" \
-    --batch-size 512 --rounds 3 --queries 16384 --passages 2048 --json "$OUT/$provider-minilm-b512.json" \
-    "${bench_args[@]}"
-  step bench2048 70 "$py" benchmarks/throughput.py "$folder" --provider "$provider" --variants "${variants#*,}" \
-    --batch-size 2048 --rounds 3 --queries 16384 --passages 2048 --json "$OUT/$provider-minilm-b2048.json" \
-    "${bench_args[@]}"
+  step export 80 "$py" -m exporters.cli "$MODEL" --variants "$variants" -o "$folder"
+  cp "$folder/manifest.json" "$OUT/manifest-minilm.json"
+  step sweep 160 "$py" benchmarks/gpu_sweep.py "$folder" --provider "$provider" --json "$OUT/sweep-minilm.json" \
+    --png "$OUT/sweep-minilm.png" "${sweep_args[@]}"
+  step tests 80 "$py" -m pytest -q -p no:cacheprovider -rs tests/gpu
+  local mpnet="$KIT/all-mpnet-base-v2-random"
+  write_random_weights_script
+  step mpnet-weights 30 "$py" "$KIT/random_weights.py" "$mpnet"
+  step mpnet-export 90 "$py" -m exporters.cli "$mpnet" --variants "$variants" -o "$KIT/export/mpnet"
+  cp "$KIT/export/mpnet/manifest.json" "$OUT/manifest-mpnet.json"
+  step mpnet-sweep 90 "$py" benchmarks/gpu_sweep.py "$KIT/export/mpnet" --provider "$provider" \
+    --json "$OUT/sweep-mpnet.json" --png "$OUT/sweep-mpnet.png" "${mpnet_sweep_args[@]}"
+  command -v nvidia-smi >/dev/null && nvidia-smi
   cat "$OUT/steps.txt"
 }
 
@@ -154,5 +213,5 @@ case "${1:-}" in
   pack) pack ;;
   receive) receive ;;
   run) run ;;
-  *) sed -n '2,15p' "$0"; exit 2 ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
 esac

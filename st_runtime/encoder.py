@@ -80,6 +80,9 @@ class _TextTower:
         # batch_size=None (the default): on the CPU only the token budget limits a batch (short queries run
         # faster 100+ to a batch than 32); on a GPU, 128 texts (not tuned on a GPU yet).
         self.auto_batch_size = 128 if on_gpu else 1024
+        # GPU: texts per tokenization chunk overlapped with the device work (at least 4 batches). None (the
+        # CPU, whose cores run the graph): everything is tokenized first.
+        self.pipeline_chunk: int | None = 4096 if on_gpu else None
         self.cuda_graphs = cuda_graphs
         use_binding = on_gpu or cuda_graphs if io_binding is None else io_binding  # io_binding=False: refused
         self.runner = (_BoundRunner(self.session, tower["output"], "cuda" if on_gpu else "cpu", graphs=cuda_graphs,
@@ -102,7 +105,29 @@ class _TextTower:
 
     def embed(self, items: list, batch_size: int | None, out: np.ndarray) -> None:
         batch_size = batch_size or self.auto_batch_size
-        encodings = self.tokenizer.encode_batch(items)
+        chunk = self.pipeline_items(batch_size)
+        if chunk is None or len(items) <= chunk:
+            self._embed_encoded(self.tokenizer.encode_batch(items), batch_size, out)
+            return
+        # GPU: tokenize the next chunk of texts (Rust, on all cores, without the GIL) while the GPU runs this
+        # one's batches, so tokenization overlaps the device work instead of preceding it.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="st-tokenize") as pool:
+            nxt = pool.submit(self.tokenizer.encode_batch, items[:chunk])
+            for start in range(0, len(items), chunk):
+                encodings = nxt.result()
+                if start + chunk < len(items):
+                    nxt = pool.submit(self.tokenizer.encode_batch, items[start + chunk:start + 2 * chunk])
+                self._embed_encoded(encodings, batch_size, out[start:start + len(encodings)])
+
+    def pipeline_items(self, batch_size: int) -> int | None:
+        """Texts per tokenization chunk (None: tokenize everything first). Chunks of several batches keep
+        length sorting effective within each chunk."""
+        if self.pipeline_chunk is None:
+            return None
+        return max(self.pipeline_chunk, 4 * batch_size)
+
+    def _embed_encoded(self, encodings: list, batch_size: int, out: np.ndarray) -> None:
+        """Embed tokenized items into ``out`` (same order), in length-sorted batches."""
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         batches = plan_batches(lengths[order], batch_size, self.pad_multiple, max_tokens=self.max_batch_tokens,

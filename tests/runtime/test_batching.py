@@ -244,3 +244,30 @@ def test_capture_gate_runs_a_capture_alone_and_does_not_starve_it():
         t.join(10)
     assert log[:3] == [("run",), ("run", "run"), ("run", "run", "run")]  # ordinary runs overlap
     assert log[3:] == [("capture",), ("late",)]  # the capture ran alone, and the late run waited for it
+
+
+@pytest.mark.parametrize("bs", [1, 3])
+def test_pipelined_tokenization_gives_the_same_rows_in_order(tiny_bert, bs):
+    """On a GPU the next chunk of texts is tokenized while the current one runs (pipeline_chunk): the
+    result is the same embeddings in input order, whatever the chunk boundaries."""
+    enc = SentenceEncoder(tiny_bert[1])
+    texts = [TEXTS[(i * 7) % len(TEXTS)] * (1 + i % 3) for i in range(101)] + ["x", "word " * 600]
+    expected = enc.encode(texts, batch_size=bs)
+    tokenized = []
+    real = enc._text.tokenizer
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def encode_batch(self, items):
+            tokenized.append(len(items))
+            return real.encode_batch(items)
+
+    enc._text.tokenizer = Spy()
+    enc._text.pipeline_chunk = 10  # chunks of max(10, 4 * batch size) texts
+    got = enc.encode(texts, batch_size=bs)
+    chunk = enc._text.pipeline_items(bs)
+    assert chunk == max(10, 4 * bs) and len(tokenized) == -(-len(texts) // chunk) > 1
+    assert sum(tokenized) == len(texts) and max(tokenized) == chunk
+    np.testing.assert_allclose(got, expected, atol=2e-6)

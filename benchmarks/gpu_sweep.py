@@ -1,0 +1,312 @@
+"""GPU throughput sweep: st_runtime's variants x CUDA graphs x batch sizes against sentence-transformers fp32
+and fp16, in one run, on the same texts, with what limits each figure.
+
+    python benchmarks/gpu_sweep.py EXPORT_FOLDER --json OUT.json [--png OUT.png] [--provider cuda]
+        [--batch-sizes 128,256,512,1024,2048,4096] [--variants fp16,opt] [--st-batch-sizes 32,512]
+        [--queries 32768] [--passages 4096] [--rounds 3] [--budget-s 240]
+
+Per system and batch size it records items/s (median of --rounds timed encode calls after a warm-up, end to end:
+tokenization, batching, host-device copies, the graph), the ratio to sentence-transformers fp32 and fp16 at
+their default batch size (32) and at their best measured one, the min/mean cosine to sentence-transformers
+fp32, and the GPU's busy percentage over the timed calls (NVML, sampled every 10 ms). It also measures what
+bounds the end-to-end figure: the tokenizer alone on this machine's cores, and the graph alone on prebuilt
+device feeds (the GPU-side ceiling). Results are saved after every system, so a run cut short keeps what
+it measured. Benchmarks are not tests: this writes JSON, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from throughput import _bundled_path, machine, make_corpus  # noqa: E402
+
+
+class GpuBusy:
+    """Mean NVML utilization (percent of time a kernel ran) while the block runs; None without NVML."""
+
+    def __init__(self, period: float = 0.01):
+        self.period = period
+        self.samples: list[int] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._dev = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no NVML here (CPU machine): the figure is recorded as null
+            self._nvml = None
+
+    def __enter__(self):
+        self.samples = []
+        self._stop = threading.Event()
+        if self._nvml is not None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.wait(self.period):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._dev).gpu)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._nvml is not None:
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+def timed(fn, texts, rounds: int, busy: GpuBusy) -> tuple[np.ndarray, list[float], float | None]:
+    first = np.asarray(fn(texts))  # warm-up (captures, allocations), and the output for accuracy
+    times = []
+    with busy:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn(texts)
+            times.append(time.perf_counter() - t)
+    return first, times, busy.mean
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path)
+    p.add_argument("--provider", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
+    p.add_argument("--batch-sizes", default="128,256,512,1024,2048,4096")
+    p.add_argument("--variants", default="fp16,opt")
+    p.add_argument("--graphs", default="0,1", help="CUDA graphs off/on to measure (0,1)")
+    p.add_argument("--st-batch-sizes", default="32,512", help="sentence-transformers batch sizes (32: its default)")
+    p.add_argument("--queries", type=int, default=32768)
+    p.add_argument("--passages", type=int, default=4096)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=240.0, help="stop starting new systems after this long")
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--png", type=Path, default=None)
+    args = p.parse_args(argv)
+    t_start = time.perf_counter()
+    gpu = args.provider == "cuda"
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from st_runtime import SentenceEncoder
+
+    manifest = json.loads((args.folder / "manifest.json").read_text())
+    source = manifest["source"]["model"]
+    if manifest["source"]["origin"].startswith("bundled:") and not Path(source).is_dir():
+        source = _bundled_path(manifest)
+    corpus = make_corpus(n_queries=args.queries, n_passages=args.passages)
+    busy = GpuBusy()
+    device = "cuda" if gpu else "cpu"
+    out = {"created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+           "model": args.folder.resolve().name, "source": source, "provider": args.provider,
+           "rounds": args.rounds, "machine": machine(args.provider),
+           "workloads": {k: len(v) for k, v in corpus.items()},
+           "measure": "items/s = texts / median seconds of one encode call over the whole workload, end to end "
+                      "(tokenization included); gpu_busy_pct = NVML utilization over the timed calls",
+           "tokenizer": {}, "sentence_transformers": {}, "st_runtime": [], "device_only": {}, "skipped": []}
+
+    def save():
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+
+    def over_budget(what: str, grace: float = 0.0) -> bool:
+        if time.perf_counter() - t_start > args.budget_s + grace:
+            out["skipped"].append(what)
+            return True
+        return False
+
+    # sentence-transformers, the reference: fp32 (and fp16 on CUDA) at each batch size
+    refs = {}
+    st_models = {"fp32": SentenceTransformer(source, device=device)}
+    if gpu:
+        st_models["fp16"] = SentenceTransformer(source, device=device).half()
+    for w, texts in corpus.items():
+        with torch.inference_mode():
+            refs[w] = st_models["fp32"].encode(texts, batch_size=256, convert_to_numpy=True)
+    for name, model in st_models.items():
+        for bs in [int(b) for b in args.st_batch_sizes.split(",") if b]:
+            if over_budget(f"sentence-transformers {name} batch {bs}"):
+                continue
+            for w, texts in corpus.items():
+                emb, ts, pct = timed(lambda x: model.encode(x, batch_size=bs), texts, args.rounds, busy)
+                cos = cosines(refs[w], emb)
+                out["sentence_transformers"].setdefault(name, {}).setdefault(w, {})[str(bs)] = {
+                    "items_per_s": len(texts) / statistics.median(ts), "all_s": ts, "gpu_busy_pct": pct,
+                    "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+            save()
+    st = out["sentence_transformers"]
+
+    def st_rate(name: str, w: str, which: str) -> float | None:
+        rows = st.get(name, {}).get(w, {})
+        if not rows:
+            return None
+        return rows["32"]["items_per_s"] if which == "default" and "32" in rows else \
+            max(r["items_per_s"] for r in rows.values())
+
+    # the tokenizer alone, on all cores
+    probe = SentenceEncoder(args.folder, providers=args.provider, variant="fp32" if not gpu else None)
+    tok = probe.tokenizer
+    for w, texts in corpus.items():
+        ts = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            enc = tok.encode_batch(texts)
+            ts.append(time.perf_counter() - t)
+        tokens = sum(len(e) for e in enc)
+        out["tokenizer"][w] = {"texts_per_s": len(texts) / statistics.median(ts),
+                               "tokens_per_text": tokens / len(texts), "all_s": ts}
+    save()
+    del probe
+
+    variants = [v for v in args.variants.split(",") if v in manifest["towers"]["text"]["variants"]]
+    sizes = [None] + [int(b) for b in args.batch_sizes.split(",") if b]
+    for graphs in [g == "1" for g in args.graphs.split(",") if g]:
+        if graphs and not gpu:
+            continue
+        for v in variants:
+            label = f"{v}{' + CUDA graphs' if graphs else ''}"
+            if over_budget(label):
+                continue
+            try:
+                enc = SentenceEncoder(args.folder, providers=args.provider, variant=v, cuda_graphs=graphs)
+            except Exception as exc:  # recorded, not hidden
+                out["st_runtime"].append({"system": label, "error": f"{type(exc).__name__}: {exc}"})
+                save()
+                continue
+            pipelines = (True, False) if gpu and not graphs and v == variants[0] else (True,)
+            for pipeline in pipelines:
+                enc._text.pipeline_chunk = enc._text.pipeline_chunk if pipeline else None
+                for bs in sizes:
+                    if over_budget(f"{label} batch {bs}"):
+                        break
+                    row = {"system": label, "variant": v, "cuda_graphs": graphs, "pipelined_tokenization": pipeline,
+                           "batch_size": bs, "workloads": {}}
+                    for w, texts in corpus.items():
+                        try:
+                            emb, ts, pct = timed(lambda x: enc.encode(x, batch_size=bs), texts, args.rounds, busy)
+                        except Exception as exc:
+                            row["workloads"][w] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+                            continue
+                        rate = len(texts) / statistics.median(ts)
+                        cos = cosines(refs[w], emb)
+                        row["workloads"][w] = {
+                            "items_per_s": rate, "all_s": ts, "gpu_busy_pct": pct,
+                            "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+                            **{f"ratio_to_st_{n}_{which}": rate / r for n in st for which in ("default", "best")
+                               if (r := st_rate(n, w, which))}}
+                    out["st_runtime"].append(row)
+                    print(json.dumps({k: row[k] for k in ("system", "pipelined_tokenization", "batch_size")}),
+                          {w: round(r.get("items_per_s", 0)) for w, r in row["workloads"].items()}, flush=True)
+                    save()
+            if graphs:
+                out.setdefault("graphs_captured", {})[v] = {"graphs": enc._text.runner.graphs_taken,
+                                                            "uncaptured": enc._text.runner.uncaptured}
+            del enc
+
+    # the graph alone on prebuilt feeds, for the fastest configuration on queries: the device-side ceiling
+    best = max((r for r in out["st_runtime"] if "queries" in r.get("workloads", {})
+                and "items_per_s" in r["workloads"]["queries"]),
+               key=lambda r: r["workloads"]["queries"]["items_per_s"], default=None)
+    if best is not None and not over_budget("device-only", grace=20.0):  # cheap, and it says what limits
+        enc = SentenceEncoder(args.folder, providers=args.provider, variant=best["variant"],
+                              cuda_graphs=best["cuda_graphs"])
+        text = enc._text
+        for w, texts in corpus.items():
+            bs = best["batch_size"] or text.auto_batch_size
+            t = time.perf_counter()
+            encodings = text.tokenizer.encode_batch(texts)
+            t_tok = time.perf_counter() - t
+            lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+            order = np.argsort(-lengths, kind="stable")
+            from st_runtime.encoder import graph_width, plan_batches
+
+            batches = plan_batches(lengths[order], bs, text.pad_multiple, max_tokens=text.max_batch_tokens,
+                                   max_width=text._max_seq_length)
+            if text.cuda_graphs:
+                batches = [(s, e, graph_width(wd, text._max_seq_length)) for s, e, wd in batches]
+            t = time.perf_counter()
+            feeds = [text._feeds(encodings, lengths, order[s:e], wd) for s, e, wd in batches]
+            t_feeds = time.perf_counter() - t
+            for f in feeds:  # warm
+                text.runner(f)
+            ts = []
+            with busy:
+                for _ in range(args.rounds):
+                    t = time.perf_counter()
+                    for f in feeds:
+                        text.runner(f)
+                    ts.append(time.perf_counter() - t)
+            out["device_only"][w] = {
+                "system": best["system"], "batch_size": bs, "batches": len(batches),
+                "padded_tokens": int(sum((e - s) * wd for s, e, wd in batches)),
+                "graph_items_per_s": len(texts) / statistics.median(ts), "gpu_busy_pct": busy.mean,
+                "tokenize_s": t_tok, "build_feeds_s": t_feeds, "graph_s": statistics.median(ts)}
+        save()
+        del enc
+    out["elapsed_s"] = time.perf_counter() - t_start
+    save()
+    print(f"wrote {args.json}")
+    if args.png:
+        plot(out, args.png)
+    return 0
+
+
+def plot(out: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG")
+        return
+    workloads = list(out["workloads"])
+    fig, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 4.5))
+    for ax, w in zip(np.atleast_1d(axes), workloads):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in out["st_runtime"]:
+            got = r.get("workloads", {}).get(w, {})
+            if r.get("batch_size") and "items_per_s" in got:
+                name = f"st_runtime {r['system']}" + ("" if r["pipelined_tokenization"] else " (no pipelining)")
+                series.setdefault(name, []).append((r["batch_size"], got["items_per_s"]))
+        for name, pts in series.items():
+            ax.plot(*zip(*sorted(pts)), marker="o", label=name)
+        for name, rows in out["sentence_transformers"].items():
+            pts = sorted((int(b), r["items_per_s"]) for b, r in rows.get(w, {}).items())
+            if pts:
+                ax.plot(*zip(*pts), marker="s", ls="--", label=f"sentence-transformers {name}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("texts per batch")
+        ax.set_ylabel(f"{w} / s (end to end)")
+        ax.set_title(f"{out['model']}, {w}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{out['machine'].get('gpu') or out['machine']['cpu']}, median of {out['rounds']} rounds",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
