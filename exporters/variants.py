@@ -472,5 +472,34 @@ def build_fp16(src: Path, dst: Path) -> dict[str, Any]:
 
     model = OnnxModel(onnx.load(str(src)))
     model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    _unique_node_names(model.model.graph)
     model.save_model_to_file(str(dst))
     return {"method": "onnxruntime.transformers float16", "kept_fp32_ops": FP16_KEEP_FP32}
+
+
+def _unique_node_names(graph) -> None:
+    """onnxruntime 1.31's float16 converter names the Cast it puts before each fp32-kept consumer of a tensor
+    after the tensor alone, so a tensor feeding two such nodes (the attention mask's Concat in BERT and MPNet)
+    gets two identical Casts of one name and one output, which onnxruntime refuses ("two nodes with same node
+    name", "Duplicate definition of name"). Drop exact repeats of a node (same operator, inputs, outputs and
+    attributes: the same value computed twice), then suffix any name still repeated. Unnamed nodes stay so."""
+    kept, computed = [], set()
+    for node in graph.node:
+        key = (node.domain, node.op_type, tuple(node.input), tuple(node.output),
+               tuple(a.SerializeToString() for a in node.attribute))
+        if node.output and key in computed:
+            continue
+        computed.add(key)
+        kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+    seen: set[str] = set()
+    for node in graph.node:
+        if not node.name:
+            continue
+        name, k = node.name, 1
+        while name in seen:
+            name, k = f"{node.name}_{k}", k + 1
+        node.name = name
+        seen.add(name)

@@ -194,6 +194,7 @@ print(o.__version__, o.__file__, o.get_available_providers())"
   nproc
   local folder="$KIT/export/$MODEL"
   step export 80 "$py" -m exporters.cli "$MODEL" --variants "$variants" -o "$folder"
+  [ -f "$folder/manifest.json" ] || step export-opt 60 "$py" -m exporters.cli "$MODEL" --variants opt -o "$folder"
   cp "$folder/manifest.json" "$OUT/manifest-minilm.json"
   step sweep 160 "$py" benchmarks/gpu_sweep.py "$folder" --provider "$provider" --json "$OUT/sweep-minilm.json" \
     --png "$OUT/sweep-minilm.png" "${sweep_args[@]}"
@@ -202,6 +203,8 @@ print(o.__version__, o.__file__, o.get_available_providers())"
   write_random_weights_script
   step mpnet-weights 30 "$py" "$KIT/random_weights.py" "$mpnet"
   step mpnet-export 90 "$py" -m exporters.cli "$mpnet" --variants "$variants" -o "$KIT/export/mpnet"
+  [ -f "$KIT/export/mpnet/manifest.json" ] ||
+    step mpnet-export-opt 60 "$py" -m exporters.cli "$mpnet" --variants opt -o "$KIT/export/mpnet"
   cp "$KIT/export/mpnet/manifest.json" "$OUT/manifest-mpnet.json"
   step mpnet-sweep 90 "$py" benchmarks/gpu_sweep.py "$KIT/export/mpnet" --provider "$provider" \
     --json "$OUT/sweep-mpnet.json" --png "$OUT/sweep-mpnet.png" "${mpnet_sweep_args[@]}"

@@ -102,6 +102,35 @@ def test_fp16_graph_builds_and_keeps_reductions_fp32(zoo, tmp_path):
             src = producers.get(node.input[0])
             assert src is not None and src.op_type == "Cast" and \
                 next(a.i for a in src.attribute if a.name == "to") == onnx.TensorProto.FLOAT
+    # names and outputs unique: onnxruntime refuses repeats, which onnxruntime 1.31's converter made
+    names = [n.name for n in model.graph.node if n.name]
+    outputs = [o for n in model.graph.node for o in n.output]
+    assert len(names) == len(set(names)) and len(outputs) == len(set(outputs))
+
+
+def test_fp16_repeated_casts_of_one_tensor_are_merged():
+    """A converter that casts one tensor twice under one name (onnxruntime 1.31, found on the first GPU run)
+    leaves one Cast; distinct nodes that merely share a name are renamed, unnamed ones stay unnamed."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    cast = dict(op_type="Cast", inputs=["x"], outputs=["x32"], name="x_cast", to=TensorProto.FLOAT)
+    nodes = [helper.make_node(**cast), helper.make_node(**cast),
+             helper.make_node("ReduceSum", ["x32"], ["s"], name="r", keepdims=0),
+             helper.make_node("Neg", ["x32"], ["n"], name="r"), helper.make_node("Abs", ["n"], ["a"]),
+             helper.make_node("Abs", ["a"], ["b"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])])
+    variants._unique_node_names(graph)
+    assert [n.op_type for n in graph.node] == ["Cast", "ReduceSum", "Neg", "Abs", "Abs"]
+    assert [n.name for n in graph.node] == ["x_cast", "r", "r_1", "", ""]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    s, b = sess.run(None, {"x": np.array([1.5, -2.0], dtype=np.float16)})
+    assert float(s) == -0.5 and b.tolist() == [1.5, 2.0]
 
 
 def test_variant_that_cannot_be_built_is_reported_and_left_out(zoo, tmp_path, monkeypatch):
