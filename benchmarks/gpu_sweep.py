@@ -70,6 +70,21 @@ class GpuBusy:
         return float(np.mean(self.samples)) if self.samples else None
 
 
+def parse_configs(spec: str) -> list[tuple[str, bool, bool, list[int | None]]]:
+    """"fp16@default,fp16/graphs@1024,fp16/nopipe@default" -> [(variant, flags, [batch size])]. Flags: graphs
+    (cuda_graphs=True), nopipe (tokenize everything first), bigchunk (tokenize 16384 texts per chunk), switch (a
+    0.1 ms GIL switch interval during the measurement: tells whether threads wait on the GIL)."""
+    plan = []
+    for item in spec.split(","):
+        name, _, bs = item.partition("@")
+        variant, *flags = name.split("/")
+        unknown = set(flags) - {"graphs", "nopipe", "bigchunk", "switch"}
+        if unknown or not variant:
+            raise SystemExit(f"--configs {item!r}: expected VARIANT[/graphs][/nopipe]@BATCH, got flags {unknown}")
+        plan.append((variant, "graphs" in flags, set(flags), [None if bs in ("", "default") else int(bs)]))
+    return plan
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -95,6 +110,12 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="fp16,opt")
     p.add_argument("--graphs", default="0,1", help="CUDA graphs off/on to measure (0,1)")
     p.add_argument("--st-batch-sizes", default="32,512", help="sentence-transformers batch sizes (32: its default)")
+    p.add_argument("--st-precisions", default="fp32,fp16", help="sentence-transformers systems to measure")
+    p.add_argument("--st-workloads", default="queries,passages", help="workloads sentence-transformers runs")
+    p.add_argument("--st-rounds", type=int, default=None, help="timed rounds for sentence-transformers (--rounds)")
+    p.add_argument("--configs", default=None,
+                   help="instead of the grid: comma-separated VARIANT[/graphs][/nopipe]@BATCH (BATCH: a number "
+                        "or default), e.g. fp16@default,fp16/graphs@1024,fp16/nopipe@default")
     p.add_argument("--queries", type=int, default=32768)
     p.add_argument("--passages", type=int, default=4096)
     p.add_argument("--rounds", type=int, default=3)
@@ -143,12 +164,17 @@ def main(argv=None) -> int:
     for w, texts in corpus.items():
         with torch.inference_mode():
             refs[w] = st_models["fp32"].encode(texts, batch_size=256, convert_to_numpy=True)
+    st_workloads = [w for w in args.st_workloads.split(",") if w in corpus]
     for name, model in st_models.items():
+        if name not in args.st_precisions.split(","):
+            continue
         for bs in [int(b) for b in args.st_batch_sizes.split(",") if b]:
             if over_budget(f"sentence-transformers {name} batch {bs}"):
                 continue
-            for w, texts in corpus.items():
-                emb, ts, pct = timed(lambda x: model.encode(x, batch_size=bs), texts, args.rounds, busy)
+            for w in st_workloads:
+                texts = corpus[w]
+                emb, ts, pct = timed(lambda x: model.encode(x, batch_size=bs), texts, args.st_rounds or args.rounds,
+                                     busy)
                 cos = cosines(refs[w], emb)
                 out["sentence_transformers"].setdefault(name, {}).setdefault(w, {})[str(bs)] = {
                     "items_per_s": len(texts) / statistics.median(ts), "all_s": ts, "gpu_busy_pct": pct,
@@ -178,50 +204,67 @@ def main(argv=None) -> int:
     save()
     del probe
 
-    variants = [v for v in args.variants.split(",") if v in manifest["towers"]["text"]["variants"]]
     sizes = [None] + [int(b) for b in args.batch_sizes.split(",") if b]
-    for graphs in [g == "1" for g in args.graphs.split(",") if g]:
-        if graphs and not gpu:
+    if args.configs:
+        plan = parse_configs(args.configs)
+    else:  # the grid: variants x graphs x batch sizes; tokenization unpipelined once, for the first variant
+        variants = [v for v in args.variants.split(",") if v]
+        plan = [(v, graphs, flags, sizes) for graphs in [g == "1" for g in args.graphs.split(",") if g]
+                for v in variants for flags in (({""}, {"nopipe"}) if not graphs and v == variants[0] else ({""},))]
+    known = manifest["towers"]["text"]["variants"]
+    encoders: dict[tuple[str, bool], SentenceEncoder] = {}
+    for v, graphs, flags, batch_sizes in plan:
+        pipeline = "nopipe" not in flags
+        if v not in known or (graphs and not gpu):
+            out["skipped"].append(f"{v} graphs={graphs}: not available here")
             continue
-        for v in variants:
-            label = f"{v}{' + CUDA graphs' if graphs else ''}"
-            if over_budget(label):
-                continue
+        label = f"{v}{' + CUDA graphs' if graphs else ''}"
+        if over_budget(label):
+            continue
+        if (v, graphs) not in encoders:
             try:
-                enc = SentenceEncoder(args.folder, providers=args.provider, variant=v, cuda_graphs=graphs)
+                encoders[(v, graphs)] = SentenceEncoder(args.folder, providers=args.provider, variant=v,
+                                                        cuda_graphs=graphs)
             except Exception as exc:  # recorded, not hidden
                 out["st_runtime"].append({"system": label, "error": f"{type(exc).__name__}: {exc}"})
                 save()
                 continue
-            pipelines = (True, False) if gpu and not graphs and v == variants[0] else (True,)
-            for pipeline in pipelines:
-                enc._text.pipeline_chunk = enc._text.pipeline_chunk if pipeline else None
-                for bs in sizes:
-                    if over_budget(f"{label} batch {bs}"):
-                        break
-                    row = {"system": label, "variant": v, "cuda_graphs": graphs, "pipelined_tokenization": pipeline,
-                           "batch_size": bs, "workloads": {}}
-                    for w, texts in corpus.items():
-                        try:
-                            emb, ts, pct = timed(lambda x: enc.encode(x, batch_size=bs), texts, args.rounds, busy)
-                        except Exception as exc:
-                            row["workloads"][w] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
-                            continue
-                        rate = len(texts) / statistics.median(ts)
-                        cos = cosines(refs[w], emb)
-                        row["workloads"][w] = {
-                            "items_per_s": rate, "all_s": ts, "gpu_busy_pct": pct,
-                            "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-                            **{f"ratio_to_st_{n}_{which}": rate / r for n in st for which in ("default", "best")
-                               if (r := st_rate(n, w, which))}}
-                    out["st_runtime"].append(row)
-                    print(json.dumps({k: row[k] for k in ("system", "pipelined_tokenization", "batch_size")}),
-                          {w: round(r.get("items_per_s", 0)) for w, r in row["workloads"].items()}, flush=True)
-                    save()
-            if graphs:
-                out.setdefault("graphs_captured", {})[v] = {"graphs": enc._text.runner.graphs_taken,
-                                                            "uncaptured": enc._text.runner.uncaptured}
-            del enc
+        enc = encoders[(v, graphs)]
+        default_chunk = enc._text.pipeline_items(1)
+        enc._text.pipeline_chunk = (16384 if "bigchunk" in flags else default_chunk) if pipeline else None
+        switch = sys.getswitchinterval()
+        if "switch" in flags:
+            sys.setswitchinterval(1e-4)
+        for bs in batch_sizes:
+            if over_budget(f"{label} batch {bs}"):
+                break
+            row = {"system": label, "variant": v, "cuda_graphs": graphs, "pipelined_tokenization": pipeline,
+                   "tokenize_chunk": enc._text.pipeline_chunk, "gil_switch_interval_s": sys.getswitchinterval(),
+                   "batch_size": bs, "workloads": {}}
+            for w, texts in corpus.items():
+                try:
+                    emb, ts, pct = timed(lambda x: enc.encode(x, batch_size=bs), texts, args.rounds, busy)
+                except Exception as exc:
+                    row["workloads"][w] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+                    continue
+                rate = len(texts) / statistics.median(ts)
+                cos = cosines(refs[w], emb)
+                row["workloads"][w] = {
+                    "items_per_s": rate, "all_s": ts, "gpu_busy_pct": pct,
+                    "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+                    **{f"ratio_to_st_{n}_{which}": rate / r for n in st for which in ("default", "best")
+                       if (r := st_rate(n, w, which))}}
+            out["st_runtime"].append(row)
+            print(json.dumps({k: row[k] for k in ("system", "pipelined_tokenization", "tokenize_chunk",
+                                                  "gil_switch_interval_s", "batch_size")}),
+                  {w: round(r.get("items_per_s", 0)) for w, r in row["workloads"].items()}, flush=True)
+            save()
+        enc._text.pipeline_chunk = default_chunk
+        sys.setswitchinterval(switch)
+        if graphs:
+            out.setdefault("graphs_captured", {})[v] = {"graphs": enc._text.runner.graphs_taken,
+                                                        "uncaptured": enc._text.runner.uncaptured}
+    encoders.clear()
 
     # the graph alone on prebuilt feeds, for the fastest configuration on queries: the device-side ceiling
     best = max((r for r in out["st_runtime"] if "queries" in r.get("workloads", {})

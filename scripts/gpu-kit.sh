@@ -133,6 +133,7 @@ receive() {
 step() {  # step NAME SECONDS COMMAND...: runs with a time limit, logs, and goes on after a failure
   local name=$1 limit=$2
   shift 2
+  case " ${GPUKIT_SKIP:-} " in *" $name "*) echo "=== $name: skipped (GPUKIT_SKIP)"; return ;; esac
   echo "=== $name ($(date -u +%T), limit ${limit}s): $*"
   local t0=$SECONDS
   timeout -k 5 "$limit" "$@"
@@ -183,6 +184,12 @@ run() {
     mpnet_sweep_args=(--budget-s 70 --batch-sizes 256,1024,4096 --variants fp16 --st-batch-sizes 32,256
                       --queries 16384 --passages 2048)
   fi
+  # a follow-up run can measure other things: GPUKIT_MINILM_ARGS / GPUKIT_MPNET_ARGS replace the sweeps'
+  # arguments, GPUKIT_SKIP="tests ..." skips steps by name
+  # shellcheck disable=SC2206
+  [ -n "${GPUKIT_MINILM_ARGS:-}" ] && sweep_args=(${GPUKIT_MINILM_ARGS})
+  # shellcheck disable=SC2206
+  [ -n "${GPUKIT_MPNET_ARGS:-}" ] && mpnet_sweep_args=(${GPUKIT_MPNET_ARGS})
   export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
   export HF_HUB_CACHE="$KIT/hub"
   : > "$OUT/steps.txt"

@@ -28,6 +28,13 @@ logger = logging.getLogger(__name__)
 
 _INT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
+# GPU batches (batch_size=None): up to 1024 texts and 131,072 padded tokens. Measured on an H200 with
+# all-MiniLM-L6-v2 fp16 (benchmarks/results/gpu-h200-*.json): short queries ran fastest at 1024 per batch
+# (104k/s end to end against 58k/s at the earlier default of 128 and 83-86k/s at 2048-4096), and passages of
+# about 160 tokens were flat from 128 to 1024 per batch (15.5-16.1k/s) and slower at 2048 (12.1k/s).
+GPU_BATCH_SIZE = 1024
+GPU_BATCH_TOKENS = 131072
+
 
 def _describe(obj: Any) -> str:
     return type(obj).__name__
@@ -76,13 +83,16 @@ class _TextTower:
         # Tokens (items x padded width) per batch on the CPU, where long texts run faster in small batches
         # (measured on a 2-core EPYC: 200-token passages 39/s at 8 per batch, 31/s at 32). GPUs want big
         # batches: there only batch_size limits them.
-        self.max_batch_tokens: int | None = None if on_gpu else 2048
+        self.max_batch_tokens: int | None = GPU_BATCH_TOKENS if on_gpu else 2048
         # batch_size=None (the default): on the CPU only the token budget limits a batch (short queries run
         # faster 100+ to a batch than 32); on a GPU, 128 texts (not tuned on a GPU yet).
-        self.auto_batch_size = 128 if on_gpu else 1024
+        self.auto_batch_size = GPU_BATCH_SIZE if on_gpu else 1024
         # GPU: texts per tokenization chunk overlapped with the device work (at least 4 batches). None (the
         # CPU, whose cores run the graph): everything is tokenized first.
         self.pipeline_chunk: int | None = 4096 if on_gpu else None
+        # Single texts get all-zero token type ids from the usual templates ("[CLS]:0 $A:0 [SEP]:0"); then a
+        # batch without pairs skips reading them back per text (a third of the host work of a BERT batch).
+        self._single_types_zero = "token_type_ids" in self.inputs and not any(self.tokenizer.encode("a").type_ids)
         self.cuda_graphs = cuda_graphs
         use_binding = on_gpu or cuda_graphs if io_binding is None else io_binding  # io_binding=False: refused
         self.runner = (_BoundRunner(self.session, tower["output"], "cuda" if on_gpu else "cpu", graphs=cuda_graphs,
@@ -105,9 +115,10 @@ class _TextTower:
 
     def embed(self, items: list, batch_size: int | None, out: np.ndarray) -> None:
         batch_size = batch_size or self.auto_batch_size
+        zero_types = self._single_types_zero and not any(isinstance(it, tuple) for it in items)
         chunk = self.pipeline_items(batch_size)
         if chunk is None or len(items) <= chunk:
-            self._embed_encoded(self.tokenizer.encode_batch(items), batch_size, out)
+            self._embed_encoded(self.tokenizer.encode_batch(items), batch_size, out, zero_types)
             return
         # GPU: tokenize the next chunk of texts (Rust, on all cores, without the GIL) while the GPU runs this
         # one's batches, so tokenization overlaps the device work instead of preceding it.
@@ -117,7 +128,7 @@ class _TextTower:
                 encodings = nxt.result()
                 if start + chunk < len(items):
                     nxt = pool.submit(self.tokenizer.encode_batch, items[start + chunk:start + 2 * chunk])
-                self._embed_encoded(encodings, batch_size, out[start:start + len(encodings)])
+                self._embed_encoded(encodings, batch_size, out[start:start + len(encodings)], zero_types)
 
     def pipeline_items(self, batch_size: int) -> int | None:
         """Texts per tokenization chunk (None: tokenize everything first). Chunks of several batches keep
@@ -126,7 +137,7 @@ class _TextTower:
             return None
         return max(self.pipeline_chunk, 4 * batch_size)
 
-    def _embed_encoded(self, encodings: list, batch_size: int, out: np.ndarray) -> None:
+    def _embed_encoded(self, encodings: list, batch_size: int, out: np.ndarray, zero_types: bool = False) -> None:
         """Embed tokenized items into ``out`` (same order), in length-sorted batches."""
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
@@ -136,16 +147,17 @@ class _TextTower:
             batches = [(s, e, graph_width(w, self._max_seq_length)) for s, e, w in batches]
         if len(batches) == 1:
             start, end, width = batches[0]
-            out[order[start:end]] = self._run(self._feeds(encodings, lengths, order[start:end], width))
+            out[order[start:end]] = self._run(self._feeds(encodings, lengths, order[start:end], width, zero_types))
             return
         # Build the next batch's arrays while onnxruntime (which releases the GIL) runs this one.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            nxt = pool.submit(self._feeds, encodings, lengths, order[batches[0][0]:batches[0][1]], batches[0][2])
+            nxt = pool.submit(self._feeds, encodings, lengths, order[batches[0][0]:batches[0][1]], batches[0][2],
+                              zero_types)
             for k, (start, end, _width) in enumerate(batches):
                 feeds = nxt.result()
                 if k + 1 < len(batches):
                     s2, e2, w2 = batches[k + 1]
-                    nxt = pool.submit(self._feeds, encodings, lengths, order[s2:e2], w2)
+                    nxt = pool.submit(self._feeds, encodings, lengths, order[s2:e2], w2, zero_types)
                 out[order[start:end]] = self._run(feeds)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -165,9 +177,11 @@ class _TextTower:
         return np.concatenate([self._run({k: v[:half] for k, v in feeds.items()}),
                                self._run({k: v[half:] for k, v in feeds.items()})])
 
-    def _feeds(self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    def _feeds(self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int,
+               zero_types: bool = False) -> dict[str, np.ndarray]:
         """The padded [rows, width] int64 arrays of the items ``idx``; built with one pass over their token ids
-        (each row's tokens fill a prefix of it, so a boolean mask scatters the concatenation in place)."""
+        (each row's tokens fill a prefix of it, so a boolean mask scatters the concatenation in place).
+        ``zero_types``: the token type ids are known to be all zero (single texts), so not read back."""
         lens = lengths[idx]
         mask = np.arange(width) < lens[:, None]
         total = int(lens.sum())
@@ -177,8 +191,9 @@ class _TextTower:
         feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
         if "token_type_ids" in self.inputs:
             types = np.zeros((len(idx), width), dtype=np.int64)
-            types[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].type_ids for i in idx),
-                                      dtype=np.int64, count=total)
+            if not zero_types:
+                types[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].type_ids for i in idx),
+                                          dtype=np.int64, count=total)
             feeds["token_type_ids"] = types
         return {k: feeds[k] for k in self.inputs}
 
