@@ -404,7 +404,7 @@ def main(argv=None) -> int:
            "provider": args.provider, "threads": threads, "rounds": args.rounds, "batch_size": args.batch_size,
            "batch_size_meaning": ("every system" if args.batch_size else
                                   "null: each system's own default (sentence-transformers and its ONNX backend 32, "
-                                  "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch, 128 texts per GPU batch)"),
+                                  "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch, 1024 texts and 131072 tokens per GPU batch)"),
            "machine": machine(args.provider), "peers": peers, "models": []}
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
         corpus_file = Path(tmp) / "corpus.json"

@@ -23,6 +23,11 @@
 # GPU busy %, tokenizer rate, graph-only ceiling), the CUDA tests (tests/gpu), then the random-weight
 # all-mpnet-base-v2: export and a smaller sweep. Keep the JSON and PNG under benchmarks/results/ with the
 # card in the name (gpu-h200-minilm.json).
+#
+# Seen on the H200 (2026-11-28): a fresh machine starts in about 30 s, a receive call takes 1-4 s, the whole
+# run about 340 s (export 26 s, MiniLM sweep 136 s of which sentence-transformers at batch 32 takes half,
+# tests 23 s, mpnet 150 s). The sweeps stop starting new systems at --budget-s; GPUKIT_MINILM_ARGS with
+# --configs and --st-rounds measures a chosen few (benchmarks/gpu_sweep.py --help).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODEL=all-MiniLM-L6-v2
@@ -223,5 +228,5 @@ case "${1:-}" in
   pack) pack ;;
   receive) receive ;;
   run) run ;;
-  *) sed -n '2,27p' "$0"; exit 2 ;;
+  *) sed -n '2,32p' "$0"; exit 2 ;;
 esac

