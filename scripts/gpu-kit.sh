@@ -228,5 +228,5 @@ case "${1:-}" in
   pack) pack ;;
   receive) receive ;;
   run) run ;;
-  *) sed -n '2,32p' "$0"; exit 2 ;;
+  *) awk 'NR > 1 && /^#/ {print} /^set -uo/ {exit}' "$0"; exit 2 ;;
 esac
