@@ -230,8 +230,8 @@ def main(argv=None) -> int:
                 save()
                 continue
         enc = encoders[(v, graphs)]
-        default_chunk = enc._text.pipeline_items(1)
-        enc._text.pipeline_chunk = (16384 if "bigchunk" in flags else default_chunk) if pipeline else None
+        default_chunk = enc.text_tower.policy.pipeline_items(1)
+        enc.text_tower.policy.pipeline_chunk = (16384 if "bigchunk" in flags else default_chunk) if pipeline else None
         switch = sys.getswitchinterval()
         if "switch" in flags:
             sys.setswitchinterval(1e-4)
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
             if over_budget(f"{label} batch {bs}"):
                 break
             row = {"system": label, "variant": v, "cuda_graphs": graphs, "pipelined_tokenization": pipeline,
-                   "tokenize_chunk": enc._text.pipeline_chunk, "gil_switch_interval_s": sys.getswitchinterval(),
+                   "tokenize_chunk": enc.text_tower.policy.pipeline_chunk, "gil_switch_interval_s": sys.getswitchinterval(),
                    "batch_size": bs, "workloads": {}}
             for w, texts in corpus.items():
                 try:
@@ -259,11 +259,11 @@ def main(argv=None) -> int:
                                                   "gil_switch_interval_s", "batch_size")}),
                   {w: round(r.get("items_per_s", 0)) for w, r in row["workloads"].items()}, flush=True)
             save()
-        enc._text.pipeline_chunk = default_chunk
+        enc.text_tower.policy.pipeline_chunk = default_chunk
         sys.setswitchinterval(switch)
         if graphs:
-            out.setdefault("graphs_captured", {})[v] = {"graphs": enc._text.runner.graphs_taken,
-                                                        "uncaptured": enc._text.runner.uncaptured}
+            out.setdefault("graphs_captured", {})[v] = {"graphs": enc.text_tower.runner.graphs_taken,
+                                                        "uncaptured": enc.text_tower.runner.uncaptured}
     encoders.clear()
 
     # the graph alone on prebuilt feeds, for the fastest configuration on queries: the device-side ceiling
@@ -273,22 +273,17 @@ def main(argv=None) -> int:
     if best is not None and not over_budget("device-only", grace=20.0):  # cheap, and it says what limits
         enc = SentenceEncoder(args.folder, providers=args.provider, variant=best["variant"],
                               cuda_graphs=best["cuda_graphs"])
-        text = enc._text
+        text = enc.text_tower
         for w, texts in corpus.items():
-            bs = best["batch_size"] or text.auto_batch_size
+            bs = best["batch_size"] or text.policy.auto_batch_size
             t = time.perf_counter()
             encodings = text.tokenizer.encode_batch(texts)
             t_tok = time.perf_counter() - t
             lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
             order = np.argsort(-lengths, kind="stable")
-            from st_runtime.encoder import graph_width, plan_batches
-
-            batches = plan_batches(lengths[order], bs, text.pad_multiple, max_tokens=text.max_batch_tokens,
-                                   max_width=text._max_seq_length)
-            if text.cuda_graphs:
-                batches = [(s, e, graph_width(wd, text._max_seq_length)) for s, e, wd in batches]
+            batches = text.plan(lengths[order], bs, text.max_seq_length)
             t = time.perf_counter()
-            feeds = [text._feeds(encodings, lengths, order[s:e], wd) for s, e, wd in batches]
+            feeds = [text.feeds(encodings, lengths, order[s:e], wd) for s, e, wd in batches]
             t_feeds = time.perf_counter() - t
             for f in feeds:  # warm
                 text.runner(f)

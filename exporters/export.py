@@ -180,16 +180,14 @@ def _calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, A
 
     from .battery import CALIBRATION
 
-    text = SentenceEncoder(folder, variant="fp32")._text
-    from st_runtime.encoder import plan_batches
-
+    text = SentenceEncoder(folder, variant="fp32").text_tower
     encodings = text.tokenizer.encode_batch(CALIBRATION)
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
-    feeds = [text._feeds(encodings, lengths, np.array([i]), int(n)) for i, n in enumerate(lengths)]
+    feeds = [text.feeds(encodings, lengths, np.array([i]), int(n)) for i, n in enumerate(lengths)]
     order = np.argsort(-lengths, kind="stable")
-    for start, end, width in plan_batches(lengths[order], text.auto_batch_size, max_tokens=text.max_batch_tokens):
+    for start, end, width in text.plan(lengths[order], text.policy.auto_batch_size, text.max_seq_length):
         if end - start > 1:
-            feeds.append(text._feeds(encodings, lengths, order[start:end], width))
+            feeds.append(text.feeds(encodings, lengths, order[start:end], width))
     return [{k: f[k] for k in input_names} for f in feeds]
 
 

@@ -44,7 +44,7 @@ def test_text_pairs_match_sentence_transformers(zoo, arch, pooling):
 
 def test_pair_uses_token_type_ids_for_bert(zoo):
     enc = SentenceEncoder(zoo.export("bert", pooling="cls", normalize=False))
-    assert "token_type_ids" in enc._text.inputs
+    assert "token_type_ids" in enc.text_tower.inputs
     e = enc.tokenizer.encode("London", "London has inhabitants")
     assert set(e.type_ids) == {0, 1}
     ref_model = zoo.reference(zoo.model("bert", pooling="cls", normalize=False))
@@ -344,7 +344,7 @@ def test_bert_weights_with_xlm_r_tokenizer(zoo):
     src = zoo.model("bert", pooling="mean", tokenizer_arch="xlm-roberta")
     out = zoo.export("bert", pooling="mean", tokenizer_arch="xlm-roberta")
     enc = SentenceEncoder(out)
-    assert enc._text.inputs == ["input_ids", "attention_mask"]
+    assert enc.text_tower.inputs == ["input_ids", "attention_mask"]
     assert enc.tokenizer.encode("hello").tokens[0] == "<s>"
     ref_model = zoo.reference(src)
     assert_parity(ref_model.encode(TEXTS), enc.encode(TEXTS))

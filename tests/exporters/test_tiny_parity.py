@@ -48,14 +48,14 @@ def test_sequence_of_one_token(zoo, arch):
     src = zoo.model(arch, pooling="mean")
     enc = SentenceEncoder(zoo.export(arch, pooling="mean"))
     ref_model = zoo.reference(src)
-    session = enc._text.session
+    session = enc.text_tower.session
     cls_id = enc.tokenizer.encode("").ids[0]
     for ids in ([[cls_id]], [[cls_id, cls_id + 1]], [[cls_id], [cls_id]]):
         ids_np = np.asarray(ids, dtype=np.int64)
         feeds = {"input_ids": ids_np, "attention_mask": np.ones_like(ids_np), "token_type_ids": np.zeros_like(ids_np)}
         got = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
         with torch.no_grad():
-            feats = {k: torch.from_numpy(v) for k, v in feeds.items() if k in enc._text.inputs}
+            feats = {k: torch.from_numpy(v) for k, v in feeds.items() if k in enc.text_tower.inputs}
             ref = ref_model(feats)["sentence_embedding"].numpy()
         assert_parity(ref, got)
 

@@ -39,9 +39,9 @@ def test_fp16_is_built_validated_and_chosen_as_fastest_on_cuda(exported):
 def test_cuda_matches_sentence_transformers(zoo, exported, variant, gate):
     ref = zoo.reference(exported[0]).encode(MIXED)
     enc = SentenceEncoder(exported[1], providers="cuda", variant=variant)
-    assert enc._text.session.get_providers()[0] == "CUDAExecutionProvider"  # no silent CPU fallback
-    assert enc._text.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
-    assert type(enc._text.runner).__name__ == "_BoundRunner"
+    assert enc.text_tower.session.get_providers()[0] == "CUDAExecutionProvider"  # no silent CPU fallback
+    assert enc.text_tower.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
+    assert type(enc.text_tower.runner).__name__ == "BoundRunner"
     for bs in (None, 1, 3):
         assert_parity(ref, enc.encode(MIXED, batch_size=bs), gate)
     assert_parity(ref[:1], enc.encode(MIXED[:1]), gate)
@@ -58,4 +58,4 @@ def test_cuda_graphs_replay_gives_the_plain_results(exported, variant):
     np.testing.assert_allclose(first, want, atol=2e-3 if variant == "fp16" else 1e-5)
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(other[::-1], want, atol=2e-3 if variant == "fp16" else 1e-5)
-    assert graphs._text.runner.slots and graphs._text.runner.uncaptured == 0
+    assert graphs.text_tower.runner.slots and graphs.text_tower.runner.uncaptured == 0

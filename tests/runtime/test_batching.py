@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from helpers import TEXTS, assert_parity
 from st_runtime import SentenceEncoder
-from st_runtime.encoder import plan_batches
+from st_runtime.batching import plan_batches
 
 
 @settings(max_examples=200, deadline=None)
@@ -46,8 +46,8 @@ def test_io_binding_path_gives_same_result_and_reuses_buffers(tiny_bert, zoo):
     batch shape, and a later batch in the same buffers does not change an earlier batch's result."""
     ref = zoo.reference(tiny_bert[0]).encode(TEXTS)
     enc = SentenceEncoder(tiny_bert[1], io_binding=True)
-    runner = enc._text.runner
-    assert type(runner).__name__ == "_BoundRunner" and not runner.graphs
+    runner = enc.text_tower.runner
+    assert type(runner).__name__ == "BoundRunner" and not runner.graphs
     first = enc.encode(TEXTS[:2], batch_size=2)
     assert_parity(ref, enc.encode(TEXTS, batch_size=3))
     assert_parity(ref, enc.encode(TEXTS, batch_size=3))
@@ -60,15 +60,15 @@ def test_cuda_graph_runner_buckets_rows_and_caps_graphs(tiny_bert, zoo, monkeypa
     """The CUDA-graph mode of the runner on the CPU device (onnxruntime's CPU provider ignores the graph
     ids): rows are padded to powers of two and sliced back, each shape gets its own graph id, and past the
     cap batches run uncaptured, all with unchanged results."""
-    from st_runtime.encoder import _BoundRunner
+    from st_runtime.runners import BoundRunner
 
     ref = zoo.reference(tiny_bert[0]).encode(TEXTS)
     enc = SentenceEncoder(tiny_bert[1])
-    tower = enc._text
+    tower = enc.text_tower
     tower.cuda_graphs = True  # as SentenceEncoder(cuda_graphs=True) sets it on CUDA
-    tower.runner = _BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
+    tower.runner = BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
     assert_parity(ref, enc.encode(TEXTS, batch_size=3))
-    from st_runtime.encoder import graph_width
+    from st_runtime.batching import graph_width
 
     shapes = [dict((k, shape) for k, shape, _ in key)["input_ids"] for key in tower.runner.slots]
     rows = [r for r, _ in shapes]
@@ -76,9 +76,9 @@ def test_cuda_graph_runner_buckets_rows_and_caps_graphs(tiny_bert, zoo, monkeypa
     assert all(w == graph_width(w, enc.max_seq_length) for _, w in shapes)
     ids = [s.run_options.get_run_config_entry("gpu_graph_id") for s in tower.runner.slots.values()]
     assert ids == [str(i) for i in range(1, len(ids) + 1)]
-    monkeypatch.setattr(_BoundRunner, "MAX_GRAPHS", 1)
-    monkeypatch.setattr(_BoundRunner, "MAX_SLOTS", 2)
-    tower.runner = _BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
+    monkeypatch.setattr(BoundRunner, "MAX_GRAPHS", 1)
+    monkeypatch.setattr(BoundRunner, "MAX_SLOTS", 2)
+    tower.runner = BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
     assert_parity(ref, enc.encode(TEXTS, batch_size=1))
     runner = tower.runner
     ids = [s.graph_id for s in runner.slots.values()]
@@ -90,13 +90,13 @@ def test_cuda_graph_runner_buckets_rows_and_caps_graphs(tiny_bert, zoo, monkeypa
 def test_failed_cuda_graph_capture_warns_once_and_runs_uncaptured(tiny_bert, zoo):
     """A shape whose capture fails (a kernel onnxruntime cannot capture) is rerun without a graph, with
     one warning, and keeps running without one; a genuine error still raises."""
-    from st_runtime.encoder import _BoundRunner
+    from st_runtime.runners import BoundRunner
 
     ref = zoo.reference(tiny_bert[0]).encode(TEXTS)
     enc = SentenceEncoder(tiny_bert[1])
-    tower = enc._text
+    tower = enc.text_tower
     tower.cuda_graphs = True
-    tower.runner = runner = _BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
+    tower.runner = runner = BoundRunner(tower.session, tower.output, "cpu", graphs=True, dim=enc._dim)
     real = tower.session.run_with_iobinding
     calls = []
 
@@ -154,9 +154,9 @@ class _OOMOnBigBatches:
 def test_out_of_memory_on_gpu_halves_the_batch_and_warns_once(tiny_bert):
     enc = SentenceEncoder(tiny_bert[1])
     expected = enc.encode(TEXTS)
-    fake = _OOMOnBigBatches(enc._text.runner)
-    enc._text.runner = fake
-    enc._text.on_gpu = True  # as on CUDA
+    fake = _OOMOnBigBatches(enc.text_tower.runner)
+    enc.text_tower.runner = fake
+    enc.text_tower.on_gpu = True  # as on CUDA
     with pytest.warns(RuntimeWarning, match="ran out of memory") as record:
         got = enc.encode(TEXTS, batch_size=8)
     assert len([w for w in record if "ran out of memory" in str(w.message)]) == 1
@@ -166,7 +166,7 @@ def test_out_of_memory_on_gpu_halves_the_batch_and_warns_once(tiny_bert):
 
 def test_out_of_memory_on_cpu_is_not_hidden(tiny_bert):
     enc = SentenceEncoder(tiny_bert[1])
-    enc._text.runner = _OOMOnBigBatches(enc._text.runner)
+    enc.text_tower.runner = _OOMOnBigBatches(enc.text_tower.runner)
     with pytest.raises(RuntimeError, match="Failed to allocate"):
         enc.encode(TEXTS, batch_size=8)
 
@@ -186,18 +186,18 @@ def test_default_batch_size_is_a_token_budget_on_cpu(tiny_bert):
     enc = SentenceEncoder(tiny_bert[1])
     texts = [f"query number {i} about {TEXTS[i % len(TEXTS)][:30]}" for i in range(400)]
     explicit = enc.encode(texts, batch_size=32)
-    rec = _Recorder(enc._text.runner)
-    enc._text.runner = rec
+    rec = _Recorder(enc.text_tower.runner)
+    enc.text_tower.runner = rec
     np.testing.assert_allclose(enc.encode(texts), explicit, atol=2e-6)
     assert max(rows for rows, _ in rec.shapes) > 32
-    assert all(rows * width <= enc._text.max_batch_tokens for rows, width in rec.shapes)
+    assert all(rows * width <= enc.text_tower.policy.max_batch_tokens for rows, width in rec.shapes)
     rec.shapes.clear()
     enc.encode(texts, batch_size=32)
     assert max(rows for rows, _ in rec.shapes) == 32
 
 
 def test_graph_widths_are_few_and_stay_within_the_tokenizer_limit():
-    from st_runtime.encoder import graph_width
+    from st_runtime.batching import graph_width
 
     widths = [graph_width(w, 256) for w in range(1, 257)]
     assert all(w <= g <= 256 and g - w <= max(7, w // 8) for w, g in zip(range(1, 257), widths))
@@ -211,9 +211,9 @@ def test_capture_gate_runs_a_capture_alone_and_does_not_starve_it():
     import threading
     import time
 
-    from st_runtime.encoder import _CaptureGate
+    from st_runtime.runners import CaptureGate
 
-    gate = _CaptureGate()
+    gate = CaptureGate()
     active, log, lock = [], [], threading.Lock()
 
     def job(kind, seconds):
@@ -254,7 +254,7 @@ def test_pipelined_tokenization_gives_the_same_rows_in_order(tiny_bert, bs):
     texts = [TEXTS[(i * 7) % len(TEXTS)] * (1 + i % 3) for i in range(101)] + ["x", "word " * 600]
     expected = enc.encode(texts, batch_size=bs)
     tokenized = []
-    real = enc._text.tokenizer
+    real = enc.text_tower.tokenizer
 
     class Spy:
         def __getattr__(self, name):
@@ -266,10 +266,11 @@ def test_pipelined_tokenization_gives_the_same_rows_in_order(tiny_bert, bs):
 
         encode_batch_fast = encode_batch
 
-    enc._text.tokenizer = Spy()
-    enc._text.pipeline_chunk = 10  # chunks of max(10, 4 * batch size) texts
+    tower = enc.text_tower
+    tower.tokenizer_for = lambda max_len: Spy()
+    enc.text_tower.policy.pipeline_chunk = 10  # chunks of max(10, 4 * batch size) texts
     got = enc.encode(texts, batch_size=bs)
-    chunk = enc._text.pipeline_items(bs)
+    chunk = enc.text_tower.policy.pipeline_items(bs)
     assert chunk == max(10, 4 * bs) and len(tokenized) == -(-len(texts) // chunk) > 1
     assert sum(tokenized) == len(texts) and max(tokenized) == chunk
     np.testing.assert_allclose(got, expected, atol=2e-6)
@@ -282,7 +283,7 @@ def test_token_type_ids_of_pairs_and_of_templates_that_set_them_are_fed(tiny_ber
     import shutil
 
     enc = SentenceEncoder(tiny_bert[1])
-    assert enc._text._single_types_zero
+    assert enc.text_tower.single_types_zero
     pair = (TEXTS[3], TEXTS[4])
     mixed = enc.encode(TEXTS[:3] + [pair])
     np.testing.assert_allclose(mixed[:3], enc.encode(TEXTS[:3]), atol=2e-6)
@@ -293,5 +294,5 @@ def test_token_type_ids_of_pairs_and_of_templates_that_set_them_are_fed(tiny_ber
     head, sep, tail = tok.partition('"pair"')  # the single-text template comes first: same file size after
     (copy / "tokenizer.json").write_text(head.replace('"type_id": 0', '"type_id": 1') + sep + tail)
     ones = SentenceEncoder(copy, verify_checksums=False)
-    assert not ones._text._single_types_zero
+    assert not ones.text_tower.single_types_zero
     assert not np.allclose(ones.encode(TEXTS[:3]), mixed[:3], atol=1e-4)

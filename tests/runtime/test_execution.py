@@ -52,6 +52,45 @@ def test_threads_with_different_settings_do_not_leak_into_each_other(enc):
             np.testing.assert_array_equal(f.result(timeout=60), want[dim])
 
 
+def test_concurrent_calls_with_their_own_truncation_and_batch_size_get_the_sequential_results(enc):
+    """Truncation is per call: callers lowering max_seq_length for themselves, at different batch sizes,
+    never change each other's results, and the encoder's own setting changed meanwhile changes neither."""
+    jobs = [(_texts(seed, 30), bs, msl) for seed, (bs, msl) in
+            enumerate((bs, msl) for bs in (1, 7, None) for msl in (3, 9, None))]
+    sequential = [enc.encode(t, batch_size=bs, max_seq_length=msl) for t, bs, msl in jobs]
+    assert not np.allclose(enc.encode(jobs[0][0], max_seq_length=3), enc.encode(jobs[0][0]), atol=1e-4)
+    exported = enc.max_seq_length
+    barrier = threading.Barrier(len(jobs) + 1, timeout=30)
+
+    def work(i: int):
+        texts, bs, msl = jobs[i]
+        barrier.wait()
+        return [enc.encode(texts, batch_size=bs, max_seq_length=msl if msl is not None else exported)
+                for _ in range(3)]
+
+    def toggle():  # another thread lowers and restores the encoder's own limit throughout
+        barrier.wait()
+        for k in range(50):
+            enc.max_seq_length = 2 if k % 2 == 0 else exported
+        enc.max_seq_length = exported
+
+    with ThreadPoolExecutor(max_workers=len(jobs) + 1) as pool:
+        futures = [pool.submit(work, i) for i in range(len(jobs))]
+        pool.submit(toggle).result(timeout=120)
+        results = [f.result(timeout=120) for f in futures]
+    for i, runs in enumerate(results):
+        for got in runs:
+            np.testing.assert_array_equal(got, sequential[i])
+    assert enc.max_seq_length == exported
+
+
+def test_max_seq_length_per_call_is_validated(enc):
+    with pytest.raises(ValueError, match="can only be lowered"):
+        enc.encode("x", max_seq_length=enc.max_seq_length + 1)
+    with pytest.raises(ValueError, match="positive integer"):
+        enc.encode("x", max_seq_length=0)
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:

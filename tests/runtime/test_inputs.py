@@ -122,7 +122,7 @@ class _ShapeRecorder:
 @pytest.fixture
 def recording_enc(tiny_bert):
     e = SentenceEncoder(tiny_bert[1])
-    e._text.runner.session = _ShapeRecorder(e._text.session)
+    e.text_tower.runner.session = _ShapeRecorder(e.text_tower.session)
     return e
 
 
@@ -143,7 +143,7 @@ def test_million_character_text(recording_enc, ref, kind):
     print(f"{kind}: {elapsed:.3f}s")
     assert elapsed < 15, f"{elapsed:.1f}s for one {len(text)}-character text"
     # Truncated at max_seq_length: no batch wider than that was ever built.
-    assert max(s[1] for s in recording_enc._text.runner.session.shapes) <= recording_enc.max_seq_length
+    assert max(s[1] for s in recording_enc.text_tower.runner.session.shapes) <= recording_enc.max_seq_length
     # ... and the result is the embedding of the kept part of the text.
     kept = _kept_prefix(recording_enc, repair_surrogates(text))
     assert len(kept) < 10_000 or kind == "one_huge_word"  # one word of 1e6 chars is one [UNK] token
@@ -185,7 +185,7 @@ def test_ten_thousand_mixed_length_texts_in_one_call(recording_enc, ref):
     print(f"10,000 mixed texts ({sum(map(len, texts))} characters): {elapsed:.2f}s")
     assert got.shape == (10_000, recording_enc.get_sentence_embedding_dimension())
     assert elapsed < 60, f"{elapsed:.1f}s for 10,000 texts"
-    shapes = recording_enc._text.runner.session.shapes
+    shapes = recording_enc.text_tower.runner.session.shapes
     assert max(s[1] for s in shapes) <= recording_enc.max_seq_length
     assert sum(s[0] for s in shapes) == 10_000 and max(s[0] for s in shapes) <= 64
     sample = sorted(rng.sample(range(10_000), 150)) + [17, 5000, 9999]

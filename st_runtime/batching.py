@@ -1,0 +1,117 @@
+"""Batch policy and batch building: how many texts go into one graph run, how wide it is padded, and the
+padded int64 arrays fed to the graph (the exporter's int8 calibration builds its feeds with the same code)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+# GPU batches (batch_size=None): up to 1024 texts and 131,072 padded tokens. Measured on an H200 with
+# all-MiniLM-L6-v2 fp16 (benchmarks/results/gpu-h200-*.json): short queries ran fastest at 1024 per batch
+# (104k/s end to end against 58k/s at the earlier default of 128 and 83-86k/s at 2048-4096), and passages of
+# about 160 tokens were flat from 128 to 1024 per batch (15.5-16.1k/s) and slower at 2048 (12.1k/s).
+GPU_BATCH_SIZE = 1024
+GPU_BATCH_TOKENS = 131072
+# CPU batches: up to 2048 tokens (items x padded width), where long texts run faster in small batches
+# (measured on a 2-core EPYC: 200-token passages 39/s at 8 per batch, 31/s at 32); short queries then go
+# 100+ to a batch, faster than 32.
+CPU_BATCH_SIZE = 1024
+CPU_BATCH_TOKENS = 2048
+# GPU: texts tokenized per chunk while the device runs the previous chunk (+20% on short queries, H200)
+GPU_TOKENIZE_CHUNK = 4096
+
+
+@dataclass
+class BatchPolicy:
+    """How a tower cuts its inputs into batches on its device.
+
+    ``auto_batch_size``: texts per batch when the caller passes ``batch_size=None``; ``max_batch_tokens``:
+    the cap on items x padded width (an explicit batch size is capped by it too); ``pad_multiple``: widths
+    are rounded up to it (GPUs like multiples of 8; on the CPU padding is waste); ``pipeline_chunk``:
+    texts tokenized per chunk while the previous chunk runs (None: everything is tokenized first, as on the
+    CPU, whose cores run the graph)."""
+
+    auto_batch_size: int
+    max_batch_tokens: int | None
+    pad_multiple: int
+    pipeline_chunk: int | None
+
+    @classmethod
+    def for_device(cls, on_gpu: bool) -> BatchPolicy:
+        if on_gpu:
+            return cls(GPU_BATCH_SIZE, GPU_BATCH_TOKENS, 8, GPU_TOKENIZE_CHUNK)
+        return cls(CPU_BATCH_SIZE, CPU_BATCH_TOKENS, 1, None)
+
+    def pipeline_items(self, batch_size: int) -> int | None:
+        """Texts per tokenization chunk (None: tokenize everything first). Chunks of at least four batches
+        keep length sorting effective within each chunk."""
+        if self.pipeline_chunk is None:
+            return None
+        return max(self.pipeline_chunk, 4 * batch_size)
+
+
+def plan_batches(sorted_lengths: np.ndarray, batch_size: int, pad_multiple: int = 1,
+                 split_ratio: float = 0.5, max_tokens: int | None = None,
+                 max_width: int | None = None) -> list[tuple[int, int, int]]:
+    """Split items sorted by decreasing token length into (start, end, padded width) batches.
+
+    A batch holds at most ``batch_size`` items, and a new batch starts when the next item is shorter
+    than ``split_ratio`` of the batch's width, so no batch spends most of its compute on padding
+    (and int8 graphs, whose activation ranges are per batch, never mix a 3-token query with a
+    256-token passage). Widths are rounded up to ``pad_multiple``, but not past ``max_width`` (the
+    tokenizer's limit: a model's position table can end there, as CLIP's 77). ``max_tokens`` also caps
+    items x padded width per batch (long texts run faster in smaller batches: their activations stay
+    in cache).
+    """
+    out: list[tuple[int, int, int]] = []
+    n = len(sorted_lengths)
+    start = 0
+    while start < n:
+        width = max(int(sorted_lengths[start]), 1)
+        floor = width * split_ratio
+        padded = -(-width // pad_multiple) * pad_multiple
+        if max_width is not None:
+            padded = min(padded, max(width, max_width))
+        end = start + 1
+        limit = min(n, start + batch_size)
+        if max_tokens is not None:
+            limit = min(limit, start + max(1, max_tokens // padded))
+        while end < limit and sorted_lengths[end] >= floor:
+            end += 1
+        out.append((start, end, padded))
+        start = end
+    return out
+
+
+def graph_width(width: int, limit: int | None) -> int:
+    """Padded width of a batch under CUDA graphs: a multiple of 8 below 128 tokens (as without graphs), then
+    of an eighth of the power of two below the width (padding at most an eighth of the width), so a few
+    dozen widths cover any length; never past ``limit`` (the longest the tokenizer emits: position tables
+    can end there, as CLIP's 77)."""
+    step = max(8, 1 << max(0, width.bit_length() - 4))
+    padded = -(-width // step) * step
+    return padded if limit is None else min(padded, max(width, limit))
+
+
+def build_feeds(encodings, lengths: np.ndarray, idx: np.ndarray, width: int, inputs: list[str], pad_id: int,
+                zero_types: bool = False) -> dict[str, np.ndarray]:
+    """The padded [rows, width] int64 arrays of the tokenized items ``idx`` for the graph's ``inputs``; built
+    with one pass over their token ids (each row's tokens fill a prefix of it, so a boolean mask scatters the
+    concatenation in place). ``zero_types``: the token type ids are known to be all zero (single texts), so
+    they are not read back per item."""
+    lens = lengths[idx]
+    mask = np.arange(width) < lens[:, None]
+    total = int(lens.sum())
+    ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+    ids[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].ids for i in idx), dtype=np.int64,
+                            count=total)
+    feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+    if "token_type_ids" in inputs:
+        types = np.zeros((len(idx), width), dtype=np.int64)
+        if not zero_types:
+            types[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].type_ids for i in idx),
+                                      dtype=np.int64, count=total)
+        feeds["token_type_ids"] = types
+    return {k: feeds[k] for k in inputs}
