@@ -173,8 +173,8 @@ def main(argv=None) -> int:
                 continue
             for w in st_workloads:
                 texts = corpus[w]
-                emb, ts, pct = timed(lambda x: model.encode(x, batch_size=bs), texts, args.st_rounds or args.rounds,
-                                     busy)
+                emb, ts, pct = timed(lambda x, m=model, b=bs: m.encode(x, batch_size=b), texts,
+                                     args.st_rounds or args.rounds, busy)
                 cos = cosines(refs[w], emb)
                 out["sentence_transformers"].setdefault(name, {}).setdefault(w, {})[str(bs)] = {
                     "items_per_s": len(texts) / statistics.median(ts), "all_s": ts, "gpu_busy_pct": pct,
@@ -239,11 +239,12 @@ def main(argv=None) -> int:
             if over_budget(f"{label} batch {bs}"):
                 break
             row = {"system": label, "variant": v, "cuda_graphs": graphs, "pipelined_tokenization": pipeline,
-                   "tokenize_chunk": enc.text_tower.policy.pipeline_chunk, "gil_switch_interval_s": sys.getswitchinterval(),
+                   "tokenize_chunk": enc.text_tower.policy.pipeline_chunk,
+                   "gil_switch_interval_s": sys.getswitchinterval(),
                    "batch_size": bs, "workloads": {}}
             for w, texts in corpus.items():
                 try:
-                    emb, ts, pct = timed(lambda x: enc.encode(x, batch_size=bs), texts, args.rounds, busy)
+                    emb, ts, pct = timed(lambda x, e=enc, b=bs: e.encode(x, batch_size=b), texts, args.rounds, busy)
                 except Exception as exc:
                     row["workloads"][w] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
                     continue

@@ -124,7 +124,7 @@ class PeerWorker:
                 pass
             self._log.close()
 
-    def __enter__(self) -> "PeerWorker":
+    def __enter__(self) -> PeerWorker:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -108,7 +108,8 @@ def ensure_exports(source: str, revision: str | None, cache: Path, provider_kwar
     if stamp.is_file():
         try:
             have = json.loads(stamp.read_text())
-            complete = all((cache / f).is_file() for f in have["files"].values()) and set(have["files"]) == set(ST_SYSTEMS)
+            complete = (all((cache / f).is_file() for f in have["files"].values())
+                        and set(have["files"]) == set(ST_SYSTEMS))
         except (ValueError, KeyError, AttributeError, TypeError):
             have, complete = {}, False
         if complete and {k: have.get(k) for k in want} == want:
@@ -244,7 +245,7 @@ class Worker:
                                                           "session_options": session_options()})
                 max_seq_length = model.max_seq_length
                 bs = {} if self.batch_size is None else {"batch_size": self.batch_size}
-                self.systems[key] = (lambda m: (lambda texts: m.encode(texts, **bs)))(model)
+                self.systems[key] = (lambda m, kw: (lambda texts: m.encode(texts, **kw)))(model, bs)
                 loaded[key] = {"label": label, "file": str(cache / file), "max_seq_length": model.max_seq_length,
                                "export_seconds": info["export_seconds"].get(key)}
             except Exception as e:  # reported as skipped, with the reason

@@ -182,7 +182,7 @@ def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads:
     for key, info in loaded["systems"].items():
         systems[info["label"]] = (key, _peer(worker, key, tmp, peers["timeout"]))
         report["systems"][info["label"]] = info
-    for key, info in loaded["skipped"].items():
+    for _key, info in loaded["skipped"].items():
         report["skipped"][info["label"]] = info["reason"]
         print(f"peers: {info['label']} skipped: {info['reason']}", flush=True)
     return worker, systems, report
@@ -404,7 +404,8 @@ def main(argv=None) -> int:
            "provider": args.provider, "threads": threads, "rounds": args.rounds, "batch_size": args.batch_size,
            "batch_size_meaning": ("every system" if args.batch_size else
                                   "null: each system's own default (sentence-transformers and its ONNX backend 32, "
-                                  "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch, 1024 texts and 131072 tokens per GPU batch)"),
+                                  "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch, 1024 texts and "
+                                  "131072 tokens per GPU batch)"),
            "machine": machine(args.provider), "peers": peers, "models": []}
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
         corpus_file = Path(tmp) / "corpus.json"

@@ -1,6 +1,6 @@
 """st-export: turn a sentence-transformers model into self-contained ONNX graphs for st_runtime."""
 
-from .errors import ExportError, UnsupportedModelError, ValidationFailedError, ModelNotFoundError
+from .errors import ExportError, ModelNotFoundError, UnsupportedModelError, ValidationFailedError
 from .export import export_model
 
 __all__ = ["export_model", "ExportError", "UnsupportedModelError", "ValidationFailedError", "ModelNotFoundError"]

@@ -151,7 +151,7 @@ def image_battery() -> list[tuple[str, object]]:
 
     rng = np.random.RandomState(1234)
 
-    def scene(w: int, h: int, seed: int) -> "Image.Image":
+    def scene(w: int, h: int, seed: int) -> Image.Image:
         r = np.random.RandomState(seed)
         y, x = np.mgrid[0:h, 0:w]
         base = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)),

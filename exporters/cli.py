@@ -7,6 +7,15 @@ import sys
 
 from .errors import ExportError
 
+# the modules of the [export] extra, which a runtime-only install lacks
+EXPORT_STACK = ("torch", "transformers", "sentence_transformers", "onnx", "huggingface_hub")
+
+
+def missing_export_stack() -> list[str]:
+    import importlib.util
+
+    return [m for m in EXPORT_STACK if importlib.util.find_spec(m) is None]
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -31,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = missing_export_stack()
+    if missing:  # `pip install .` alone has the runtime, not the exporter's stack
+        print(f"st-export: error: the exporter needs {', '.join(missing)}, which this environment lacks. Install "
+              "PyTorch first (the CPU build is enough: pip install torch --index-url "
+              "https://download.pytorch.org/whl/cpu), then the export extra: pip install \"st-runtime[export]\".",
+              file=sys.stderr)
+        return 2
     from .export import DEFAULT_OPSET, export_model
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))

@@ -1,55 +1,34 @@
-"""st-export's pipeline: resolve, load, trace one graph, write tokenizer + manifest, validate, place."""
+"""st-export as a pipeline of named steps: resolve, inspect, load, trace towers, write manifest, validate,
+build variants, time, place. Each step reads and extends one ExportRun; per-variant knowledge lives in the
+variant plans (variants.PLANS), per-architecture knowledge in the family registry (specs.py)."""
 
 from __future__ import annotations
 
-import ctypes
 import datetime as _dt
-import errno
-import importlib.metadata as _md
+import gc
 import os
 import shutil
-import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from st_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, dump_manifest, file_record
 
+from .artifacts import cleanup_stale, externalize, place, variant_entry, versions
 from .errors import ExportError, ValidationFailedError
 from .resolve import ResolvedModel, resolve
-from .st_model import describe, inspect_folder
+from .st_model import ModelDescription, describe, inspect_folder
 from .validate import validate
-from .variants import PLANS, build_fp16, build_int8, build_opt
+from .variants import PLANS, BuildContext
 
 DEFAULT_OPSET = 17
-# Graphs at or above this size are written with ONNX external data (protobuf's limit is 2 GiB).
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def default_variants() -> list[str]:
-    """Every variant this machine can validate: fp16 needs CUDA (onnxruntime's CPU provider
-    computes fp16 graphs in fp32, so a CPU check would not exercise fp16 arithmetic)."""
-    import onnxruntime as ort
-
-    names = ["fp32", "opt", "int8"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        names.append("fp16")
-    return names
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            out[dist] = _md.version(dist)
-        except _md.PackageNotFoundError:
-            out[dist] = "not installed"
-    from st_runtime import __version__
-
-    out["st-runtime"] = __version__
-    return out
+    """Every variant this machine can validate (fp16 only where CUDA is there to validate it)."""
+    return [name for name, plan in PLANS.items() if plan.unavailable_reason() is None]
 
 
 def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | None):
@@ -64,43 +43,49 @@ def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | Non
     return model.eval()
 
 
-def _externalize(path: Path, model=None) -> Path:
-    """Re-save a graph with its weights in ``<file>.data`` next to it (ONNX external data)."""
-    import onnx
-
-    model = model if model is not None else onnx.load(str(path))
-    data = path.with_name(path.name + ".data")
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-    return data
-
-
-def _write_tokenizer(st_model, path: Path) -> dict[str, Any]:
-    from tokenizers import Tokenizer
-
-    hf_tok = st_model[0].tokenizer
-    if hf_tok is None or not hasattr(hf_tok, "backend_tokenizer"):
-        raise ExportError("the model's tokenizer has no fast (Rust) version, which st_runtime needs.")
-    tok = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
-    tok.no_padding()
-    tok.no_truncation()  # the runtime sets truncation from the manifest
-    tok.save(str(path))
-    return {
-        "file": path.name,
-        "max_seq_length": st_model.max_seq_length,
-        "do_lower_case": bool(getattr(st_model[0], "do_lower_case", False)),
-        "truncation_side": hf_tok.truncation_side,
-        "pad_token_id": hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0,
-        "model_input_names": list(hf_tok.model_input_names),
-    }
+def _as_users_load_it(st_model, spec, path: Path, trust_remote_code: bool, log: Callable[[str], None]):
+    """The reference: the model with the attention implementation a plain load picks (sdpa where the model
+    supports it). The traced model was loaded with the family's tracing implementation (eager); switching the
+    loaded model over saves loading the weights a second time. Where transformers cannot switch it, load
+    it again."""
+    if spec.attn_implementation is None:
+        return st_model
+    auto = getattr(st_model[0], "auto_model", None)
+    target = "sdpa" if getattr(auto, "_supports_sdpa", False) else "eager"
+    try:
+        if auto is None:
+            raise AttributeError("no auto_model")
+        auto.set_attn_implementation(target)
+        if auto.config._attn_implementation != target:
+            raise ValueError(f"still {auto.config._attn_implementation!r}")
+        return st_model
+    except Exception as exc:  # noqa: BLE001 - any failure: the reference is loaded as users load it
+        log(f"note: could not switch the loaded model to {target} attention ({type(exc).__name__}: {exc}); "
+            "loading it again as the reference")
+        return _load_st(path, trust_remote_code, None)
 
 
-def _variant_entry(name: str, file: str, info: dict[str, Any]) -> dict[str, Any]:
-    plan = PLANS[name]
-    info = dict(info)
-    return {"file": file, "precision": plan.precision, "status": "pending", "providers": list(plan.providers),
-            "rank": plan.rank, "exact": plan.exact, "external_data": bool(info.pop("external_data", False)),
-            "build": info}
+@dataclass
+class ExportRun:
+    """The state the steps share: the request, then what each step adds."""
+
+    name_or_path: str
+    output: Path | None
+    revision: str | None
+    trust_remote_code: bool
+    opset: int
+    external_data: bool | None
+    wanted: list[str]
+    log: Callable[[str], None]
+    resolved: ResolvedModel | None = None
+    model_type: str = ""
+    modules_json: list[dict[str, Any]] = field(default_factory=list)
+    spec: Any = None
+    st_model: Any = None
+    desc: ModelDescription | None = None
+    tmp: Path | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    rejected: dict[str, Any] = field(default_factory=dict)
 
 
 def _validate_variant(manifest: dict[str, Any], folder: Path, tower: str, name: str, reference, source: str,
@@ -172,90 +157,146 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
         log("CPU timing (items/s): " + ", ".join(f"{n} {len(texts) / t:.0f}" for n, t in timed.items()))
 
 
-def _calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, Any]]:
-    """Calibration inputs exactly as the runtime builds them: every text alone, and the whole set through
-    the runtime's own length-sorted batching (int8 activation ranges are per batch, so batch company
-    matters as much as the text)."""
-    from st_runtime import SentenceEncoder
-
-    from .battery import CALIBRATION
-
-    text = SentenceEncoder(folder, variant="fp32").text_tower
-    encodings = text.tokenizer.encode_batch(CALIBRATION)
-    lengths = np.array([len(e) for e in encodings], dtype=np.int64)
-    feeds = [text.feeds(encodings, lengths, np.array([i]), int(n)) for i, n in enumerate(lengths)]
-    order = np.argsort(-lengths, kind="stable")
-    for start, end, width in text.plan(lengths[order], text.policy.auto_batch_size, text.max_seq_length):
-        if end - start > 1:
-            feeds.append(text.feeds(encodings, lengths, order[start:end], width))
-    return [{k: f[k] for k in input_names} for f in feeds]
+def _resolve(run: ExportRun) -> None:
+    unknown = [v for v in run.wanted if v not in PLANS]
+    if unknown:
+        raise ExportError(f"unknown variant(s) {unknown}; choose from {sorted(PLANS)}.")
+    for name in run.wanted:
+        reason = PLANS[name].unavailable_reason()
+        if reason:
+            raise ExportError(reason)
+    run.resolved = resolve(run.name_or_path, revision=run.revision, log=run.log)
+    output = run.output if run.output is not None else Path("exported_models") / run.resolved.name
+    run.output = output.resolve()
+    if run.output.exists() and (not run.output.is_dir() or (any(run.output.iterdir())
+                                                            and not (run.output / MANIFEST_NAME).is_file())):
+        raise ExportError(f"{run.output} exists and is not an st-export folder; refusing to replace it. "
+                          "Choose another -o/--output.")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+def _inspect(run: ExportRun) -> None:
+    from .specs import spec_for
+
+    run.model_type, run.modules_json = inspect_folder(run.resolved.local_path, run.trust_remote_code)
+    run.spec = spec_for(run.model_type)
 
 
-def _cleanup_stale(parent: Path, name: str) -> None:
-    """Remove what exports of ``name`` killed mid-way left behind: ``.NAME.partial-PID`` folders of dead
-    processes, and ``.NAME.old-PID`` folders (a previous export moved aside by the two-rename fallback of
-    :func:`_place`), which are moved back into place when the output is missing and removed otherwise."""
-    for kind in ("old", "partial"):
-        for d in sorted(parent.glob(f".{name}.{kind}-*")):
-            pid = d.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or _pid_alive(int(pid)):
-                continue  # another export of the same model is running
-            if kind == "old" and not (parent / name).exists():
-                os.rename(d, parent / name)
-            else:
-                shutil.rmtree(d)
+def _load(run: ExportRun) -> None:
+    resolved = run.resolved
+    run.log(f"Loading {resolved.source} ({run.model_type}, origin: {resolved.origin})")
+    run.st_model = _load_st(resolved.local_path, run.trust_remote_code, run.spec.attn_implementation)
+    run.desc = describe(run.st_model, run.model_type, run.modules_json)
+    run.output.parent.mkdir(parents=True, exist_ok=True)
+    cleanup_stale(run.output.parent, run.output.name)
+    run.tmp = run.output.parent / f".{run.output.name}.partial-{os.getpid()}"
+    if run.tmp.exists():
+        shutil.rmtree(run.tmp)
+    run.tmp.mkdir()
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE). False where the platform or
-    file system does not support it."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(a), None, str(b))
+def _trace(run: ExportRun) -> None:
+    from .towers import build_towers
+
+    towers = build_towers(run.st_model, run.desc, run.tmp, run.opset, run.external_data, run.log)
+    st_model, resolved, desc = run.st_model, run.resolved, run.desc
+    run.manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": resolved.name,
+        "source": {"model": resolved.source, "revision": resolved.revision, "origin": resolved.origin,
+                   "modules": run.modules_json},
+        "architecture": {"model_type": run.model_type, "family": run.spec.family},
+        "towers": towers,
+        "embedding": {
+            "dimension": int(st_model.get_embedding_dimension()),
+            "pooling": desc.pooling,
+            "dense": desc.dense,
+            "normalized": desc.normalized,
+            "similarity_fn_name": st_model.similarity_fn_name or "cosine",
+        },
+        "prompts": dict(st_model.prompts or {}),
+        "default_prompt_name": st_model.default_prompt_name,
+        "files": {},
+        "export": {
+            "exporter": "torch.onnx.export",
+            "dynamo": False,
+            "opset": run.opset,
+            "attn_implementation": run.spec.attn_implementation,
+            "versions": versions(),
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        },
+    }
 
 
-def _place(tmp: Path, output: Path) -> None:
-    """Move the finished export into place; the previous export stays intact until then.
+def _write_manifest(run: ExportRun) -> None:
+    files = sorted(p.name for p in run.tmp.iterdir() if p.is_file() and p.name != MANIFEST_NAME)
+    run.manifest["files"] = {f: file_record(run.tmp / f) for f in files}
+    dump_manifest(run.manifest, run.tmp)
 
-    On Linux the previous export and the new one are swapped in one atomic step, so a kill at any moment
-    leaves ``output`` holding either the complete previous export or the complete new one (the swapped-out
-    folder, now named like the temporary one, is removed here or by the next export). Elsewhere two
-    renames are used; a kill between them leaves the previous export in ``.NAME.old-PID``, which the next
-    export of the same output moves back first."""
-    if output.exists():
-        if _exchange(tmp, output):
-            shutil.rmtree(tmp)
-            return
-        old = output.parent / f".{output.name}.old-{os.getpid()}"
-        os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, output)
+
+def _validate(run: ExportRun) -> None:
+    run.st_model = _as_users_load_it(run.st_model, run.spec, run.resolved.local_path, run.trust_remote_code,
+                                     run.log)
+    for tname in run.manifest["towers"]:
+        _validate_variant(run.manifest, run.tmp, tname, "fp32", run.st_model, run.resolved.source, run.log)
+
+
+def _build_variants(run: ExportRun) -> None:
+    manifest, tmp = run.manifest, run.tmp
+    hf_config = getattr(getattr(run.st_model[0], "auto_model", None), "config", None)
+    for tname, tower in manifest["towers"].items():
+        if tower["modality"] != "text":
+            continue
+        fp32_path = tmp / tower["variants"]["fp32"]["file"]
+        used_external = tower["variants"]["fp32"]["external_data"]
+        ctx = BuildContext(tmp, tname, tower, fp32_path, hf_config, run.spec, run.log)
+        for name in [v for v in run.wanted if v != "fp32" and v in run.spec.variants]:
+            path = tmp / f"{fp32_path.stem}_{name}.onnx"
+            run.log(f"Building {name} variant of the {tname} tower")
+            try:
+                info = PLANS[name].build(ctx, path)
+            except Exception as exc:  # an optional variant that cannot be built is reported, not fatal
+                error = f"{type(exc).__name__}: {exc}"
+                run.log(f"{tname} {name}: could not be built ({error[:300]}); it is left out.")
+                run.rejected[name] = {"status": "failed", "error": error,
+                                      "validation": {"summary": f"build failed: {error[:300]}"}}
+                for f in (path, path.with_name(path.name + ".data")):
+                    if f.exists():
+                        f.unlink()
+                continue
+            written = [path]
+            if used_external:
+                written.append(externalize(path))
+                info["external_data"] = True
+            for f in written:
+                manifest["files"][f.name] = file_record(f)
+            tower["variants"][name] = variant_entry(name, path.name, info)
+            dump_manifest(manifest, tmp)
+            if not _validate_variant(manifest, tmp, tname, name, run.st_model, run.resolved.source, run.log,
+                                     required=False):
+                run.rejected[name] = tower["variants"].pop(name)
+                for f in written:
+                    del manifest["files"][f.name]
+                    f.unlink()
+    manifest["export"]["rejected_variants"] = run.rejected
+    run.st_model = None  # the reference is not needed past validation: free it before timing
+    gc.collect()
+
+
+def _time(run: ExportRun) -> None:
+    _time_variants_on_cpu(run.manifest, run.tmp, run.log)
+    dump_manifest(run.manifest, run.tmp)
+
+
+def _place_output(run: ExportRun) -> None:
+    place(run.tmp, run.output)
+
+
+# The steps in order; each takes the run and adds to it.
+STEPS: tuple[tuple[str, Callable[[ExportRun], None]], ...] = (
+    ("resolve", _resolve), ("inspect", _inspect), ("load", _load), ("trace towers", _trace),
+    ("write manifest", _write_manifest), ("validate", _validate), ("build variants", _build_variants),
+    ("time", _time), ("place", _place_output),
+)
 
 
 def export_model(name_or_path: str, output: str | os.PathLike | None = None, revision: str | None = None,
@@ -267,133 +308,14 @@ def export_model(name_or_path: str, output: str | os.PathLike | None = None, rev
     any of "opt", "int8", "fp16"; default :func:`default_variants`.
     """
     wanted = list(dict.fromkeys(["fp32"] + list(variants if variants is not None else default_variants())))
-    unknown = [v for v in wanted if v not in PLANS]
-    if unknown:
-        raise ExportError(f"unknown variant(s) {unknown}; choose from {sorted(PLANS)}.")
-    if "fp16" in wanted:
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ExportError("the fp16 variant can only be validated on CUDA, and this onnxruntime offers "
-                              f"{ort.get_available_providers()}. Export on a machine with onnxruntime-gpu and a GPU, "
-                              "or leave fp16 out.")
-    resolved: ResolvedModel = resolve(name_or_path, revision=revision, log=log)
-    output = Path(output) if output is not None else Path("exported_models") / resolved.name
-    output = output.resolve()
-    if output.exists() and (not output.is_dir() or (any(output.iterdir())
-                                                    and not (output / MANIFEST_NAME).is_file())):
-        raise ExportError(f"{output} exists and is not an st-export folder; refusing to replace it. "
-                          "Choose another -o/--output.")
-    model_type, modules_json = inspect_folder(resolved.local_path, trust_remote_code)
-    from .specs import spec_for
-
-    spec = spec_for(model_type)
-    log(f"Loading {resolved.source} ({model_type}, origin: {resolved.origin})")
-    st_export = _load_st(resolved.local_path, trust_remote_code, spec.attn_implementation)
-    desc = describe(st_export, model_type, modules_json)
-    reference = _load_st(resolved.local_path, trust_remote_code, None)
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _cleanup_stale(output.parent, output.name)
-    tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    run = ExportRun(name_or_path, Path(output) if output is not None else None, revision, trust_remote_code, opset,
+                    external_data, wanted, log)
     try:
-        from .towers import build_towers
-
-        towers = build_towers(st_export, desc, tmp, opset, external_data, log)
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "name": resolved.name,
-            "source": {"model": resolved.source, "revision": resolved.revision, "origin": resolved.origin,
-                       "modules": modules_json},
-            "architecture": {"model_type": model_type, "family": spec.family},
-            "towers": towers,
-            "embedding": {
-                "dimension": int(st_export.get_embedding_dimension()),
-                "pooling": desc.pooling,
-                "dense": desc.dense,
-                "normalized": desc.normalized,
-                "similarity_fn_name": st_export.similarity_fn_name or "cosine",
-            },
-            "prompts": dict(st_export.prompts or {}),
-            "default_prompt_name": st_export.default_prompt_name,
-            "files": {f: file_record(tmp / f) for f in files},
-            "export": {
-                "exporter": "torch.onnx.export",
-                "dynamo": False,
-                "opset": opset,
-                "attn_implementation": spec.attn_implementation,
-                "versions": _versions(),
-                "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            },
-        }
-        dump_manifest(manifest, tmp)
-
-        rejected: dict[str, Any] = {}
-        for tname, tower in manifest["towers"].items():
-            _validate_variant(manifest, tmp, tname, "fp32", reference, resolved.source, log)
-        for tname, tower in manifest["towers"].items():
-            if tower["modality"] != "text":
-                continue
-            fp32_path = tmp / tower["variants"]["fp32"]["file"]
-            used_external = tower["variants"]["fp32"]["external_data"]
-            for name in [v for v in wanted[1:] if v in spec.variants]:
-                plan = PLANS[name]
-                path = tmp / f"{fp32_path.stem}_{name}.onnx"
-                opt_path = tmp / f"{fp32_path.stem}_opt.onnx"
-                log(f"Building {name} variant of the {tname} tower")
-                try:
-                    if name == "opt":
-                        hf_config = st_export[0].auto_model.config
-                        info = build_opt(fp32_path, path, spec.ort_optimizer_type, hf_config.num_attention_heads,
-                                         hf_config.hidden_size, spec.attention_fusion)
-                        fused = info["fused_operators"]
-                        if not fused["Attention"] + fused["MultiHeadAttention"]:
-                            import onnxruntime as ort
-
-                            log(f"warning: onnxruntime {ort.__version__}'s optimizer fused no attention in "
-                                f"the {tname} tower's opt graph ({fused}); the graph is exact but its attention "
-                                "runs unfused. A newer onnxruntime may fuse it (1.30 fused none in BERT exports "
-                                "of transformers 5.17, 1.31 does): `pip install -U onnxruntime`, export again.")
-                    elif name == "int8":
-                        info = build_int8(fp32_path, path,
-                                          _calibration_feeds(tmp, tower["inputs"]), "sentence_embedding",
-                                          target_min=plan.min_cosine + 0.003,
-                                          target_mean=plan.mean_cosine + 0.002, workdir=tmp, log=log)
-                    else:
-                        info = build_fp16(opt_path if "opt" in tower["variants"] else fp32_path, path)
-                except Exception as exc:  # an optional variant that cannot be built is reported, not fatal
-                    error = f"{type(exc).__name__}: {exc}"
-                    log(f"{tname} {name}: could not be built ({error[:300]}); it is left out.")
-                    rejected[name] = {"status": "failed", "error": error,
-                                      "validation": {"summary": f"build failed: {error[:300]}"}}
-                    for f in (path, path.with_name(path.name + ".data")):
-                        if f.exists():
-                            f.unlink()
-                    continue
-                written = [path]
-                if used_external:
-                    written.append(_externalize(path))
-                    info["external_data"] = True
-                for f in written:
-                    manifest["files"][f.name] = file_record(f)
-                tower["variants"][name] = _variant_entry(name, path.name, info)
-                dump_manifest(manifest, tmp)
-                if not _validate_variant(manifest, tmp, tname, name, reference, resolved.source, log,
-                                         required=False):
-                    rejected[name] = tower["variants"].pop(name)
-                    for f in written:
-                        del manifest["files"][f.name]
-                        f.unlink()
-        manifest["export"]["rejected_variants"] = rejected
-        _time_variants_on_cpu(manifest, tmp, log)
-        dump_manifest(manifest, tmp)
-        _place(tmp, output)
+        for _name, step in STEPS:
+            step(run)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if run.tmp is not None:
+            shutil.rmtree(run.tmp, ignore_errors=True)
         raise
-    log(f"Wrote {output}")
-    return output
+    log(f"Wrote {run.output}")
+    return run.output

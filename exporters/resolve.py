@@ -48,8 +48,12 @@ def resolve(name_or_path: str, revision: str | None = None, log=print) -> Resolv
     repo_id = hub_id_for(name_or_path)
     short = repo_id.split("/", 1)[1]
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         local = Path(snapshot_download(repo_id, revision=revision))

@@ -7,9 +7,9 @@ branches on architecture names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 from .errors import UnsupportedModelError
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .artifacts import EXTERNAL_DATA_THRESHOLD, externalize, variant_entry, write_tokenizer
 from .errors import ExportError, UnsupportedModelError
-from .export import EXTERNAL_DATA_THRESHOLD, _externalize, _variant_entry, _write_tokenizer
 from .specs import TextEncoderSpec, TowerSpec
 
 _TRACE_TEXTS = ["a short text", "a noticeably longer text so that the batch needs padding"]
@@ -160,7 +161,7 @@ def trace_tower(st_model, tower: TowerSpec, input_names: list[str], path: Path, 
         for f in path.parent.iterdir():  # torch may already have spilled weights next to the graph
             if f != path and f.is_file() and f.name not in before:
                 f.unlink()
-        _externalize(path, model)
+        externalize(path, model)
     return use_external
 
 
@@ -175,7 +176,7 @@ def build_towers(st_model, desc, folder: Path, opset: int, external_data: bool |
             if spec.tokenizer_kind == "whitespace":
                 info = _write_whitespace_tokenizer(st_model[0], folder / "whitespace_tokenizer.json")
             else:
-                info = {"kind": "hf", **_write_tokenizer(st_model, folder / "tokenizer.json")}
+                info = {"kind": "hf", **write_tokenizer(st_model, folder / "tokenizer.json")}
                 if info["max_seq_length"] is not None and info["max_seq_length"] >= 2 ** 31:
                     info["max_seq_length"] = None  # "unlimited" (tokenizer without model_max_length): no truncation
             info["pairs"] = spec.text_pairs
@@ -190,7 +191,7 @@ def build_towers(st_model, desc, folder: Path, opset: int, external_data: bool |
         log(f"Tracing {tower.graph_file} ({tower.name} tower, inputs {input_names}, opset {opset})")
         used_external = trace_tower(st_model, tower, input_names, folder / tower.graph_file, opset, external_data)
         entry["inputs"] = input_names
-        entry["variants"] = {"fp32": _variant_entry("fp32", tower.graph_file, {"external_data": used_external})}
+        entry["variants"] = {"fp32": variant_entry("fp32", tower.graph_file, {"external_data": used_external})}
         towers[tower.name] = entry
     return towers
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +28,10 @@ TRT = "TensorrtExecutionProvider"
 
 @dataclass(frozen=True)
 class VariantPlan:
-    """How a variant is gated and chosen. ``exact``: within fp32 accuracy, so the runtime may pick it
-    by default; approximate variants (int8, fp16) are chosen only when asked for."""
+    """One graph variant: how it is built, gated and chosen. ``exact``: within fp32 accuracy, so the runtime
+    may pick it by default; approximate variants (int8, fp16) are chosen only when asked for. ``builder``
+    makes the graph from a BuildContext (None: the traced fp32 graph itself). ``validate_on``: the provider
+    its gate runs on (fp16 needs CUDA: onnxruntime's CPU provider computes fp16 graphs in fp32)."""
 
     name: str
     precision: str
@@ -37,14 +40,44 @@ class VariantPlan:
     min_cosine: float
     mean_cosine: float | None = None
     exact: bool = True
+    builder: Callable[[BuildContext, Path], dict[str, Any]] | None = None
+    validate_on: str = "cpu"
+
+    def build(self, ctx: BuildContext, dst: Path) -> dict[str, Any]:
+        if self.builder is None:
+            raise ValueError(f"variant {self.name!r} is traced, not built")
+        return self.builder(ctx, dst)
+
+    def unavailable_reason(self) -> str | None:
+        """Why this machine cannot validate the variant (None: it can)."""
+        if self.validate_on != "cuda":
+            return None
+        import onnxruntime as ort
+
+        if CUDA in ort.get_available_providers():
+            return None
+        return (f"the {self.name} variant can only be validated on CUDA, and this onnxruntime offers "
+                f"{ort.get_available_providers()}. Export on a machine with onnxruntime-gpu and a GPU, or leave "
+                f"{self.name} out.")
 
 
-PLANS = {
-    "fp32": VariantPlan("fp32", "fp32", (CPU, CUDA, TRT), rank=100, min_cosine=0.99999),
-    "opt": VariantPlan("opt", "fp32", (CPU, CUDA, TRT), rank=50, min_cosine=0.99999),
-    "int8": VariantPlan("int8", "int8", (CPU,), rank=10, min_cosine=0.99, mean_cosine=0.995, exact=False),
-    "fp16": VariantPlan("fp16", "fp16", (CUDA, TRT), rank=10, min_cosine=0.999, exact=False),
-}
+@dataclass
+class BuildContext:
+    """What a variant builder may use: the export's working folder, the tower's manifest entry (with the
+    variants built so far), its fp32 graph, the transformer's config, the family spec, and the log."""
+
+    folder: Path
+    tower_name: str
+    tower: dict[str, Any]
+    fp32_path: Path
+    hf_config: Any
+    spec: Any
+    log: Callable[[str], None]
+
+    def variant_path(self, name: str) -> Path | None:
+        """The graph of an already-built variant of this tower, if any."""
+        entry = self.tower["variants"].get(name)
+        return self.folder / entry["file"] if entry else None
 
 
 def fused_operator_counts(model) -> dict[str, int]:
@@ -503,3 +536,59 @@ def _unique_node_names(graph) -> None:
             name, k = f"{node.name}_{k}", k + 1
         node.name = name
         seen.add(name)
+
+
+# ----------------------------------------------------------------------------- plans
+def calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+    """int8 calibration inputs exactly as the runtime builds them: every text alone, and the whole set
+    through the runtime's own length-sorted batching (int8 activation ranges are per batch, so batch
+    company matters as much as the text)."""
+    from st_runtime import SentenceEncoder
+
+    from .battery import CALIBRATION
+
+    text = SentenceEncoder(folder, variant="fp32").text_tower
+    encodings = text.tokenizer.encode_batch(CALIBRATION)
+    lengths = np.array([len(e) for e in encodings], dtype=np.int64)
+    feeds = [text.feeds(encodings, lengths, np.array([i]), int(n)) for i, n in enumerate(lengths)]
+    order = np.argsort(-lengths, kind="stable")
+    for start, end, width in text.plan(lengths[order], text.policy.auto_batch_size, text.max_seq_length):
+        if end - start > 1:
+            feeds.append(text.feeds(encodings, lengths, order[start:end], width))
+    return [{k: f[k] for k in input_names} for f in feeds]
+
+
+def _build_opt_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
+    info = build_opt(ctx.fp32_path, dst, ctx.spec.ort_optimizer_type, ctx.hf_config.num_attention_heads,
+                     ctx.hf_config.hidden_size, ctx.spec.attention_fusion)
+    fused = info["fused_operators"]
+    if not fused["Attention"] + fused["MultiHeadAttention"]:
+        import onnxruntime as ort
+
+        ctx.log(f"warning: onnxruntime {ort.__version__}'s optimizer fused no attention in the {ctx.tower_name} "
+                f"tower's opt graph ({fused}); the graph is exact but its attention runs unfused. A newer "
+                "onnxruntime may fuse it (1.30 fused none in BERT exports of transformers 5.17, 1.31 does): "
+                "`pip install -U onnxruntime`, export again.")
+    return info
+
+
+def _build_int8_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
+    plan = PLANS["int8"]
+    return build_int8(ctx.fp32_path, dst, calibration_feeds(ctx.folder, ctx.tower["inputs"]), "sentence_embedding",
+                      target_min=plan.min_cosine + 0.003, target_mean=plan.mean_cosine + 0.002,
+                      workdir=ctx.folder, log=ctx.log)
+
+
+def _build_fp16_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
+    """From the fused graph when it was built (fp16 Attention kernels), else from the fp32 graph."""
+    return build_fp16(ctx.variant_path("opt") or ctx.fp32_path, dst)
+
+
+PLANS = {
+    "fp32": VariantPlan("fp32", "fp32", (CPU, CUDA, TRT), rank=100, min_cosine=0.99999),
+    "opt": VariantPlan("opt", "fp32", (CPU, CUDA, TRT), rank=50, min_cosine=0.99999, builder=_build_opt_variant),
+    "int8": VariantPlan("int8", "int8", (CPU,), rank=10, min_cosine=0.99, mean_cosine=0.995, exact=False,
+                        builder=_build_int8_variant),
+    "fp16": VariantPlan("fp16", "fp16", (CUDA, TRT), rank=10, min_cosine=0.999, exact=False,
+                        builder=_build_fp16_variant, validate_on="cuda"),
+}

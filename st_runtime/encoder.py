@@ -7,8 +7,9 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort

@@ -17,9 +17,10 @@ import base64
 import io
 import os
 import sys
+from collections.abc import Iterable
 from math import ceil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

@@ -82,8 +82,8 @@ class LongTextCutter:
         if len(text) <= bound:
             return text
         last = None
-        for last in self.pattern.finditer(text, bound // 2, bound):
-            pass
+        for match in self.pattern.finditer(text, bound // 2, bound):
+            last = match
         if last is None:
             return text
         prefix = text[:last.start()]

@@ -1,10 +1,10 @@
 """The on-disk contract between st-export and st_runtime.
 
-An exported folder holds ``manifest.json`` plus the files it lists. The manifest is a
-plain JSON object; ``FORMAT_VERSION`` is bumped whenever a reader of an older version
-would misread it. The exporter builds the manifest with :func:`file_record` and writes
-it with :func:`dump_manifest`; the runtime reads it with :func:`load_manifest` and
-checks the files with :func:`verify_files`.
+An exported folder holds ``manifest.json`` plus the files it lists. The manifest is a JSON object whose
+schema (every key, at every depth) lives in :mod:`st_runtime.schema`; ``FORMAT_VERSION`` is bumped whenever
+a reader of an older version would misread it. The exporter builds the manifest with :func:`file_record`
+and writes it with :func:`dump_manifest`; the runtime reads it with :func:`load_manifest` and checks the
+files with :func:`verify_files`. Both sides check the schema.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .errors import (
     ManifestVersionError,
     ModelFolderError,
 )
+from .schema import SchemaError, check_manifest
 
 # 1: one text tower with a Hugging Face tokenizer.
 # 2: towers other than text (CLIP's "image" with its "preprocessor"), tokenizer "kind" ("hf" or "whitespace")
@@ -29,28 +30,6 @@ from .errors import (
 #    parsed as tokenizer.json), so it must refuse them. Version-1 manifests read as before.
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-
-# Keys every manifest must have, with the type each must be.
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "format_version": int,
-    "name": str,
-    "towers": dict,
-    "embedding": dict,
-    "files": dict,
-}
-_REQUIRED_TOWER: dict[str, type | tuple[type, ...]] = {
-    "modality": str,
-    "inputs": list,
-    "output": str,
-    "variants": dict,
-}
-_REQUIRED_VARIANT: dict[str, type | tuple[type, ...]] = {
-    "file": str,
-    "status": str,
-    "providers": list,
-    "rank": int,
-}
-
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -66,25 +45,23 @@ def file_record(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def dump_manifest(manifest: dict[str, Any], folder: str | os.PathLike) -> Path:
-    """Write ``manifest.json`` into ``folder`` (through a temporary file and a rename)."""
+    """Write ``manifest.json`` into ``folder`` (through a temporary file and a rename), after checking it
+    against the schema: a manifest the runtime would refuse is never written."""
     path = Path(folder) / MANIFEST_NAME
+    try:
+        check_manifest(manifest)
+    except SchemaError as exc:
+        raise ValueError(f"st-export built a manifest that does not fit the schema ({exc}); this is a bug in "
+                         "st-export, please report it.") from exc
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
-def _check_keys(obj: Any, required: dict[str, Any], where: str, path: Path) -> None:
-    if not isinstance(obj, dict):
-        raise ManifestError(f"{path}: {where} must be a JSON object, found {type(obj).__name__}. "
-                            "Re-export the model with `st-export`.")
-    for key, typ in required.items():
-        if key not in obj:
-            raise ManifestError(f"{path}: {where} has no '{key}' entry. The folder was not written by "
-                                "st-export or was edited by hand; re-export the model with `st-export`.")
-        if not isinstance(obj[key], typ):
-            raise ManifestError(f"{path}: {where}['{key}'] should be of type {typ}, found "
-                                f"{type(obj[key]).__name__}. Re-export the model with `st-export`.")
+def _schema_error(path: Path, exc: SchemaError) -> ManifestError:
+    return ManifestError(f"{path}: {exc} The folder was not written by this st-export or was edited by hand; "
+                         "re-export the model with `st-export`.")
 
 
 def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
@@ -117,18 +94,11 @@ def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
             f"to {FORMAT_VERSION}. Upgrade st-runtime (`pip install -U st-runtime`) or export the model "
             "with the st-export that matches this runtime."
         )
-    _check_keys(manifest, _REQUIRED, "the manifest", path)
-    if not manifest["towers"]:
-        raise ManifestError(f"{path} lists no towers. Re-export the model with `st-export`.")
-    for tname, tower in manifest["towers"].items():
-        _check_keys(tower, _REQUIRED_TOWER, f"towers['{tname}']", path)
-        for vname, variant in tower["variants"].items():
-            _check_keys(variant, _REQUIRED_VARIANT, f"towers['{tname}'].variants['{vname}']", path)
-            if variant["file"] not in manifest["files"]:
-                raise ManifestError(f"{path}: variant '{vname}' uses {variant['file']!r}, which is not listed "
-                                    "under 'files'. Re-export the model with `st-export`.")
-    for fname, rec in manifest["files"].items():
-        _check_keys(rec, {"size": int, "sha256": str}, f"files['{fname}']", path)
+    try:
+        check_manifest(manifest)
+    except SchemaError as exc:
+        raise _schema_error(path, exc) from None
+    for fname in manifest["files"]:
         if Path(fname).is_absolute() or ".." in Path(fname).parts:
             raise ManifestError(f"{path}: file entry {fname!r} points outside the model folder, which an "
                                 "st-export manifest never does; the manifest was edited or forged. Re-export the "

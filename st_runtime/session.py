@@ -12,6 +12,7 @@ from .errors import GraphLoadError
 from .graph_meta import graph_load_error
 from .providers import check_session_providers
 
+
 def with_cuda_graphs(providers: list) -> list:
     """The provider list with onnxruntime's CUDA-graph option set on its (first) CUDA provider."""
     first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
@@ -38,7 +39,8 @@ def make_session(path: Path, providers, fallback_allowed: bool, threads: int,
     except Exception as exc:  # onnxruntime raises its own untyped errors; re-raise with a fix
         if cuda_graphs and re.search(r"cannot use the (graph capture|cuda graph) feature", str(exc), re.I):
             raise GraphLoadError(f"onnxruntime cannot capture {path.name} as a CUDA graph: {exc}. Run it "
-                                 "without cuda_graphs=True (CUDA graphs need every node on the CUDA provider).") from exc
+                                 "without cuda_graphs=True (CUDA graphs need every node on the CUDA provider)."
+                                 ) from exc
         raise graph_load_error(path, exc, ort.__version__) from exc
     check_session_providers(session, providers, fallback_allowed, path.name)
     return session

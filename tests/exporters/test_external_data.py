@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import TEXTS, assert_parity
 
 from st_runtime import SentenceEncoder
@@ -54,7 +53,8 @@ def test_loads_and_matches_sentence_transformers_and_inline_export(zoo, external
 
 def test_loads_from_another_working_directory(external, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the .data file is found next to the graph, not relative to the CWD
-    assert SentenceEncoder(external).encode("x").shape == (SentenceEncoder(external).get_sentence_embedding_dimension(),)
+    enc = SentenceEncoder(external)
+    assert enc.encode("x").shape == (enc.get_sentence_embedding_dimension(),)
 
 
 def _truncate(p):

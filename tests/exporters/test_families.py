@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import TEXTS, assert_parity
 
 from st_runtime import SentenceEncoder
@@ -107,8 +106,9 @@ def test_glove_lower_case_truncation_and_custom_stop_words(zoo_families):
 
 
 def test_glove_legacy_hub_layout(zoo_families, tmp_path):
-    from exporters import export_model
     from tiny_models import glove_to_legacy_layout
+
+    from exporters import export_model
 
     src, out = zoo_families.glove()
     legacy = glove_to_legacy_layout(src, tmp_path / "legacy")
@@ -133,10 +133,10 @@ def test_word_embeddings_with_a_transformers_tokenizer_is_refused(zoo_families, 
     says so."""
     import numpy as np_
     from sentence_transformers import SentenceTransformer, models
+    from tiny_models import minilm_dir
     from transformers import BertTokenizerFast
 
     from exporters import errors, export_model
-    from tiny_models import minilm_dir
 
     hf_tok = BertTokenizerFast.from_pretrained(str(minilm_dir()))
     emb = models.WordEmbeddings(hf_tok, np_.zeros((len(hf_tok), 4), dtype=np_.float32))
@@ -249,8 +249,9 @@ def test_clip_bad_image_inputs_are_typed(zoo_families):
 
 def test_clip_legacy_hub_layout(zoo_families, tmp_path):
     """clip-ViT-* on the hub: the legacy sentence_transformers.models.CLIPModel module in 0_CLIPModel/."""
-    from exporters import export_model
     from tiny_models import CAPTIONS, clip_to_legacy_layout
+
+    from exporters import export_model
 
     src, out = zoo_families.clip()
     legacy = clip_to_legacy_layout(src, tmp_path / "legacy")

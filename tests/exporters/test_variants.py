@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import pytest
-
 from helpers import TEXTS, assert_parity, fastest_timed
 
 from exporters import errors, export, variants
@@ -112,7 +111,6 @@ def test_fp16_repeated_casts_of_one_tensor_are_merged():
     """A converter that casts one tensor twice under one name (onnxruntime 1.31, found on the first GPU run)
     leaves one Cast; distinct nodes that merely share a name are renamed, unnamed ones stay unnamed."""
     import numpy as np
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -137,7 +135,7 @@ def test_variant_that_cannot_be_built_is_reported_and_left_out(zoo, tmp_path, mo
     def broken(*_a, **_k):
         raise RuntimeError("quantizer exploded")
 
-    monkeypatch.setattr(export, "build_int8", broken)
+    monkeypatch.setattr(variants, "build_int8", broken)
     said = []
     out = export.export_model(str(zoo.model("bert")), output=tmp_path / "o", variants=["opt", "int8"],
                               log=said.append)
@@ -160,7 +158,7 @@ def test_int8_graph_rewrites_are_exact_before_quantization(zoo):
 
     out = zoo.export("bert")
     model = onnx.load(str(out / "model.onnx"))
-    feeds = export._calibration_feeds(out, [i.name for i in model.graph.input])[-3:]
+    feeds = variants.calibration_feeds(out, [i.name for i in model.graph.input])[-3:]
     merged = copy.deepcopy(model)
     assert variants.merge_sibling_matmuls(merged) == 2  # one query/key/value group per layer
     assert sum(n.op_type == "Split" for n in merged.graph.node) == 2

@@ -1,6 +1,6 @@
 """The CUDA path on a real GPU: fp16 validated at export, no silent CPU fallback, IO binding and CUDA graphs
 giving the same embeddings as plain runs. Skipped where onnxruntime has no CUDA provider (CI, CPU machines);
-scripts/gpu-kit.sh runs them on a GPU machine."""
+dev/gpu-kit.sh runs them on a GPU machine."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from helpers import TEXTS, assert_parity
+
 from st_runtime import SentenceEncoder
 
 if hasattr(ort, "preload_dlls"):

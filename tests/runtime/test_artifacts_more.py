@@ -16,8 +16,14 @@ import numpy as np
 import pytest
 
 from st_runtime import SentenceEncoder
-from st_runtime.errors import (ArtifactCorruptError, ArtifactMissingError, GraphLoadError, ManifestError,
-                               ManifestVersionError, OpsetTooNewError)
+from st_runtime.errors import (
+    ArtifactCorruptError,
+    ArtifactMissingError,
+    GraphLoadError,
+    ManifestError,
+    ManifestVersionError,
+    OpsetTooNewError,
+)
 from st_runtime.graph_meta import read_opset_imports
 from st_runtime.manifest import FORMAT_VERSION, file_record, load_manifest, verify_files
 
@@ -226,12 +232,12 @@ def test_next_export_removes_leftovers_of_killed_exports(zoo, tiny_bert, previou
 
 
 def test_previous_export_moved_aside_by_a_killed_export_is_restored(tiny_bert, tmp_path):
-    from exporters.export import _cleanup_stale
+    from exporters.artifacts import cleanup_stale
 
     old = tmp_path / f".tiny.old-{_dead_pid()}"
     shutil.copytree(tiny_bert[1], old)
     live = tmp_path / f".tiny.partial-{os.getpid()}"  # our own: must not be touched
     live.mkdir()
-    _cleanup_stale(tmp_path, "tiny")
+    cleanup_stale(tmp_path, "tiny")
     assert (tmp_path / "tiny" / "manifest.json").is_file() and not old.exists() and live.exists()
     SentenceEncoder(tmp_path / "tiny")

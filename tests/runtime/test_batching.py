@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import TEXTS, assert_parity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import TEXTS, assert_parity
 from st_runtime import SentenceEncoder
 from st_runtime.batching import plan_batches
 

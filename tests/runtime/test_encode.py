@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import TEXTS, assert_parity
 
 import st_runtime

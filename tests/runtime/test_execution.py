@@ -103,7 +103,7 @@ def _rss_mb() -> float:
 def test_resident_memory_stays_flat_over_many_batches(enc):
     chunk = _texts(5, 1500)
     samples = []
-    for round_ in range(12):
+    for _round in range(12):
         enc.encode(chunk, batch_size=32)
         gc.collect()
         samples.append(_rss_mb())

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import assert_parity
 
 from st_runtime import SentenceEncoder
@@ -174,7 +173,7 @@ def test_ten_thousand_mixed_length_texts_in_one_call(recording_enc, ref):
     rng = random.Random(0)
     words = "the quick brown fox jumps over a lazy dog 東京 😀 naïve".split()
     texts = []
-    for i in range(10_000):
+    for _ in range(10_000):
         n = rng.choice([0, 1, 3, 10, 40, 100, 400])
         texts.append(" ".join(rng.choice(words) for _ in range(n)))
     for i in (17, 5000, 9999):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from st_runtime import SentenceEncoder  # noqa: E402
 from st_runtime.inputs import LongTextCutter  # noqa: E402

@@ -3,11 +3,11 @@
 # session that is lent a GPU machine (the `device` tool: at most 64 MiB travel per call, nothing can be
 # downloaded there, 15 minutes of device time in all, machine start and transfers included).
 #
-#   here:   bash scripts/gpu-kit.sh pack        # .gpukit/part-1..N: one xz bundle, split to fit the transfers
-#   there:  calls 1..N-1  bash scripts/gpu-kit.sh receive   carry [".gpukit/part-K"]
-#           call N        bash scripts/gpu-kit.sh run       carry [".gpukit/part-N", ".gpukit/bundle.sha256"]
+#   here:   bash dev/gpu-kit.sh pack        # .gpukit/part-1..N: one xz bundle, split to fit the transfers
+#   there:  calls 1..N-1  bash dev/gpu-kit.sh receive   carry [".gpukit/part-K"]
+#           call N        bash dev/gpu-kit.sh run       carry [".gpukit/part-N", ".gpukit/bundle.sha256"]
 #   (pack in the session's own checkout: the device tool sends that one, not a helper's worktree)
-#   dry run of `run` on this CPU machine, after pack:  GPUKIT_DRY=1 OUT=/tmp/gpukit-out bash scripts/gpu-kit.sh run
+#   dry run of `run` on this CPU machine, after pack:  GPUKIT_DRY=1 OUT=/tmp/gpukit-out bash dev/gpu-kit.sh run
 #
 # The bundle (about 150 MB, 3 transfers where the old kit took 6):
 #   ort/   onnxruntime-gpu unpacked, without its TensorRT provider (the machine has no TensorRT) and with the
@@ -120,9 +120,9 @@ pack() {
   ls -la .gpukit
   echo "working tree that travels: $tree bytes. Make these $n device calls back to back (one warm machine):"
   for k in $(seq 1 $((n - 1))); do
-    echo "  run command='bash scripts/gpu-kit.sh receive' carry=[\".gpukit/part-$k\"] timeout_s=60"
+    echo "  run command='bash dev/gpu-kit.sh receive' carry=[\".gpukit/part-$k\"] timeout_s=60"
   done
-  echo "  run command='bash scripts/gpu-kit.sh run' carry=[\".gpukit/part-$n\", \".gpukit/bundle.sha256\"] timeout_s=600"
+  echo "  run command='bash dev/gpu-kit.sh run' carry=[\".gpukit/part-$n\", \".gpukit/bundle.sha256\"] timeout_s=600"
   echo "then give_back. Results (JSON, PNG, logs) come back from \$OUT."
 }
 
