@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .export import DEFAULT_OPSET, export_model
 
+    if args.quiet:  # no progress bars either (transformers' weight loading, the hub's downloads)
+        import huggingface_hub.utils
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     try:
         export_model(args.model, output=args.output, revision=args.revision,

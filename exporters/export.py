@@ -86,6 +86,7 @@ class ExportRun:
     tmp: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, Any] = field(default_factory=dict)
+    capped_at: int | None = None
 
 
 def _validate_variant(manifest: dict[str, Any], folder: Path, tower: str, name: str, reference, source: str,
@@ -186,6 +187,9 @@ def _load(run: ExportRun) -> None:
     run.log(f"Loading {resolved.source} ({run.model_type}, origin: {resolved.origin})")
     run.st_model = _load_st(resolved.local_path, run.trust_remote_code, run.spec.attn_implementation)
     run.desc = describe(run.st_model, run.model_type, run.modules_json)
+    if run.spec.patcher is not None:
+        run.spec.patcher(run.st_model)
+    _cap_unlimited_length(run)
     run.output.parent.mkdir(parents=True, exist_ok=True)
     cleanup_stale(run.output.parent, run.output.name)
     run.tmp = run.output.parent / f".{run.output.name}.partial-{os.getpid()}"
@@ -194,10 +198,33 @@ def _load(run: ExportRun) -> None:
     run.tmp.mkdir()
 
 
+def _cap_unlimited_length(run: ExportRun) -> None:
+    """A tokenizer that declares no length limit (no model_max_length) would let texts run past the model's
+    position table, where sentence-transformers itself fails. Cap max_seq_length at the table's size, for the
+    export and for the reference it is validated against, and record that in the manifest."""
+    current = run.st_model.max_seq_length
+    if current is not None and current < 2 ** 31:
+        return
+    config = getattr(getattr(run.st_model[0], "auto_model", None), "config", None)
+    limit = run.spec.position_limit(config) if config is not None else None
+    if limit is None:
+        return  # no position table (word embeddings): nothing to run past
+    run.st_model.max_seq_length = limit
+    run.capped_at = limit
+    run.log(f"note: the tokenizer declares no length limit; max_seq_length capped at the model's {limit} "
+            "positions (set max_seq_length in sentence_bert_config.json to choose another)")
+
+
 def _trace(run: ExportRun) -> None:
     from .towers import build_towers
 
     towers = build_towers(run.st_model, run.desc, run.tmp, run.opset, run.external_data, run.log)
+    text = towers.get("text", {}).get("tokenizer")
+    if text is not None:
+        if run.capped_at is not None:
+            text["capped_at_positions"] = run.capped_at
+        if run.spec.padding_side != "right":
+            text["padding_side"] = run.spec.padding_side
     st_model, resolved, desc = run.st_model, run.resolved, run.desc
     run.manifest = {
         "format_version": FORMAT_VERSION,

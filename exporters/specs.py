@@ -7,9 +7,10 @@ branches on architecture names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from .errors import UnsupportedModelError
 
@@ -62,6 +63,23 @@ class TextEncoderSpec:
     attention_fusion: str | None = None
     # Graph variants besides fp32 this family can get (exporters.variants.PLANS); each is still validated.
     variants: tuple[str, ...] = ("opt", "int8", "fp16")
+    # Position slots the model reserves before the first token (RoBERTa-style models start at padding_idx + 1):
+    # a tokenizer that declares no length limit is capped at max_position_embeddings minus this.
+    position_offset: int = 0
+    # Which side batches are padded on (decoder models pool their last token and pad on the left); recorded in
+    # the manifest for the runtime.
+    padding_side: str = "right"
+    # Called with the loaded sentence-transformers model before tracing, for families whose modules need
+    # adjusting to trace (None: none do yet).
+    patcher: Callable[[Any], None] | None = None
+
+    def position_limit(self, hf_config) -> int | None:
+        """The most tokens the model's position table holds (None: no such table, e.g. word embeddings)."""
+        for cfg in (hf_config, getattr(hf_config, "text_config", None)):
+            n = getattr(cfg, "max_position_embeddings", None)
+            if isinstance(n, int) and not isinstance(n, bool):
+                return n - self.position_offset
+        return None
 
     def tower_specs(self) -> tuple[TowerSpec, ...]:
         return self.towers or (TowerSpec("text", "text", self.inputs, "model.onnx"),)
@@ -134,6 +152,7 @@ register(TextEncoderSpec(
 ))
 register(TextEncoderSpec(
     family="mpnet",
+    position_offset=2,
     attention_fusion="relative_bias",
     model_types=("mpnet",),
     inputs=("input_ids", "attention_mask"),
@@ -149,6 +168,7 @@ register(TextEncoderSpec(
 ))
 register(TextEncoderSpec(
     family="xlm-roberta",
+    position_offset=2,
     model_types=("xlm-roberta",),
     inputs=("input_ids", "attention_mask"),
     ort_optimizer_type="bert",
@@ -156,6 +176,7 @@ register(TextEncoderSpec(
 ))
 register(TextEncoderSpec(
     family="roberta",
+    position_offset=2,
     model_types=("roberta",),
     inputs=("input_ids", "attention_mask"),
     ort_optimizer_type="bert",

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .battery import battery
+from .errors import ExportError
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -41,7 +42,13 @@ def validate(reference, encoder, gate: float, texts: list[tuple[str, Any]] | Non
     items = texts if texts is not None else battery()
     tags = [t for t, _ in items]
     sentences = [s for _, s in items]
-    ref = np.asarray(reference.encode(sentences, batch_size=8, convert_to_numpy=True), dtype=np.float32)
+    try:
+        ref = np.asarray(reference.encode(sentences, batch_size=8, convert_to_numpy=True), dtype=np.float32)
+    except Exception as exc:  # sentence-transformers itself fails on the battery: say so, without a traceback
+        raise ExportError(f"sentence-transformers itself fails on the validation battery ({type(exc).__name__}: "
+                          f"{str(exc)[:300]}), so the export cannot be checked against it. If a long text runs "
+                          "past the model's positions, set max_seq_length in the model's sentence_bert_config.json; "
+                          "otherwise please report this with the model name.") from exc
     runs = {
         "batch_1": encoder.encode(sentences, batch_size=1),
         f"batch_{len(sentences)}": encoder.encode(sentences, batch_size=len(sentences)),

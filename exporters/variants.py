@@ -392,6 +392,8 @@ def _quantize(model, exclude: list[str], workdir: Path):
     src = workdir / "int8-src.onnx"
     dst = workdir / "int8-try.onnx"
     side = [n.name for n in model.graph.node if n.name.endswith(OUTLIER_SUFFIX)]
+    root = logging.getLogger()
+    root.addFilter(_quiet_preprocessing_advice)
     try:
         onnx.save(model, str(src))
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
@@ -399,8 +401,15 @@ def _quantize(model, exclude: list[str], workdir: Path):
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(str(dst))
     finally:  # never leave a scratch graph in the export folder, also when quantization fails
+        root.removeFilter(_quiet_preprocessing_advice)
         src.unlink(missing_ok=True)
         dst.unlink(missing_ok=True)
+
+
+def _quiet_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """onnxruntime's quantizer advises shape-inference pre-processing on every call (through the root logger):
+    our graphs come straight from the exporter with shapes, and the calibration search calls it many times."""
+    return "pre-processing before quantization" not in record.getMessage()
 
 
 def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarray]], output: str,

@@ -48,13 +48,14 @@ def dump_manifest(manifest: dict[str, Any], folder: str | os.PathLike) -> Path:
     """Write ``manifest.json`` into ``folder`` (through a temporary file and a rename), after checking it
     against the schema: a manifest the runtime would refuse is never written."""
     path = Path(folder) / MANIFEST_NAME
+    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     try:
-        check_manifest(manifest)
+        check_manifest(json.loads(text))  # as it will be read (tuples become lists)
     except SchemaError as exc:
         raise ValueError(f"st-export built a manifest that does not fit the schema ({exc}); this is a bug in "
                          "st-export, please report it.") from exc
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 

@@ -75,6 +75,7 @@ TOKENIZER = Obj(
         "do_lower_case": bool,
         "truncation_side": OneOf(("left", "right")),
         "padding_side": OneOf(("left", "right")),
+        "capped_at_positions": int,  # the tokenizer declared no limit: max_seq_length is the position table's
         "pad_token_id": Nullable(int),
         "model_input_names": List(str),
         "pairs": bool,

@@ -46,6 +46,9 @@ class TextTower:
                  threads: int, session_options: ort.SessionOptions | None, io_binding: bool | None = None,
                  cuda_graphs: bool = False, dim: int | None = None):
         self.spec = tower
+        if tower["tokenizer"].get("padding_side", "right") != "right":
+            raise GraphLoadError(f"{folder}: the model pads on the {tower['tokenizer']['padding_side']}, which this "
+                                 "st-runtime does not do yet. Upgrade st-runtime.")
         self.max_seq_length: int | None = tower["tokenizer"].get("max_seq_length")
         self._truncation_side = tower["tokenizer"].get("truncation_side", "right")
         base = load_tokenizer(folder, tower["tokenizer"])

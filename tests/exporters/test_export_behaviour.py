@@ -164,3 +164,15 @@ def test_st_export_without_the_export_extra_says_how_to_install_it(monkeypatch, 
     assert cli.main(["all-MiniLM-L6-v2"]) == 2
     err = capsys.readouterr().err
     assert "torch, sentence_transformers" in err and 'pip install "st-runtime[export]"' in err
+
+
+def test_quiet_export_prints_nothing(zoo, tmp_path, capfd):
+    """`st-export -q`: no log lines, no weight-loading bars, no quantizer advice (int8 is built)."""
+    from exporters import cli
+
+    src = zoo.model("bert")
+    capfd.readouterr()  # what building the tiny model printed
+    assert cli.main([str(src), "-o", str(tmp_path / "q"), "-q", "--variants", "int8"]) == 0
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out[-500:], err[-500:])
+    assert (tmp_path / "q" / "model_int8.onnx").is_file()

@@ -372,3 +372,24 @@ def test_format_1_manifest_still_reads(zoo, tmp_path):
     enc = SentenceEncoder(out)
     ref = SentenceEncoder(zoo.export("bert", pooling="cls", normalize=False))
     np.testing.assert_array_equal(enc.encode(PAIRS + TEXTS), ref.encode(PAIRS + TEXTS))
+
+
+def test_clip_tokenizer_without_a_length_limit_is_capped_at_the_position_table(zoo_families, tmp_path):
+    """A CLIP tokenizer that declares no model_max_length made sentence-transformers fail on long texts
+    ("Sequence length must be less than max_position_embeddings"): the export caps it at the model's 77
+    positions, validates against the capped reference, records the cap, and the runtime truncates there."""
+    from exporters import export_model
+
+    src = shutil.copytree(zoo_families.clip()[0], tmp_path / "clip-unlimited")
+    cfg_path = src / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("model_max_length", None)
+    cfg_path.write_text(json.dumps(cfg))
+    said = []
+    out = export_model(str(src), output=tmp_path / "out", variants=[], log=said.append)
+    tok = json.loads((out / "manifest.json").read_text())["towers"]["text"]["tokenizer"]
+    assert tok["max_seq_length"] == 77 and tok["capped_at_positions"] == 77
+    assert any("capped at the model's 77 positions" in line for line in said)
+    enc = SentenceEncoder(out)
+    long_text = "a photo of a cat " * 400
+    assert enc.encode([long_text]).shape == (1, enc.get_sentence_embedding_dimension())
