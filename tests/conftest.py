@@ -58,10 +58,31 @@ def zoo(tmp_path_factory) -> TinyZoo:
     return TinyZoo(tmp_path_factory.mktemp("zoo"))
 
 
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def fixture_copy(name: str, dest: Path) -> Path:
+    """A copy of committed fixture ``name`` (tests/fixtures/make_fixtures.py), so no test can alter the repo's."""
+    import shutil
+
+    return Path(shutil.copytree(FIXTURES / name, dest / name))
+
+
 @pytest.fixture(scope="session")
-def tiny_bert(zoo) -> tuple[Path, Path]:
-    """(sentence-transformers folder, exported folder) of a tiny BERT with mean pooling + Normalize."""
-    return zoo.model("bert"), zoo.export("bert", variants=())  # one graph: model.onnx
+def fixtures_dir(tmp_path_factory) -> Path:
+    """Copies of every committed fixture: NAME/export (st-export's folder) and NAME/reference.npz."""
+    root = tmp_path_factory.mktemp("fixtures")
+    for d in sorted(FIXTURES.iterdir()):
+        if d.is_dir():
+            fixture_copy(d.name, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(fixtures_dir) -> tuple[Path, Path]:
+    """(sentence-transformers folder, exported folder) of the committed tiny BERT (mean pooling + Normalize,
+    a small WordPiece vocabulary; fp32 and int8 graphs): no torch needed to run it."""
+    return fixtures_dir / "bert" / "source", fixtures_dir / "bert" / "export"
 
 
 @pytest.fixture(scope="module")

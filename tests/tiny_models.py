@@ -60,12 +60,27 @@ def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tup
     return d["model"]["vocab"], merges
 
 
-def _hf_tokenizer(arch: str):
+def small_wordpiece_vocab(words: list[str], n_words: int = 1000) -> list[str]:
+    """A few thousand entries of a WordPiece vocabulary that still tokenize any text: the special tokens,
+    every single character with and without '##', and the first ``n_words`` whole words (the committed
+    test fixtures use it, so that their embedding tables stay small)."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    singles = [w for w in words if len(w) == 1]
+    pieces = [w for w in words if w.startswith("##") and len(w) == 3]
+    start = words.index("the")
+    return list(dict.fromkeys(specials + singles + pieces + words[start:start + n_words]))
+
+
+def _hf_tokenizer(arch: str, small_vocab: bool = False):
     import transformers as tr
 
     words = (minilm_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    if small_vocab:
+        words = small_wordpiece_vocab(words)
     vocab = {w: i for i, w in enumerate(words)}
     if arch == "bert":
+        if small_vocab:
+            return tr.BertTokenizerFast(vocab=vocab, do_lower_case=True)
         return tr.BertTokenizerFast.from_pretrained(str(minilm_dir()))
     if arch == "distilbert":
         return tr.DistilBertTokenizerFast(vocab=vocab, do_lower_case=True)
@@ -125,17 +140,18 @@ def _hf_model(arch: str, vocab_size: int, pad_id: int):
 def build_tiny(out: Path, arch: str, pooling: str = "mean", dense: list[tuple[int, str]] | None = None,
                normalize: bool = True, prompts: dict[str, str] | None = None,
                default_prompt_name: str | None = None, similarity_fn_name: str | None = None,
-               tokenizer_arch: str | None = None) -> Path:
+               tokenizer_arch: str | None = None, small_vocab: bool = False) -> Path:
     """Save a tiny sentence-transformers model to ``out`` and return it.
 
     dense: [(out_features, activation)] with activation a torch.nn class name ("Tanh", "Identity").
     tokenizer_arch: use that architecture's tokenizer (BERT weights with the XLM-R Unigram tokenizer).
+    small_vocab: a few thousand WordPiece entries instead of 30,522 (BERT, DistilBERT, MPNet; for fixtures).
     """
     import torch
     from sentence_transformers import SentenceTransformer, models
 
     hf_dir = out.parent / f"{out.name}-hf"
-    tok = _hf_tokenizer(tokenizer_arch or arch)  # another family's tokenizer: paraphrase-multilingual-MiniLM
+    tok = _hf_tokenizer(tokenizer_arch or arch, small_vocab)  # another family's: paraphrase-multilingual-MiniLM
     model = _hf_model(arch, len(tok), tok.pad_token_id)
     # Random weights of a fresh model are near-isotropic; scale embeddings so pooling modes differ visibly.
     model.save_pretrained(str(hf_dir))
