@@ -71,7 +71,7 @@ class GpuBusy:
 
 
 def parse_configs(spec: str) -> list[tuple[str, bool, bool, list[int | None]]]:
-    """"fp16@default,fp16/graphs@1024,fp16/nopipe@default" -> [(variant, flags, [batch size])]. Flags: graphs
+    """ "fp16@default,fp16/graphs@1024,fp16/nopipe@default" -> [(variant, flags, [batch size])]. Flags: graphs
     (cuda_graphs=True), nopipe (tokenize everything first), bigchunk (tokenize 16384 texts per chunk), switch (a
     0.1 ms GIL switch interval during the measurement: tells whether threads wait on the GIL)."""
     plan = []
@@ -113,9 +113,12 @@ def main(argv=None) -> int:
     p.add_argument("--st-precisions", default="fp32,fp16", help="sentence-transformers systems to measure")
     p.add_argument("--st-workloads", default="queries,passages", help="workloads sentence-transformers runs")
     p.add_argument("--st-rounds", type=int, default=None, help="timed rounds for sentence-transformers (--rounds)")
-    p.add_argument("--configs", default=None,
-                   help="instead of the grid: comma-separated VARIANT[/graphs][/nopipe]@BATCH (BATCH: a number "
-                        "or default), e.g. fp16@default,fp16/graphs@1024,fp16/nopipe@default")
+    p.add_argument(
+        "--configs",
+        default=None,
+        help="instead of the grid: comma-separated VARIANT[/graphs][/nopipe]@BATCH (BATCH: a number "
+        "or default), e.g. fp16@default,fp16/graphs@1024,fp16/nopipe@default",
+    )
     p.add_argument("--queries", type=int, default=32768)
     p.add_argument("--passages", type=int, default=4096)
     p.add_argument("--rounds", type=int, default=3)
@@ -138,13 +141,22 @@ def main(argv=None) -> int:
     corpus = make_corpus(n_queries=args.queries, n_passages=args.passages)
     busy = GpuBusy()
     device = "cuda" if gpu else "cpu"
-    out = {"created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-           "model": args.folder.resolve().name, "source": source, "provider": args.provider,
-           "rounds": args.rounds, "machine": machine(args.provider),
-           "workloads": {k: len(v) for k, v in corpus.items()},
-           "measure": "items/s = texts / median seconds of one encode call over the whole workload, end to end "
-                      "(tokenization included); gpu_busy_pct = NVML utilization over the timed calls",
-           "tokenizer": {}, "sentence_transformers": {}, "st_runtime": [], "device_only": {}, "skipped": []}
+    out = {
+        "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "model": args.folder.resolve().name,
+        "source": source,
+        "provider": args.provider,
+        "rounds": args.rounds,
+        "machine": machine(args.provider),
+        "workloads": {k: len(v) for k, v in corpus.items()},
+        "measure": "items/s = texts / median seconds of one encode call over the whole workload, end to end "
+        "(tokenization included); gpu_busy_pct = NVML utilization over the timed calls",
+        "tokenizer": {},
+        "sentence_transformers": {},
+        "st_runtime": [],
+        "device_only": {},
+        "skipped": [],
+    }
 
     def save():
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -173,12 +185,17 @@ def main(argv=None) -> int:
                 continue
             for w in st_workloads:
                 texts = corpus[w]
-                emb, ts, pct = timed(lambda x, m=model, b=bs: m.encode(x, batch_size=b), texts,
-                                     args.st_rounds or args.rounds, busy)
+                emb, ts, pct = timed(
+                    lambda x, m=model, b=bs: m.encode(x, batch_size=b), texts, args.st_rounds or args.rounds, busy
+                )
                 cos = cosines(refs[w], emb)
                 out["sentence_transformers"].setdefault(name, {}).setdefault(w, {})[str(bs)] = {
-                    "items_per_s": len(texts) / statistics.median(ts), "all_s": ts, "gpu_busy_pct": pct,
-                    "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+                    "items_per_s": len(texts) / statistics.median(ts),
+                    "all_s": ts,
+                    "gpu_busy_pct": pct,
+                    "min_cosine": float(cos.min()),
+                    "mean_cosine": float(cos.mean()),
+                }
             save()
     st = out["sentence_transformers"]
 
@@ -186,8 +203,11 @@ def main(argv=None) -> int:
         rows = st.get(name, {}).get(w, {})
         if not rows:
             return None
-        return rows["32"]["items_per_s"] if which == "default" and "32" in rows else \
-            max(r["items_per_s"] for r in rows.values())
+        return (
+            rows["32"]["items_per_s"]
+            if which == "default" and "32" in rows
+            else max(r["items_per_s"] for r in rows.values())
+        )
 
     # the tokenizer alone, on all cores
     probe = SentenceEncoder(args.folder, providers=args.provider, variant="fp32" if not gpu else None)
@@ -199,8 +219,11 @@ def main(argv=None) -> int:
             enc = tok.encode_batch(texts)
             ts.append(time.perf_counter() - t)
         tokens = sum(len(e) for e in enc)
-        out["tokenizer"][w] = {"texts_per_s": len(texts) / statistics.median(ts),
-                               "tokens_per_text": tokens / len(texts), "all_s": ts}
+        out["tokenizer"][w] = {
+            "texts_per_s": len(texts) / statistics.median(ts),
+            "tokens_per_text": tokens / len(texts),
+            "all_s": ts,
+        }
     save()
     del probe
 
@@ -209,8 +232,12 @@ def main(argv=None) -> int:
         plan = parse_configs(args.configs)
     else:  # the grid: variants x graphs x batch sizes; tokenization unpipelined once, for the first variant
         variants = [v for v in args.variants.split(",") if v]
-        plan = [(v, graphs, flags, sizes) for graphs in [g == "1" for g in args.graphs.split(",") if g]
-                for v in variants for flags in (({""}, {"nopipe"}) if not graphs and v == variants[0] else ({""},))]
+        plan = [
+            (v, graphs, flags, sizes)
+            for graphs in [g == "1" for g in args.graphs.split(",") if g]
+            for v in variants
+            for flags in (({""}, {"nopipe"}) if not graphs and v == variants[0] else ({""},))
+        ]
     known = manifest["towers"]["text"]["variants"]
     encoders: dict[tuple[str, bool], SentenceEncoder] = {}
     for v, graphs, flags, batch_sizes in plan:
@@ -223,8 +250,9 @@ def main(argv=None) -> int:
             continue
         if (v, graphs) not in encoders:
             try:
-                encoders[(v, graphs)] = SentenceEncoder(args.folder, providers=args.provider, variant=v,
-                                                        cuda_graphs=graphs)
+                encoders[(v, graphs)] = SentenceEncoder(
+                    args.folder, providers=args.provider, variant=v, cuda_graphs=graphs
+                )
             except Exception as exc:  # recorded, not hidden
                 out["st_runtime"].append({"system": label, "error": f"{type(exc).__name__}: {exc}"})
                 save()
@@ -238,10 +266,16 @@ def main(argv=None) -> int:
         for bs in batch_sizes:
             if over_budget(f"{label} batch {bs}"):
                 break
-            row = {"system": label, "variant": v, "cuda_graphs": graphs, "pipelined_tokenization": pipeline,
-                   "tokenize_chunk": enc.text_tower.policy.pipeline_chunk,
-                   "gil_switch_interval_s": sys.getswitchinterval(),
-                   "batch_size": bs, "workloads": {}}
+            row = {
+                "system": label,
+                "variant": v,
+                "cuda_graphs": graphs,
+                "pipelined_tokenization": pipeline,
+                "tokenize_chunk": enc.text_tower.policy.pipeline_chunk,
+                "gil_switch_interval_s": sys.getswitchinterval(),
+                "batch_size": bs,
+                "workloads": {},
+            }
             for w, texts in corpus.items():
                 try:
                     emb, ts, pct = timed(lambda x, e=enc, b=bs: e.encode(x, batch_size=b), texts, args.rounds, busy)
@@ -251,29 +285,59 @@ def main(argv=None) -> int:
                 rate = len(texts) / statistics.median(ts)
                 cos = cosines(refs[w], emb)
                 row["workloads"][w] = {
-                    "items_per_s": rate, "all_s": ts, "gpu_busy_pct": pct,
-                    "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-                    **{f"ratio_to_st_{n}_{which}": rate / r for n in st for which in ("default", "best")
-                       if (r := st_rate(n, w, which))}}
+                    "items_per_s": rate,
+                    "all_s": ts,
+                    "gpu_busy_pct": pct,
+                    "min_cosine": float(cos.min()),
+                    "mean_cosine": float(cos.mean()),
+                    **{
+                        f"ratio_to_st_{n}_{which}": rate / r
+                        for n in st
+                        for which in ("default", "best")
+                        if (r := st_rate(n, w, which))
+                    },
+                }
             out["st_runtime"].append(row)
-            print(json.dumps({k: row[k] for k in ("system", "pipelined_tokenization", "tokenize_chunk",
-                                                  "gil_switch_interval_s", "batch_size")}),
-                  {w: round(r.get("items_per_s", 0)) for w, r in row["workloads"].items()}, flush=True)
+            print(
+                json.dumps(
+                    {
+                        k: row[k]
+                        for k in (
+                            "system",
+                            "pipelined_tokenization",
+                            "tokenize_chunk",
+                            "gil_switch_interval_s",
+                            "batch_size",
+                        )
+                    }
+                ),
+                {w: round(r.get("items_per_s", 0)) for w, r in row["workloads"].items()},
+                flush=True,
+            )
             save()
         enc.text_tower.policy.pipeline_chunk = default_chunk
         sys.setswitchinterval(switch)
         if graphs:
-            out.setdefault("graphs_captured", {})[v] = {"graphs": enc.text_tower.runner.graphs_taken,
-                                                        "uncaptured": enc.text_tower.runner.uncaptured}
+            out.setdefault("graphs_captured", {})[v] = {
+                "graphs": enc.text_tower.runner.graphs_taken,
+                "uncaptured": enc.text_tower.runner.uncaptured,
+            }
     encoders.clear()
 
     # the graph alone on prebuilt feeds, for the fastest configuration on queries: the device-side ceiling
-    best = max((r for r in out["st_runtime"] if "queries" in r.get("workloads", {})
-                and "items_per_s" in r["workloads"]["queries"]),
-               key=lambda r: r["workloads"]["queries"]["items_per_s"], default=None)
+    best = max(
+        (
+            r
+            for r in out["st_runtime"]
+            if "queries" in r.get("workloads", {}) and "items_per_s" in r["workloads"]["queries"]
+        ),
+        key=lambda r: r["workloads"]["queries"]["items_per_s"],
+        default=None,
+    )
     if best is not None and not over_budget("device-only", grace=20.0):  # cheap, and it says what limits
-        enc = SentenceEncoder(args.folder, providers=args.provider, variant=best["variant"],
-                              cuda_graphs=best["cuda_graphs"])
+        enc = SentenceEncoder(
+            args.folder, providers=args.provider, variant=best["variant"], cuda_graphs=best["cuda_graphs"]
+        )
         text = enc.text_tower
         for w, texts in corpus.items():
             bs = best["batch_size"] or text.policy.auto_batch_size
@@ -296,10 +360,16 @@ def main(argv=None) -> int:
                         text.runner(f)
                     ts.append(time.perf_counter() - t)
             out["device_only"][w] = {
-                "system": best["system"], "batch_size": bs, "batches": len(batches),
+                "system": best["system"],
+                "batch_size": bs,
+                "batches": len(batches),
                 "padded_tokens": int(sum((e - s) * wd for s, e, wd in batches)),
-                "graph_items_per_s": len(texts) / statistics.median(ts), "gpu_busy_pct": busy.mean,
-                "tokenize_s": t_tok, "build_feeds_s": t_feeds, "graph_s": statistics.median(ts)}
+                "graph_items_per_s": len(texts) / statistics.median(ts),
+                "gpu_busy_pct": busy.mean,
+                "tokenize_s": t_tok,
+                "build_feeds_s": t_feeds,
+                "graph_s": statistics.median(ts),
+            }
         save()
         del enc
     out["elapsed_s"] = time.perf_counter() - t_start
@@ -340,8 +410,7 @@ def plot(out: dict, path: Path) -> None:
         ax.set_title(f"{out['model']}, {w}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{out['machine'].get('gpu') or out['machine']['cpu']}, median of {out['rounds']} rounds",
-                 fontsize=9)
+    fig.suptitle(f"{out['machine'].get('gpu') or out['machine']['cpu']}, median of {out['rounds']} rounds", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")

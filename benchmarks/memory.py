@@ -59,8 +59,18 @@ def main(argv=None) -> int:
     print(f"growth after the first {min(3, len(rows))} chunks: {growth:+.1f} MB")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": args.model, "variant": enc.variant, "chunk": args.chunk,
-                                         "rows": rows, "growth_after_warmup_mb": growth}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "variant": enc.variant,
+                    "chunk": args.chunk,
+                    "rows": rows,
+                    "growth_after_warmup_mb": growth,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

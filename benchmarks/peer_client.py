@@ -25,16 +25,28 @@ class PeerError(RuntimeError):
 
 
 class PeerWorker:
-    def __init__(self, python: str | os.PathLike, log_path: Path, start_timeout: float = 300.0,
-                 script: str | os.PathLike = WORKER):
+    def __init__(
+        self,
+        python: str | os.PathLike,
+        log_path: Path,
+        start_timeout: float = 300.0,
+        script: str | os.PathLike = WORKER,
+    ):
         self.python = str(python)
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         try:
-            self.proc = subprocess.Popen([self.python, "-u", str(script)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self._log, env=env, text=True,
-                                         bufsize=1, cwd=str(Path(script).resolve().parent))
+            self.proc = subprocess.Popen(
+                [self.python, "-u", str(script)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=env,
+                text=True,
+                bufsize=1,
+                cwd=str(Path(script).resolve().parent),
+            )
         except OSError as e:
             self._log.close()
             raise PeerError(f"cannot start the peer worker with {self.python}: {e}", alive=False) from e
@@ -43,8 +55,9 @@ class PeerWorker:
         self.hello = self._read(start_timeout, "start-up")
         if self.hello.get("hello") is None:
             self.kill()
-            raise PeerError(f"the peer worker's first line is not its greeting: {self.hello}\n{self.stderr_tail()}",
-                            alive=False)
+            raise PeerError(
+                f"the peer worker's first line is not its greeting: {self.hello}\n{self.stderr_tail()}", alive=False
+            )
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
@@ -76,8 +89,10 @@ class PeerWorker:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
             self.kill()
-            raise PeerError(f"the peer worker did not answer {what} within {timeout:.0f} s; killed it\n"
-                            f"{self.stderr_tail()}", alive=False) from None
+            raise PeerError(
+                f"the peer worker did not answer {what} within {timeout:.0f} s; killed it\n{self.stderr_tail()}",
+                alive=False,
+            ) from None
         if line is None:
             try:
                 rc = self.proc.wait(timeout=30)
@@ -89,14 +104,18 @@ class PeerWorker:
             return json.loads(line)
         except json.JSONDecodeError:
             self.kill()
-            raise PeerError(f"the peer worker answered {what} with a line that is not JSON: {line[:300]!r}\n"
-                            f"{self.stderr_tail()}", alive=False) from None
+            raise PeerError(
+                f"the peer worker answered {what} with a line that is not JSON: {line[:300]!r}\n{self.stderr_tail()}",
+                alive=False,
+            ) from None
 
     def request(self, msg: dict, timeout: float, what: str | None = None) -> dict:
         what = what or msg.get("cmd", "a request")
         if self.proc.poll() is not None:
-            raise PeerError(f"the peer worker is gone (code {self.proc.returncode}) before {what}\n"
-                            f"{self.stderr_tail()}", alive=False)
+            raise PeerError(
+                f"the peer worker is gone (code {self.proc.returncode}) before {what}\n{self.stderr_tail()}",
+                alive=False,
+            )
         try:
             self.proc.stdin.write(json.dumps(msg) + "\n")
             self.proc.stdin.flush()
@@ -105,8 +124,9 @@ class PeerWorker:
             raise PeerError(f"cannot send {what} to the peer worker ({e})\n{self.stderr_tail()}", alive=False) from e
         reply = self._read(timeout, what)
         if not reply.get("ok"):
-            raise PeerError(f"the peer worker failed {what}: {reply.get('error')}\n{reply.get('traceback', '')}",
-                            alive=self.alive())
+            raise PeerError(
+                f"the peer worker failed {what}: {reply.get('error')}\n{reply.get('traceback', '')}", alive=self.alive()
+            )
         return reply
 
     def close(self) -> None:

@@ -50,8 +50,18 @@ STAMP = "peer_export.json"
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for d in ("sentence-transformers", "optimum", "optimum-onnx", "onnxruntime", "fastembed", "torch",
-              "transformers", "tokenizers", "numpy", "onnx"):
+    for d in (
+        "sentence-transformers",
+        "optimum",
+        "optimum-onnx",
+        "onnxruntime",
+        "fastembed",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "numpy",
+        "onnx",
+    ):
         try:
             out[d] = md.version(d)
         except md.PackageNotFoundError:
@@ -101,22 +111,31 @@ def ensure_exports(source: str, revision: str | None, cache: Path, provider_kwar
     Made once (in a temporary folder renamed into place when complete) and reused while the source,
     revision and library versions match what peer_export.json records.
     """
-    want = {"source": source, "revision": revision,
-            **{k: v for k, v in versions().items() if k in ("sentence-transformers", "optimum", "optimum-onnx",
-                                                             "onnxruntime", "transformers", "torch")}}
+    want = {
+        "source": source,
+        "revision": revision,
+        **{
+            k: v
+            for k, v in versions().items()
+            if k in ("sentence-transformers", "optimum", "optimum-onnx", "onnxruntime", "transformers", "torch")
+        },
+    }
     stamp = cache / STAMP
     if stamp.is_file():
         try:
             have = json.loads(stamp.read_text())
-            complete = (all((cache / f).is_file() for f in have["files"].values())
-                        and set(have["files"]) == set(ST_SYSTEMS))
+            complete = all((cache / f).is_file() for f in have["files"].values()) and set(have["files"]) == set(
+                ST_SYSTEMS
+            )
         except (ValueError, KeyError, AttributeError, TypeError):
             have, complete = {}, False
         if complete and {k: have.get(k) for k in want} == want:
             log(f"reusing exports in {cache}")
             return have
-        log(f"exports in {cache} are stale or incomplete (made for {({k: have.get(k) for k in want})}): "
-            "exporting again")
+        log(
+            f"exports in {cache} are stale or incomplete (made for { ({k: have.get(k) for k in want}) }): "
+            "exporting again"
+        )
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.backend import export_dynamic_quantized_onnx_model, export_optimized_onnx_model
 
@@ -144,10 +163,16 @@ def ensure_exports(source: str, revision: str | None, cache: Path, provider_kwar
         times[key] = round(time.perf_counter() - t, 1)
     for f in files.values():
         if not (tmp / f).is_file():
-            raise FileNotFoundError(f"sentence-transformers did not write {f} (onnx/ has "
-                                    f"{sorted(p.name for p in (tmp / 'onnx').iterdir())})")
-    info = {**want, "files": files, "export_seconds": times,
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            raise FileNotFoundError(
+                f"sentence-transformers did not write {f} (onnx/ has "
+                f"{sorted(p.name for p in (tmp / 'onnx').iterdir())})"
+            )
+    info = {
+        **want,
+        "files": files,
+        "export_seconds": times,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     (tmp / STAMP).write_text(json.dumps(info, indent=2))
     if cache.exists():
         shutil.rmtree(cache)
@@ -190,9 +215,14 @@ def st_pooling(folder: Path) -> tuple[str, bool]:
         kind = m["type"].rsplit(".", 1)[-1]
         if kind == "Pooling":
             cfg = json.loads((folder / m["path"] / "config.json").read_text())
-            legacy = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
-                      "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                      "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+            legacy = {
+                "pooling_mode_cls_token": "cls",
+                "pooling_mode_mean_tokens": "mean",
+                "pooling_mode_max_tokens": "max",
+                "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                "pooling_mode_weightedmean_tokens": "weightedmean",
+                "pooling_mode_lasttoken": "lasttoken",
+            }
             modes = [mode for k, mode in legacy.items() if cfg.get(k) is True]
             pooling = cfg.get("pooling_mode") or "+".join(modes) or None
             if isinstance(pooling, list):
@@ -240,14 +270,21 @@ class Worker:
                 continue
             label, file = ST_SYSTEMS[key][0], info["files"][key]
             try:
-                model = SentenceTransformer(str(cache), backend="onnx", device="cpu",
-                                            model_kwargs={**provider, "file_name": file,
-                                                          "session_options": session_options()})
+                model = SentenceTransformer(
+                    str(cache),
+                    backend="onnx",
+                    device="cpu",
+                    model_kwargs={**provider, "file_name": file, "session_options": session_options()},
+                )
                 max_seq_length = model.max_seq_length
                 bs = {} if self.batch_size is None else {"batch_size": self.batch_size}
-                self.systems[key] = (lambda m, kw: (lambda texts: m.encode(texts, **kw)))(model, bs)
-                loaded[key] = {"label": label, "file": str(cache / file), "max_seq_length": model.max_seq_length,
-                               "export_seconds": info["export_seconds"].get(key)}
+                self.systems[key] = (lambda m, kw: lambda texts: m.encode(texts, **kw))(model, bs)
+                loaded[key] = {
+                    "label": label,
+                    "file": str(cache / file),
+                    "max_seq_length": model.max_seq_length,
+                    "export_seconds": info["export_seconds"].get(key),
+                }
             except Exception as e:  # reported as skipped, with the reason
                 log(traceback.format_exc())
                 skipped[key] = {"label": label, "reason": f"{type(e).__name__}: {e}"}
@@ -266,9 +303,12 @@ class Worker:
         if max_seq_length is None:
             from sentence_transformers import SentenceTransformer
 
-            max_seq_length = SentenceTransformer(str(cache), backend="onnx", device="cpu",
-                                                 model_kwargs={"provider": "CPUExecutionProvider",
-                                                               "file_name": "onnx/model.onnx"}).max_seq_length
+            max_seq_length = SentenceTransformer(
+                str(cache),
+                backend="onnx",
+                device="cpu",
+                model_kwargs={"provider": "CPUExecutionProvider", "file_name": "onnx/model.onnx"},
+            ).max_seq_length
         folder = fastembed_folder(cache, max_seq_length)
         hub_id = req.get("hub_id") or req["model"]
         known = {m["model"].lower(): m for m in TextEmbedding.list_supported_models()}
@@ -286,16 +326,33 @@ class Worker:
             name = f"st-runtime-peer/{req['model']}"
             if name.lower() not in known:
                 dim = json.loads((cache / "config.json").read_text())["hidden_size"]
-                TextEmbedding.add_custom_model(name, pooling=kinds[pooling], normalization=normalized,
-                                               sources=ModelSource(hf=hub_id), dim=dim, model_file="model.onnx")
+                TextEmbedding.add_custom_model(
+                    name,
+                    pooling=kinds[pooling],
+                    normalization=normalized,
+                    sources=ModelSource(hf=hub_id),
+                    dim=dim,
+                    model_file="model.onnx",
+                )
             config = f"custom model: {pooling} pooling, normalized={normalized}"
-        model = TextEmbedding(name, cache_dir=str(cache / "fastembed-cache"), threads=threads,
-                              providers=["CPUExecutionProvider"], specific_model_path=str(folder),
-                              local_files_only=True)
+        model = TextEmbedding(
+            name,
+            cache_dir=str(cache / "fastembed-cache"),
+            threads=threads,
+            providers=["CPUExecutionProvider"],
+            specific_model_path=str(folder),
+            local_files_only=True,
+        )
         bs = {} if self.batch_size is None else {"batch_size": self.batch_size}
         self.systems["fastembed"] = lambda texts: np.stack(list(model.embed(texts, **bs)))
-        return {"label": FASTEMBED[0], "model_name": name, "config": config, "file": str(folder / "model.onnx"),
-                "max_seq_length": max_seq_length, "class": type(model.model).__name__}
+        return {
+            "label": FASTEMBED[0],
+            "model_name": name,
+            "config": config,
+            "file": str(folder / "model.onnx"),
+            "max_seq_length": max_seq_length,
+            "class": type(model.model).__name__,
+        }
 
     def encode(self, req: dict) -> dict:
         import numpy as np

@@ -49,9 +49,12 @@ DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 # queries/s published in the sentence-transformers model table (V100 GPU / CPU), for context only:
 # different hardware, so only our same-run ratios are comparable.
 PUBLISHED = {
-    "all-MiniLM-L6-v2": (14200, 750), "multi-qa-MiniLM-L6-cos-v1": (18000, 750),
-    "all-mpnet-base-v2": (2800, 170), "multi-qa-mpnet-base-dot-v1": (4000, 170),
-    "all-MiniLM-L12-v2": (7500, 400), "all-distilroberta-v1": (4000, 350),
+    "all-MiniLM-L6-v2": (14200, 750),
+    "multi-qa-MiniLM-L6-cos-v1": (18000, 750),
+    "all-mpnet-base-v2": (2800, 170),
+    "multi-qa-mpnet-base-dot-v1": (4000, 170),
+    "all-MiniLM-L12-v2": (7500, 400),
+    "all-distilroberta-v1": (4000, 350),
 }
 
 WORDS = """time year people way day man thing woman life child world school state family student group country
@@ -67,8 +70,10 @@ official matter center couple site project activity star table need court oil si
 street image phone data picture practice piece land product doctor wall patient worker news test movie north love
 support technology step baby computer type attention film tree source organization hair window evidence
 population truth song energy chance dog""".split()
-VERBS = "is was makes takes finds gives tells becomes leaves feels brings begins keeps holds writes stands hears " \
-        "lets means sets meets runs pays sits speaks lies leads reads grows loses falls sends builds".split()
+VERBS = (
+    "is was makes takes finds gives tells becomes leaves feels brings begins keeps holds writes stands hears "
+    "lets means sets meets runs pays sits speaks lies leads reads grows loses falls sends builds".split()
+)
 
 
 def make_corpus(seed: int = 13, n_queries: int = 2048, n_passages: int = 256) -> dict[str, list[str]]:
@@ -94,19 +99,35 @@ def machine(provider: str = "cpu") -> dict:
     except OSError:
         pass
     vers = {}
-    for d in ("torch", "sentence-transformers", "transformers", "onnxruntime", "onnxruntime-gpu", "tokenizers",
-              "numpy", "st-runtime"):
+    for d in (
+        "torch",
+        "sentence-transformers",
+        "transformers",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tokenizers",
+        "numpy",
+        "st-runtime",
+    ):
         try:
             vers[d] = md.version(d)
         except md.PackageNotFoundError:
             pass
     import onnxruntime as ort
 
-    out = {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-           "python": platform.python_version(), "versions": vers,
-           # the onnxruntime this process imports (a GPU machine may hold the CPU build too)
-           "onnxruntime_imported": {"version": ort.__version__, "file": ort.__file__,
-                                    "providers": ort.get_available_providers()}}
+    out = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": vers,
+        # the onnxruntime this process imports (a GPU machine may hold the CPU build too)
+        "onnxruntime_imported": {
+            "version": ort.__version__,
+            "file": ort.__file__,
+            "providers": ort.get_available_providers(),
+        },
+    }
     if provider == "cuda":
         import torch
 
@@ -143,8 +164,11 @@ def _peer(worker: PeerWorker, key: str, tmp: Path, timeout: float):
 
     def run(texts: list[str], workload: str, want: bool):
         save = tmp / f"{key}-{workload}.npy" if want else None
-        r = worker.request({"cmd": "encode", "system": key, "workload": workload,
-                            "save": str(save) if save else None}, timeout, f"encode {key} on {workload}")
+        r = worker.request(
+            {"cmd": "encode", "system": key, "workload": workload, "save": str(save) if save else None},
+            timeout,
+            f"encode {key} on {workload}",
+        )
         if r["n"] != len(texts):
             raise PeerError(f"the peer worker encoded {r['n']} of {len(texts)} {workload}", alive=True)
         return (np.load(save) if save else None), float(r["seconds"])
@@ -152,23 +176,45 @@ def _peer(worker: PeerWorker, key: str, tmp: Path, timeout: float):
     return run
 
 
-def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads: int, batch_size: int | None,
-                corpus_file: Path, tmp: Path) -> tuple[PeerWorker | None, dict, dict]:
+def start_peers(
+    peers: dict,
+    folder: Path,
+    manifest: dict,
+    source: str,
+    threads: int,
+    batch_size: int | None,
+    corpus_file: Path,
+    tmp: Path,
+) -> tuple[PeerWorker | None, dict, dict]:
     """Start the peer worker for the model exported in FOLDER and load its systems: (worker, systems, report)."""
     name = folder.resolve().name
     cache = ROOT / "exported_models" / "peers" / name
     report = {"cache": str(cache), "systems": {}, "skipped": {}, "failed": {}}
-    print(f"peers: loading {', '.join(peers['systems'])} with {peers['python']} (exports in {cache}, made on "
-          f"first use; worker log {cache.parent / (name + '.worker.log')})", flush=True)
+    print(
+        f"peers: loading {', '.join(peers['systems'])} with {peers['python']} (exports in {cache}, made on "
+        f"first use; worker log {cache.parent / (name + '.worker.log')})",
+        flush=True,
+    )
     worker = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         worker = PeerWorker(peers["python"], cache.parent / f"{name}.worker.log")  # kept after the run
         peers.setdefault("versions", worker.hello.get("versions"))
-        loaded = worker.request({"cmd": "load", "model": name, "source": source,
-                                 "hub_id": manifest["source"]["model"], "revision": manifest["source"].get("revision"),
-                                 "cache_dir": str(cache), "threads": threads, "batch_size": batch_size,
-                                 "systems": peers["systems"]}, peers["load_timeout"], "load")
+        loaded = worker.request(
+            {
+                "cmd": "load",
+                "model": name,
+                "source": source,
+                "hub_id": manifest["source"]["model"],
+                "revision": manifest["source"].get("revision"),
+                "cache_dir": str(cache),
+                "threads": threads,
+                "batch_size": batch_size,
+                "systems": peers["systems"],
+            },
+            peers["load_timeout"],
+            "load",
+        )
         worker.request({"cmd": "corpus", "path": str(corpus_file)}, peers["timeout"])
     except PeerError as e:
         if worker is not None:
@@ -188,9 +234,20 @@ def start_peers(peers: dict, folder: Path, manifest: dict, source: str, threads:
     return worker, systems, report
 
 
-def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size: int | None, corpus: dict,
-                variants: list[str] | None, peers: dict | None = None, corpus_file: Path | None = None,
-                tmp: Path | None = None, cuda_graphs: bool = True, progress=None) -> dict:
+def bench_model(
+    model: str,
+    provider: str,
+    threads: int,
+    rounds: int,
+    batch_size: int | None,
+    corpus: dict,
+    variants: list[str] | None,
+    peers: dict | None = None,
+    corpus_file: Path | None = None,
+    tmp: Path | None = None,
+    cuda_graphs: bool = True,
+    progress=None,
+) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -218,25 +275,26 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
             continue
         enc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v)
         label = f"st_runtime {v}" + (" (default)" if v == default else "")
-        systems[label] = _local((lambda e: (lambda x: e.encode(x, **bs)))(enc))
+        systems[label] = _local((lambda e: lambda x: e.encode(x, **bs))(enc))
         if device == "cuda" and cuda_graphs:
             try:
                 genc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v, cuda_graphs=True)
             except Exception as e:  # recorded in the results, not hidden: CUDA graphs are optional
                 unavailable[f"st_runtime {v} + CUDA graphs"] = f"{type(e).__name__}: {e}"
             else:
-                systems[f"st_runtime {v} + CUDA graphs"] = _local((lambda e: (lambda x: e.encode(x, **bs)))(genc))
+                systems[f"st_runtime {v} + CUDA graphs"] = _local((lambda e: lambda x: e.encode(x, **bs))(genc))
     if device == "cuda":
         try:
             tenc = SentenceEncoder(folder, providers="tensorrt", threads=threads, variant=default)
         except Exception as e:  # TensorRT needs its own libraries: why it did not run is recorded and printed
             unavailable[f"st_runtime {default} on TensorRT"] = f"{type(e).__name__}: {e}"
         else:
-            systems[f"st_runtime {default} on TensorRT"] = _local((lambda e: (lambda x: e.encode(x, **bs)))(tenc))
+            systems[f"st_runtime {default} on TensorRT"] = _local((lambda e: lambda x: e.encode(x, **bs))(tenc))
     worker, peer_report, peer_keys = None, None, {}
     if peers:
-        worker, peer_systems, peer_report = start_peers(peers, folder, manifest, source, threads, batch_size,
-                                                        corpus_file, tmp)
+        worker, peer_systems, peer_report = start_peers(
+            peers, folder, manifest, source, threads, batch_size, corpus_file, tmp
+        )
         for label, (key, fn) in peer_systems.items():
             systems[label] = fn
             peer_keys[label] = key
@@ -264,9 +322,13 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
     results = {}
 
     def summary() -> dict:
-        out = {"model": Path(model).name, "source": source,
-               "published_queries_per_s": dict(zip(("gpu", "cpu"), PUBLISHED.get(Path(model).name, (None, None)))),
-               "workloads": {k: len(v) for k, v in corpus.items()}, "results": results}
+        out = {
+            "model": Path(model).name,
+            "source": source,
+            "published_queries_per_s": dict(zip(("gpu", "cpu"), PUBLISHED.get(Path(model).name, (None, None)))),
+            "workloads": {k: len(v) for k, v in corpus.items()},
+            "results": results,
+        }
         if peer_report is not None:
             out["peers"] = peer_report
         if unavailable:
@@ -292,11 +354,18 @@ def bench_model(model: str, provider: str, threads: int, rounds: int, batch_size
             base = statistics.median(times[REFERENCE])
             half = statistics.median(times[HALF]) if HALF in times else None
             results[workload] = {
-                name: {"items_per_s": len(texts) / statistics.median(ts), "median_s": statistics.median(ts),
-                       "all_s": ts, "ratio_to_sentence_transformers": base / statistics.median(ts),
-                       **({"ratio_to_sentence_transformers_fp16": half / statistics.median(ts)} if half else {}),
-                       **accuracy[name], **({"peer": True} if name in peer_keys else {})}
-                for name, ts in times.items() if name in systems}
+                name: {
+                    "items_per_s": len(texts) / statistics.median(ts),
+                    "median_s": statistics.median(ts),
+                    "all_s": ts,
+                    "ratio_to_sentence_transformers": base / statistics.median(ts),
+                    **({"ratio_to_sentence_transformers_fp16": half / statistics.median(ts)} if half else {}),
+                    **accuracy[name],
+                    **({"peer": True} if name in peer_keys else {}),
+                }
+                for name, ts in times.items()
+                if name in systems
+            }
             if progress is not None:  # each finished workload is saved: a run cut short keeps its figures
                 progress(summary())
     finally:
@@ -315,13 +384,18 @@ def print_table(res: dict, provider: str) -> None:
     pub = res["published_queries_per_s"]["gpu" if provider == "cuda" else "cpu"]
     print(f"\n{res['model']}  (model table, {provider.upper()}: {pub or 'n/a'} queries/s on its hardware)")
     half = any("ratio_to_sentence_transformers_fp16" in r for rows in res["results"].values() for r in rows.values())
-    print(f"{'workload':9} {'system':34} {'items/s':>9} {'vs ST':>6}" + (f" {'vs fp16':>7}" if half else "")
-          + f" {'min cos':>9} {'mean cos':>9}")
+    print(
+        f"{'workload':9} {'system':34} {'items/s':>9} {'vs ST':>6}"
+        + (f" {'vs fp16':>7}" if half else "")
+        + f" {'min cos':>9} {'mean cos':>9}"
+    )
     for workload, rows in res["results"].items():
         for name, r in rows.items():
-            print(f"{workload:9} {name:34} {r['items_per_s']:9.1f} {r['ratio_to_sentence_transformers']:5.2f}x"
-                  + (f" {r['ratio_to_sentence_transformers_fp16']:6.2f}x" if half else "")
-                  + f" {r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}")
+            print(
+                f"{workload:9} {name:34} {r['items_per_s']:9.1f} {r['ratio_to_sentence_transformers']:5.2f}x"
+                + (f" {r['ratio_to_sentence_transformers_fp16']:6.2f}x" if half else "")
+                + f" {r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}"
+            )
     for name, reason in res.get("unavailable", {}).items():
         print(f"{'':9} {name:34} not measured: {reason.splitlines()[0][:160]}")
     peers = res.get("peers") or {}
@@ -340,8 +414,12 @@ def plot(all_results: list[dict], path: Path, title: str = "") -> bool:
     except ImportError:
         print("matplotlib not installed: no PNG written (pip install matplotlib)")
         return False
-    rows = [(f"{r['model']}\n{w}", name.replace(" (default)", ""), v["ratio_to_sentence_transformers"])
-            for r in all_results for w, sysres in r["results"].items() for name, v in sysres.items()]
+    rows = [
+        (f"{r['model']}\n{w}", name.replace(" (default)", ""), v["ratio_to_sentence_transformers"])
+        for r in all_results
+        for w, sysres in r["results"].items()
+        for name, v in sysres.items()
+    ]
     groups = list(dict.fromkeys(g for g, _, _ in rows))
     names = list(dict.fromkeys(n for _, n, _ in rows))
     fig, ax = plt.subplots(figsize=(2.2 * len(groups) + 3, 4.5))
@@ -366,26 +444,46 @@ def main(argv=None) -> int:
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None, help="threads for both (default: physical cores)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="texts per batch for every system (default: each system's own default: 32 for "
-                        "sentence-transformers, 256 for fastembed, a token budget for st_runtime)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="texts per batch for every system (default: each system's own default: 32 for "
+        "sentence-transformers, 256 for fastembed, a token budget for st_runtime)",
+    )
     p.add_argument("--queries", type=int, default=None, help="short queries (default 2048; 32768 on cuda)")
     p.add_argument("--passages", type=int, default=None, help="passages (default 256; 4096 on cuda)")
-    p.add_argument("--no-cuda-graphs", action="store_true",
-                   help="on cuda, do not also measure each variant with cuda_graphs=True")
+    p.add_argument(
+        "--no-cuda-graphs", action="store_true", help="on cuda, do not also measure each variant with cuda_graphs=True"
+    )
     p.add_argument("--variants", default=None, help="comma-separated st_runtime variants (default: all)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
-    p.add_argument("--peer-python", type=Path, default=None,
-                   help=f"python of the peer venv (default: {DEFAULT_PEER_PYTHON.relative_to(ROOT)} when it exists; "
-                        "made by scripts/setup-peers.sh)")
+    p.add_argument(
+        "--peer-python",
+        type=Path,
+        default=None,
+        help=f"python of the peer venv (default: {DEFAULT_PEER_PYTHON.relative_to(ROOT)} when it exists; "
+        "made by scripts/setup-peers.sh)",
+    )
     p.add_argument("--no-peers", action="store_true", help="measure no peers")
-    p.add_argument("--peer-systems", default=",".join(PEER_LABELS),
-                   help=f"comma-separated peers to measure (default: all of {','.join(PEER_LABELS)})")
-    p.add_argument("--peer-timeout", type=float, default=900.0,
-                   help="seconds the peer worker may take for one encode call before it is killed (default 900)")
-    p.add_argument("--peer-load-timeout", type=float, default=3600.0,
-                   help="seconds the peer worker may take to export and load its systems (default 3600)")
+    p.add_argument(
+        "--peer-systems",
+        default=",".join(PEER_LABELS),
+        help=f"comma-separated peers to measure (default: all of {','.join(PEER_LABELS)})",
+    )
+    p.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=900.0,
+        help="seconds the peer worker may take for one encode call before it is killed (default 900)",
+    )
+    p.add_argument(
+        "--peer-load-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds the peer worker may take to export and load its systems (default 3600)",
+    )
     args = p.parse_args(argv)
     peer_systems = [k for k in args.peer_systems.split(",") if k]
     unknown = [k for k in peer_systems if k not in PEER_LABELS]
@@ -397,19 +495,31 @@ def main(argv=None) -> int:
 
     threads = args.threads or physical_cores()
     gpu = args.provider == "cuda"
-    corpus = make_corpus(n_queries=args.queries or (32768 if gpu else 2048),
-                         n_passages=args.passages or (4096 if gpu else 256))
+    corpus = make_corpus(
+        n_queries=args.queries or (32768 if gpu else 2048), n_passages=args.passages or (4096 if gpu else 256)
+    )
     peers = resolve_peers(args, peer_systems)
-    out = {"created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-           "provider": args.provider, "threads": threads, "rounds": args.rounds, "batch_size": args.batch_size,
-           "batch_size_meaning": ("every system" if args.batch_size else
-                                  "null: each system's own default (sentence-transformers and its ONNX backend 32, "
-                                  "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch, 1024 texts and "
-                                  "131072 tokens per GPU batch)"),
-           "machine": machine(args.provider), "peers": peers, "models": []}
+    out = {
+        "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "provider": args.provider,
+        "threads": threads,
+        "rounds": args.rounds,
+        "batch_size": args.batch_size,
+        "batch_size_meaning": (
+            "every system"
+            if args.batch_size
+            else "null: each system's own default (sentence-transformers and its ONNX backend 32, "
+            "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch, 1024 texts and "
+            "131072 tokens per GPU batch)"
+        ),
+        "machine": machine(args.provider),
+        "peers": peers,
+        "models": [],
+    }
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
         corpus_file = Path(tmp) / "corpus.json"
         corpus_file.write_text(json.dumps(corpus))
+
         def save(partial: dict | None = None) -> None:
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -417,18 +527,30 @@ def main(argv=None) -> int:
                 args.json.write_text(json.dumps({**out, "models": done}, indent=2))
 
         for model in args.models:
-            res = bench_model(model, args.provider, threads, args.rounds, args.batch_size, corpus,
-                              args.variants.split(",") if args.variants else None,
-                              peers if peers["enabled"] else None, corpus_file, Path(tmp),
-                              cuda_graphs=not args.no_cuda_graphs, progress=save)
+            res = bench_model(
+                model,
+                args.provider,
+                threads,
+                args.rounds,
+                args.batch_size,
+                corpus,
+                args.variants.split(",") if args.variants else None,
+                peers if peers["enabled"] else None,
+                corpus_file,
+                Path(tmp),
+                cuda_graphs=not args.no_cuda_graphs,
+                progress=save,
+            )
             print_table(res, args.provider)
             out["models"].append(res)
             save()
     failed = {r["model"]: list(r["peers"]["failed"]) for r in out["models"] if (r.get("peers") or {}).get("failed")}
     if args.json:
         print(f"\nwrote {args.json}")
-    title = (f"{out['machine'].get('gpu') or out['machine']['cpu']}, {threads} threads, {args.provider}, "
-             f"median of {args.rounds} rounds")
+    title = (
+        f"{out['machine'].get('gpu') or out['machine']['cpu']}, {threads} threads, {args.provider}, "
+        f"median of {args.rounds} rounds"
+    )
     if args.png and plot(out["models"], args.png, title):
         print(f"wrote {args.png}")
     if failed:
@@ -439,6 +561,7 @@ def main(argv=None) -> int:
 
 def resolve_peers(args, systems: list[str]) -> dict:
     """Which peer python to use, or why there are no peers (printed, and recorded in the JSON)."""
+
     def off(reason: str) -> dict:
         print(f"peers: not measured: {reason}")
         return {"enabled": False, "reason": reason}
@@ -452,12 +575,19 @@ def resolve_peers(args, systems: list[str]) -> dict:
     python = args.peer_python
     if python is None:
         if not DEFAULT_PEER_PYTHON.is_file():
-            return off(f"no {DEFAULT_PEER_PYTHON.relative_to(ROOT)}; `bash scripts/setup-peers.sh` makes it "
-                       "(sentence-transformers' ONNX backend and fastembed), or pass --peer-python")
+            return off(
+                f"no {DEFAULT_PEER_PYTHON.relative_to(ROOT)}; `bash scripts/setup-peers.sh` makes it "
+                "(sentence-transformers' ONNX backend and fastembed), or pass --peer-python"
+            )
         python = DEFAULT_PEER_PYTHON
     # not resolved: a venv's bin/python is a link to the base interpreter, which would leave the venv
-    return {"enabled": True, "python": str(python.absolute()), "systems": systems,
-            "timeout": args.peer_timeout, "load_timeout": args.peer_load_timeout}
+    return {
+        "enabled": True,
+        "python": str(python.absolute()),
+        "systems": systems,
+        "timeout": args.peer_timeout,
+        "load_timeout": args.peer_load_timeout,
+    }
 
 
 if __name__ == "__main__":

@@ -39,8 +39,14 @@ def externalize(path: Path, model=None) -> Path:
 
     model = model if model is not None else onnx.load(str(path))
     data = path.with_name(path.name + ".data")
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
     return data
 
 
@@ -67,9 +73,16 @@ def write_tokenizer(st_model, path: Path) -> dict[str, Any]:
 def variant_entry(name: str, file: str, info: dict[str, Any]) -> dict[str, Any]:
     plan = PLANS[name]
     info = dict(info)
-    return {"file": file, "precision": plan.precision, "status": "pending", "providers": list(plan.providers),
-            "rank": plan.rank, "exact": plan.exact, "external_data": bool(info.pop("external_data", False)),
-            "build": info}
+    return {
+        "file": file,
+        "precision": plan.precision,
+        "status": "pending",
+        "providers": list(plan.providers),
+        "rank": plan.rank,
+        "exact": plan.exact,
+        "external_data": bool(info.pop("external_data", False)),
+        "build": info,
+    }
 
 
 def pid_alive(pid: int) -> bool:

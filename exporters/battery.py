@@ -154,8 +154,9 @@ def image_battery() -> list[tuple[str, object]]:
     def scene(w: int, h: int, seed: int) -> Image.Image:
         r = np.random.RandomState(seed)
         y, x = np.mgrid[0:h, 0:w]
-        base = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)),
-                         np.full_like(x, r.randint(0, 256))], -1).astype(np.uint8)
+        base = np.stack(
+            [(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), np.full_like(x, r.randint(0, 256))], -1
+        ).astype(np.uint8)
         img = Image.fromarray(base)
         draw = ImageDraw.Draw(img)
         for _ in range(3):
@@ -171,8 +172,15 @@ def image_battery() -> list[tuple[str, object]]:
         ("image_large", scene(640, 480, 5)),
         ("image_noise", Image.fromarray(rng.randint(0, 256, size=(70, 71, 3), dtype=np.uint8))),
         ("image_grayscale", scene(64, 48, 6).convert("L")),
-        ("image_rgba", Image.fromarray(np.concatenate(
-            [np.asarray(scene(60, 40, 7)), rng.randint(0, 256, size=(40, 60, 1), dtype=np.uint8)], -1), "RGBA")),
+        (
+            "image_rgba",
+            Image.fromarray(
+                np.concatenate(
+                    [np.asarray(scene(60, 40, 7)), rng.randint(0, 256, size=(40, 60, 1), dtype=np.uint8)], -1
+                ),
+                "RGBA",
+            ),
+        ),
         ("image_palette", scene(57, 57, 8).convert("P")),
         ("image_one_pixel", Image.new("RGB", (1, 1), (200, 30, 90))),
     ]

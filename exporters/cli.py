@@ -21,19 +21,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="st-export",
         description="Export a sentence-transformers model to ONNX graphs that st_runtime runs without torch. "
-                    "Every export is validated against sentence-transformers before it is written.")
-    p.add_argument("model", help="local sentence-transformers folder, hub id (org/name), or a short name from the "
-                                 "sentence-transformers model table (all-MiniLM-L6-v2)")
+        "Every export is validated against sentence-transformers before it is written.",
+    )
+    p.add_argument(
+        "model",
+        help="local sentence-transformers folder, hub id (org/name), or a short name from the "
+        "sentence-transformers model table (all-MiniLM-L6-v2)",
+    )
     p.add_argument("-o", "--output", help="output folder (default: exported_models/<name>)")
     p.add_argument("--revision", help="hub commit, branch or tag to export")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow models whose repository ships custom Python code (it is executed)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow models whose repository ships custom Python code (it is executed)",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
-    p.add_argument("--external-data", action="store_true",
-                   help="store weights as ONNX external data even under 2 GB")
-    p.add_argument("--variants", default=None,
-                   help="comma-separated variants besides fp32: opt, int8, fp16 (default: all this machine can "
-                        "validate: opt,int8, plus fp16 where CUDA is available)")
+    p.add_argument("--external-data", action="store_true", help="store weights as ONNX external data even under 2 GB")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variants besides fp32: opt, int8, fp16 (default: all this machine can "
+        "validate: opt,int8, plus fp16 where CUDA is available)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     return p
 
@@ -42,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     missing = missing_export_stack()
     if missing:  # `pip install .` alone has the runtime, not the exporter's stack
-        print(f"st-export: error: the exporter needs {', '.join(missing)}, which this environment lacks. Install "
-              "PyTorch first (the CPU build is enough: pip install torch --index-url "
-              "https://download.pytorch.org/whl/cpu), then the export extra: pip install \"st-runtime[export]\".",
-              file=sys.stderr)
+        print(
+            f"st-export: error: the exporter needs {', '.join(missing)}, which this environment lacks. Install "
+            "PyTorch first (the CPU build is enough: pip install torch --index-url "
+            'https://download.pytorch.org/whl/cpu), then the export extra: pip install "st-runtime[export]".',
+            file=sys.stderr,
+        )
         return 2
     from .export import DEFAULT_OPSET, export_model
 
@@ -58,11 +69,16 @@ def main(argv: list[str] | None = None) -> int:
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     try:
-        export_model(args.model, output=args.output, revision=args.revision,
-                     trust_remote_code=args.trust_remote_code, opset=args.opset or DEFAULT_OPSET,
-                     external_data=True if args.external_data else None,
-                     variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None,
-                     log=log)
+        export_model(
+            args.model,
+            output=args.output,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
+            opset=args.opset or DEFAULT_OPSET,
+            external_data=True if args.external_data else None,
+            variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None,
+            log=log,
+        )
     except ExportError as exc:
         print(f"st-export: error: {exc}", file=sys.stderr)
         return 1

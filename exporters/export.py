@@ -60,8 +60,10 @@ def _as_users_load_it(st_model, spec, path: Path, trust_remote_code: bool, log: 
             raise ValueError(f"still {auto.config._attn_implementation!r}")
         return st_model
     except Exception as exc:  # noqa: BLE001 - any failure: the reference is loaded as users load it
-        log(f"note: could not switch the loaded model to {target} attention ({type(exc).__name__}: {exc}); "
-            "loading it again as the reference")
+        log(
+            f"note: could not switch the loaded model to {target} attention ({type(exc).__name__}: {exc}); "
+            "loading it again as the reference"
+        )
         return _load_st(path, trust_remote_code, None)
 
 
@@ -87,10 +89,20 @@ class ExportRun:
     manifest: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, Any] = field(default_factory=dict)
     capped_at: int | None = None
+    hf_config: Any = None
+    references: dict[str, Any] = field(default_factory=dict)
 
 
-def _validate_variant(manifest: dict[str, Any], folder: Path, tower: str, name: str, reference, source: str,
-                      log: Callable[[str], None], required: bool = True) -> bool:
+def _validate_variant(
+    manifest: dict[str, Any],
+    folder: Path,
+    tower: str,
+    name: str,
+    reference,
+    source: str,
+    log: Callable[[str], None],
+    required: bool = True,
+) -> bool:
     """Validate one variant of one tower through st_runtime itself and record the result in the manifest."""
     from st_runtime import SentenceEncoder
 
@@ -110,15 +122,18 @@ def _validate_variant(manifest: dict[str, Any], folder: Path, tower: str, name: 
         return report["passed"]
     lines = "\n".join(
         f"  [{f['run']}] #{f.get('index')} ({f.get('tag')}) cosine {f.get('cosine', float('nan')):.7f}: "
-        f"{f.get('text', f.get('error'))!r}" for f in report["failures"][:50])
+        f"{f.get('text', f.get('error'))!r}"
+        for f in report["failures"][:50]
+    )
     raise ValidationFailedError(
         f"The exported {name} graph of the {tower} tower of {source} does not reproduce sentence-transformers: "
         f"{len(report['failures'])} item(s) below cosine {plan.min_cosine}:\n{lines}\nNothing was written. "
-        "Please report this with the model name and the versions in the manifest.", report)
+        "Please report this with the model name and the versions in the manifest.",
+        report,
+    )
 
 
-def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[[str], None],
-                          rounds: int = 5) -> None:
+def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[[str], None], rounds: int = 5) -> None:
     """Time every passed CPU variant of the text tower on the same mixed workload, so the runtime can pick
     the fastest one measured rather than guessed (on this CPU, fused graphs are not always faster: onnxruntime
     applies its own CPU fusions to the plain graph at load). Variants alternate within each round, so a burst
@@ -134,9 +149,11 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     if tower is None:
         return
     texts = SHORT_QUERIES * 16 + PASSAGES * 4
-    encoders = {name: SentenceEncoder(folder, providers="cpu", variant=name)
-                for name, v in tower["variants"].items()
-                if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]}
+    encoders = {
+        name: SentenceEncoder(folder, providers="cpu", variant=name)
+        for name, v in tower["variants"].items()
+        if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]
+    }
     if not encoders:
         return
     times: dict[str, list[float]] = {name: [] for name in encoders}
@@ -144,7 +161,7 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
         enc.encode(texts[:16])
     names = list(encoders)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # a different variant goes first each round
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # a different variant goes first each round
             enc = encoders[name]
             t = time.perf_counter()
             enc.encode(texts)
@@ -152,8 +169,12 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     timed = {}
     for name, ts in times.items():
         timed[name] = sorted(ts)[len(ts) // 2]
-        tower["variants"][name]["cpu_timing"] = {"items": len(texts), "median_s": timed[name],
-                                                 "threads": physical_cores(), "rounds": rounds}
+        tower["variants"][name]["cpu_timing"] = {
+            "items": len(texts),
+            "median_s": timed[name],
+            "threads": physical_cores(),
+            "rounds": rounds,
+        }
     if timed:
         log("CPU timing (items/s): " + ", ".join(f"{n} {len(texts) / t:.0f}" for n, t in timed.items()))
 
@@ -169,10 +190,12 @@ def _resolve(run: ExportRun) -> None:
     run.resolved = resolve(run.name_or_path, revision=run.revision, log=run.log)
     output = run.output if run.output is not None else Path("exported_models") / run.resolved.name
     run.output = output.resolve()
-    if run.output.exists() and (not run.output.is_dir() or (any(run.output.iterdir())
-                                                            and not (run.output / MANIFEST_NAME).is_file())):
-        raise ExportError(f"{run.output} exists and is not an st-export folder; refusing to replace it. "
-                          "Choose another -o/--output.")
+    if run.output.exists() and (
+        not run.output.is_dir() or (any(run.output.iterdir()) and not (run.output / MANIFEST_NAME).is_file())
+    ):
+        raise ExportError(
+            f"{run.output} exists and is not an st-export folder; refusing to replace it. Choose another -o/--output."
+        )
 
 
 def _inspect(run: ExportRun) -> None:
@@ -203,7 +226,7 @@ def _cap_unlimited_length(run: ExportRun) -> None:
     position table, where sentence-transformers itself fails. Cap max_seq_length at the table's size, for the
     export and for the reference it is validated against, and record that in the manifest."""
     current = run.st_model.max_seq_length
-    if current is not None and current < 2 ** 31:
+    if current is not None and current < 2**31:
         return
     config = getattr(getattr(run.st_model[0], "auto_model", None), "config", None)
     limit = run.spec.position_limit(config) if config is not None else None
@@ -211,8 +234,10 @@ def _cap_unlimited_length(run: ExportRun) -> None:
         return  # no position table (word embeddings): nothing to run past
     run.st_model.max_seq_length = limit
     run.capped_at = limit
-    run.log(f"note: the tokenizer declares no length limit; max_seq_length capped at the model's {limit} "
-            "positions (set max_seq_length in sentence_bert_config.json to choose another)")
+    run.log(
+        f"note: the tokenizer declares no length limit; max_seq_length capped at the model's {limit} "
+        "positions (set max_seq_length in sentence_bert_config.json to choose another)"
+    )
 
 
 def _trace(run: ExportRun) -> None:
@@ -229,8 +254,12 @@ def _trace(run: ExportRun) -> None:
     run.manifest = {
         "format_version": FORMAT_VERSION,
         "name": resolved.name,
-        "source": {"model": resolved.source, "revision": resolved.revision, "origin": resolved.origin,
-                   "modules": run.modules_json},
+        "source": {
+            "model": resolved.source,
+            "revision": resolved.revision,
+            "origin": resolved.origin,
+            "modules": run.modules_json,
+        },
         "architecture": {"model_type": run.model_type, "family": run.spec.family},
         "towers": towers,
         "embedding": {
@@ -260,16 +289,40 @@ def _write_manifest(run: ExportRun) -> None:
     dump_manifest(run.manifest, run.tmp)
 
 
+class SavedReference:
+    """sentence-transformers' outputs on one tower's validation battery, computed once: every variant is
+    checked against them after the torch model itself has been freed (it is not needed past the fp32 check,
+    and holding it while variants are built and loaded doubled the export's peak memory)."""
+
+    def __init__(self, model, items: list[tuple[str, Any]]):
+        from .validate import reference_outputs
+
+        self.sentences = [s for _, s in items]
+        self.outputs = reference_outputs(model, self.sentences)
+
+    def encode(self, sentences, **_kwargs):
+        if len(sentences) != len(self.sentences):
+            raise ValueError("SavedReference holds the outputs of one battery only")
+        return self.outputs
+
+
 def _validate(run: ExportRun) -> None:
-    run.st_model = _as_users_load_it(run.st_model, run.spec, run.resolved.local_path, run.trust_remote_code,
-                                     run.log)
+    from .towers import validation_items
+
+    model = _as_users_load_it(run.st_model, run.spec, run.resolved.local_path, run.trust_remote_code, run.log)
+    run.st_model = None
+    run.hf_config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    for tname, tower in run.manifest["towers"].items():
+        run.references[tname] = SavedReference(model, validation_items(tower))
+    del model
+    gc.collect()  # the torch model: variants are built and checked against the saved outputs
     for tname in run.manifest["towers"]:
-        _validate_variant(run.manifest, run.tmp, tname, "fp32", run.st_model, run.resolved.source, run.log)
+        _validate_variant(run.manifest, run.tmp, tname, "fp32", run.references[tname], run.resolved.source, run.log)
 
 
 def _build_variants(run: ExportRun) -> None:
     manifest, tmp = run.manifest, run.tmp
-    hf_config = getattr(getattr(run.st_model[0], "auto_model", None), "config", None)
+    hf_config = run.hf_config
     for tname, tower in manifest["towers"].items():
         if tower["modality"] != "text":
             continue
@@ -284,8 +337,11 @@ def _build_variants(run: ExportRun) -> None:
             except Exception as exc:  # an optional variant that cannot be built is reported, not fatal
                 error = f"{type(exc).__name__}: {exc}"
                 run.log(f"{tname} {name}: could not be built ({error[:300]}); it is left out.")
-                run.rejected[name] = {"status": "failed", "error": error,
-                                      "validation": {"summary": f"build failed: {error[:300]}"}}
+                run.rejected[name] = {
+                    "status": "failed",
+                    "error": error,
+                    "validation": {"summary": f"build failed: {error[:300]}"},
+                }
                 for f in (path, path.with_name(path.name + ".data")):
                     if f.exists():
                         f.unlink()
@@ -298,15 +354,14 @@ def _build_variants(run: ExportRun) -> None:
                 manifest["files"][f.name] = file_record(f)
             tower["variants"][name] = variant_entry(name, path.name, info)
             dump_manifest(manifest, tmp)
-            if not _validate_variant(manifest, tmp, tname, name, run.st_model, run.resolved.source, run.log,
-                                     required=False):
+            if not _validate_variant(
+                manifest, tmp, tname, name, run.references[tname], run.resolved.source, run.log, required=False
+            ):
                 run.rejected[name] = tower["variants"].pop(name)
                 for f in written:
                     del manifest["files"][f.name]
                     f.unlink()
     manifest["export"]["rejected_variants"] = run.rejected
-    run.st_model = None  # the reference is not needed past validation: free it before timing
-    gc.collect()
 
 
 def _time(run: ExportRun) -> None:
@@ -320,23 +375,44 @@ def _place_output(run: ExportRun) -> None:
 
 # The steps in order; each takes the run and adds to it.
 STEPS: tuple[tuple[str, Callable[[ExportRun], None]], ...] = (
-    ("resolve", _resolve), ("inspect", _inspect), ("load", _load), ("trace towers", _trace),
-    ("write manifest", _write_manifest), ("validate", _validate), ("build variants", _build_variants),
-    ("time", _time), ("place", _place_output),
+    ("resolve", _resolve),
+    ("inspect", _inspect),
+    ("load", _load),
+    ("trace towers", _trace),
+    ("write manifest", _write_manifest),
+    ("validate", _validate),
+    ("build variants", _build_variants),
+    ("time", _time),
+    ("place", _place_output),
 )
 
 
-def export_model(name_or_path: str, output: str | os.PathLike | None = None, revision: str | None = None,
-                 trust_remote_code: bool = False, opset: int = DEFAULT_OPSET, external_data: bool | None = None,
-                 variants: list[str] | None = None, log: Callable[[str], None] = print) -> Path:
+def export_model(
+    name_or_path: str,
+    output: str | os.PathLike | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    opset: int = DEFAULT_OPSET,
+    external_data: bool | None = None,
+    variants: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Export a sentence-transformers model to ``output`` (default ``exported_models/<name>``).
 
     ``variants``: graph variants to build besides the fp32 graph (which is always built and must pass):
     any of "opt", "int8", "fp16"; default :func:`default_variants`.
     """
     wanted = list(dict.fromkeys(["fp32"] + list(variants if variants is not None else default_variants())))
-    run = ExportRun(name_or_path, Path(output) if output is not None else None, revision, trust_remote_code, opset,
-                    external_data, wanted, log)
+    run = ExportRun(
+        name_or_path,
+        Path(output) if output is not None else None,
+        revision,
+        trust_remote_code,
+        opset,
+        external_data,
+        wanted,
+        log,
+    )
     try:
         for _name, step in STEPS:
             step(run)

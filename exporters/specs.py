@@ -24,9 +24,9 @@ class TowerSpec:
     ``get_image_features``).
     """
 
-    name: str                           # key in manifest["towers"]
-    modality: str                       # "text" or "image"
-    inputs: tuple[str, ...]             # graph inputs the tower can take, in graph order
+    name: str  # key in manifest["towers"]
+    modality: str  # "text" or "image"
+    inputs: tuple[str, ...]  # graph inputs the tower can take, in graph order
     graph_file: str
     features: tuple[tuple[str, str], ...] = ()
 
@@ -93,8 +93,10 @@ def register(spec: TextEncoderSpec) -> TextEncoderSpec:
     if not spec.model_types and spec.input_module == "Transformer":
         raise ValueError(f"spec {spec.family!r} names no model_types; a Transformer family needs at least one")
     if not spec.model_types and spec.input_module in _BY_INPUT_MODULE:
-        raise ValueError(f"input module {spec.input_module!r} is registered twice "
-                         f"({_BY_INPUT_MODULE[spec.input_module].family} and {spec.family})")
+        raise ValueError(
+            f"input module {spec.input_module!r} is registered twice "
+            f"({_BY_INPUT_MODULE[spec.input_module].family} and {spec.family})"
+        )
     for mt in spec.model_types:
         if mt in _REGISTRY:
             raise ValueError(f"model_type {mt!r} is registered twice ({_REGISTRY[mt].family} and {spec.family})")
@@ -124,8 +126,10 @@ def all_specs() -> tuple[TextEncoderSpec, ...]:
 
 
 def supported_summary() -> str:
-    return (f"Supported model types: {sorted(_REGISTRY)}; supported input modules without a transformer: "
-            f"{sorted(_BY_INPUT_MODULE)}")
+    return (
+        f"Supported model types: {sorted(_REGISTRY)}; supported input modules without a transformer: "
+        f"{sorted(_BY_INPUT_MODULE)}"
+    )
 
 
 def spec_for(model_type: str) -> TextEncoderSpec:
@@ -143,76 +147,96 @@ def spec_for_input_module(name: str) -> TextEncoderSpec | None:
     return _BY_INPUT_MODULE.get(name)
 
 
-register(TextEncoderSpec(
-    family="bert",
-    model_types=("bert",),
-    inputs=("input_ids", "attention_mask", "token_type_ids"),
-    ort_optimizer_type="bert",
-    examples=("all-MiniLM-L6-v2", "multi-qa-MiniLM-L6-cos-v1", "LaBSE", "allenai-specter"),
-))
-register(TextEncoderSpec(
-    family="mpnet",
-    position_offset=2,
-    attention_fusion="relative_bias",
-    model_types=("mpnet",),
-    inputs=("input_ids", "attention_mask"),
-    ort_optimizer_type=None,
-    examples=("all-mpnet-base-v2", "multi-qa-mpnet-base-dot-v1"),
-))
-register(TextEncoderSpec(
-    family="distilbert",
-    model_types=("distilbert",),
-    inputs=("input_ids", "attention_mask"),
-    ort_optimizer_type="bert",
-    examples=("msmarco-distilbert-base-tas-b", "distiluse-base-multilingual-cased-v2"),
-))
-register(TextEncoderSpec(
-    family="xlm-roberta",
-    position_offset=2,
-    model_types=("xlm-roberta",),
-    inputs=("input_ids", "attention_mask"),
-    ort_optimizer_type="bert",
-    examples=("paraphrase-multilingual-mpnet-base-v2",),
-))
-register(TextEncoderSpec(
-    family="roberta",
-    position_offset=2,
-    model_types=("roberta",),
-    inputs=("input_ids", "attention_mask"),
-    ort_optimizer_type="bert",
-    examples=("all-distilroberta-v1",),
-))
-register(TextEncoderSpec(
-    family="albert",
-    model_types=("albert",),
-    inputs=("input_ids", "attention_mask", "token_type_ids"),
-    ort_optimizer_type=None,
-    examples=("paraphrase-albert-small-v2",),
-))
-register(TextEncoderSpec(
-    family="clip",
-    variants=(),
-    model_types=("clip",),
-    inputs=("input_ids", "attention_mask"),
-    ort_optimizer_type=None,
-    examples=("clip-ViT-B-32", "clip-ViT-B-16", "clip-ViT-L-14"),
-    towers=(
-        TowerSpec("text", "text", ("input_ids", "attention_mask"), "text.onnx", (("modality", "text"),)),
-        TowerSpec("image", "image", ("pixel_values",), "image.onnx", (("modality", "image"),)),
-    ),
-    needs_pooling=False,
-    text_pairs=False,
-))
-register(TextEncoderSpec(
-    family="word-embeddings",
-    variants=(),
-    model_types=(),
-    inputs=("input_ids", "attention_mask"),
-    ort_optimizer_type=None,
-    examples=("average_word_embeddings_glove.6B.300d", "average_word_embeddings_komninos",
-              "average_word_embeddings_levy_dependency", "average_word_embeddings_glove.840B.300d"),
-    input_module="WordEmbeddings",
-    attn_implementation=None,
-    tokenizer_kind="whitespace",
-    text_pairs=False,
-))
+register(
+    TextEncoderSpec(
+        family="bert",
+        model_types=("bert",),
+        inputs=("input_ids", "attention_mask", "token_type_ids"),
+        ort_optimizer_type="bert",
+        examples=("all-MiniLM-L6-v2", "multi-qa-MiniLM-L6-cos-v1", "LaBSE", "allenai-specter"),
+    )
+)
+register(
+    TextEncoderSpec(
+        family="mpnet",
+        position_offset=2,
+        attention_fusion="relative_bias",
+        model_types=("mpnet",),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type=None,
+        examples=("all-mpnet-base-v2", "multi-qa-mpnet-base-dot-v1"),
+    )
+)
+register(
+    TextEncoderSpec(
+        family="distilbert",
+        model_types=("distilbert",),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type="bert",
+        examples=("msmarco-distilbert-base-tas-b", "distiluse-base-multilingual-cased-v2"),
+    )
+)
+register(
+    TextEncoderSpec(
+        family="xlm-roberta",
+        position_offset=2,
+        model_types=("xlm-roberta",),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type="bert",
+        examples=("paraphrase-multilingual-mpnet-base-v2",),
+    )
+)
+register(
+    TextEncoderSpec(
+        family="roberta",
+        position_offset=2,
+        model_types=("roberta",),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type="bert",
+        examples=("all-distilroberta-v1",),
+    )
+)
+register(
+    TextEncoderSpec(
+        family="albert",
+        model_types=("albert",),
+        inputs=("input_ids", "attention_mask", "token_type_ids"),
+        ort_optimizer_type=None,
+        examples=("paraphrase-albert-small-v2",),
+    )
+)
+register(
+    TextEncoderSpec(
+        family="clip",
+        variants=(),
+        model_types=("clip",),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type=None,
+        examples=("clip-ViT-B-32", "clip-ViT-B-16", "clip-ViT-L-14"),
+        towers=(
+            TowerSpec("text", "text", ("input_ids", "attention_mask"), "text.onnx", (("modality", "text"),)),
+            TowerSpec("image", "image", ("pixel_values",), "image.onnx", (("modality", "image"),)),
+        ),
+        needs_pooling=False,
+        text_pairs=False,
+    )
+)
+register(
+    TextEncoderSpec(
+        family="word-embeddings",
+        variants=(),
+        model_types=(),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type=None,
+        examples=(
+            "average_word_embeddings_glove.6B.300d",
+            "average_word_embeddings_komninos",
+            "average_word_embeddings_levy_dependency",
+            "average_word_embeddings_glove.840B.300d",
+        ),
+        input_module="WordEmbeddings",
+        attn_implementation=None,
+        tokenizer_kind="whitespace",
+        text_pairs=False,
+    )
+)

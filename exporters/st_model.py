@@ -23,7 +23,7 @@ SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "CLIPModel"
 class ModelDescription:
     model_type: str
     spec: TextEncoderSpec
-    modules: list[dict[str, Any]]           # modules.json entries, as written
+    modules: list[dict[str, Any]]  # modules.json entries, as written
     pooling: dict[str, Any] | None = None
     dense: list[dict[str, Any]] = field(default_factory=list)
     normalized: bool = False
@@ -37,13 +37,17 @@ def _read_json(path: Path) -> Any:
 def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dict[str, Any]]]:
     """model_type of the transformer and the modules.json entries, without loading weights."""
     modules_file = folder / "modules.json"
-    modules = _read_json(modules_file) if modules_file.is_file() else [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules = (
+        _read_json(modules_file)
+        if modules_file.is_file()
+        else [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    )
     custom = [m["type"] for m in modules if not str(m.get("type", "")).startswith("sentence_transformers.")]
     if custom and not trust_remote_code:
         raise RemoteCodeError(
             f"{folder} uses custom module code {custom}. Running it executes code from the model repository; "
-            "if you trust it, pass --trust-remote-code.")
+            "if you trust it, pass --trust-remote-code."
+        )
     first = modules[0]
     input_spec = spec_for_input_module(str(first.get("type", "")).rsplit(".", 1)[-1])
     if input_spec is not None:  # a non-transformer input module (WordEmbeddings): no config.json to read
@@ -53,17 +57,20 @@ def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dic
         raise UnsupportedModelError(
             f"{folder}: the first module ({first.get('type')}) has no config.json at {cfg_path}, so it is not a "
             f"Hugging Face transformer. st-export supports pipelines of {', '.join(SUPPORTED_MODULES)}. "
-            f"{supported_summary()}.")
+            f"{supported_summary()}."
+        )
     config = _read_json(cfg_path)
     if config.get("auto_map") and not trust_remote_code:
         raise RemoteCodeError(
             f"{cfg_path} maps to custom model code ({sorted(config['auto_map'])}). Running it executes code from "
-            "the model repository; if you trust it, pass --trust-remote-code.")
+            "the model repository; if you trust it, pass --trust-remote-code."
+        )
     model_type = config.get("model_type")
     if not model_type:
         raise UnsupportedModelError(
             f"{cfg_path} names no model_type, so the first module ({first.get('type')}) is not a Hugging Face "
-            f"transformer. st-export supports pipelines of {', '.join(SUPPORTED_MODULES)}. {supported_summary()}.")
+            f"transformer. st-export supports pipelines of {', '.join(SUPPORTED_MODULES)}. {supported_summary()}."
+        )
     spec_for(model_type)  # raises with the list of supported architectures
     return model_type, modules
 
@@ -79,7 +86,8 @@ def describe(st_model, model_type: str, modules_json: list[dict[str, Any]]) -> M
     if not mods or not isinstance(mods[0], input_cls):
         raise UnsupportedModelError(
             f"the first module is {type(mods[0]).__name__ if mods else 'missing'}; st-export needs a "
-            f"{spec.input_module} first for {spec.family} models. Supported modules: {', '.join(SUPPORTED_MODULES)}.")
+            f"{spec.input_module} first for {spec.family} models. Supported modules: {', '.join(SUPPORTED_MODULES)}."
+        )
     from .towers import check_input_module
 
     check_input_module(mods[0], spec)
@@ -90,25 +98,30 @@ def describe(st_model, model_type: str, modules_json: list[dict[str, Any]]) -> M
             if not mod.include_prompt:
                 raise UnsupportedModelError(
                     "Pooling with include_prompt=False (prompt tokens excluded from pooling) is not supported "
-                    "by st-export yet.")
+                    "by st-export yet."
+                )
             modes = (mod.pooling_mode,) if isinstance(mod.pooling_mode, str) else tuple(mod.pooling_mode)
             desc.pooling = {"modes": list(modes), "include_prompt": bool(mod.include_prompt)}
         elif isinstance(mod, Dense):
             act = mod.activation_function
-            desc.dense.append({
-                "in_features": int(mod.linear.in_features),
-                "out_features": int(mod.linear.out_features),
-                "bias": mod.linear.bias is not None,
-                "activation": f"{type(act).__module__}.{type(act).__name__}",
-            })
+            desc.dense.append(
+                {
+                    "in_features": int(mod.linear.in_features),
+                    "out_features": int(mod.linear.out_features),
+                    "bias": mod.linear.bias is not None,
+                    "activation": f"{type(act).__module__}.{type(act).__name__}",
+                }
+            )
         elif isinstance(mod, Normalize):
             desc.normalized = True
         else:
             raise UnsupportedModelError(
                 f"module {type(mod).__module__}.{type(mod).__name__} is not supported by st-export. Supported "
-                f"modules: {', '.join(SUPPORTED_MODULES)}.")
+                f"modules: {', '.join(SUPPORTED_MODULES)}."
+            )
     if desc.pooling is None and spec.needs_pooling:
         raise UnsupportedModelError(
             "the model has no Pooling module, so it gives token embeddings, not sentence embeddings; "
-            "st-export exports sentence embedding models only.")
+            "st-export exports sentence embedding models only."
+        )
     return desc

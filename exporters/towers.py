@@ -21,8 +21,19 @@ from .specs import TextEncoderSpec, TowerSpec
 _TRACE_TEXTS = ["a short text", "a noticeably longer text so that the batch needs padding"]
 
 # Image preprocessor settings st_runtime.image reproduces; anything else set on the processor is refused.
-_IMAGE_KEYS = ("do_convert_rgb", "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
-               "rescale_factor", "do_normalize", "image_mean", "image_std")
+_IMAGE_KEYS = (
+    "do_convert_rgb",
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
 _SUPPORTED_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
@@ -36,14 +47,16 @@ def check_input_module(module, spec: TextEncoderSpec) -> None:
         if not isinstance(tok, WhitespaceTokenizer):
             raise UnsupportedModelError(
                 f"{type(module).__name__} uses the tokenizer {type(tok).__module__}.{type(tok).__name__}; st-export "
-                "supports WordEmbeddings only with sentence-transformers' WhitespaceTokenizer.")
+                "supports WordEmbeddings only with sentence-transformers' WhitespaceTokenizer."
+            )
     modality_config = getattr(module, "modality_config", None)
     if isinstance(modality_config, dict):
         missing = [t.modality for t in spec.tower_specs() if t.modality not in modality_config]
         if missing:
             raise UnsupportedModelError(
                 f"the {spec.family} model's Transformer module has no {missing} modality (it has "
-                f"{sorted(modality_config)}); st-export exports the towers {[t.name for t in spec.tower_specs()]}.")
+                f"{sorted(modality_config)}); st-export exports the towers {[t.name for t in spec.tower_specs()]}."
+            )
 
 
 # ---------------------------------------------------------------- input sides
@@ -72,8 +85,9 @@ def image_preprocessor_info(module) -> dict[str, Any]:
     processor = getattr(module, "processor", None)
     ip = getattr(processor, "image_processor", None)
     if ip is None:
-        raise UnsupportedModelError(f"{type(module).__name__} has no image processor, so its image tower cannot "
-                                    "be exported.")
+        raise UnsupportedModelError(
+            f"{type(module).__name__} has no image processor, so its image tower cannot be exported."
+        )
     info: dict[str, Any] = {"kind": "clip", "processor_class": type(ip).__name__}
     saved = ip.to_dict()  # exactly what the model's preprocessor config holds (plain JSON types)
     for key in _IMAGE_KEYS:
@@ -83,22 +97,28 @@ def image_preprocessor_info(module) -> dict[str, Any]:
         info[key] = value
     for flag in ("do_pad", "do_reduce_labels"):
         if saved.get(flag):
-            raise UnsupportedModelError(f"the image processor {type(ip).__name__} sets {flag}; st_runtime's image "
-                                        f"preprocessing supports {list(_IMAGE_KEYS)} only.")
+            raise UnsupportedModelError(
+                f"the image processor {type(ip).__name__} sets {flag}; st_runtime's image "
+                f"preprocessing supports {list(_IMAGE_KEYS)} only."
+            )
     size = info["size"] or {}
-    if info["do_resize"] and not ("shortest_edge" in size and len(size) == 1
-                                  or set(size) == {"height", "width"}):
-        raise UnsupportedModelError(f"image processor size {size} is not supported; st_runtime resizes to "
-                                    "{'shortest_edge': n} or {'height': h, 'width': w}.")
+    if info["do_resize"] and not ("shortest_edge" in size and len(size) == 1 or set(size) == {"height", "width"}):
+        raise UnsupportedModelError(
+            f"image processor size {size} is not supported; st_runtime resizes to "
+            "{'shortest_edge': n} or {'height': h, 'width': w}."
+        )
     if info["do_resize"] and info["resample"] not in _SUPPORTED_RESAMPLE:
-        raise UnsupportedModelError(f"image processor resample {info['resample']!r} is not supported; supported: "
-                                    f"{_SUPPORTED_RESAMPLE}.")
+        raise UnsupportedModelError(
+            f"image processor resample {info['resample']!r} is not supported; supported: {_SUPPORTED_RESAMPLE}."
+        )
     if info["do_center_crop"] and set(info["crop_size"] or {}) != {"height", "width"}:
         raise UnsupportedModelError(f"image processor crop_size {info['crop_size']} is not supported.")
     crop = info["crop_size"] if info["do_center_crop"] else size
     if set(crop or {}) != {"height", "width"}:
-        raise UnsupportedModelError("the image processor does not give a fixed output size (no center crop and no "
-                                    "fixed resize), which the exported image tower needs.")
+        raise UnsupportedModelError(
+            "the image processor does not give a fixed output size (no center crop and no "
+            "fixed resize), which the exported image tower needs."
+        )
     info["image_size"] = [int(crop["height"]), int(crop["width"])]
     return info
 
@@ -133,27 +153,37 @@ def _graph_module(st_model, input_names: list[str], features: dict[str, str]):
     return TowerGraph().eval()
 
 
-def trace_tower(st_model, tower: TowerSpec, input_names: list[str], path: Path, opset: int,
-                external_data: bool | None) -> bool:
+def trace_tower(
+    st_model, tower: TowerSpec, input_names: list[str], path: Path, opset: int, external_data: bool | None
+) -> bool:
     import onnx
     import torch
 
     sample = st_model.preprocess(_TRACE_TEXTS if tower.modality == "text" else sample_images())
     missing = [n for n in input_names if n not in sample]
     if missing:
-        raise ExportError(f"the {tower.name} tower's preprocessing gives {sorted(k for k in sample)} but not "
-                          f"{missing}; this model does not fit the {tower.name} tower spec.")
+        raise ExportError(
+            f"the {tower.name} tower's preprocessing gives {sorted(k for k in sample)} but not "
+            f"{missing}; this model does not fit the {tower.name} tower spec."
+        )
     args = tuple(sample[name] for name in input_names)
-    dynamic_axes = {name: ({0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"})
-                    for name in input_names}
+    dynamic_axes = {
+        name: ({0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"}) for name in input_names
+    }
     dynamic_axes["sentence_embedding"] = {0: "batch"}
     before = {f.name for f in path.parent.iterdir()}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _graph_module(st_model, input_names, dict(tower.features)), args, str(path), dynamo=False,
-            opset_version=opset, input_names=input_names, output_names=["sentence_embedding"],
-            dynamic_axes=dynamic_axes, do_constant_folding=True,
+            _graph_module(st_model, input_names, dict(tower.features)),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=["sentence_embedding"],
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
         )
     use_external = external_data if external_data is not None else path.stat().st_size >= EXTERNAL_DATA_THRESHOLD
     if use_external:
@@ -165,8 +195,9 @@ def trace_tower(st_model, tower: TowerSpec, input_names: list[str], path: Path, 
     return use_external
 
 
-def build_towers(st_model, desc, folder: Path, opset: int, external_data: bool | None,
-                 log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def build_towers(
+    st_model, desc, folder: Path, opset: int, external_data: bool | None, log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
     """Trace every tower of ``desc.spec`` into ``folder`` and return manifest["towers"] (variants pending)."""
     spec: TextEncoderSpec = desc.spec
     towers: dict[str, dict[str, Any]] = {}
@@ -177,12 +208,13 @@ def build_towers(st_model, desc, folder: Path, opset: int, external_data: bool |
                 info = _write_whitespace_tokenizer(st_model[0], folder / "whitespace_tokenizer.json")
             else:
                 info = {"kind": "hf", **write_tokenizer(st_model, folder / "tokenizer.json")}
-                if info["max_seq_length"] is not None and info["max_seq_length"] >= 2 ** 31:
+                if info["max_seq_length"] is not None and info["max_seq_length"] >= 2**31:
                     info["max_seq_length"] = None  # "unlimited" (tokenizer without model_max_length): no truncation
             info["pairs"] = spec.text_pairs
             entry["tokenizer"] = info
-            input_names = [i for i in tower.inputs
-                           if i in ("input_ids", "attention_mask") or i in info["model_input_names"]]
+            input_names = [
+                i for i in tower.inputs if i in ("input_ids", "attention_mask") or i in info["model_input_names"]
+            ]
         elif tower.modality == "image":
             entry["preprocessor"] = image_preprocessor_info(st_model[0])
             input_names = list(tower.inputs)

@@ -31,8 +31,23 @@ def _show(item: Any) -> str:
     return f"<{type(item).__name__} {getattr(item, 'mode', '')} {size if size is not None else ''}>"
 
 
-def validate(reference, encoder, gate: float, texts: list[tuple[str, Any]] | None = None,
-             mean_gate: float | None = None) -> dict[str, Any]:
+def reference_outputs(model, sentences: list[Any]) -> np.ndarray:
+    """sentence-transformers' embeddings of the battery; its own failure (a text past the model's positions)
+    becomes an ExportError that says what to do, not a traceback."""
+    try:
+        return np.asarray(model.encode(sentences, batch_size=8, convert_to_numpy=True), dtype=np.float32)
+    except Exception as exc:
+        raise ExportError(
+            f"sentence-transformers itself fails on the validation battery ({type(exc).__name__}: "
+            f"{str(exc)[:300]}), so the export cannot be checked against it. If a long text runs "
+            "past the model's positions, set max_seq_length in the model's sentence_bert_config.json; "
+            "otherwise please report this with the model name."
+        ) from exc
+
+
+def validate(
+    reference, encoder, gate: float, texts: list[tuple[str, Any]] | None = None, mean_gate: float | None = None
+) -> dict[str, Any]:
     """Compare ``reference.encode`` (sentence-transformers) with ``encoder.encode`` (st_runtime).
 
     st_runtime runs the whole battery at batch size 1 (every item alone) and at one batch holding
@@ -42,13 +57,7 @@ def validate(reference, encoder, gate: float, texts: list[tuple[str, Any]] | Non
     items = texts if texts is not None else battery()
     tags = [t for t, _ in items]
     sentences = [s for _, s in items]
-    try:
-        ref = np.asarray(reference.encode(sentences, batch_size=8, convert_to_numpy=True), dtype=np.float32)
-    except Exception as exc:  # sentence-transformers itself fails on the battery: say so, without a traceback
-        raise ExportError(f"sentence-transformers itself fails on the validation battery ({type(exc).__name__}: "
-                          f"{str(exc)[:300]}), so the export cannot be checked against it. If a long text runs "
-                          "past the model's positions, set max_seq_length in the model's sentence_bert_config.json; "
-                          "otherwise please report this with the model name.") from exc
+    ref = np.asarray(reference.encode(sentences, batch_size=8, convert_to_numpy=True), dtype=np.float32)
     runs = {
         "batch_1": encoder.encode(sentences, batch_size=1),
         f"batch_{len(sentences)}": encoder.encode(sentences, batch_size=len(sentences)),
@@ -64,8 +73,9 @@ def validate(reference, encoder, gate: float, texts: list[tuple[str, Any]] | Non
         all_cos.append(cos)
         max_abs = max(max_abs, float(np.abs(ref - got).max()))
         for i in np.flatnonzero(~(cos >= gate)):
-            failures.append({"run": run, "index": int(i), "tag": tags[i], "text": _show(sentences[i]),
-                             "cosine": float(cos[i])})
+            failures.append(
+                {"run": run, "index": int(i), "tag": tags[i], "text": _show(sentences[i]), "cosine": float(cos[i])}
+            )
     cos_all = np.concatenate(all_cos) if all_cos else np.array([np.nan])
     if mean_gate is not None and not float(np.mean(cos_all)) >= mean_gate:
         failures.append({"run": "all", "error": f"mean cosine {float(np.mean(cos_all)):.6f} below {mean_gate}"})
@@ -81,7 +91,9 @@ def validate(reference, encoder, gate: float, texts: list[tuple[str, Any]] | Non
         "passed": not failures,
         "failures": failures,
     }
-    report["summary"] = (f"{len(sentences)} items x {len(runs)} batchings: min cosine {report['min_cosine']:.7f}, "
-                         f"mean {report['mean_cosine']:.7f}, max |diff| {max_abs:.2e} (gate: min {gate}"
-                         + (f", mean {mean_gate})" if mean_gate is not None else ")"))
+    report["summary"] = (
+        f"{len(sentences)} items x {len(runs)} batchings: min cosine {report['min_cosine']:.7f}, "
+        f"mean {report['mean_cosine']:.7f}, max |diff| {max_abs:.2e} (gate: min {gate}"
+        + (f", mean {mean_gate})" if mean_gate is not None else ")")
+    )
     return report

@@ -36,7 +36,7 @@ class VariantPlan:
     name: str
     precision: str
     providers: tuple[str, ...]
-    rank: int                   # lower is faster; the runtime picks the lowest that passed
+    rank: int  # lower is faster; the runtime picks the lowest that passed
     min_cosine: float
     mean_cosine: float | None = None
     exact: bool = True
@@ -56,9 +56,11 @@ class VariantPlan:
 
         if CUDA in ort.get_available_providers():
             return None
-        return (f"the {self.name} variant can only be validated on CUDA, and this onnxruntime offers "
-                f"{ort.get_available_providers()}. Export on a machine with onnxruntime-gpu and a GPU, or leave "
-                f"{self.name} out.")
+        return (
+            f"the {self.name} variant can only be validated on CUDA, and this onnxruntime offers "
+            f"{ort.get_available_providers()}. Export on a machine with onnxruntime-gpu and a GPU, or leave "
+            f"{self.name} out."
+        )
 
 
 @dataclass
@@ -84,13 +86,27 @@ def fused_operator_counts(model) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    fused = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-             "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
+    fused = (
+        "Attention",
+        "MultiHeadAttention",
+        "EmbedLayerNormalization",
+        "SkipLayerNormalization",
+        "BiasGelu",
+        "FastGelu",
+        "Gelu",
+        "LayerNormalization",
+    )
     return {op: counts.get(op, 0) for op in fused}
 
 
-def build_opt(src: Path, dst: Path, optimizer_type: str | None, num_heads: int, hidden_size: int,
-              attention_fusion: str | None = None) -> dict[str, Any]:
+def build_opt(
+    src: Path,
+    dst: Path,
+    optimizer_type: str | None,
+    num_heads: int,
+    hidden_size: int,
+    attention_fusion: str | None = None,
+) -> dict[str, Any]:
     """onnxruntime.transformers fusions (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), after our own
     attention fusion where the family needs one."""
     import onnx
@@ -108,8 +124,9 @@ def build_opt(src: Path, dst: Path, optimizer_type: str | None, num_heads: int, 
         pre.save_model_to_file(str(dst))
         src = dst
     # opt_level=0: only the portable python fusions; onnxruntime applies its own at session load.
-    model = optimize_model(str(src), model_type=optimizer_type or "bert", num_heads=num_heads,
-                           hidden_size=hidden_size, opt_level=0)
+    model = optimize_model(
+        str(src), model_type=optimizer_type or "bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+    )
     model.save_model_to_file(str(dst))
     info["optimizer"] = f"onnxruntime.transformers.optimizer(model_type={optimizer_type or 'bert'!r})"
     info["fused_operators"] = fused_operator_counts(onnx.load(str(dst), load_external_data=False))
@@ -136,8 +153,15 @@ OUTLIER_SUFFIX = "/outlier_matmul"
 def _weighted_matmuls(model) -> list:
     """MatMuls with a constant 2-D weight, except the fp32 side products of outlier channels."""
     inits = {i.name: i for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits
-            and len(inits[n.input[1]].dims) == 2 and not n.name.endswith(OUTLIER_SUFFIX)]
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and len(n.input) == 2
+        and n.input[1] in inits
+        and len(inits[n.input[1]].dims) == 2
+        and not n.name.endswith(OUTLIER_SUFFIX)
+    ]
 
 
 def _name_nodes(graph) -> None:
@@ -167,8 +191,9 @@ def _fold_constant_identities(graph) -> None:
         for i, name in enumerate(node.input):
             if name in source:
                 node.input[i] = source[name]
-    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in source
-                                            and n.output[0] not in outputs)]
+    kept = [
+        n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in source and n.output[0] not in outputs)
+    ]
     del graph.node[:]
     graph.node.extend(kept)
 
@@ -241,16 +266,25 @@ def merge_sibling_matmuls(model) -> int:
         key = tuple(m.input[1] for m, _, _ in members) + tuple(b for _, _, b in members)
         if key not in made:
             made[key] = base
-            graph.initializer.extend([
-                numpy_helper.from_array(np.concatenate(weights, 1), f"{base}/weight"),
-                numpy_helper.from_array(np.concatenate(biases, 0), f"{base}/bias"),
-                numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{base}/sizes")])
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.concatenate(weights, 1), f"{base}/weight"),
+                    numpy_helper.from_array(np.concatenate(biases, 0), f"{base}/bias"),
+                    numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{base}/sizes"),
+                ]
+            )
         tensors = made[key]
         replace[members[0][0].name] = [
             helper.make_node("MatMul", [x, f"{tensors}/weight"], [f"{base}/product"], name=f"{base}/MatMul"),
             helper.make_node("Add", [f"{base}/product", f"{tensors}/bias"], [f"{base}/biased"], name=f"{base}/Add"),
-            helper.make_node("Split", [f"{base}/biased", f"{tensors}/sizes"],
-                             [add.output[0] for _, add, _ in members], axis=-1, name=f"{base}/Split")]
+            helper.make_node(
+                "Split",
+                [f"{base}/biased", f"{tensors}/sizes"],
+                [add.output[0] for _, add, _ in members],
+                axis=-1,
+                name=f"{base}/Split",
+            ),
+        ]
         drop.update(n.name for m in members for n in m[:2])
     if not replace:
         return 0
@@ -345,11 +379,18 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
         if out:
             inv[out] = 0.0
             scaled[out, :] = 0.0
-            m.graph.initializer.extend([
-                numpy_helper.from_array(np.array(out, np.int64), f"{wname}/outlier_channels"),
-                numpy_helper.from_array(w[out, :].astype(np.float32), f"{wname}/outlier_weight")])
-        m.graph.initializer.extend([numpy_helper.from_array(scaled, f"{wname}/smoothed"),
-                                    numpy_helper.from_array(inv, f"{wname}/smooth_scale")])
+            m.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.array(out, np.int64), f"{wname}/outlier_channels"),
+                    numpy_helper.from_array(w[out, :].astype(np.float32), f"{wname}/outlier_weight"),
+                ]
+            )
+        m.graph.initializer.extend(
+            [
+                numpy_helper.from_array(scaled, f"{wname}/smoothed"),
+                numpy_helper.from_array(inv, f"{wname}/smooth_scale"),
+            ]
+        )
         plans[wname] = (f"{wname}/smoothed", f"{wname}/smooth_scale", out)
     after: dict[str, object] = {}
     nodes = []
@@ -362,16 +403,27 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
             if out:
                 decomposed += 1
                 picked, side = f"{node.name}/outlier_input", f"{node.name}/outlier_product"
-                nodes.append(helper.make_node("Gather", [x, f"{wname}/outlier_channels"], [picked], axis=-1,
-                                              name=f"{node.name}/outlier_gather"))
-                nodes.append(helper.make_node("MatMul", [picked, f"{wname}/outlier_weight"], [side],
-                                              name=node.name + OUTLIER_SUFFIX))
+                nodes.append(
+                    helper.make_node(
+                        "Gather",
+                        [x, f"{wname}/outlier_channels"],
+                        [picked],
+                        axis=-1,
+                        name=f"{node.name}/outlier_gather",
+                    )
+                )
+                nodes.append(
+                    helper.make_node(
+                        "MatMul", [picked, f"{wname}/outlier_weight"], [side], name=node.name + OUTLIER_SUFFIX
+                    )
+                )
                 found = _bias_add(node, consumers, consts, outputs)
                 tail = found[0] if found is not None else node
                 final = tail.output[0]
                 tail.output[0] = f"{final}/without_outliers"
-                after[tail.name] = helper.make_node("Add", [tail.output[0], side], [final],
-                                                    name=f"{node.name}/outlier_add")
+                after[tail.name] = helper.make_node(
+                    "Add", [tail.output[0], side], [final], name=f"{node.name}/outlier_add"
+                )
             smoothed = f"{x}/smoothed_for/{node.name}"
             nodes.append(helper.make_node("Mul", [x, scale], [smoothed], name=f"{node.name}/smooth"))
             node.input[0] = smoothed
@@ -396,9 +448,15 @@ def _quantize(model, exclude: list[str], workdir: Path):
     root.addFilter(_quiet_preprocessing_advice)
     try:
         onnx.save(model, str(src))
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=list(exclude) + side,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=list(exclude) + side,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
         return onnx.load(str(dst))
     finally:  # never leave a scratch graph in the export folder, also when quantization fails
         root.removeFilter(_quiet_preprocessing_advice)
@@ -412,9 +470,17 @@ def _quiet_preprocessing_advice(record: logging.LogRecord) -> bool:
     return "pre-processing before quantization" not in record.getMessage()
 
 
-def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarray]], output: str,
-               target_min: float, target_mean: float, workdir: Path, max_excluded: int | None = None,
-               log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+def build_int8(
+    src: Path,
+    dst: Path,
+    calibration_feeds: list[dict[str, np.ndarray]],
+    output: str,
+    target_min: float,
+    target_mean: float,
+    workdir: Path,
+    max_excluded: int | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
     """Dynamic int8 with per-channel weights from the plain fp32 graph (onnxruntime's own CPU fusions apply at
     load; its fused Attention would keep the query/key/value projections in fp32). Sibling projections are
     merged first. SmoothQuant scaling and outlier-channel decomposition are calibrated on
@@ -431,12 +497,19 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
     if max_excluded is None:
         max_excluded = len(matmuls) // 2
     act_names = sorted({n.input[0] for n in matmuls})
+    # per-channel activation maxima, kept as running maxima one feed at a time (holding every MatMul input of
+    # every calibration feed took gigabytes for a base-size model)
     ref_sess = _session(_with_outputs(base, act_names))
-    ref_runs = _run_all(ref_sess, calibration_feeds, [output] + act_names)
-    reference = np.concatenate([r[0] for r in ref_runs])
-    amax = {}
-    for j, name in enumerate(act_names, start=1):
-        amax[name] = np.max(np.stack([np.abs(r[j].reshape(-1, r[j].shape[-1])).max(0) for r in ref_runs]), 0)
+    outputs, amax = [], {}
+    for feed in calibration_feeds:
+        got = ref_sess.run([output] + act_names, feed)
+        outputs.append(got[0])
+        for name, value in zip(act_names, got[1:]):
+            channel_max = np.abs(value.reshape(-1, value.shape[-1])).max(0)
+            amax[name] = channel_max if name not in amax else np.maximum(amax[name], channel_max)
+        del got
+    del ref_sess
+    reference = np.concatenate(outputs)
 
     def score(model) -> tuple[float, float]:
         got = np.concatenate([r[0] for r in _run_all(_session(model), calibration_feeds, [output])])
@@ -447,13 +520,20 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
         smoothed, decomposed = _smooth(base, amax, alpha, gain)
         q = _quantize(smoothed, [], workdir)
         s = score(q)
-        log(f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
-            f"min cosine {s[0]:.4f}, mean {s[1]:.5f}")
+        log(
+            f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
+            f"min cosine {s[0]:.4f}, mean {s[1]:.5f}"
+        )
         return s, alpha, gain, decomposed, smoothed, q
 
-    # The most accurate of a small grid: smoothing strength first, then how many channels are taken out.
-    best = max((attempt(alpha, 1.5) for alpha in (0.5, 0.7, 0.85)), key=lambda r: r[0])
-    best = max([best] + [attempt(best[1], gain) for gain in (2.0, 1.2)], key=lambda r: r[0])
+    # The most accurate of a small grid: smoothing strength first, then how many channels are taken out. One
+    # candidate at a time besides the best (each holds a smoothed and a quantized copy of the model).
+    best = None
+    for alpha, gain in [(0.5, 1.5), (0.7, 1.5), (0.85, 1.5), (None, 2.0), (None, 1.2)]:
+        candidate = attempt(best[1] if alpha is None else alpha, gain)
+        if best is None or candidate[0] > best[0]:
+            best = candidate
+        del candidate
     (cal_min, cal_mean), alpha, gain, decomposed, smoothed, quantized = best
     excluded: list[str] = []
     step = 1
@@ -462,21 +542,32 @@ def build_int8(src: Path, dst: Path, calibration_feeds: list[dict[str, np.ndarra
         ranked = _rank_by_noise(quantized, smoothed, calibration_feeds, left)
         if not ranked:
             break
-        chosen = ranked[:min(step, max_excluded - len(excluded))]
+        chosen = ranked[: min(step, max_excluded - len(excluded))]
         excluded += chosen
         quantized = _quantize(smoothed, excluded, workdir)
         cal_min, cal_mean = score(quantized)
-        log(f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
-            f"min cosine {cal_min:.4f}, mean {cal_mean:.5f}")
+        log(
+            f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
+            f"min cosine {cal_min:.4f}, mean {cal_mean:.5f}"
+        )
         step *= 2
     onnx.save(quantized, str(dst))
-    return {"method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",
-            "source": "fp32", "merged_sibling_matmuls": merged, "smooth_alpha": alpha,
-            "cpu_int8_dot_product": cpu_int8_dot_product(),
-            "outlier_gain": gain, "outlier_decomposed_matmuls": decomposed,
-            "fp32_matmuls": excluded, "int8_matmuls": len(matmuls) - len(excluded),
-            "calibration": {"texts": len(calibration_feeds), "min_cosine_vs_fp32": cal_min,
-                            "mean_cosine_vs_fp32": cal_mean}}
+    return {
+        "method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",
+        "source": "fp32",
+        "merged_sibling_matmuls": merged,
+        "smooth_alpha": alpha,
+        "cpu_int8_dot_product": cpu_int8_dot_product(),
+        "outlier_gain": gain,
+        "outlier_decomposed_matmuls": decomposed,
+        "fp32_matmuls": excluded,
+        "int8_matmuls": len(matmuls) - len(excluded),
+        "calibration": {
+            "texts": len(calibration_feeds),
+            "min_cosine_vs_fp32": cal_min,
+            "mean_cosine_vs_fp32": cal_mean,
+        },
+    }
 
 
 def _rank_by_noise(quantized, smoothed, feeds, candidates) -> list[str]:
@@ -498,7 +589,7 @@ def _rank_by_noise(quantized, smoothed, feeds, candidates) -> list[str]:
         for n in candidates:
             exact = vals[n.input[0]] @ weights[n.input[1]]
             noise[n.name] += float(((vals[n.output[0]] - exact) ** 2).sum())
-            signal[n.name] += float((exact ** 2).sum())
+            signal[n.name] += float((exact**2).sum())
     return sorted((n.name for n in candidates), key=lambda k: -noise[k] / max(signal[k], 1e-30))
 
 
@@ -527,8 +618,13 @@ def _unique_node_names(graph) -> None:
     attributes: the same value computed twice), then suffix any name still repeated. Unnamed nodes stay so."""
     kept, computed = [], set()
     for node in graph.node:
-        key = (node.domain, node.op_type, tuple(node.input), tuple(node.output),
-               tuple(a.SerializeToString() for a in node.attribute))
+        key = (
+            node.domain,
+            node.op_type,
+            tuple(node.input),
+            tuple(node.output),
+            tuple(a.SerializeToString() for a in node.attribute),
+        )
         if node.output and key in computed:
             continue
         computed.add(key)
@@ -568,24 +664,39 @@ def calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, np
 
 
 def _build_opt_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
-    info = build_opt(ctx.fp32_path, dst, ctx.spec.ort_optimizer_type, ctx.hf_config.num_attention_heads,
-                     ctx.hf_config.hidden_size, ctx.spec.attention_fusion)
+    info = build_opt(
+        ctx.fp32_path,
+        dst,
+        ctx.spec.ort_optimizer_type,
+        ctx.hf_config.num_attention_heads,
+        ctx.hf_config.hidden_size,
+        ctx.spec.attention_fusion,
+    )
     fused = info["fused_operators"]
     if not fused["Attention"] + fused["MultiHeadAttention"]:
         import onnxruntime as ort
 
-        ctx.log(f"warning: onnxruntime {ort.__version__}'s optimizer fused no attention in the {ctx.tower_name} "
-                f"tower's opt graph ({fused}); the graph is exact but its attention runs unfused. A newer "
-                "onnxruntime may fuse it (1.30 fused none in BERT exports of transformers 5.17, 1.31 does): "
-                "`pip install -U onnxruntime`, export again.")
+        ctx.log(
+            f"warning: onnxruntime {ort.__version__}'s optimizer fused no attention in the {ctx.tower_name} "
+            f"tower's opt graph ({fused}); the graph is exact but its attention runs unfused. A newer "
+            "onnxruntime may fuse it (1.30 fused none in BERT exports of transformers 5.17, 1.31 does): "
+            "`pip install -U onnxruntime`, export again."
+        )
     return info
 
 
 def _build_int8_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
     plan = PLANS["int8"]
-    return build_int8(ctx.fp32_path, dst, calibration_feeds(ctx.folder, ctx.tower["inputs"]), "sentence_embedding",
-                      target_min=plan.min_cosine + 0.003, target_mean=plan.mean_cosine + 0.002,
-                      workdir=ctx.folder, log=ctx.log)
+    return build_int8(
+        ctx.fp32_path,
+        dst,
+        calibration_feeds(ctx.folder, ctx.tower["inputs"]),
+        "sentence_embedding",
+        target_min=plan.min_cosine + 0.003,
+        target_mean=plan.mean_cosine + 0.002,
+        workdir=ctx.folder,
+        log=ctx.log,
+    )
 
 
 def _build_fp16_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
@@ -596,8 +707,17 @@ def _build_fp16_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
 PLANS = {
     "fp32": VariantPlan("fp32", "fp32", (CPU, CUDA, TRT), rank=100, min_cosine=0.99999),
     "opt": VariantPlan("opt", "fp32", (CPU, CUDA, TRT), rank=50, min_cosine=0.99999, builder=_build_opt_variant),
-    "int8": VariantPlan("int8", "int8", (CPU,), rank=10, min_cosine=0.99, mean_cosine=0.995, exact=False,
-                        builder=_build_int8_variant),
-    "fp16": VariantPlan("fp16", "fp16", (CUDA, TRT), rank=10, min_cosine=0.999, exact=False,
-                        builder=_build_fp16_variant, validate_on="cuda"),
+    "int8": VariantPlan(
+        "int8", "int8", (CPU,), rank=10, min_cosine=0.99, mean_cosine=0.995, exact=False, builder=_build_int8_variant
+    ),
+    "fp16": VariantPlan(
+        "fp16",
+        "fp16",
+        (CUDA, TRT),
+        rank=10,
+        min_cosine=0.999,
+        exact=False,
+        builder=_build_fp16_variant,
+        validate_on="cuda",
+    ),
 }

@@ -52,9 +52,14 @@ class BatchPolicy:
         return max(self.pipeline_chunk, 4 * batch_size)
 
 
-def plan_batches(sorted_lengths: np.ndarray, batch_size: int, pad_multiple: int = 1,
-                 split_ratio: float = 0.5, max_tokens: int | None = None,
-                 max_width: int | None = None) -> list[tuple[int, int, int]]:
+def plan_batches(
+    sorted_lengths: np.ndarray,
+    batch_size: int,
+    pad_multiple: int = 1,
+    split_ratio: float = 0.5,
+    max_tokens: int | None = None,
+    max_width: int | None = None,
+) -> list[tuple[int, int, int]]:
     """Split items sorted by decreasing token length into (start, end, padded width) batches.
 
     A batch holds at most ``batch_size`` items, and a new batch starts when the next item is shorter
@@ -95,8 +100,15 @@ def graph_width(width: int, limit: int | None) -> int:
     return padded if limit is None else min(padded, max(width, limit))
 
 
-def build_feeds(encodings, lengths: np.ndarray, idx: np.ndarray, width: int, inputs: list[str], pad_id: int,
-                zero_types: bool = False) -> dict[str, np.ndarray]:
+def build_feeds(
+    encodings,
+    lengths: np.ndarray,
+    idx: np.ndarray,
+    width: int,
+    inputs: list[str],
+    pad_id: int,
+    zero_types: bool = False,
+) -> dict[str, np.ndarray]:
     """The padded [rows, width] int64 arrays of the tokenized items ``idx`` for the graph's ``inputs``; built
     with one pass over their token ids (each row's tokens fill a prefix of it, so a boolean mask scatters the
     concatenation in place). ``zero_types``: the token type ids are known to be all zero (single texts), so
@@ -105,13 +117,13 @@ def build_feeds(encodings, lengths: np.ndarray, idx: np.ndarray, width: int, inp
     mask = np.arange(width) < lens[:, None]
     total = int(lens.sum())
     ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-    ids[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].ids for i in idx), dtype=np.int64,
-                            count=total)
+    ids[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].ids for i in idx), dtype=np.int64, count=total)
     feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
     if "token_type_ids" in inputs:
         types = np.zeros((len(idx), width), dtype=np.int64)
         if not zero_types:
-            types[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].type_ids for i in idx),
-                                      dtype=np.int64, count=total)
+            types[mask] = np.fromiter(
+                itertools.chain.from_iterable(encodings[i].type_ids for i in idx), dtype=np.int64, count=total
+            )
         feeds["token_type_ids"] = types
     return {k: feeds[k] for k in inputs}

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 def _describe(obj: Any) -> str:
     return type(obj).__name__
 
+
 def _warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
     """int8 graphs are validated on the export machine. One validated where the CPU has an int8 dot product
     (VNNI/AMX) may lose accuracy where it has not: onnxruntime's AVX2 int8 kernels sum pairs of products in
@@ -38,10 +39,14 @@ def _warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
         return
     here = cpu_int8_dot_product()
     if here is False:
-        warnings.warn(f"The int8 graph of {path} was validated on a CPU with an int8 dot-product instruction "
-                      "(VNNI); this CPU has none, so onnxruntime uses kernels that can saturate and the accuracy "
-                      "recorded in manifest.json may not hold here. Run `st-export` on this machine to validate "
-                      "int8 here, or use the default (exact) variant.", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"The int8 graph of {path} was validated on a CPU with an int8 dot-product instruction "
+            "(VNNI); this CPU has none, so onnxruntime uses kernels that can saturate and the accuracy "
+            "recorded in manifest.json may not hold here. Run `st-export` on this machine to validate "
+            "int8 here, or use the default (exact) variant.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class SentenceEncoder:
@@ -63,10 +68,17 @@ class SentenceEncoder:
             small batches; costs a capture per new shape and device memory per graph.
     """
 
-    def __init__(self, model_path: str | os.PathLike, providers=None, threads: int | None = None,
-                 variant: str | None = None, verify_checksums: bool = True,
-                 session_options: ort.SessionOptions | None = None, io_binding: bool | None = None,
-                 cuda_graphs: bool = False):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        providers=None,
+        threads: int | None = None,
+        variant: str | None = None,
+        verify_checksums: bool = True,
+        session_options: ort.SessionOptions | None = None,
+        io_binding: bool | None = None,
+        cuda_graphs: bool = False,
+    ):
         self.path = Path(model_path)
         self.manifest = load_manifest(self.path)
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
@@ -78,20 +90,33 @@ class SentenceEncoder:
         if cuda_graphs:
             with_cuda_graphs(self.providers)  # the provider check, before any loading
             if io_binding is False:
-                raise ValueError("cuda_graphs=True needs IO binding (CUDA graphs replay fixed device buffers); "
-                                 "leave io_binding at its default.")
+                raise ValueError(
+                    "cuda_graphs=True needs IO binding (CUDA graphs replay fixed device buffers); "
+                    "leave io_binding at its default."
+                )
         towers = self.manifest["towers"]
         if "text" not in towers:
-            raise GraphLoadError(f"{self.path} has towers {sorted(towers)} but no text tower; this st-runtime "
-                                 "cannot embed with it. Upgrade st-runtime.")
+            raise GraphLoadError(
+                f"{self.path} has towers {sorted(towers)} but no text tower; this st-runtime "
+                "cannot embed with it. Upgrade st-runtime."
+            )
         text = towers["text"]
         self.variant, vspec = self._choose_variant(text, variant)
         _warn_if_int8_kernels_differ(vspec, self.path)
         files = [*graph_files(self.path, self.manifest, vspec), text["tokenizer"]["file"]]
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
-        self.text_tower = TextTower(self.path, text, vspec, self.providers, fallback_allowed, self.threads,
-                                    session_options, io_binding, cuda_graphs,
-                                    int(self.manifest["embedding"]["dimension"]))
+        self.text_tower = TextTower(
+            self.path,
+            text,
+            vspec,
+            self.providers,
+            fallback_allowed,
+            self.threads,
+            session_options,
+            io_binding,
+            cuda_graphs,
+            int(self.manifest["embedding"]["dimension"]),
+        )
         self._max_seq_length: int | None = self.text_tower.max_seq_length
         self._cutter = LongTextCutter(self.text_tower.tokenizer)
         # Other towers (CLIP's image tower) load on first use, so text-only users never load their graphs.
@@ -122,30 +147,45 @@ class SentenceEncoder:
                 if requested in rejected:
                     entry = rejected[requested]
                     if entry.get("error"):
-                        raise VariantError(f"variant {requested!r} could not be built at export ({entry['error']}), "
-                                           f"so it was not written. Passing variants: {passed}.")
+                        raise VariantError(
+                            f"variant {requested!r} could not be built at export ({entry['error']}), "
+                            f"so it was not written. Passing variants: {passed}."
+                        )
                     summary = (entry.get("validation") or {}).get("summary", "")
-                    raise VariantError(f"variant {requested!r} was built but missed its accuracy gate at export "
-                                       f"({summary}), so it was not written. Passing variants: {passed}.")
-                raise VariantError(f"variant {requested!r} is not in {self.path}; it has {sorted(variants)}. "
-                                   "Re-export with `st-export --variants ...` to produce it, or pick one of those.")
+                    raise VariantError(
+                        f"variant {requested!r} was built but missed its accuracy gate at export "
+                        f"({summary}), so it was not written. Passing variants: {passed}."
+                    )
+                raise VariantError(
+                    f"variant {requested!r} is not in {self.path}; it has {sorted(variants)}. "
+                    "Re-export with `st-export --variants ...` to produce it, or pick one of those."
+                )
             spec = variants[requested]
             if spec["status"] == "failed":
-                raise VariantError(f"variant {requested!r} in {self.path} failed its accuracy gate at export "
-                                   f"({spec.get('validation', {}).get('summary', 'see manifest.json')}); it is "
-                                   f"not safe to use. Passing variants: {passed}.")
+                raise VariantError(
+                    f"variant {requested!r} in {self.path} failed its accuracy gate at export "
+                    f"({spec.get('validation', {}).get('summary', 'see manifest.json')}); it is "
+                    f"not safe to use. Passing variants: {passed}."
+                )
             return requested, spec
-        eligible = {name: s for name, s in variants.items()
-                    if s["status"] == "passed" and provider in s["providers"]
-                    and (requested == "fastest" or s.get("exact", True))}
+        eligible = {
+            name: s
+            for name, s in variants.items()
+            if s["status"] == "passed"
+            and provider in s["providers"]
+            and (requested == "fastest" or s.get("exact", True))
+        }
         # On the CPU, st-export timed the variants: prefer the measured order to the static rank.
         timed = provider == "CPUExecutionProvider" and all("cpu_timing" in s for s in eligible.values())
-        candidates = [((s["cpu_timing"]["median_s"] if timed else 0.0), s["rank"], name)
-                      for name, s in eligible.items()]
+        candidates = [
+            ((s["cpu_timing"]["median_s"] if timed else 0.0), s["rank"], name) for name, s in eligible.items()
+        ]
         if not candidates:
-            raise VariantError(f"{self.path} has no variant that passed its accuracy gate for {provider} "
-                               f"(variants: { {n: (s['status'], s['providers']) for n, s in variants.items()} }). "
-                               "Re-export the model with `st-export`, or choose another provider.")
+            raise VariantError(
+                f"{self.path} has no variant that passed its accuracy gate for {provider} "
+                f"(variants: { {n: (s['status'], s['providers']) for n, s in variants.items()} }). "
+                "Re-export the model with `st-export`, or choose another provider."
+            )
         name = min(candidates)[-1]
         return name, variants[name]
 
@@ -155,17 +195,23 @@ class SentenceEncoder:
             if name not in self._loaded_towers:
                 tower, _vname, vspec = self._lazy_towers[name]
                 if tower["modality"] != "image":
-                    raise GraphLoadError(f"tower {name!r} has modality {tower['modality']!r}, which this "
-                                         "st-runtime cannot run. Upgrade st-runtime.")
+                    raise GraphLoadError(
+                        f"tower {name!r} has modality {tower['modality']!r}, which this "
+                        "st-runtime cannot run. Upgrade st-runtime."
+                    )
                 fallback_allowed, session_options, verify_checksums = self._session_args
-                verify_files(self.path, self.manifest, graph_files(self.path, self.manifest, vspec),
-                             checksums=verify_checksums)
-                session = make_session(self.path / vspec["file"], self.providers, fallback_allowed, self.threads,
-                                       session_options)
+                verify_files(
+                    self.path, self.manifest, graph_files(self.path, self.manifest, vspec), checksums=verify_checksums
+                )
+                session = make_session(
+                    self.path / vspec["file"], self.providers, fallback_allowed, self.threads, session_options
+                )
                 declared = [i.name for i in session.get_inputs()]
                 if declared != list(tower["inputs"]):
-                    raise GraphLoadError(f"{vspec['file']} takes inputs {declared} but the manifest says "
-                                         f"{tower['inputs']}. Re-export the model with `st-export`.")
+                    raise GraphLoadError(
+                        f"{vspec['file']} takes inputs {declared} but the manifest says "
+                        f"{tower['inputs']}. Re-export the model with `st-export`."
+                    )
                 from .image import ImageTower
 
                 self._loaded_towers[name] = ImageTower(tower, session)
@@ -176,8 +222,9 @@ class SentenceEncoder:
         """The input modalities this model embeds ("text", and "image" for CLIP)."""
         return sorted({t["modality"] for t in self.manifest["towers"].values()})
 
-    def _embed_mixed(self, items: list, kinds: list[str], batch_size: int | None, out: np.ndarray,
-                     max_length: int | None) -> None:
+    def _embed_mixed(
+        self, items: list, kinds: list[str], batch_size: int | None, out: np.ndarray, max_length: int | None
+    ) -> None:
         """Text items through the text tower, images through the image tower, results in input order."""
         for kind in ("text", "image"):
             idx = [i for i, k in enumerate(kinds) if k == kind]
@@ -208,8 +255,10 @@ class SentenceEncoder:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise ValueError(f"max_seq_length must be a positive integer, got {value!r}")
         if exported is not None and (value is None or value > exported):
-            raise ValueError(f"max_seq_length can only be lowered: the model was exported (and validated) "
-                             f"with {exported}, got {value!r}.")
+            raise ValueError(
+                f"max_seq_length can only be lowered: the model was exported (and validated) "
+                f"with {exported}, got {value!r}."
+            )
         return value
 
     @property
@@ -222,8 +271,10 @@ class SentenceEncoder:
     get_embedding_dimension = get_sentence_embedding_dimension
 
     def __repr__(self) -> str:
-        return (f"SentenceEncoder({str(self.path)!r}, variant={self.variant!r}, "
-                f"providers={[p[0] if isinstance(p, tuple) else p for p in self.providers]}, dim={self._dim})")
+        return (
+            f"SentenceEncoder({str(self.path)!r}, variant={self.variant!r}, "
+            f"providers={[p[0] if isinstance(p, tuple) else p for p in self.providers]}, dim={self._dim})"
+        )
 
     # ------------------------------------------------------------------ encoding
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
@@ -231,13 +282,17 @@ class SentenceEncoder:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompt must be a string, got {_describe(prompt)}")
             if prompt_name is not None:
-                logger.warning("Provide either a `prompt`, a `prompt_name`, or neither, but not both. "
-                               "Ignoring the `prompt_name` in favor of `prompt`.")
+                logger.warning(
+                    "Provide either a `prompt`, a `prompt_name`, or neither, but not both. "
+                    "Ignoring the `prompt_name` in favor of `prompt`."
+                )
             return prompt
         if prompt_name is not None:
             if prompt_name not in self.prompts:
-                raise ValueError(f"Prompt name {prompt_name!r} not found in the configured prompts; valid "
-                                 f"choices: {sorted(self.prompts)}.")
+                raise ValueError(
+                    f"Prompt name {prompt_name!r} not found in the configured prompts; valid "
+                    f"choices: {sorted(self.prompts)}."
+                )
             return self.prompts[prompt_name]
         if self.default_prompt_name is not None:
             return self.prompts.get(self.default_prompt_name)
@@ -249,8 +304,7 @@ class SentenceEncoder:
         if isinstance(sentences, str):
             return [sentences], True
         if sentences is None or isinstance(sentences, (bytes, bytearray, dict, int, float, complex, bool)):
-            raise UnsupportedInputError(
-                f"encode expects a string or a list of strings, got {_describe(sentences)}.")
+            raise UnsupportedInputError(f"encode expects a string or a list of strings, got {_describe(sentences)}.")
         if isinstance(sentences, np.ndarray):
             if sentences.ndim == 0:
                 return SentenceEncoder._collect(sentences.item())
@@ -260,25 +314,35 @@ class SentenceEncoder:
         elif isinstance(sentences, Iterable):
             items = list(sentences)
         else:
-            raise UnsupportedInputError(
-                f"encode expects a string or a list of strings, got {_describe(sentences)}.")
+            raise UnsupportedInputError(f"encode expects a string or a list of strings, got {_describe(sentences)}.")
         for i, item in enumerate(items):
             if isinstance(item, str):
                 continue
-            if (isinstance(item, (list, tuple)) and len(item) == 2
-                    and all(isinstance(x, str) for x in item)):
+            if isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item):
                 items[i] = (item[0], item[1])
                 continue
             raise UnsupportedInputError(
                 f"input {i} is a {_describe(item)} ({item!r:.60}); each input must be a string or a pair "
-                "[text, text_pair] of strings.")
+                "[text, text_pair] of strings."
+            )
         return items, False
 
-    def encode(self, sentences, batch_size: int | None = None, normalize_embeddings: bool = False,
-               show_progress_bar: bool | None = None, prompt_name: str | None = None, prompt: str | None = None,
-               convert_to_numpy: bool = True, convert_to_tensor: bool = False, precision: str = "float32",
-               truncate_dim: int | None = None, output_value: str = "sentence_embedding",
-               max_seq_length: int | None = None, **kwargs):
+    def encode(
+        self,
+        sentences,
+        batch_size: int | None = None,
+        normalize_embeddings: bool = False,
+        show_progress_bar: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        precision: str = "float32",
+        truncate_dim: int | None = None,
+        output_value: str = "sentence_embedding",
+        max_seq_length: int | None = None,
+        **kwargs,
+    ):
         """Embed sentences, as ``SentenceTransformer.encode`` does.
 
         A single string gives a 1-D float32 array; a list gives an array [len, dim] in input order
@@ -293,12 +357,14 @@ class SentenceEncoder:
         """
         if kwargs:
             raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
-        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
-                                       or batch_size <= 0):
+        if batch_size is not None and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0
+        ):
             raise ValueError(f"batch_size must be a positive integer or None (automatic), got {batch_size!r}.")
         if output_value != "sentence_embedding":
-            raise ValueError(f"output_value {output_value!r} is not available: the exported graph returns only "
-                             "'sentence_embedding'.")
+            raise ValueError(
+                f"output_value {output_value!r} is not available: the exported graph returns only 'sentence_embedding'."
+            )
         if precision != "float32":
             raise ValueError(f"precision {precision!r} is not supported; valid choices: ['float32'].")
         max_length = self._max_seq_length if max_seq_length is None else self._check_max_seq_length(max_seq_length)
@@ -319,12 +385,18 @@ class SentenceEncoder:
                 raise UnsupportedInputError(
                     f"input {pair} is a [text, text_pair] pair, but this model ({family}) embeds single texts: "
                     "sentence-transformers does not accept pairs for it either, so pairs were not validated at "
-                    "export. Pass single strings.")
+                    "export. Pass single strings."
+                )
         prompt_text = self._resolve_prompt(prompt, prompt_name)
         if prompt_text:  # prompts apply to text only, as in sentence-transformers
-            items = [it if kinds is not None and kinds[i] != "text" else
-                     prompt_text + it if isinstance(it, str) else (prompt_text + it[0], it[1])
-                     for i, it in enumerate(items)]
+            items = [
+                it
+                if kinds is not None and kinds[i] != "text"
+                else prompt_text + it
+                if isinstance(it, str)
+                else (prompt_text + it[0], it[1])
+                for i, it in enumerate(items)
+            ]
         items = prepare(items, self._cutter, kinds)
         out = np.empty((len(items), self._dim), dtype=np.float32)
         if items and kinds is not None:

@@ -49,11 +49,15 @@ class WhitespaceTokenizer:
             data = json.loads(path.read_text(encoding="utf-8"))
             vocab = data["vocab"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ManifestError(f"{path} is not a WhitespaceTokenizer vocabulary written by st-export ({exc!r}). "
-                                "Re-export the model with `st-export`.") from exc
+            raise ManifestError(
+                f"{path} is not a WhitespaceTokenizer vocabulary written by st-export ({exc!r}). "
+                "Re-export the model with `st-export`."
+            ) from exc
         if not isinstance(info.get("stop_words"), list):
-            raise ManifestError(f"the manifest of {folder} gives no stop_words list for the whitespace tokenizer. "
-                                "Re-export the model with `st-export`.")
+            raise ManifestError(
+                f"the manifest of {folder} gives no stop_words list for the whitespace tokenizer. "
+                "Re-export the model with `st-export`."
+            )
         return cls(vocab, info["stop_words"], info.get("do_lower_case", False))
 
     # ---------------------------------------------------------------- tokenizers.Tokenizer-like switches
@@ -63,8 +67,9 @@ class WhitespaceTokenizer:
     def no_truncation(self) -> None:
         self._max_length = None
 
-    def enable_truncation(self, max_length: int, strategy: str = "longest_first", direction: str = "right",
-                          **_ignored) -> None:
+    def enable_truncation(
+        self, max_length: int, strategy: str = "longest_first", direction: str = "right", **_ignored
+    ) -> None:
         if direction != "right":
             raise ValueError(f"the whitespace tokenizer truncates on the right only, got direction={direction!r}")
         self._max_length = int(max_length)
@@ -107,7 +112,8 @@ class WhitespaceTokenizer:
             raise UnsupportedInputError(
                 f"this model (word embeddings with a whitespace tokenizer) embeds single texts; got "
                 f"{type(text).__name__} ({text!r:.60}). Text pairs are not supported by this model type, as in "
-                "sentence-transformers.")
+                "sentence-transformers."
+            )
         ids = self.tokenize(text)
         if self._max_length is not None:
             ids = ids[: self._max_length]

@@ -66,7 +66,7 @@ def _opset_entry(buf: bytes) -> tuple[str, int]:
         elif wire == 2:
             length, pos = _varint_bytes(buf, pos)
             if field == 1:
-                domain = buf[pos:pos + length].decode("utf-8", "replace")
+                domain = buf[pos : pos + length].decode("utf-8", "replace")
             pos += length
         elif wire == 1:
             pos += 8
@@ -129,8 +129,10 @@ def graph_load_error(path: Path, exc: BaseException, ort_version: str) -> GraphL
                 f"{path.name} uses opset {used} of domain {domain}, but the installed onnxruntime {ort_version} "
                 f"supports {domain} only up to opset {supported}. Upgrade onnxruntime "
                 f"(`pip install -U onnxruntime`, or onnxruntime-gpu), or re-export the model with an older "
-                f"opset (`st-export MODEL --opset 17`). onnxruntime said: {detail[:300]}")
+                f"opset (`st-export MODEL --opset 17`). onnxruntime said: {detail[:300]}"
+            )
     return GraphLoadError(
         f"onnxruntime {ort_version} could not load {path}: {detail[:500]}. If the graph uses an opset newer "
         "than this onnxruntime supports, upgrade onnxruntime; if the file is damaged, re-export the model "
-        "with `st-export`.")
+        "with `st-export`."
+    )

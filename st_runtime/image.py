@@ -37,7 +37,8 @@ def _pil():
         from PIL import Image, ImageOps
     except ImportError as exc:
         raise UnsupportedInputError(
-            "encoding images needs Pillow, which is not installed: pip install 'st-runtime[image]'") from exc
+            "encoding images needs Pillow, which is not installed: pip install 'st-runtime[image]'"
+        ) from exc
     return Image, ImageOps
 
 
@@ -61,12 +62,16 @@ def _is_image_url(text: str) -> bool:
 
 def classify(sentences: Any) -> tuple[list, list[str], bool]:
     """(items, kinds, singular) for a model with an image tower; raises UnsupportedInputError on anything else."""
-    if isinstance(sentences, str) or _is_pil_image(sentences) or (
-            isinstance(sentences, np.ndarray) and sentences.ndim == 3):
+    if (
+        isinstance(sentences, str)
+        or _is_pil_image(sentences)
+        or (isinstance(sentences, np.ndarray) and sentences.ndim == 3)
+    ):
         items, singular = [sentences], True
     elif sentences is None or isinstance(sentences, (bytes, bytearray, dict, int, float, complex, bool)):
-        raise UnsupportedInputError(f"encode expects text, an image, or a list of them, got "
-                                    f"{type(sentences).__name__}.")
+        raise UnsupportedInputError(
+            f"encode expects text, an image, or a list of them, got {type(sentences).__name__}."
+        )
     elif isinstance(sentences, np.ndarray):
         if sentences.ndim == 4:  # a batch of images
             items, singular = list(sentences), False
@@ -77,15 +82,17 @@ def classify(sentences: Any) -> tuple[list, list[str], bool]:
     elif isinstance(sentences, Iterable):
         items, singular = list(sentences), False
     else:
-        raise UnsupportedInputError(f"encode expects text, an image, or a list of them, got "
-                                    f"{type(sentences).__name__}.")
+        raise UnsupportedInputError(
+            f"encode expects text, an image, or a list of them, got {type(sentences).__name__}."
+        )
     kinds = []
     for i, item in enumerate(items):
         if isinstance(item, str):
             if _is_image_url(item):
                 raise UnsupportedInputError(
                     f"input {i} is an image URL ({item[:80]!r}); st_runtime does not download. Fetch the image and "
-                    "pass it as a PIL image, a numpy array or a local file path.")
+                    "pass it as a PIL image, a numpy array or a local file path."
+                )
             kinds.append(IMAGE if is_image_path(item) else TEXT)
         elif _is_pil_image(item):
             kinds.append(IMAGE)
@@ -97,7 +104,8 @@ def classify(sentences: Any) -> tuple[list, list[str], bool]:
         else:
             raise UnsupportedInputError(
                 f"input {i} is a {type(item).__name__} ({item!r:.60}); each input must be a string, a [text, pair] "
-                "of strings, a PIL image, a 3-D uint8 numpy array (H, W, C) or (C, H, W), or an image file path.")
+                "of strings, a PIL image, a 3-D uint8 numpy array (H, W, C) or (C, H, W), or an image file path."
+            )
     return items, kinds, singular
 
 
@@ -123,7 +131,8 @@ def to_rgb_pil(item: Any):
         if item.dtype != np.uint8:
             raise UnsupportedInputError(
                 f"image arrays must be uint8 (values 0..255), got {item.dtype}; convert with "
-                "(array * 255).round().astype(np.uint8) or pass a PIL image.")
+                "(array * 255).round().astype(np.uint8) or pass a PIL image."
+            )
         # transformers infers channels-first when the first axis has 1, 3 or 4 entries, else channels-last.
         if item.shape[0] in (1, 3, 4):
             item = np.moveaxis(item, 0, -1)
@@ -161,9 +170,9 @@ def _center_crop(chw: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     new_h, new_w = max(crop_h, h), max(crop_w, w)
     padded = np.zeros(chw.shape[:-2] + (new_h, new_w), dtype=chw.dtype)
     top_pad, left_pad = ceil((new_h - h) / 2), ceil((new_w - w) / 2)
-    padded[..., top_pad:top_pad + h, left_pad:left_pad + w] = chw
+    padded[..., top_pad : top_pad + h, left_pad : left_pad + w] = chw
     top, bottom, left, right = top + top_pad, bottom + top_pad, left + left_pad, right + left_pad
-    return padded[..., max(0, top):min(new_h, bottom), max(0, left):min(new_w, right)]
+    return padded[..., max(0, top) : min(new_h, bottom), max(0, left) : min(new_w, right)]
 
 
 def preprocess_one(item: Any, cfg: dict[str, Any]) -> np.ndarray:
@@ -191,8 +200,11 @@ def preprocess_one(item: Any, cfg: dict[str, Any]) -> np.ndarray:
 
 def preprocess(items: list, cfg: dict[str, Any]) -> np.ndarray:
     """float32 [n, 3, H, W] pixel_values for a list of images."""
-    return np.stack([preprocess_one(it, cfg) for it in items]) if items else np.zeros(
-        (0, 3, *cfg["image_size"]), dtype=np.float32)
+    return (
+        np.stack([preprocess_one(it, cfg) for it in items])
+        if items
+        else np.zeros((0, 3, *cfg["image_size"]), dtype=np.float32)
+    )
 
 
 class ImageTower:
@@ -204,8 +216,10 @@ class ImageTower:
         if self.preprocessor.get("kind") != "clip":
             from .errors import GraphLoadError
 
-            raise GraphLoadError(f"image preprocessor kind {self.preprocessor.get('kind')!r} is unknown to this "
-                                 "st-runtime (it knows 'clip'). Upgrade st-runtime.")
+            raise GraphLoadError(
+                f"image preprocessor kind {self.preprocessor.get('kind')!r} is unknown to this "
+                "st-runtime (it knows 'clip'). Upgrade st-runtime."
+            )
         self.session = session
         self.input = tower["inputs"][0]
         self.output = tower["output"]
@@ -213,5 +227,5 @@ class ImageTower:
     def embed(self, items: list, batch_size: int | None, out: np.ndarray) -> None:
         batch_size = batch_size or 32
         for start in range(0, len(items), batch_size):
-            pixels = preprocess(items[start:start + batch_size], self.preprocessor)
-            out[start:start + len(pixels)] = self.session.run([self.output], {self.input: pixels})[0]
+            pixels = preprocess(items[start : start + batch_size], self.preprocessor)
+            out[start : start + len(pixels)] = self.session.run([self.output], {self.input: pixels})[0]

@@ -86,7 +86,7 @@ class LongTextCutter:
             last = match
         if last is None:
             return text
-        prefix = text[:last.start()]
+        prefix = text[: last.start()]
         # The cut is exact only if the prefix alone still reaches the truncation length.
         if len(self.tokenizer.encode(prefix).ids) < max_len:
             return text

@@ -31,6 +31,7 @@ from .schema import SchemaError, check_manifest
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -52,8 +53,10 @@ def dump_manifest(manifest: dict[str, Any], folder: str | os.PathLike) -> Path:
     try:
         check_manifest(json.loads(text))  # as it will be read (tuples become lists)
     except SchemaError as exc:
-        raise ValueError(f"st-export built a manifest that does not fit the schema ({exc}); this is a bug in "
-                         "st-export, please report it.") from exc
+        raise ValueError(
+            f"st-export built a manifest that does not fit the schema ({exc}); this is a bug in "
+            "st-export, please report it."
+        ) from exc
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -61,8 +64,10 @@ def dump_manifest(manifest: dict[str, Any], folder: str | os.PathLike) -> Path:
 
 
 def _schema_error(path: Path, exc: SchemaError) -> ManifestError:
-    return ManifestError(f"{path}: {exc} The folder was not written by this st-export or was edited by hand; "
-                         "re-export the model with `st-export`.")
+    return ManifestError(
+        f"{path}: {exc} The folder was not written by this st-export or was edited by hand; "
+        "re-export the model with `st-export`."
+    )
 
 
 def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
@@ -82,8 +87,9 @@ def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc}). The file is damaged; re-export the model "
-                            "with `st-export`.") from exc
+        raise ManifestError(
+            f"{path} is not valid JSON ({exc}). The file is damaged; re-export the model with `st-export`."
+        ) from exc
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path} must hold a JSON object. Re-export the model with `st-export`.")
     version = manifest.get("format_version")
@@ -101,14 +107,17 @@ def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise _schema_error(path, exc) from None
     for fname in manifest["files"]:
         if Path(fname).is_absolute() or ".." in Path(fname).parts:
-            raise ManifestError(f"{path}: file entry {fname!r} points outside the model folder, which an "
-                                "st-export manifest never does; the manifest was edited or forged. Re-export the "
-                                "model with `st-export` and do not load model folders from untrusted sources.")
+            raise ManifestError(
+                f"{path}: file entry {fname!r} points outside the model folder, which an "
+                "st-export manifest never does; the manifest was edited or forged. Re-export the "
+                "model with `st-export` and do not load model folders from untrusted sources."
+            )
     return manifest
 
 
-def verify_files(folder: str | os.PathLike, manifest: dict[str, Any], names: list[str] | None = None,
-                 checksums: bool = True) -> None:
+def verify_files(
+    folder: str | os.PathLike, manifest: dict[str, Any], names: list[str] | None = None, checksums: bool = True
+) -> None:
     """Check that the files of the manifest are present with the recorded size (and sha256)."""
     folder = Path(folder)
     for name in names if names is not None else list(manifest["files"]):
@@ -146,10 +155,14 @@ def graph_files(folder: str | os.PathLike, manifest: dict[str, Any], variant: di
         extra = [graph + ".data"] if graph + ".data" in manifest["files"] else []
     for name in extra:
         if name not in manifest["files"]:
-            raise ManifestError(f"{Path(folder) / MANIFEST_NAME}: variant file {graph!r} uses external data "
-                                f"{name!r}, which is not listed under 'files'. Re-export the model with `st-export`.")
+            raise ManifestError(
+                f"{Path(folder) / MANIFEST_NAME}: variant file {graph!r} uses external data "
+                f"{name!r}, which is not listed under 'files'. Re-export the model with `st-export`."
+            )
         names.append(name)
     if variant.get("external_data") and len(names) == 1:
-        raise ManifestError(f"{Path(folder) / MANIFEST_NAME}: {graph!r} is marked as using external data but no "
-                            f"{graph + '.data'!r} is listed under 'files'. Re-export the model with `st-export`.")
+        raise ManifestError(
+            f"{Path(folder) / MANIFEST_NAME}: {graph!r} is marked as using external data but no "
+            f"{graph + '.data'!r} is listed under 'files'. Re-export the model with `st-export`."
+        )
     return names

@@ -67,9 +67,11 @@ def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> tuple[l
     if missing and (not fallback_allowed or not usable):
         hint = ""
         if any(m in _GPU_PROVIDERS for m in missing):
-            hint = (" For CUDA install the GPU build of onnxruntime in place of the CPU one (`pip uninstall -y "
-                    "onnxruntime && pip install onnxruntime-gpu`), and check that the CUDA and cuDNN libraries it "
-                    "needs are present.")
+            hint = (
+                " For CUDA install the GPU build of onnxruntime in place of the CPU one (`pip uninstall -y "
+                "onnxruntime && pip install onnxruntime-gpu`), and check that the CUDA and cuDNN libraries it "
+                "needs are present."
+            )
         raise ProviderUnavailableError(
             f"Execution provider(s) {missing} requested, but this onnxruntime {ort.__version__} only offers "
             f"{available}.{hint} To run on the CPU pass providers='cpu'; to allow falling back, list the "
@@ -79,7 +81,8 @@ def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> tuple[l
         warnings.warn(
             f"Execution provider(s) {missing} are not available in onnxruntime {ort.__version__} "
             f"(available: {available}); falling back to {[_name(p) for p in usable]} as your providers list allows.",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
     return usable, fallback_allowed
 
@@ -95,16 +98,19 @@ def full_precision(provider: ProviderSpec) -> ProviderSpec:
     return ("CUDAExecutionProvider", options)
 
 
-def check_session_providers(session: ort.InferenceSession, requested: list[ProviderSpec],
-                            fallback_allowed: bool, graph: str) -> None:
+def check_session_providers(
+    session: ort.InferenceSession, requested: list[ProviderSpec], fallback_allowed: bool, graph: str
+) -> None:
     """onnxruntime drops a provider whose libraries fail to load and carries on: catch that."""
     actual = session.get_providers()
     first = _name(requested[0])
     if first in actual:
         return
-    msg = (f"onnxruntime was asked to run {graph} on {first} but the session only uses {actual}: "
-           "the provider failed to initialise (for CUDA usually missing CUDA/cuDNN libraries; onnxruntime "
-           "logged the reason above).")
+    msg = (
+        f"onnxruntime was asked to run {graph} on {first} but the session only uses {actual}: "
+        "the provider failed to initialise (for CUDA usually missing CUDA/cuDNN libraries; onnxruntime "
+        "logged the reason above)."
+    )
     if not fallback_allowed:
         raise ProviderUnavailableError(msg + " Fix the installation, or pass providers='cpu'.")
     warnings.warn(msg + " Falling back as your providers list allows.", RuntimeWarning, stacklevel=3)

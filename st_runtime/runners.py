@@ -40,8 +40,17 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 class Slot:
     """Device buffers of one batch shape, bound once: each batch is copied into them in place."""
 
-    def __init__(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray], output: str, out_shape,
-                 out_dtype, device: str, device_id: int, graph_id: int | None):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        inputs: dict[str, np.ndarray],
+        output: str,
+        out_shape,
+        out_dtype,
+        device: str,
+        device_id: int,
+        graph_id: int | None,
+    ):
         self.binding = session.io_binding()
         self.inputs = {}
         for name, array in inputs.items():
@@ -128,22 +137,33 @@ class BoundRunner(SessionRunner):
     MAX_SLOTS = 16  # uncaptured shapes whose buffers are kept (least recently used dropped)
     MAX_GRAPHS = 64  # captured graphs, each pinned with its buffers for the session's lifetime
 
-    def __init__(self, session: ort.InferenceSession, output: str, device: str, device_id: int = 0,
-                 graphs: bool = False, dim: int | None = None):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        output: str,
+        device: str,
+        device_id: int = 0,
+        graphs: bool = False,
+        dim: int | None = None,
+    ):
         super().__init__(session, output)
         self.device = device
         self.device_id = device_id
         self.graphs = graphs
         out = next((o for o in session.get_outputs() if o.name == output), None)
         if out is None:
-            raise GraphLoadError(f"the graph has no output {output!r} (it has "
-                                 f"{[o.name for o in session.get_outputs()]}): the graph and the manifest do not "
-                                 "belong together. Re-export the model with `st-export`.")
+            raise GraphLoadError(
+                f"the graph has no output {output!r} (it has "
+                f"{[o.name for o in session.get_outputs()]}): the graph and the manifest do not "
+                "belong together. Re-export the model with `st-export`."
+            )
         self.out_dtype = _ORT_TYPES.get(out.type, np.float32)
         self.dim = dim if dim is not None else out.shape[-1]
         if graphs and not isinstance(self.dim, int):
-            raise GraphLoadError(f"CUDA graphs need the output width of {output!r}, which the graph leaves "
-                                 f"symbolic ({out.shape}) and the manifest does not give.")
+            raise GraphLoadError(
+                f"CUDA graphs need the output width of {output!r}, which the graph leaves "
+                f"symbolic ({out.shape}) and the manifest does not give."
+            )
         self.slots: OrderedDict[tuple, Slot] = OrderedDict()  # captured ones are never dropped
         self.graphs_taken = 0
         self.uncaptured = 0  # graph-mode slots made uncaptured: past MAX_GRAPHS, or their capture failed
@@ -203,11 +223,14 @@ class BoundRunner(SessionRunner):
         slot.uncapture()
         if not self._warned:
             self._warned = True
-            warnings.warn(f"onnxruntime could not capture a CUDA graph for a batch of shape "
-                          f"{next(iter(slot.inputs.values())).shape()} ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:300]}); such batches run without CUDA graphs (same results, "
-                          "more launch overhead). Pass cuda_graphs=False to skip the attempts.",
-                          RuntimeWarning, stacklevel=6)
+            warnings.warn(
+                f"onnxruntime could not capture a CUDA graph for a batch of shape "
+                f"{next(iter(slot.inputs.values())).shape()} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}); such batches run without CUDA graphs (same results, "
+                "more launch overhead). Pass cuda_graphs=False to skip the attempts.",
+                RuntimeWarning,
+                stacklevel=6,
+            )
 
     def _new_slot(self, key: tuple, feeds: dict[str, np.ndarray]) -> Slot:
         rows = next(iter(feeds.values())).shape[0]
@@ -222,7 +245,6 @@ class BoundRunner(SessionRunner):
             self.uncaptured += self.graphs
         # a graph-enabled session binds preallocated outputs only (replays write to fixed addresses)
         out_shape = (rows, self.dim) if self.graphs else None
-        slot = Slot(self.session, feeds, self.output, out_shape, self.out_dtype, self.device, self.device_id,
-                     graph_id)
+        slot = Slot(self.session, feeds, self.output, out_shape, self.out_dtype, self.device, self.device_id, graph_id)
         self.slots[key] = slot
         return slot

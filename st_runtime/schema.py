@@ -102,11 +102,22 @@ PREPROCESSOR = Obj(
     },
 )
 
-VALIDATION = Obj(optional={
-    "passed": bool, "summary": str, "provider": str, "items": int, "runs": List(str), "tags": List(str),
-    "min_cosine": NUMBER, "mean_cosine": NUMBER, "max_abs_diff": NUMBER, "gate_min_cosine": NUMBER,
-    "gate_mean_cosine": Nullable(NUMBER), "failures": List(FREE),
-})
+VALIDATION = Obj(
+    optional={
+        "passed": bool,
+        "summary": str,
+        "provider": str,
+        "items": int,
+        "runs": List(str),
+        "tags": List(str),
+        "min_cosine": NUMBER,
+        "mean_cosine": NUMBER,
+        "max_abs_diff": NUMBER,
+        "gate_min_cosine": NUMBER,
+        "gate_mean_cosine": Nullable(NUMBER),
+        "failures": List(FREE),
+    }
+)
 
 CPU_TIMING = Obj(required={"median_s": NUMBER}, optional={"items": int, "threads": int, "rounds": int})
 
@@ -130,8 +141,12 @@ REJECTED = Obj(
 )
 
 TOWER = Obj(
-    required={"modality": OneOf(("text", "image")), "inputs": List(str), "output": str,
-              "variants": Map(VARIANT, nonempty=True)},
+    required={
+        "modality": OneOf(("text", "image")),
+        "inputs": List(str),
+        "output": str,
+        "variants": Map(VARIANT, nonempty=True),
+    },
     optional={"tokenizer": TOKENIZER, "preprocessor": PREPROCESSOR},
 )
 
@@ -146,18 +161,30 @@ EMBEDDING = Obj(
 )
 
 MANIFEST = Obj(
-    required={"format_version": int, "name": str, "towers": Map(TOWER, nonempty=True), "embedding": EMBEDDING,
-              "files": Map(FILE)},
+    required={
+        "format_version": int,
+        "name": str,
+        "towers": Map(TOWER, nonempty=True),
+        "embedding": EMBEDDING,
+        "files": Map(FILE),
+    },
     optional={
         "task": OneOf(("embedding",)),  # cross-encoder and sparse come with their runtimes
         "source": Obj(optional={"model": str, "revision": Nullable(str), "origin": str, "modules": List(FREE)}),
         "architecture": Obj(optional={"model_type": str, "family": str}),
         "prompts": Map(str),
         "default_prompt_name": Nullable(str),
-        "export": Obj(optional={
-            "exporter": str, "dynamo": bool, "opset": int, "attn_implementation": Nullable(str),
-            "versions": Map(str), "created_utc": str, "rejected_variants": Map(REJECTED),
-        }),
+        "export": Obj(
+            optional={
+                "exporter": str,
+                "dynamo": bool,
+                "opset": int,
+                "attn_implementation": Nullable(str),
+                "versions": Map(str),
+                "created_utc": str,
+                "rejected_variants": Map(REJECTED),
+            }
+        ),
     },
 )
 
@@ -166,8 +193,14 @@ def _type_name(spec: Any) -> str:
     if isinstance(spec, tuple):
         return " or ".join(_type_name(s) for s in spec)
     if isinstance(spec, type):
-        return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-                dict: "an object", list: "a list"}.get(spec, spec.__name__)
+        return {
+            str: "a string",
+            int: "an integer",
+            float: "a number",
+            bool: "true or false",
+            dict: "an object",
+            list: "a list",
+        }.get(spec, spec.__name__)
     if isinstance(spec, (Obj, Map)):
         return "an object"
     if isinstance(spec, List):
@@ -256,5 +289,6 @@ def check_manifest(manifest: Any) -> None:
             raise SchemaError(f"towers.{tname}.preprocessor", "missing (an image tower needs its preprocessor)")
         for vname, variant in tower["variants"].items():
             if variant["file"] not in files:
-                raise SchemaError(f"towers.{tname}.variants.{vname}.file",
-                                  f"{variant['file']!r} is not listed under 'files'")
+                raise SchemaError(
+                    f"towers.{tname}.variants.{vname}.file", f"{variant['file']!r} is not listed under 'files'"
+                )

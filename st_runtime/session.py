@@ -17,15 +17,23 @@ def with_cuda_graphs(providers: list) -> list:
     """The provider list with onnxruntime's CUDA-graph option set on its (first) CUDA provider."""
     first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     if first != "CUDAExecutionProvider":
-        raise ValueError(f"cuda_graphs=True needs the CUDA execution provider first (providers='cuda'), but this "
-                         f"encoder runs on {first}. Pass providers='cuda', or leave cuda_graphs off.")
+        raise ValueError(
+            f"cuda_graphs=True needs the CUDA execution provider first (providers='cuda'), but this "
+            f"encoder runs on {first}. Pass providers='cuda', or leave cuda_graphs off."
+        )
     options = dict(providers[0][1]) if isinstance(providers[0], tuple) else {}
     options["enable_cuda_graph"] = "1"
     return [("CUDAExecutionProvider", options), *providers[1:]]
 
 
-def make_session(path: Path, providers, fallback_allowed: bool, threads: int,
-                  session_options: ort.SessionOptions | None, cuda_graphs: bool = False) -> ort.InferenceSession:
+def make_session(
+    path: Path,
+    providers,
+    fallback_allowed: bool,
+    threads: int,
+    session_options: ort.SessionOptions | None,
+    cuda_graphs: bool = False,
+) -> ort.InferenceSession:
     so = session_options or ort.SessionOptions()
     if session_options is None:
         so.intra_op_num_threads = threads
@@ -38,9 +46,10 @@ def make_session(path: Path, providers, fallback_allowed: bool, threads: int,
         session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors; re-raise with a fix
         if cuda_graphs and re.search(r"cannot use the (graph capture|cuda graph) feature", str(exc), re.I):
-            raise GraphLoadError(f"onnxruntime cannot capture {path.name} as a CUDA graph: {exc}. Run it "
-                                 "without cuda_graphs=True (CUDA graphs need every node on the CUDA provider)."
-                                 ) from exc
+            raise GraphLoadError(
+                f"onnxruntime cannot capture {path.name} as a CUDA graph: {exc}. Run it "
+                "without cuda_graphs=True (CUDA graphs need every node on the CUDA provider)."
+            ) from exc
         raise graph_load_error(path, exc, ort.__version__) from exc
     check_session_providers(session, providers, fallback_allowed, path.name)
     return session

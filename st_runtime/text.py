@@ -33,8 +33,10 @@ def load_tokenizer(folder: Path, info: dict[str, Any]):
         from .glove import WhitespaceTokenizer
 
         return WhitespaceTokenizer.from_manifest(folder, info)
-    raise ManifestError(f"tokenizer kind {kind!r} in {folder} is unknown to this st-runtime (it knows 'hf' and "
-                        "'whitespace'). Upgrade st-runtime or re-export the model.")
+    raise ManifestError(
+        f"tokenizer kind {kind!r} in {folder} is unknown to this st-runtime (it knows 'hf' and "
+        "'whitespace'). Upgrade st-runtime or re-export the model."
+    )
 
 
 class TextTower:
@@ -42,13 +44,25 @@ class TextTower:
     (each maximum length has its own configured tokenizer, made once), and the prefetch pool, the
     runner's buffers and the policy are fixed after loading."""
 
-    def __init__(self, folder: Path, tower: dict[str, Any], variant: dict[str, Any], providers, fallback_allowed,
-                 threads: int, session_options: ort.SessionOptions | None, io_binding: bool | None = None,
-                 cuda_graphs: bool = False, dim: int | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        tower: dict[str, Any],
+        variant: dict[str, Any],
+        providers,
+        fallback_allowed,
+        threads: int,
+        session_options: ort.SessionOptions | None,
+        io_binding: bool | None = None,
+        cuda_graphs: bool = False,
+        dim: int | None = None,
+    ):
         self.spec = tower
         if tower["tokenizer"].get("padding_side", "right") != "right":
-            raise GraphLoadError(f"{folder}: the model pads on the {tower['tokenizer']['padding_side']}, which this "
-                                 "st-runtime does not do yet. Upgrade st-runtime.")
+            raise GraphLoadError(
+                f"{folder}: the model pads on the {tower['tokenizer']['padding_side']}, which this "
+                "st-runtime does not do yet. Upgrade st-runtime."
+            )
         self.max_seq_length: int | None = tower["tokenizer"].get("max_seq_length")
         self._truncation_side = tower["tokenizer"].get("truncation_side", "right")
         base = load_tokenizer(folder, tower["tokenizer"])
@@ -60,10 +74,13 @@ class TextTower:
         self.output = tower["output"]
         unknown = [i for i in self.inputs if i not in INT_INPUTS]
         if unknown:
-            raise GraphLoadError(f"text tower declares inputs {unknown} that this st-runtime cannot feed "
-                                 f"(it knows {list(INT_INPUTS)}). Upgrade st-runtime.")
-        self.session = make_session(folder / variant["file"], providers, fallback_allowed, threads, session_options,
-                                    cuda_graphs=cuda_graphs)
+            raise GraphLoadError(
+                f"text tower declares inputs {unknown} that this st-runtime cannot feed "
+                f"(it knows {list(INT_INPUTS)}). Upgrade st-runtime."
+            )
+        self.session = make_session(
+            folder / variant["file"], providers, fallback_allowed, threads, session_options, cuda_graphs=cuda_graphs
+        )
         self.on_gpu = self.session.get_providers()[0] in _GPU_PROVIDERS
         self.policy = BatchPolicy.for_device(self.on_gpu)
         self._oom_warned = False
@@ -72,9 +89,11 @@ class TextTower:
         self.single_types_zero = "token_type_ids" in self.inputs and not any(self.tokenizer.encode("a").type_ids)
         self.cuda_graphs = cuda_graphs
         use_binding = self.on_gpu or cuda_graphs if io_binding is None else io_binding  # False: refused earlier
-        self.runner = (BoundRunner(self.session, tower["output"], "cuda" if self.on_gpu else "cpu",
-                                   graphs=cuda_graphs, dim=dim)
-                       if use_binding else SessionRunner(self.session, tower["output"]))
+        self.runner = (
+            BoundRunner(self.session, tower["output"], "cuda" if self.on_gpu else "cpu", graphs=cuda_graphs, dim=dim)
+            if use_binding
+            else SessionRunner(self.session, tower["output"])
+        )
         declared = {i.name for i in self.session.get_inputs()}
         if declared != set(self.inputs):
             raise GraphLoadError(
@@ -94,8 +113,9 @@ class TextTower:
         if max_len is None:
             tokenizer.no_truncation()
         else:
-            tokenizer.enable_truncation(max_length=int(max_len), strategy="longest_first",
-                                        direction=self._truncation_side)
+            tokenizer.enable_truncation(
+                max_length=int(max_len), strategy="longest_first", direction=self._truncation_side
+            )
         return tokenizer
 
     def tokenizer_for(self, max_len: int | None):
@@ -130,25 +150,28 @@ class TextTower:
         for start in range(0, len(items), chunk):
             encodings = nxt.result()
             if start + chunk < len(items):
-                nxt = self._prefetch.submit(encode, items[start + chunk:start + 2 * chunk])
-            self._embed_encoded(encodings, batch_size, out[start:start + len(encodings)], max_length, zero_types)
+                nxt = self._prefetch.submit(encode, items[start + chunk : start + 2 * chunk])
+            self._embed_encoded(encodings, batch_size, out[start : start + len(encodings)], max_length, zero_types)
 
-    def feeds(self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int,
-              zero_types: bool = False) -> dict[str, np.ndarray]:
+    def feeds(
+        self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int, zero_types: bool = False
+    ) -> dict[str, np.ndarray]:
         """The graph's padded input arrays for the tokenized items ``idx`` (see batching.build_feeds)."""
         return build_feeds(encodings, lengths, idx, width, self.inputs, self.pad_id, zero_types)
 
     def plan(self, lengths: np.ndarray, batch_size: int, max_length: int | None) -> list[tuple[int, int, int]]:
         """(start, end, padded width) batches over items sorted by decreasing ``lengths``."""
         policy = self.policy
-        batches = plan_batches(lengths, batch_size, policy.pad_multiple, max_tokens=policy.max_batch_tokens,
-                               max_width=max_length)
+        batches = plan_batches(
+            lengths, batch_size, policy.pad_multiple, max_tokens=policy.max_batch_tokens, max_width=max_length
+        )
         if self.cuda_graphs:  # fewer distinct shapes, so fewer graphs to capture
             batches = [(s, e, graph_width(w, max_length)) for s, e, w in batches]
         return batches
 
-    def _embed_encoded(self, encodings: list, batch_size: int, out: np.ndarray, max_length: int | None,
-                       zero_types: bool = False) -> None:
+    def _embed_encoded(
+        self, encodings: list, batch_size: int, out: np.ndarray, max_length: int | None, zero_types: bool = False
+    ) -> None:
         """Embed tokenized items into ``out`` (same order), in length-sorted batches."""
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
@@ -177,9 +200,14 @@ class TextTower:
                 raise
         if not self._oom_warned:
             self._oom_warned = True
-            warnings.warn(f"{self.session.get_providers()[0]} ran out of memory on a batch of {rows} x "
-                          f"{next(iter(feeds.values())).shape[1]} tokens; running such batches in halves. Pass a "
-                          "smaller batch_size to avoid the retries.", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"{self.session.get_providers()[0]} ran out of memory on a batch of {rows} x "
+                f"{next(iter(feeds.values())).shape[1]} tokens; running such batches in halves. Pass a "
+                "smaller batch_size to avoid the retries.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         half = rows // 2
-        return np.concatenate([self._run({k: v[:half] for k, v in feeds.items()}),
-                               self._run({k: v[half:] for k, v in feeds.items()})])
+        return np.concatenate(
+            [self._run({k: v[:half] for k, v in feeds.items()}), self._run({k: v[half:] for k, v in feeds.items()})]
+        )

@@ -6,8 +6,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["normalize_embeddings", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim",
-           "pairwise_cos_sim", "pairwise_dot_score", "semantic_search", "SIMILARITY_FUNCTIONS"]
+__all__ = [
+    "normalize_embeddings",
+    "cos_sim",
+    "dot_score",
+    "euclidean_sim",
+    "manhattan_sim",
+    "pairwise_cos_sim",
+    "pairwise_dot_score",
+    "semantic_search",
+    "SIMILARITY_FUNCTIONS",
+]
 
 
 def _as_2d(x) -> np.ndarray:
@@ -65,9 +74,14 @@ SIMILARITY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] 
 }
 
 
-def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size: int = 100,
-                    corpus_chunk_size: int = 500000, top_k: int = 10,
-                    score_function: Callable[[np.ndarray, np.ndarray], np.ndarray] = cos_sim) -> list[list[dict]]:
+def semantic_search(
+    query_embeddings,
+    corpus_embeddings,
+    query_chunk_size: int = 100,
+    corpus_chunk_size: int = 500000,
+    top_k: int = 10,
+    score_function: Callable[[np.ndarray, np.ndarray], np.ndarray] = cos_sim,
+) -> list[list[dict]]:
     """For each query, the ``top_k`` corpus entries by score: a list (one per query) of lists of
     ``{"corpus_id": int, "score": float}`` sorted by decreasing score."""
     q, c = _as_2d(query_embeddings), _as_2d(corpus_embeddings)
@@ -75,11 +89,11 @@ def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size: int =
         raise ValueError(f"top_k must be a positive integer, got {top_k}")
     results: list[list[dict]] = []
     for qs in range(0, len(q), query_chunk_size):
-        qchunk = q[qs:qs + query_chunk_size]
+        qchunk = q[qs : qs + query_chunk_size]
         best_scores = np.full((len(qchunk), 0), -np.inf, dtype=np.float32)
         best_ids = np.zeros((len(qchunk), 0), dtype=np.int64)
         for cs in range(0, len(c), corpus_chunk_size):
-            scores = score_function(qchunk, c[cs:cs + corpus_chunk_size])
+            scores = score_function(qchunk, c[cs : cs + corpus_chunk_size])
             k = min(top_k, scores.shape[1])
             idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             best_scores = np.concatenate([best_scores, np.take_along_axis(scores, idx, 1)], axis=1)

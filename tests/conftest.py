@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -9,8 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HAVE_EXPORT = all(importlib.util.find_spec(m) for m in ("torch", "sentence_transformers", "onnx"))
-needs_export = pytest.mark.skipif(not HAVE_EXPORT, reason="needs the export extra: pip install 'st-runtime[export]'")
+from helpers import HAVE_EXPORT  # noqa: E402
 
 
 class TinyZoo:
@@ -41,8 +39,12 @@ class TinyZoo:
         key = self._key(arch, dict(kwargs, variants=variants))
         if key not in self._exports:
             src = self.model(arch, **kwargs)
-            self._exports[key] = export_model(str(src), output=self.root / f"onnx-{len(self._exports)}-{arch}",
-                                              variants=list(variants), log=lambda _m: None)
+            self._exports[key] = export_model(
+                str(src),
+                output=self.root / f"onnx-{len(self._exports)}-{arch}",
+                variants=list(variants),
+                log=lambda _m: None,
+            )
         return self._exports[key]
 
     def reference(self, path: Path):

@@ -1,6 +1,13 @@
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
+import pytest
+
+# whether the export extra (torch, sentence-transformers, onnx) is installed: tests that need it skip without
+HAVE_EXPORT = all(importlib.util.find_spec(m) for m in ("torch", "sentence_transformers", "onnx"))
+needs_export = pytest.mark.skipif(not HAVE_EXPORT, reason="needs the export extra: pip install 'st-runtime[export]'")
 
 TEXTS = [
     "How big is London",
@@ -36,6 +43,9 @@ def fastest_timed(folder, exact_only: bool = True) -> str:
     from pathlib import Path
 
     variants = json.loads((Path(folder) / "manifest.json").read_text())["towers"]["text"]["variants"]
-    timed = {n: v["cpu_timing"]["median_s"] for n, v in variants.items()
-             if v["status"] == "passed" and (v["exact"] or not exact_only)}
+    timed = {
+        n: v["cpu_timing"]["median_s"]
+        for n, v in variants.items()
+        if v["status"] == "passed" and (v["exact"] or not exact_only)
+    }
     return min(timed, key=timed.get)

@@ -35,12 +35,18 @@ def _unigram_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     corpus = [t for _, t in battery()] * 3 + ["the quick brown fox jumps over the lazy dog"] * 5
-    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                      unk_token="<unk>", show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        unk_token="<unk>",
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus, trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+    )
     return tok
 
 
@@ -52,8 +58,12 @@ def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tup
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=special_tokens, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=special_tokens,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([t for _, t in battery()] * 3, trainer)
     d = json.loads(tok.to_str())
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in d["model"]["merges"]]
@@ -68,7 +78,7 @@ def small_wordpiece_vocab(words: list[str], n_words: int = 1000) -> list[str]:
     singles = [w for w in words if len(w) == 1]
     pieces = [w for w in words if w.startswith("##") and len(w) == 3]
     start = words.index("the")
-    return list(dict.fromkeys(specials + singles + pieces + words[start:start + n_words]))
+    return list(dict.fromkeys(specials + singles + pieces + words[start : start + n_words]))
 
 
 def _hf_tokenizer(arch: str, small_vocab: bool = False):
@@ -97,9 +107,16 @@ def _hf_tokenizer(arch: str, small_vocab: bool = False):
         vocab = [(t, 0.0) for t in specials] + [(t, sc) for t, sc in uni if t not in specials]
         return tr.AlbertTokenizer(vocab=vocab, do_lower_case=True)
     if arch == "xlm-roberta":
-        return tr.XLMRobertaTokenizerFast(tokenizer_object=_unigram_tokenizer(), bos_token="<s>", eos_token="</s>",
-                                          sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
-                                          mask_token="<mask>")
+        return tr.XLMRobertaTokenizerFast(
+            tokenizer_object=_unigram_tokenizer(),
+            bos_token="<s>",
+            eos_token="</s>",
+            sep_token="</s>",
+            cls_token="<s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            mask_token="<mask>",
+        )
     raise ValueError(arch)
 
 
@@ -110,37 +127,78 @@ def _hf_model(arch: str, vocab_size: int, pad_id: int):
     torch.manual_seed(1234)
     common = dict(vocab_size=vocab_size, pad_token_id=pad_id)
     if arch == "bert":
-        cfg = tr.BertConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                            max_position_embeddings=64, **common)
+        cfg = tr.BertConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            **common,
+        )
         return tr.BertModel(cfg, add_pooling_layer=False)
     if arch == "distilbert":
-        cfg = tr.DistilBertConfig(dim=HIDDEN, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64,
-                                  **common)
+        cfg = tr.DistilBertConfig(
+            dim=HIDDEN, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64, **common
+        )
         return tr.DistilBertModel(cfg)
     if arch == "mpnet":
-        cfg = tr.MPNetConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                             max_position_embeddings=66, **common)
+        cfg = tr.MPNetConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=66,
+            **common,
+        )
         return tr.MPNetModel(cfg, add_pooling_layer=False)
     if arch == "roberta":
-        cfg = tr.RobertaConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                               max_position_embeddings=MAX_SEQ + 2, type_vocab_size=1, **common)
+        cfg = tr.RobertaConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=MAX_SEQ + 2,
+            type_vocab_size=1,
+            **common,
+        )
         return tr.RobertaModel(cfg, add_pooling_layer=False)
     if arch == "albert":
-        cfg = tr.AlbertConfig(embedding_size=16, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-                              intermediate_size=64, max_position_embeddings=64, **common)
+        cfg = tr.AlbertConfig(
+            embedding_size=16,
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            **common,
+        )
         return tr.AlbertModel(cfg, add_pooling_layer=False)
     if arch == "xlm-roberta":
-        cfg = tr.XLMRobertaConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=MAX_SEQ + 2, type_vocab_size=1,
-                                  **common)
+        cfg = tr.XLMRobertaConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=MAX_SEQ + 2,
+            type_vocab_size=1,
+            **common,
+        )
         return tr.XLMRobertaModel(cfg, add_pooling_layer=False)
     raise ValueError(arch)
 
 
-def build_tiny(out: Path, arch: str, pooling: str = "mean", dense: list[tuple[int, str]] | None = None,
-               normalize: bool = True, prompts: dict[str, str] | None = None,
-               default_prompt_name: str | None = None, similarity_fn_name: str | None = None,
-               tokenizer_arch: str | None = None, small_vocab: bool = False) -> Path:
+def build_tiny(
+    out: Path,
+    arch: str,
+    pooling: str = "mean",
+    dense: list[tuple[int, str]] | None = None,
+    normalize: bool = True,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    similarity_fn_name: str | None = None,
+    tokenizer_arch: str | None = None,
+    small_vocab: bool = False,
+) -> Path:
     """Save a tiny sentence-transformers model to ``out`` and return it.
 
     dense: [(out_features, activation)] with activation a torch.nn class name ("Tanh", "Identity").
@@ -165,8 +223,13 @@ def build_tiny(out: Path, arch: str, pooling: str = "mean", dense: list[tuple[in
         dim = out_features
     if normalize:
         mods.append(models.Normalize())
-    st = SentenceTransformer(modules=mods, device="cpu", prompts=prompts, default_prompt_name=default_prompt_name,
-                             similarity_fn_name=similarity_fn_name)
+    st = SentenceTransformer(
+        modules=mods,
+        device="cpu",
+        prompts=prompts,
+        default_prompt_name=default_prompt_name,
+        similarity_fn_name=similarity_fn_name,
+    )
     st.save(str(out))
     shutil.rmtree(hf_dir)
     return out
@@ -188,18 +251,22 @@ def to_legacy_layout(src: Path, dst: Path) -> Path:
             cfg = json.loads(cfg_path.read_text())
             modes = cfg["pooling_mode"] if isinstance(cfg["pooling_mode"], list) else [cfg["pooling_mode"]]
             legacy = {"word_embedding_dimension": cfg["embedding_dimension"]}
-            for key, mode in [("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-                              ("pooling_mode_max_tokens", "max"),
-                              ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
-                              ("pooling_mode_weightedmean_tokens", "weightedmean"),
-                              ("pooling_mode_lasttoken", "lasttoken")]:
+            for key, mode in [
+                ("pooling_mode_cls_token", "cls"),
+                ("pooling_mode_mean_tokens", "mean"),
+                ("pooling_mode_max_tokens", "max"),
+                ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+                ("pooling_mode_weightedmean_tokens", "weightedmean"),
+                ("pooling_mode_lasttoken", "lasttoken"),
+            ]:
                 legacy[key] = mode in modes
             cfg_path.write_text(json.dumps(legacy, indent=2))
     (dst / "modules.json").write_text(json.dumps(modules, indent=2))
     (dst / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": MAX_SEQ, "do_lower_case": False}))
     cst = dst / "config_sentence_transformers.json"
-    cst.write_text(json.dumps({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.6.1",
-                                               "pytorch": "1.8.1"}}))
+    cst.write_text(
+        json.dumps({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.6.1", "pytorch": "1.8.1"}})
+    )
     return dst
 
 
@@ -220,9 +287,13 @@ def _clip_tokenizer():
 
     tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|startoftext|>", "<|endoftext|>"],
-                                  end_of_word_suffix="</w>", initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        end_of_word_suffix="</w>",
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     corpus = [t.lower() for _, t in battery()] * 3 + CAPTIONS * 5
     tok.train_from_iterator(corpus, trainer)
     d = json.loads(tok.to_str())
@@ -234,8 +305,14 @@ def _clip_tokenizer():
     return tr.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77), vocab, merges  # as openai/clip-*
 
 
-CAPTIONS = ["a photo of a red square", "a blue circle on a white background", "a green gradient",
-            "a dark noisy picture", "a tiny yellow dot", "stripes of many colours"]
+CAPTIONS = [
+    "a photo of a red square",
+    "a blue circle on a white background",
+    "a green gradient",
+    "a dark noisy picture",
+    "a tiny yellow dot",
+    "stripes of many colours",
+]
 
 
 def build_tiny_clip(out: Path) -> Path:
@@ -247,17 +324,33 @@ def build_tiny_clip(out: Path) -> Path:
 
     hf_dir = out.parent / f"{out.name}-hf"
     tok, _, _ = _clip_tokenizer()
-    ip = tr.CLIPImageProcessorPil(size={"shortest_edge": CLIP_IMAGE},
-                                  crop_size={"height": CLIP_IMAGE, "width": CLIP_IMAGE})
+    ip = tr.CLIPImageProcessorPil(
+        size={"shortest_edge": CLIP_IMAGE}, crop_size={"height": CLIP_IMAGE, "width": CLIP_IMAGE}
+    )
     processor = tr.CLIPProcessor(image_processor=ip, tokenizer=tok)
     torch.manual_seed(4321)
     cfg = tr.CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=CLIP_IMAGE, patch_size=8),
-        projection_dim=CLIP_PROJ)
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=CLIP_IMAGE,
+            patch_size=8,
+        ),
+        projection_dim=CLIP_PROJ,
+    )
     model = tr.CLIPModel(cfg)
     model.save_pretrained(str(hf_dir))
     processor.save_pretrained(str(hf_dir))
@@ -279,37 +372,120 @@ def clip_to_legacy_layout(src: Path, dst: Path) -> Path:
     shutil.copy(src / "config.json", sub / "config.json")
     torch.save(load_file(str(src / "model.safetensors")), sub / "pytorch_model.bin")
     proc = json.loads((src / "processor_config.json").read_text())["image_processor"]
-    (sub / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": proc["crop_size"]["height"], "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": proc["image_mean"],
-        "image_std": proc["image_std"], "resample": 3, "size": proc["size"]["shortest_edge"]}, indent=2))
-    (sub / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>"}, indent=2))
-    (sub / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>"}))
+    (sub / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": proc["crop_size"]["height"],
+                "do_center_crop": True,
+                "do_normalize": True,
+                "do_resize": True,
+                "feature_extractor_type": "CLIPFeatureExtractor",
+                "image_mean": proc["image_mean"],
+                "image_std": proc["image_std"],
+                "resample": 3,
+                "size": proc["size"]["shortest_edge"],
+            },
+            indent=2,
+        )
+    )
+    (sub / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": 77,
+                "do_lower_case": True,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+            },
+            indent=2,
+        )
+    )
+    (sub / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
+    )
     _, vocab, merges = _clip_tokenizer()
     (sub / "vocab.json").write_text(json.dumps(vocab))
     (sub / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    (dst / "modules.json").write_text(json.dumps(
-        [{"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}], indent=2))
-    (dst / "config_sentence_transformers.json").write_text(json.dumps(
-        {"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.7.0", "pytorch": "1.9.0"}}))
+    (dst / "modules.json").write_text(
+        json.dumps(
+            [{"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}], indent=2
+        )
+    )
+    (dst / "config_sentence_transformers.json").write_text(
+        json.dumps({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.7.0", "pytorch": "1.9.0"}})
+    )
     return dst
 
 
-GLOVE_WORDS = ["PADDING_TOKEN", "london", "London", "paris", "Paris", "big", "city", "capital", "england",
-               "france", "weather", "lovely", "today", "sunny", "outside", "drove", "stadium", "pizza", "python",
-               "list", "example", "vitamin", "deficiency", "bone", "U.S.", "u.s", "it's", "don't", "rock'n'roll",
-               "e-mail", "hello", "world", "...", "9,787,426", "inhabitants", "census", "river", "thames", "UPPER",
-               "upper", "case", "lower", "mixed", "café", "Москва", "東京は日本の首都です。", "x" * 5, "end",
-               "hello", "!?", "—", "ß", "straße"]  # "hello" twice: sentence-transformers keeps the last id
+GLOVE_WORDS = [
+    "PADDING_TOKEN",
+    "london",
+    "London",
+    "paris",
+    "Paris",
+    "big",
+    "city",
+    "capital",
+    "england",
+    "france",
+    "weather",
+    "lovely",
+    "today",
+    "sunny",
+    "outside",
+    "drove",
+    "stadium",
+    "pizza",
+    "python",
+    "list",
+    "example",
+    "vitamin",
+    "deficiency",
+    "bone",
+    "U.S.",
+    "u.s",
+    "it's",
+    "don't",
+    "rock'n'roll",
+    "e-mail",
+    "hello",
+    "world",
+    "...",
+    "9,787,426",
+    "inhabitants",
+    "census",
+    "river",
+    "thames",
+    "UPPER",
+    "upper",
+    "case",
+    "lower",
+    "mixed",
+    "café",
+    "Москва",
+    "東京は日本の首都です。",
+    "x" * 5,
+    "end",
+    "hello",
+    "!?",
+    "—",
+    "ß",
+    "straße",
+]  # "hello" twice: sentence-transformers keeps the last id
 
 
-def build_tiny_glove(out: Path, do_lower_case: bool = False, max_seq_length: int = 1000000,
-                     stop_words: list[str] | None = None) -> Path:
+def build_tiny_glove(
+    out: Path, do_lower_case: bool = False, max_seq_length: int = 1000000, stop_words: list[str] | None = None
+) -> Path:
     """average_word_embeddings_*-style: WordEmbeddings(WhitespaceTokenizer) + mean Pooling, saved by
     sentence-transformers."""
     import numpy as np
@@ -320,8 +496,9 @@ def build_tiny_glove(out: Path, do_lower_case: bool = False, max_seq_length: int
     rng = np.random.RandomState(42)
     weights = rng.normal(size=(len(GLOVE_WORDS), GLOVE_DIM)).astype(np.float32)
     weights[0] = 0.0
-    tok = WhitespaceTokenizer(GLOVE_WORDS, stop_words=ENGLISH_STOP_WORDS if stop_words is None else stop_words,
-                              do_lower_case=do_lower_case)
+    tok = WhitespaceTokenizer(
+        GLOVE_WORDS, stop_words=ENGLISH_STOP_WORDS if stop_words is None else stop_words, do_lower_case=do_lower_case
+    )
     emb = models.WordEmbeddings(tok, weights, max_seq_length=max_seq_length)
     st = SentenceTransformer(modules=[emb, models.Pooling(GLOVE_DIM, pooling_mode="mean")], device="cpu")
     st.save(str(out))
@@ -348,20 +525,42 @@ def glove_to_legacy_layout(src: Path, dst: Path) -> Path:
     state = load_file(str(weights)) if weights else torch.load(emb_dir / "pytorch_model.bin")
     torch.save(state, dst / "0_WordEmbeddings" / "pytorch_model.bin")
     pool = json.loads((pool_dir / "config.json").read_text())
-    (dst / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": pool["embedding_dimension"], "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False}))
-    (dst / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "0_WordEmbeddings", "type": "sentence_transformers.models.WordEmbeddings"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}], indent=2))
-    (dst / "config_sentence_transformers.json").write_text(json.dumps(
-        {"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.6.1", "pytorch": "1.8.1"}}))
+    (dst / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": pool["embedding_dimension"],
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
+    (dst / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "0_WordEmbeddings",
+                    "type": "sentence_transformers.models.WordEmbeddings",
+                },
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ],
+            indent=2,
+        )
+    )
+    (dst / "config_sentence_transformers.json").write_text(
+        json.dumps({"__version__": {"sentence_transformers": "2.0.0", "transformers": "4.6.1", "pytorch": "1.8.1"}})
+    )
     return dst
 
 
 # registry family -> how its tiny model is built (build_tiny for the architecture grid, a builder otherwise)
 # roberta and albert are built by build_tiny but kept out of the pooling grid (tested in test_families).
 EXTRA_ARCHITECTURES = ("roberta", "albert")
-TINY_FAMILIES = {**{arch: "build_tiny" for arch in TINY_ARCHITECTURES + EXTRA_ARCHITECTURES},
-                 "clip": "build_tiny_clip", "word-embeddings": "build_tiny_glove"}
+TINY_FAMILIES = {
+    **{arch: "build_tiny" for arch in TINY_ARCHITECTURES + EXTRA_ARCHITECTURES},
+    "clip": "build_tiny_clip",
+    "word-embeddings": "build_tiny_glove",
+}

@@ -27,8 +27,10 @@ def test_worker_that_dies_at_start_reports_its_stderr(tmp_path):
 
 
 def test_hanging_worker_is_killed_after_the_timeout(tmp_path):
-    script = fake(tmp_path, HELLO + "import time\nsys.stdin.readline()\nprint('working', file=sys.stderr, flush=True)\n"
-                  "time.sleep(600)\n")
+    script = fake(
+        tmp_path,
+        HELLO + "import time\nsys.stdin.readline()\nprint('working', file=sys.stderr, flush=True)\ntime.sleep(600)\n",
+    )
     w = PeerWorker(sys.executable, tmp_path / "log", script=script)
     with pytest.raises(PeerError, match=r"(?s)did not answer encode x within 1 s; killed it.*working"):
         w.request({"cmd": "encode"}, timeout=1, what="encode x")
@@ -39,8 +41,9 @@ def test_hanging_worker_is_killed_after_the_timeout(tmp_path):
 
 
 def test_worker_dying_mid_request_and_garbage(tmp_path):
-    script = fake(tmp_path,
-                  HELLO + "sys.stdin.readline()\nprint('Segfault-ish', file=sys.stderr)\nsys.exit(-9 % 256)\n")
+    script = fake(
+        tmp_path, HELLO + "sys.stdin.readline()\nprint('Segfault-ish', file=sys.stderr)\nsys.exit(-9 % 256)\n"
+    )
     with PeerWorker(sys.executable, tmp_path / "log", script=script) as w:
         with pytest.raises(PeerError, match=r"(?s)exited \(code 247\) during load.*Segfault-ish"):
             w.request({"cmd": "load"}, timeout=30)

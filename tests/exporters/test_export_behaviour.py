@@ -27,8 +27,9 @@ def test_every_registered_architecture_has_a_tiny_parity_model():
     assert families <= set(TINY_FAMILIES), families - set(TINY_FAMILIES)
     for family in families:
         assert callable(getattr(tiny_models, TINY_FAMILIES[family])), family
-    assert {s.family for s in specs.registry().values()} | {s.family for s in specs.module_registry().values()} \
-        == families
+    assert {s.family for s in specs.registry().values()} | {
+        s.family for s in specs.module_registry().values()
+    } == families
 
 
 def test_registry_refuses_duplicates_and_is_read_only():
@@ -117,8 +118,13 @@ def test_cli_resolves_hub_id_from_cache_offline(zoo, tmp_path):
     """st-export ORG/NAME with HF_HUB_OFFLINE=1 resolves through the normal Hugging Face cache."""
     _fake_hub_cache(tmp_path / "hub", "acme/tiny-bert", zoo.model("bert"))
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "exporters.cli", "acme/tiny-bert", "-o", str(tmp_path / "out")],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "exporters.cli", "acme/tiny-bert", "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "-> passed" in r.stdout
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -128,8 +134,13 @@ def test_cli_resolves_hub_id_from_cache_offline(zoo, tmp_path):
 
 def test_cli_reports_missing_model_cleanly(tmp_path):
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "exporters.cli", "acme/does-not-exist", "-o", str(tmp_path / "o")],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "exporters.cli", "acme/does-not-exist", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1
     assert "st-export: error:" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
@@ -159,8 +170,11 @@ def test_st_export_without_the_export_extra_says_how_to_install_it(monkeypatch, 
     from exporters import cli
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("torch", "sentence_transformers") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("torch", "sentence_transformers") else real(name, *a),
+    )
     assert cli.main(["all-MiniLM-L6-v2"]) == 2
     err = capsys.readouterr().err
     assert "torch, sentence_transformers" in err and 'pip install "st-runtime[export]"' in err

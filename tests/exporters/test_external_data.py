@@ -32,8 +32,14 @@ def copy(external, tmp_path):
 
 def test_folder_has_graph_and_data_listed_with_checksums(external):
     names = sorted(p.name for p in external.iterdir())
-    assert names == ["manifest.json", "model.onnx", "model.onnx.data", "model_opt.onnx", "model_opt.onnx.data",
-                     "tokenizer.json"]
+    assert names == [
+        "manifest.json",
+        "model.onnx",
+        "model.onnx.data",
+        "model_opt.onnx",
+        "model_opt.onnx.data",
+        "tokenizer.json",
+    ]
     m = load_manifest(external)
     for name in ("model.onnx", "model.onnx.data", "model_opt.onnx", "model_opt.onnx.data"):
         assert m["files"][name] == file_record(external / name)
@@ -44,11 +50,13 @@ def test_folder_has_graph_and_data_listed_with_checksums(external):
     assert (external / "model.onnx").stat().st_size < (external / "model.onnx.data").stat().st_size
 
 
-def test_loads_and_matches_sentence_transformers_and_inline_export(zoo, external, tiny_bert):
+def test_loads_and_matches_sentence_transformers_and_inline_export(zoo, external):
     enc = SentenceEncoder(external)
-    assert_parity(zoo.reference(tiny_bert[0]).encode(TEXTS), enc.encode(TEXTS))
-    np.testing.assert_array_equal(SentenceEncoder(external, variant="fp32").encode(TEXTS),
-                                  SentenceEncoder(tiny_bert[1]).encode(TEXTS))
+    assert_parity(zoo.reference(zoo.model("bert")).encode(TEXTS), enc.encode(TEXTS))
+    inline = zoo.export("bert", variants=())
+    np.testing.assert_array_equal(
+        SentenceEncoder(external, variant="fp32").encode(TEXTS), SentenceEncoder(inline).encode(TEXTS)
+    )
 
 
 def test_loads_from_another_working_directory(external, tmp_path, monkeypatch):
@@ -67,12 +75,15 @@ def _flip(p):
     p.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage,error,match,checksums", [
-    pytest.param(_truncate, ArtifactCorruptError, "truncated", True, id="truncated"),
-    pytest.param(_truncate, ArtifactCorruptError, "truncated", False, id="truncated_no_checksums"),
-    pytest.param(_flip, ArtifactCorruptError, "sha256", True, id="altered"),
-    pytest.param(lambda p: p.unlink(), ArtifactMissingError, "missing", True, id="missing"),
-])
+@pytest.mark.parametrize(
+    "damage,error,match,checksums",
+    [
+        pytest.param(_truncate, ArtifactCorruptError, "truncated", True, id="truncated"),
+        pytest.param(_truncate, ArtifactCorruptError, "truncated", False, id="truncated_no_checksums"),
+        pytest.param(_flip, ArtifactCorruptError, "sha256", True, id="altered"),
+        pytest.param(lambda p: p.unlink(), ArtifactMissingError, "missing", True, id="missing"),
+    ],
+)
 def test_damaged_data_file_is_detected(copy, damage, error, match, checksums):
     damage(copy / "model_opt.onnx.data")
     with pytest.raises(error, match=match) as info:

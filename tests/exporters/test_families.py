@@ -34,7 +34,7 @@ def test_text_pairs_match_sentence_transformers(zoo, arch, pooling):
     ref_model = zoo.reference(src)
     ref = ref_model.encode([list(p) for p in PAIRS])
     assert_parity(ref, enc.encode([list(p) for p in PAIRS]))
-    assert_parity(ref, enc.encode(PAIRS, batch_size=1))       # tuples, one at a time
+    assert_parity(ref, enc.encode(PAIRS, batch_size=1))  # tuples, one at a time
     assert_parity(ref_model.encode([PAIRS[0]]), enc.encode([PAIRS[0]]))
     # A pair is not the concatenated text: the check can fail.
     joined = enc.encode([" ".join(p) for p in PAIRS[:2]])
@@ -60,18 +60,18 @@ def test_export_validates_pairs(zoo):
 
 # ------------------------------------------------------------------------------------------------ GloVe
 GLOVE_TEXTS = [
-    "London is a big city",                      # exact hits and stop words
-    "LONDON london London",                      # case: exact, then lower-case fallback
-    "Hello, world! (hello) 'London'...",         # punctuation stripped from both ends
+    "London is a big city",  # exact hits and stop words
+    "LONDON london London",  # case: exact, then lower-case fallback
+    "Hello, world! (hello) 'London'...",  # punctuation stripped from both ends
     "U.S. u.s. U.S it's don't rock'n'roll e-mail",  # inner punctuation kept; stripped forms
-    "... !? — 9,787,426 inhabitants",            # punctuation-only tokens and stop-word punctuation
-    "the a of and is",                           # nothing left after stop words: zero vector
-    "",                                          # empty
-    "   \t\n ",                                  # whitespace only
-    "unknown words only zzz qqq",                # all unknown
+    "... !? — 9,787,426 inhabitants",  # punctuation-only tokens and stop-word punctuation
+    "the a of and is",  # nothing left after stop words: zero vector
+    "",  # empty
+    "   \t\n ",  # whitespace only
+    "unknown words only zzz qqq",  # all unknown
     "Москва 東京は日本の首都です。 café Café CAFÉ straße STRASSE ß",  # unicode, casing
-    "The Weather Is Lovely Today.",              # stop word with capital letter is not a stop word as-is
-    "hello",                                     # duplicated vocabulary entry: last id wins
+    "The Weather Is Lovely Today.",  # stop word with capital letter is not a stop word as-is
+    "hello",  # duplicated vocabulary entry: last id wins
     " ".join(["paris london"] * 50),
 ]
 
@@ -84,7 +84,7 @@ def test_glove_parity_on_tricky_text(zoo_families):
     got = enc.encode(GLOVE_TEXTS)
     np.testing.assert_allclose(got, ref, atol=1e-6)
     np.testing.assert_allclose(enc.encode(GLOVE_TEXTS, batch_size=1), ref, atol=1e-6)
-    assert np.all(got[5] == 0) and np.all(got[6] == 0)   # empty after stop words -> zero, as in ST
+    assert np.all(got[5] == 0) and np.all(got[6] == 0)  # empty after stop words -> zero, as in ST
     # the tokenizer port gives the very ids sentence-transformers gives
     st_tok = ref_model[0].tokenizer
     for t in GLOVE_TEXTS:
@@ -190,7 +190,7 @@ def test_clip_text_and_image_parity(zoo_families):
     ref_img = ref_model.encode(images)
     assert_parity(ref_img, enc.encode(images))
     assert_parity(ref_img, enc.encode(images, batch_size=1))
-    assert_parity(ref_img[:1], enc.encode(images[0])[None])             # a single image: 1-D result
+    assert_parity(ref_img[:1], enc.encode(images[0])[None])  # a single image: 1-D result
     # numpy arrays (H, W, C) and (C, H, W) are images too, as in sentence-transformers
     arr = np.asarray(images[0])
     assert_parity(ref_model.encode([arr]), enc.encode([arr]))
@@ -212,9 +212,15 @@ def test_clip_mixed_list_and_file_paths(zoo_families, tmp_path):
     # a mixed list (sentence-transformers 6 refuses mixed batches; st_runtime splits them and keeps the order)
     mixed = ["a red square", images[0], paths[1], "a blue circle", np.asarray(images[2])]
     got = enc.encode(mixed)
-    ref = np.concatenate([ref_model.encode(["a red square"]), ref_model.encode([images[0]]),
-                          ref_model.encode([paths[1]]), ref_model.encode(["a blue circle"]),
-                          ref_model.encode([np.asarray(images[2])])])
+    ref = np.concatenate(
+        [
+            ref_model.encode(["a red square"]),
+            ref_model.encode([images[0]]),
+            ref_model.encode([paths[1]]),
+            ref_model.encode(["a blue circle"]),
+            ref_model.encode([np.asarray(images[2])]),
+        ]
+    )
     assert_parity(ref, got)
     # a string that is not an existing image file stays text
     assert_parity(ref_model.encode(["missing.png"]), enc.encode(["missing.png"]))
@@ -312,8 +318,9 @@ def test_unsupported_modules_around_new_families_are_named(zoo_families, tmp_pat
     from exporters import errors, export_model
 
     glove = SentenceTransformer(str(zoo_families.glove()[0]), device="cpu")
-    lstm = SentenceTransformer(modules=[glove[0], models.LSTM(12, 6), models.Pooling(12, pooling_mode="mean")],
-                               device="cpu")
+    lstm = SentenceTransformer(
+        modules=[glove[0], models.LSTM(12, 6), models.Pooling(12, pooling_mode="mean")], device="cpu"
+    )
     lstm.save(str(tmp_path / "lstm"))
     with pytest.raises(errors.UnsupportedModelError, match=r"LSTM.*Supported modules: .*WordEmbeddings"):
         export_model(str(tmp_path / "lstm"), output=tmp_path / "out1", log=lambda _m: None)
@@ -325,10 +332,13 @@ def test_unsupported_modules_around_new_families_are_named(zoo_families, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------------ RoBERTa, ALBERT
-@pytest.mark.parametrize("arch,pooling,normalize", [
-    ("roberta", "mean", True),    # all-distilroberta-v1
-    ("albert", "mean", False),    # paraphrase-albert-small-v2
-])
+@pytest.mark.parametrize(
+    "arch,pooling,normalize",
+    [
+        ("roberta", "mean", True),  # all-distilroberta-v1
+        ("albert", "mean", False),  # paraphrase-albert-small-v2
+    ],
+)
 def test_roberta_and_albert(zoo, arch, pooling, normalize):
     src = zoo.model(arch, pooling=pooling, normalize=normalize)
     enc = SentenceEncoder(zoo.export(arch, pooling=pooling, normalize=normalize))

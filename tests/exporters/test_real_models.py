@@ -28,8 +28,9 @@ def minilm(tmp_path_factory):
 
     from exporters import export_model
 
-    out = export_model(str(minilm_dir()), output=tmp_path_factory.mktemp("real") / "all-MiniLM-L6-v2",
-                       log=lambda _m: None)
+    out = export_model(
+        str(minilm_dir()), output=tmp_path_factory.mktemp("real") / "all-MiniLM-L6-v2", log=lambda _m: None
+    )
     return minilm_dir(), out
 
 
@@ -56,8 +57,13 @@ def test_minilm_parity_with_sentence_transformers(minilm):
     variants = manifest["towers"]["text"]["variants"]
     assert variants["opt"]["build"]["fused_operators"]["Attention"] == 6
     assert enc.variant == fastest_timed(minilm[1])
-    assert manifest["embedding"] == {"dimension": 384, "pooling": {"modes": ["mean"], "include_prompt": True},
-                                     "dense": [], "normalized": True, "similarity_fn_name": "cosine"}
+    assert manifest["embedding"] == {
+        "dimension": 384,
+        "pooling": {"modes": ["mean"], "include_prompt": True},
+        "dense": [],
+        "normalized": True,
+        "similarity_fn_name": "cosine",
+    }
 
 
 def test_minilm_int8_passes_its_gate(minilm):
@@ -70,22 +76,37 @@ def test_minilm_int8_passes_its_gate(minilm):
     np.testing.assert_allclose([sims[0, 1], sims[0, 2], sims[1, 2]], [0.6660, 0.1046, 0.1411], atol=0.02)
 
 
-
-
 def _mpnet_cached() -> bool:
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
-               / "hub")
+    hub = Path(
+        os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
+    )
     return any((hub / "models--sentence-transformers--all-mpnet-base-v2" / "snapshots").glob("*/modules.json"))
 
 
-@pytest.mark.skipif(not _mpnet_cached(), reason="all-mpnet-base-v2 is not in the Hugging Face cache; "
-                    "download it once with `hf download sentence-transformers/all-mpnet-base-v2` (the test then runs "
-                    "offline)")
+@pytest.mark.skipif(
+    not _mpnet_cached(),
+    reason="all-mpnet-base-v2 is not in the Hugging Face cache; "
+    "download it once with `hf download sentence-transformers/all-mpnet-base-v2` (the test then runs "
+    "offline)",
+)
 def test_mpnet_offline_export_from_hub_cache(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "exporters.cli", "all-mpnet-base-v2", "-o", str(tmp_path / "mpnet"),
-                        "--variants", "opt"],
-                       capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporters.cli",
+            "all-mpnet-base-v2",
+            "-o",
+            str(tmp_path / "mpnet"),
+            "--variants",
+            "opt",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     from sentence_transformers import SentenceTransformer
 

@@ -73,13 +73,16 @@ def test_truncates_at_max_seq_length_like_sentence_transformers(zoo, arch):
     np.testing.assert_allclose(enc.encode(long_text), enc.encode(long_text + " extra words at the end"), atol=1e-6)
 
 
-@pytest.mark.parametrize("arch,pooling,dense,normalize", [
-    ("bert", "cls", [(24, "Tanh")], True),            # LaBSE-style
-    ("distilbert", "mean", [(16, "Tanh")], False),    # distiluse-style
-    ("distilbert", "mean", [(16, "Identity")], False),  # clip-multilingual-style text tower
-    ("xlm-roberta", "mean", [(40, "ReLU"), (8, "Tanh")], True),
-    ("mpnet", "max", None, False),
-])
+@pytest.mark.parametrize(
+    "arch,pooling,dense,normalize",
+    [
+        ("bert", "cls", [(24, "Tanh")], True),  # LaBSE-style
+        ("distilbert", "mean", [(16, "Tanh")], False),  # distiluse-style
+        ("distilbert", "mean", [(16, "Identity")], False),  # clip-multilingual-style text tower
+        ("xlm-roberta", "mean", [(40, "ReLU"), (8, "Tanh")], True),
+        ("mpnet", "max", None, False),
+    ],
+)
 def test_dense_and_normalize(zoo, arch, pooling, dense, normalize):
     src = zoo.model(arch, pooling=pooling, dense=dense, normalize=normalize)
     out = zoo.export(arch, pooling=pooling, dense=dense, normalize=normalize)
@@ -113,8 +116,10 @@ def test_legacy_hub_layout(zoo, tmp_path):
     ref = zoo.reference(legacy).encode(TEXTS)
     assert_parity(ref, enc.encode(TEXTS))
     # Same weights, same vectors as the sentence-transformers 6 layout.
-    assert_parity(SentenceEncoder(zoo.export("bert", pooling="mean_sqrt_len_tokens", dense=[(24, "Tanh")]))
-                  .encode(TEXTS), enc.encode(TEXTS))
+    assert_parity(
+        SentenceEncoder(zoo.export("bert", pooling="mean_sqrt_len_tokens", dense=[(24, "Tanh")])).encode(TEXTS),
+        enc.encode(TEXTS),
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["embedding"]["pooling"]["modes"] == ["mean_sqrt_len_tokens"]
     assert manifest["embedding"]["normalized"] is True
@@ -122,8 +127,7 @@ def test_legacy_hub_layout(zoo, tmp_path):
 
 def test_prompts_and_similarity_function(zoo):
     prompts = {"query": "query: ", "passage": "passage: ", "classification": "classify this: "}
-    kwargs = dict(pooling="mean", prompts=prompts, default_prompt_name="classification",
-                  similarity_fn_name="dot")
+    kwargs = dict(pooling="mean", prompts=prompts, default_prompt_name="classification", similarity_fn_name="dot")
     src = zoo.model("bert", **kwargs)
     enc = SentenceEncoder(zoo.export("bert", **kwargs))
     ref_model = zoo.reference(src)

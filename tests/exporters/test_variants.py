@@ -63,8 +63,9 @@ def test_int8_variant_passes_its_gate_and_is_opt_in(with_int8, zoo):
 def test_variant_missing_its_gate_is_not_written(zoo, tmp_path, monkeypatch):
     strict = dataclasses.replace(variants.PLANS["int8"], min_cosine=1.5)
     monkeypatch.setitem(variants.PLANS, "int8", strict)
-    out = export.export_model(str(zoo.model("distilbert")), output=tmp_path / "o", variants=["int8"],
-                              log=lambda _m: None)
+    out = export.export_model(
+        str(zoo.model("distilbert")), output=tmp_path / "o", variants=["int8"], log=lambda _m: None
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert "int8" not in manifest["towers"]["text"]["variants"]
     assert not (out / "model_int8.onnx").exists()
@@ -99,8 +100,11 @@ def test_fp16_graph_builds_and_keeps_reductions_fp32(zoo, tmp_path):
     for node in model.graph.node:
         if node.op_type in ("ReduceSum", "ReduceL2"):
             src = producers.get(node.input[0])
-            assert src is not None and src.op_type == "Cast" and \
-                next(a.i for a in src.attribute if a.name == "to") == onnx.TensorProto.FLOAT
+            assert (
+                src is not None
+                and src.op_type == "Cast"
+                and next(a.i for a in src.attribute if a.name == "to") == onnx.TensorProto.FLOAT
+            )
     # names and outputs unique: onnxruntime refuses repeats, which onnxruntime 1.31's converter made
     names = [n.name for n in model.graph.node if n.name]
     outputs = [o for n in model.graph.node for o in n.output]
@@ -115,13 +119,23 @@ def test_fp16_repeated_casts_of_one_tensor_are_merged():
     from onnx import TensorProto, helper
 
     cast = dict(op_type="Cast", inputs=["x"], outputs=["x32"], name="x_cast", to=TensorProto.FLOAT)
-    nodes = [helper.make_node(**cast), helper.make_node(**cast),
-             helper.make_node("ReduceSum", ["x32"], ["s"], name="r", keepdims=0),
-             helper.make_node("Neg", ["x32"], ["n"], name="r"), helper.make_node("Abs", ["n"], ["a"]),
-             helper.make_node("Abs", ["a"], ["b"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
-                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
-                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])])
+    nodes = [
+        helper.make_node(**cast),
+        helper.make_node(**cast),
+        helper.make_node("ReduceSum", ["x32"], ["s"], name="r", keepdims=0),
+        helper.make_node("Neg", ["x32"], ["n"], name="r"),
+        helper.make_node("Abs", ["n"], ["a"]),
+        helper.make_node("Abs", ["a"], ["b"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+        [
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
+        ],
+    )
     variants._unique_node_names(graph)
     assert [n.op_type for n in graph.node] == ["Cast", "ReduceSum", "Neg", "Abs", "Abs"]
     assert [n.name for n in graph.node] == ["x_cast", "r", "r_1", "", ""]
@@ -137,8 +151,7 @@ def test_variant_that_cannot_be_built_is_reported_and_left_out(zoo, tmp_path, mo
 
     monkeypatch.setattr(variants, "build_int8", broken)
     said = []
-    out = export.export_model(str(zoo.model("bert")), output=tmp_path / "o", variants=["opt", "int8"],
-                              log=said.append)
+    out = export.export_model(str(zoo.model("bert")), output=tmp_path / "o", variants=["opt", "int8"], log=said.append)
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(manifest["towers"]["text"]["variants"]) == ["fp32", "opt"]
     assert "quantizer exploded" in manifest["export"]["rejected_variants"]["int8"]["error"]
@@ -171,8 +184,9 @@ def test_int8_graph_rewrites_are_exact_before_quantization(zoo):
         amax[name][3] = 50.0
     smoothed, decomposed = variants._smooth(merged, amax, 0.7, outlier_gain=1.5)
     assert decomposed == len(variants._weighted_matmuls(merged))
-    results = [variants._run_all(variants._session(m), feeds, ["sentence_embedding"])
-               for m in (model, merged, smoothed)]
+    results = [
+        variants._run_all(variants._session(m), feeds, ["sentence_embedding"]) for m in (model, merged, smoothed)
+    ]
     for got in results[1:]:
         for a, b in zip(results[0], got):
             np.testing.assert_allclose(a[0], b[0], atol=2e-6)
@@ -205,13 +219,16 @@ def test_int8_rewrites_stay_exact_with_shared_weights_and_unnamed_nodes():
     rng = np.random.RandomState(0)
     w = numpy_helper.from_array(rng.randn(8, 8).astype(np.float32), "shared_w")
     b = numpy_helper.from_array(rng.randn(8).astype(np.float32), "b")
-    nodes = [helper.make_node("MatMul", ["x", "shared_w"], ["h"]),
-             helper.make_node("Add", ["h", "b"], ["hb"]),
-             helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("MatMul", ["r", "shared_w"], ["y"])]  # unnamed nodes, one weight twice
+    nodes = [
+        helper.make_node("MatMul", ["x", "shared_w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["hb"]),
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("MatMul", ["r", "shared_w"], ["y"]),
+    ]  # unnamed nodes, one weight twice
     out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 8]) for n in ("hb", "y")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
-                              out, [w, b])
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])], out, [w, b]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = rng.randn(5, 8).astype(np.float32)
     x[:, 2] = np.abs(x[:, 2]) * 1000  # an outlier channel in both MatMuls' inputs
@@ -239,8 +256,11 @@ def test_int8_quantizes_weights_the_exporter_shares_through_identity(zoo):
     build = json.loads((out / "manifest.json").read_text())["towers"]["text"]["variants"]["int8"]["build"]
     int8 = onnx.load(str(out / "model_int8.onnx"))
     consts = variants._constants(int8)
-    left = [n.name for n in int8.graph.node if n.op_type == "MatMul" and n.input[1] in consts
-            and not n.name.endswith(variants.OUTLIER_SUFFIX)]
+    left = [
+        n.name
+        for n in int8.graph.node
+        if n.op_type == "MatMul" and n.input[1] in consts and not n.name.endswith(variants.OUTLIER_SUFFIX)
+    ]
     assert sorted(left) == sorted(build["fp32_matmuls"])
     n_int8 = sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in int8.graph.node)
     assert n_int8 == build["int8_matmuls"] >= 2 * 4  # both layers' projections (Q/K/V merged) and FFN

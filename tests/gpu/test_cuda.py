@@ -15,8 +15,10 @@ from st_runtime import SentenceEncoder
 
 if hasattr(ort, "preload_dlls"):
     ort.preload_dlls()
-pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
-                                reason="needs onnxruntime with the CUDA provider (onnxruntime-gpu) and a GPU")
+pytestmark = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="needs onnxruntime with the CUDA provider (onnxruntime-gpu) and a GPU",
+)
 
 # mixed lengths, a one-token text, and one longer than the tiny models' max_seq_length
 MIXED = TEXTS + ["word " * 600, "x", "a b c d e f g h i j k l m n o p q"] * 2

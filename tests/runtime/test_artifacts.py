@@ -89,7 +89,8 @@ def test_garbage_graph_without_checksums_is_typed_not_protobuf(copy):
 def test_every_error_is_a_st_runtime_error():
     import st_runtime.errors as e
 
-    classes = [getattr(e, n) for n in dir(e)
-               if isinstance(getattr(e, n), type) and issubclass(getattr(e, n), Exception)]
+    classes = [
+        getattr(e, n) for n in dir(e) if isinstance(getattr(e, n), type) and issubclass(getattr(e, n), Exception)
+    ]
     assert len(classes) >= 10
     assert all(issubclass(c, StRuntimeError) for c in classes)

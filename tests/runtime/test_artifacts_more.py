@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_export
+from helpers import needs_export
 
 from st_runtime import SentenceEncoder
 from st_runtime.errors import (
@@ -70,14 +70,24 @@ DAMAGE = {
     "manifest_missing": (lambda d: (d / "manifest.json").unlink(), Exception, "manifest.json"),
     "manifest_truncated": (lambda d: _truncate(d / "manifest.json"), ManifestError, "not valid JSON"),
     "manifest_newer_version": (
-        lambda d: (d / "manifest.json").write_text(json.dumps(
-            {**json.loads((d / "manifest.json").read_text()), "format_version": FORMAT_VERSION + 1})),
-        ManifestVersionError, "pip install -U st-runtime"),
+        lambda d: (d / "manifest.json").write_text(
+            json.dumps({**json.loads((d / "manifest.json").read_text()), "format_version": FORMAT_VERSION + 1})
+        ),
+        ManifestVersionError,
+        "pip install -U st-runtime",
+    ),
     "manifest_file_entry_outside": (
-        lambda d: (d / "manifest.json").write_text(json.dumps({
-            **(m := json.loads((d / "manifest.json").read_text())),
-            "files": {**m["files"], "../evil": {"size": 1, "sha256": "0"}}})),
-        ManifestError, "outside"),
+        lambda d: (d / "manifest.json").write_text(
+            json.dumps(
+                {
+                    **(m := json.loads((d / "manifest.json").read_text())),
+                    "files": {**m["files"], "../evil": {"size": 1, "sha256": "0"}},
+                }
+            )
+        ),
+        ManifestError,
+        "outside",
+    ),
 }
 
 
@@ -164,8 +174,14 @@ def previous_export(tiny_bert, tmp_path):
 
 def _run_and_kill(src: Path, out: Path, marker: str | None, delay: float) -> tuple[int, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "exporters.cli", str(src), "-o", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporters.cli", str(src), "-o", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = []
     deadline = time.monotonic() + 120
     try:

@@ -13,8 +13,13 @@ from st_runtime.batching import plan_batches
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(1, 512), max_size=300), st.integers(1, 64), st.sampled_from([1, 8]),
-       st.sampled_from([None, 64, 2048]), st.sampled_from([None, 77, 512]))
+@given(
+    st.lists(st.integers(1, 512), max_size=300),
+    st.integers(1, 64),
+    st.sampled_from([1, 8]),
+    st.sampled_from([None, 64, 2048]),
+    st.sampled_from([None, 77, 512]),
+)
 def test_plan_covers_everything_once(lengths, batch_size, multiple, max_tokens, max_width):
     lens = np.sort(np.asarray(lengths, dtype=np.int64))[::-1]
     if max_width is not None:
@@ -103,8 +108,9 @@ def test_failed_cuda_graph_capture_warns_once_and_runs_uncaptured(tiny_bert, zoo
     def flaky(binding, options):
         calls.append(options.get_run_config_entry("gpu_graph_id"))
         if calls[-1] not in ("-1",):
-            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 901: operation not permitted when "
-                               "stream is capturing")
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 1 : FAIL : CUDA failure 901: operation not permitted when stream is capturing"
+            )
         return real(binding, options)
 
     tower.session.run_with_iobinding = flaky
@@ -146,8 +152,10 @@ class _OOMOnBigBatches:
         rows = next(iter(feeds.values())).shape[0]
         self.rows.append(rows)
         if rows > 2:
-            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for "
-                               "requested buffer of size 123456 (BFCArena)")
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for "
+                "requested buffer of size 123456 (BFCArena)"
+            )
         return self.runner(feeds)
 
 
@@ -224,6 +232,7 @@ def test_capture_gate_runs_a_capture_alone_and_does_not_starve_it():
             time.sleep(seconds)
             with lock:
                 active.remove(kind)
+
         return fn
 
     def until(cond):

@@ -56,10 +56,17 @@ def test_pairs_tokenize_as_pairs(enc):
     assert a.shape == b.shape and not np.allclose(a, b)
 
 
-@pytest.mark.parametrize("bad,index", [
-    ([None], 0), (["ok", 3], 1), (["ok", "ok", b"bytes"], 2), ([{"text": "x"}], 0), ([["a", "b", "c"]], 0),
-    ([[["nested"]]], 0),
-])
+@pytest.mark.parametrize(
+    "bad,index",
+    [
+        ([None], 0),
+        (["ok", 3], 1),
+        (["ok", "ok", b"bytes"], 2),
+        ([{"text": "x"}], 0),
+        ([["a", "b", "c"]], 0),
+        ([[["nested"]]], 0),
+    ],
+)
 def test_bad_items_name_index_and_type(enc, bad, index):
     with pytest.raises(TypeError, match=f"input {index} is a"):
         enc.encode(bad)
@@ -126,8 +133,7 @@ def test_unknown_variant(tiny_bert):
 def test_similarity_matches_sentence_transformers(enc, ref):
     a, b = enc.encode(TEXTS[:4]), enc.encode(TEXTS[4:])
     np.testing.assert_allclose(enc.similarity(a, b), ref.similarity(a, b).numpy(), atol=1e-6)
-    np.testing.assert_allclose(enc.similarity_pairwise(a, b[:4]), ref.similarity_pairwise(a, b[:4]).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(enc.similarity_pairwise(a, b[:4]), ref.similarity_pairwise(a, b[:4]).numpy(), atol=1e-6)
 
 
 def test_util_matches_sentence_transformers_util(enc):
@@ -140,8 +146,9 @@ def test_util_matches_sentence_transformers_util(enc):
     ours = st_runtime.util.semantic_search(q, c, top_k=7, corpus_chunk_size=13)
     theirs = st_util.semantic_search(q, c, top_k=7)
     assert [[h["corpus_id"] for h in r] for r in ours] == [[h["corpus_id"] for h in r] for r in theirs]
-    np.testing.assert_allclose([[h["score"] for h in r] for r in ours], [[h["score"] for h in r] for r in theirs],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        [[h["score"] for h in r] for r in ours], [[h["score"] for h in r] for r in theirs], atol=1e-6
+    )
 
 
 def test_cuda_provider_is_asked_for_full_fp32_precision():
@@ -151,6 +158,8 @@ def test_cuda_provider_is_asked_for_full_fp32_precision():
 
     assert full_precision("CUDAExecutionProvider") == ("CUDAExecutionProvider", {"use_tf32": "0"})
     assert full_precision(("CUDAExecutionProvider", {"device_id": 1})) == (
-        "CUDAExecutionProvider", {"device_id": 1, "use_tf32": "0"})
+        "CUDAExecutionProvider",
+        {"device_id": 1, "use_tf32": "0"},
+    )
     assert full_precision(("CUDAExecutionProvider", {"use_tf32": "1"}))[1]["use_tf32"] == "1"
     assert full_precision("CPUExecutionProvider") == "CPUExecutionProvider"

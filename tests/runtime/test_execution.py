@@ -46,8 +46,11 @@ def test_threads_with_different_settings_do_not_leak_into_each_other(enc):
     texts = _texts(99, 30)
     want = {dim: enc.encode(texts, truncate_dim=dim, normalize_embeddings=True) for dim in (4, 8, 16)}
     with ThreadPoolExecutor(max_workers=12) as pool:
-        futures = {pool.submit(enc.encode, texts, truncate_dim=dim, normalize_embeddings=True): dim
-                   for dim in (4, 8, 16) for _ in range(4)}
+        futures = {
+            pool.submit(enc.encode, texts, truncate_dim=dim, normalize_embeddings=True): dim
+            for dim in (4, 8, 16)
+            for _ in range(4)
+        }
         for f, dim in futures.items():
             np.testing.assert_array_equal(f.result(timeout=60), want[dim])
 
@@ -55,8 +58,10 @@ def test_threads_with_different_settings_do_not_leak_into_each_other(enc):
 def test_concurrent_calls_with_their_own_truncation_and_batch_size_get_the_sequential_results(enc):
     """Truncation is per call: callers lowering max_seq_length for themselves, at different batch sizes,
     never change each other's results, and the encoder's own setting changed meanwhile changes neither."""
-    jobs = [(_texts(seed, 30), bs, msl) for seed, (bs, msl) in
-            enumerate((bs, msl) for bs in (1, 7, None) for msl in (3, 9, None))]
+    jobs = [
+        (_texts(seed, 30), bs, msl)
+        for seed, (bs, msl) in enumerate((bs, msl) for bs in (1, 7, None) for msl in (3, 9, None))
+    ]
     sequential = [enc.encode(t, batch_size=bs, max_seq_length=msl) for t, bs, msl in jobs]
     assert not np.allclose(enc.encode(jobs[0][0], max_seq_length=3), enc.encode(jobs[0][0]), atol=1e-4)
     exported = enc.max_seq_length
@@ -65,8 +70,7 @@ def test_concurrent_calls_with_their_own_truncation_and_batch_size_get_the_seque
     def work(i: int):
         texts, bs, msl = jobs[i]
         barrier.wait()
-        return [enc.encode(texts, batch_size=bs, max_seq_length=msl if msl is not None else exported)
-                for _ in range(3)]
+        return [enc.encode(texts, batch_size=bs, max_seq_length=msl if msl is not None else exported) for _ in range(3)]
 
     def toggle():  # another thread lowers and restores the encoder's own limit throughout
         barrier.wait()

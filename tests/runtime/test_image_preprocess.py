@@ -13,10 +13,10 @@ from st_runtime import image as rt_image  # noqa: E402
 CONFIGS = {
     "openai-clip-224": dict(),  # the processor's defaults: shortest_edge 224, crop 224, bicubic, OpenAI mean/std
     "tiny-32": dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-    "fixed-size-bilinear": dict(size={"height": 40, "width": 56}, crop_size={"height": 30, "width": 30},
-                                resample=2),
-    "odd-crop-no-normalize": dict(size={"shortest_edge": 37}, crop_size={"height": 33, "width": 35},
-                                  do_normalize=False),
+    "fixed-size-bilinear": dict(size={"height": 40, "width": 56}, crop_size={"height": 30, "width": 30}, resample=2),
+    "odd-crop-no-normalize": dict(
+        size={"shortest_edge": 37}, crop_size={"height": 33, "width": 35}, do_normalize=False
+    ),
     "no-resize": dict(do_resize=False, crop_size={"height": 24, "width": 24}),
 }
 
@@ -45,9 +45,22 @@ def _processor(cfg):
 
 def _manifest_cfg(ip) -> dict:
     saved = ip.to_dict()
-    cfg = {k: saved.get(k) for k in ("do_convert_rgb", "do_resize", "size", "resample", "do_center_crop",
-                                      "crop_size", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
-                                      "image_std")}
+    cfg = {
+        k: saved.get(k)
+        for k in (
+            "do_convert_rgb",
+            "do_resize",
+            "size",
+            "resample",
+            "do_center_crop",
+            "crop_size",
+            "do_rescale",
+            "rescale_factor",
+            "do_normalize",
+            "image_mean",
+            "image_std",
+        )
+    }
     cfg["size"] = {k: v for k, v in (cfg["size"] or {}).items() if v is not None}
     cfg["crop_size"] = {k: v for k, v in (cfg["crop_size"] or {}).items() if v is not None}
     cfg["image_size"] = [cfg["crop_size"]["height"], cfg["crop_size"]["width"]]
@@ -97,8 +110,16 @@ def test_classify_follows_sentence_transformers_rules(tmp_path):
 
     p = tmp_path / "x.PNG"
     Image.new("RGB", (4, 4)).save(p, format="PNG")
-    items, kinds, singular = rt_image.classify(["text", str(p), str(tmp_path / "missing.png"), ("a", "b"),
-                                                Image.new("RGB", (2, 2)), np.zeros((4, 4, 3), np.uint8)])
+    items, kinds, singular = rt_image.classify(
+        [
+            "text",
+            str(p),
+            str(tmp_path / "missing.png"),
+            ("a", "b"),
+            Image.new("RGB", (2, 2)),
+            np.zeros((4, 4, 3), np.uint8),
+        ]
+    )
     assert kinds == ["text", "image", "text", "text", "image", "image"] and not singular
     assert rt_image.classify(Image.new("RGB", (2, 2)))[2] is True
     assert rt_image.classify(np.zeros((4, 4, 3), np.uint8))[2] is True

@@ -22,8 +22,7 @@ sys.exit(1 if heavy else 0)
 
 
 def test_encode_imports_no_heavy_module(tiny_bert):
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_bert[1])], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_bert[1])], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "HEAVY: []" in r.stdout
 
@@ -34,6 +33,11 @@ def test_the_check_itself_detects_a_heavy_import(tiny_bert, tmp_path):
     (tmp_path / "onnx.py").write_text("")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
-    r = subprocess.run([sys.executable, "-c", "import onnx\n" + SCRIPT, str(tiny_bert[1])], capture_output=True,
-                       text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", "import onnx\n" + SCRIPT, str(tiny_bert[1])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 1 and "onnx" in r.stdout

@@ -91,8 +91,10 @@ def _random_text(alphabet: list[str], sep: str, seed: int) -> str:
     return sep.join(words)[:MILLION]
 
 
-_WORDS = ("the quick brown fox jumps over lazy dog London has many inhabitants census river bridge "
-          "city people weather lovely today").split()
+_WORDS = (
+    "the quick brown fox jumps over lazy dog London has many inhabitants census river bridge "
+    "city people weather lovely today"
+).split()
 _CJK_CHARS = list("東京は日本の首都です北京是中国的首都大阪名古屋")
 
 LONG_TEXTS = {
@@ -129,7 +131,7 @@ def _kept_prefix(enc: SentenceEncoder, text: str) -> str:
     """The part of ``text`` whose tokens survive truncation, from the tokenizer's own offsets."""
     encoding = enc.tokenizer.encode(text)  # the full text, without the runtime's shortcut
     offsets = [o for o, special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
-    return text[:offsets[-1][1]]
+    return text[: offsets[-1][1]]
 
 
 @pytest.mark.parametrize("kind", sorted(LONG_TEXTS))
@@ -195,15 +197,18 @@ def test_ten_thousand_mixed_length_texts_in_one_call(recording_enc, ref):
 TEXTS = ["How big is London", "東京", "", "a"]
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda t: np.array(t), id="numpy_unicode_array"),
-    pytest.param(lambda t: np.array(t, dtype=object), id="numpy_object_array"),
-    pytest.param(lambda t: [np.str_(x) for x in t], id="list_of_numpy_str"),
-    pytest.param(tuple, id="tuple"),
-    pytest.param(lambda t: (x for x in t), id="generator"),
-    pytest.param(lambda t: iter(t), id="iterator"),
-    pytest.param(lambda t: dict.fromkeys(t).keys(), id="dict_keys"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda t: np.array(t), id="numpy_unicode_array"),
+        pytest.param(lambda t: np.array(t, dtype=object), id="numpy_object_array"),
+        pytest.param(lambda t: [np.str_(x) for x in t], id="list_of_numpy_str"),
+        pytest.param(tuple, id="tuple"),
+        pytest.param(lambda t: (x for x in t), id="generator"),
+        pytest.param(lambda t: iter(t), id="iterator"),
+        pytest.param(lambda t: dict.fromkeys(t).keys(), id="dict_keys"),
+    ],
+)
 def test_containers_accepted_like_lists(enc, make):
     np.testing.assert_array_equal(enc.encode(make(TEXTS)), enc.encode(list(TEXTS)))
 
@@ -212,24 +217,30 @@ def test_zero_dim_numpy_string_is_a_single_text(enc):
     np.testing.assert_array_equal(enc.encode(np.array("How big is London")), enc.encode("How big is London"))
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda p: np.array(p), id="numpy_2d_pairs"),
-    pytest.param(lambda p: tuple(tuple(x) for x in p), id="tuple_of_tuples"),
-    pytest.param(lambda p: (list(x) for x in p), id="generator_of_lists"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda p: np.array(p), id="numpy_2d_pairs"),
+        pytest.param(lambda p: tuple(tuple(x) for x in p), id="tuple_of_tuples"),
+        pytest.param(lambda p: (list(x) for x in p), id="generator_of_lists"),
+    ],
+)
 def test_pair_containers(enc, make):
     pairs = [["London", "has 9 million people"], ["東京", "首都"]]
     np.testing.assert_array_equal(enc.encode(make(pairs)), enc.encode(pairs))
 
 
-@pytest.mark.parametrize("bad,index", [
-    pytest.param(np.array([b"a", b"b"]), 0, id="numpy_bytes_array"),
-    pytest.param(range(3), 0, id="range_of_ints"),
-    pytest.param((x for x in ["ok", None]), 1, id="generator_with_none"),
-    pytest.param(np.array([1.0, 2.0]), 0, id="numpy_float_array"),
-    pytest.param(["ok", ["a", 1]], 1, id="pair_with_number"),
-    pytest.param(["ok", ("a",)], 1, id="one_tuple"),
-])
+@pytest.mark.parametrize(
+    "bad,index",
+    [
+        pytest.param(np.array([b"a", b"b"]), 0, id="numpy_bytes_array"),
+        pytest.param(range(3), 0, id="range_of_ints"),
+        pytest.param((x for x in ["ok", None]), 1, id="generator_with_none"),
+        pytest.param(np.array([1.0, 2.0]), 0, id="numpy_float_array"),
+        pytest.param(["ok", ["a", 1]], 1, id="pair_with_number"),
+        pytest.param(["ok", ("a",)], 1, id="one_tuple"),
+    ],
+)
 def test_bad_containers_name_index(enc, bad, index):
     with pytest.raises(UnsupportedInputError, match=f"input {index} is a"):
         enc.encode(bad)

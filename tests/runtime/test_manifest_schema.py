@@ -14,8 +14,9 @@ from st_runtime.errors import ManifestError
 from st_runtime.manifest import dump_manifest, load_manifest
 from st_runtime.schema import SchemaError, check_manifest
 
-WRITTEN = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-                      / "gpu-h200-minilm-manifest.json").read_text())
+WRITTEN = json.loads(
+    (Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu-h200-minilm-manifest.json").read_text()
+)
 
 
 def _edit(fn):
@@ -28,26 +29,47 @@ def test_a_manifest_st_export_wrote_fits():
     check_manifest(WRITTEN)
 
 
-@pytest.mark.parametrize("edit,path,message", [
-    (lambda m: m["towers"]["text"]["tokenizer"].update(max_seq_lenght=64),
-     "towers.text.tokenizer.max_seq_lenght", "unknown key"),
-    (lambda m: m["towers"]["text"]["variants"]["opt"].update(rank="5"),
-     "towers.text.variants.opt.rank", "expected an integer, found str"),
-    (lambda m: m["towers"]["text"]["variants"]["opt"].update(exact=1),
-     "towers.text.variants.opt.exact", "expected true or false"),
-    (lambda m: m["embedding"].pop("dimension"), "embedding.dimension", "missing"),
-    (lambda m: m["towers"]["text"]["variants"]["fp16"].update(status="ok"),
-     "towers.text.variants.fp16.status", "one of 'passed', 'failed', 'pending'"),
-    (lambda m: m["towers"]["text"]["tokenizer"].update(max_seq_length=True),
-     "towers.text.tokenizer.max_seq_length", "expected an integer or null, found true"),
-    (lambda m: m["files"]["model.onnx"].update(size="1"), "files.model.onnx.size", "expected an integer"),
-    (lambda m: m["export"].update(extra={}), "export.extra", "unknown key"),
-    (lambda m: m.update(task="sparse"), "task", "one of 'embedding'"),
-    (lambda m: m["towers"]["text"].pop("tokenizer"), "towers.text.tokenizer", "needs its tokenizer"),
-    (lambda m: m["towers"]["text"]["variants"]["opt"].update(file="gone.onnx"),
-     "towers.text.variants.opt.file", "not listed under 'files'"),
-    (lambda m: m["towers"]["text"]["variants"].clear(), "towers.text.variants", "at least one entry"),
-])
+@pytest.mark.parametrize(
+    "edit,path,message",
+    [
+        (
+            lambda m: m["towers"]["text"]["tokenizer"].update(max_seq_lenght=64),
+            "towers.text.tokenizer.max_seq_lenght",
+            "unknown key",
+        ),
+        (
+            lambda m: m["towers"]["text"]["variants"]["opt"].update(rank="5"),
+            "towers.text.variants.opt.rank",
+            "expected an integer, found str",
+        ),
+        (
+            lambda m: m["towers"]["text"]["variants"]["opt"].update(exact=1),
+            "towers.text.variants.opt.exact",
+            "expected true or false",
+        ),
+        (lambda m: m["embedding"].pop("dimension"), "embedding.dimension", "missing"),
+        (
+            lambda m: m["towers"]["text"]["variants"]["fp16"].update(status="ok"),
+            "towers.text.variants.fp16.status",
+            "one of 'passed', 'failed', 'pending'",
+        ),
+        (
+            lambda m: m["towers"]["text"]["tokenizer"].update(max_seq_length=True),
+            "towers.text.tokenizer.max_seq_length",
+            "expected an integer or null, found true",
+        ),
+        (lambda m: m["files"]["model.onnx"].update(size="1"), "files.model.onnx.size", "expected an integer"),
+        (lambda m: m["export"].update(extra={}), "export.extra", "unknown key"),
+        (lambda m: m.update(task="sparse"), "task", "one of 'embedding'"),
+        (lambda m: m["towers"]["text"].pop("tokenizer"), "towers.text.tokenizer", "needs its tokenizer"),
+        (
+            lambda m: m["towers"]["text"]["variants"]["opt"].update(file="gone.onnx"),
+            "towers.text.variants.opt.file",
+            "not listed under 'files'",
+        ),
+        (lambda m: m["towers"]["text"]["variants"].clear(), "towers.text.variants", "at least one entry"),
+    ],
+)
 def test_what_does_not_fit_is_named_by_its_path(edit, path, message):
     with pytest.raises(SchemaError, match=message) as info:
         check_manifest(_edit(edit))
@@ -55,8 +77,9 @@ def test_what_does_not_fit_is_named_by_its_path(edit, path, message):
 
 
 def test_optional_keys_for_what_comes_next_are_accepted():
-    check_manifest(_edit(lambda m: (m.update(task="embedding"),
-                                    m["towers"]["text"]["tokenizer"].update(padding_side="left"))))
+    check_manifest(
+        _edit(lambda m: (m.update(task="embedding"), m["towers"]["text"]["tokenizer"].update(padding_side="left")))
+    )
 
 
 def test_reader_and_writer_refuse_a_bad_manifest(tmp_path):

@@ -13,7 +13,8 @@ from st_runtime import SentenceEncoder  # noqa: E402
 from st_runtime.inputs import LongTextCutter  # noqa: E402
 
 _texts = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=60) | st.sampled_from(
-    ["", " ", "a", "東京", "😀", "\ud800", "x\x00y", "London has 9,787,426 inhabitants", "word " * 60])
+    ["", " ", "a", "東京", "😀", "\ud800", "x\x00y", "London has 9,787,426 inhabitants", "word " * 60]
+)
 _SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -40,8 +41,28 @@ def test_batching_and_sorting_preserve_order(enc, texts, batch_size, data):
     np.testing.assert_allclose(shuffled, got[list(perm)], atol=1e-5)
 
 
-_long_pieces = st.sampled_from(["a", "Σ", "é", "e\u0301", " ", "  ", "東", ".", ",", "[MASK]", "\t", "😀", "Ab",
-                                "x" * 150, "\u200f", "\x00", "ς", "İ"])
+_long_pieces = st.sampled_from(
+    [
+        "a",
+        "Σ",
+        "é",
+        "e\u0301",
+        " ",
+        "  ",
+        "東",
+        ".",
+        ",",
+        "[MASK]",
+        "\t",
+        "😀",
+        "Ab",
+        "x" * 150,
+        "\u200f",
+        "\x00",
+        "ς",
+        "İ",
+    ]
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -13,11 +13,64 @@ from st_runtime.glove import WhitespaceTokenizer
 ws = pytest.importorskip("sentence_transformers.models.tokenizer")
 word_mod = pytest.importorskip("sentence_transformers.sentence_transformer.modules.tokenizer.word")
 
-VOCAB = ["PADDING_TOKEN", "London", "london", "U.S.", "u.s", "it's", "hello", "world", "...", "", "A", "the",
-         "Café", "straße", "hello", "e-mail", "x"]
-PIECES = ["London", "LONDON", "london", "u.s.", "U.S.", "U.S", "it's", "(it's)", "hello,", "'hello'", "World!",
-          "...", "..", "!", "?", "—", "the", "The", "THE", "a", "A", "café", "Café", "CAFÉ", "straße", "STRASSE",
-          "e-mail", "x", "x.", ".x", "zzz", "", " ", "\t", "\n", "\u00a0", "\u2003"]
+VOCAB = [
+    "PADDING_TOKEN",
+    "London",
+    "london",
+    "U.S.",
+    "u.s",
+    "it's",
+    "hello",
+    "world",
+    "...",
+    "",
+    "A",
+    "the",
+    "Café",
+    "straße",
+    "hello",
+    "e-mail",
+    "x",
+]
+PIECES = [
+    "London",
+    "LONDON",
+    "london",
+    "u.s.",
+    "U.S.",
+    "U.S",
+    "it's",
+    "(it's)",
+    "hello,",
+    "'hello'",
+    "World!",
+    "...",
+    "..",
+    "!",
+    "?",
+    "—",
+    "the",
+    "The",
+    "THE",
+    "a",
+    "A",
+    "café",
+    "Café",
+    "CAFÉ",
+    "straße",
+    "STRASSE",
+    "e-mail",
+    "x",
+    "x.",
+    ".x",
+    "zzz",
+    "",
+    " ",
+    "\t",
+    "\n",
+    "\u00a0",
+    "\u2003",
+]
 
 
 def _pair(do_lower_case: bool, stop_words):
@@ -29,9 +82,10 @@ def _pair(do_lower_case: bool, stop_words):
 @pytest.mark.parametrize("do_lower_case", [False, True])
 @pytest.mark.parametrize("stop_words", ["english", "none", "custom"])
 @settings(max_examples=100, deadline=None)
-@given(pieces=st.lists(st.sampled_from(PIECES) | st.text(alphabet=string.punctuation + "abAB. ", max_size=6),
-                       max_size=12),
-       seps=st.lists(st.sampled_from([" ", "  ", "\t", "\n", "", "\u00a0"]), min_size=12, max_size=12))
+@given(
+    pieces=st.lists(st.sampled_from(PIECES) | st.text(alphabet=string.punctuation + "abAB. ", max_size=6), max_size=12),
+    seps=st.lists(st.sampled_from([" ", "  ", "\t", "\n", "", "\u00a0"]), min_size=12, max_size=12),
+)
 def test_ids_equal_sentence_transformers(do_lower_case, stop_words, pieces, seps):
     words = {"english": word_mod.ENGLISH_STOP_WORDS, "none": [], "custom": ["london", "!", "x", ""]}[stop_words]
     ref, ours = _pair(do_lower_case, words)
