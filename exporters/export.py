@@ -5,7 +5,6 @@ variant plans (variants.PLANS), per-architecture knowledge in the family registr
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import os
 import shutil
 import warnings
@@ -18,6 +17,7 @@ from st_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, dump_manifest, fi
 
 from .artifacts import cleanup_stale, externalize, place, variant_entry, versions
 from .errors import ExportError, ValidationFailedError
+from .memory import release_memory
 from .resolve import ResolvedModel, resolve
 from .st_model import ModelDescription, describe, inspect_folder
 from .validate import validate
@@ -315,7 +315,7 @@ def _validate(run: ExportRun) -> None:
     for tname, tower in run.manifest["towers"].items():
         run.references[tname] = SavedReference(model, validation_items(tower))
     del model
-    gc.collect()  # the torch model: variants are built and checked against the saved outputs
+    release_memory()  # the torch model: variants are built and checked against the saved outputs
     for tname in run.manifest["towers"]:
         _validate_variant(run.manifest, run.tmp, tname, "fp32", run.references[tname], run.resolved.source, run.log)
 
@@ -416,6 +416,7 @@ def export_model(
     try:
         for _name, step in STEPS:
             step(run)
+            release_memory()
     except BaseException:
         if run.tmp is not None:
             shutil.rmtree(run.tmp, ignore_errors=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from st_runtime.providers import cpu_int8_dot_product
 
+from .memory import release_memory
 from .validate import cosines
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def build_opt(
         pre = OnnxModel(onnx.load(str(src)))
         info["relative_bias_attention_fused"] = fuse_relative_bias_attention(pre, num_heads)
         pre.save_model_to_file(str(dst))
+        del pre  # one copy of the weights in memory at a time
         src = dst
     # opt_level=0: only the portable python fusions; onnxruntime applies its own at session load.
     model = optimize_model(
@@ -129,7 +131,7 @@ def build_opt(
     )
     model.save_model_to_file(str(dst))
     info["optimizer"] = f"onnxruntime.transformers.optimizer(model_type={optimizer_type or 'bert'!r})"
-    info["fused_operators"] = fused_operator_counts(onnx.load(str(dst), load_external_data=False))
+    info["fused_operators"] = fused_operator_counts(model.model)
     return info
 
 
@@ -437,7 +439,9 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
     return m, decomposed
 
 
-def _quantize(model, exclude: list[str], workdir: Path):
+def _quantize(model, exclude: list[str], workdir: Path, score=None):
+    """The model with its MatMuls (but ``exclude``) in dynamic int8. With ``score``, return score(path of the
+    quantized graph) instead, without loading it (a calibration attempt needs only its accuracy)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -457,7 +461,9 @@ def _quantize(model, exclude: list[str], workdir: Path):
             nodes_to_exclude=list(exclude) + side,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-        return onnx.load(str(dst))
+        src.unlink()
+        release_memory()
+        return score(dst) if score is not None else onnx.load(str(dst))
     finally:  # never leave a scratch graph in the export folder, also when quantization fails
         root.removeFilter(_quiet_preprocessing_advice)
         src.unlink(missing_ok=True)
@@ -499,7 +505,13 @@ def build_int8(
     act_names = sorted({n.input[0] for n in matmuls})
     # per-channel activation maxima, kept as running maxima one feed at a time (holding every MatMul input of
     # every calibration feed took gigabytes for a base-size model)
-    ref_sess = _session(_with_outputs(base, act_names))
+    ref_path = workdir / "int8-ref.onnx"  # a session from a file: no serialized copy of the model in memory
+    try:
+        onnx.save(_with_outputs(base, act_names), str(ref_path))
+        release_memory()
+        ref_sess = _session(ref_path)
+    finally:
+        ref_path.unlink(missing_ok=True)
     outputs, amax = [], {}
     for feed in calibration_feeds:
         got = ref_sess.run([output] + act_names, feed)
@@ -518,23 +530,28 @@ def build_int8(
 
     def attempt(alpha: float, gain: float | None):
         smoothed, decomposed = _smooth(base, amax, alpha, gain)
-        q = _quantize(smoothed, [], workdir)
-        s = score(q)
+        s = _quantize(smoothed, [], workdir, score=score)
+        del smoothed
+        release_memory()
         log(
             f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
             f"min cosine {s[0]:.4f}, mean {s[1]:.5f}"
         )
-        return s, alpha, gain, decomposed, smoothed, q
+        return s, alpha, gain, decomposed
 
-    # The most accurate of a small grid: smoothing strength first, then how many channels are taken out. One
-    # candidate at a time besides the best (each holds a smoothed and a quantized copy of the model).
+    # The most accurate of a small grid: smoothing strength first, then how many channels are taken out. Only
+    # scores are kept (each candidate is a smoothed and a quantized copy of the model); the best is rebuilt.
     best = None
     for alpha, gain in [(0.5, 1.5), (0.7, 1.5), (0.85, 1.5), (None, 2.0), (None, 1.2)]:
         candidate = attempt(best[1] if alpha is None else alpha, gain)
         if best is None or candidate[0] > best[0]:
             best = candidate
-        del candidate
-    (cal_min, cal_mean), alpha, gain, decomposed, smoothed, quantized = best
+    (cal_min, cal_mean), alpha, gain, decomposed = best
+    n_matmuls = len(matmuls)
+    smoothed, _ = _smooth(base, amax, alpha, gain)
+    base = matmuls = None  # the plain graph is not needed past smoothing (attempt is done with it)
+    release_memory()
+    quantized = _quantize(smoothed, [], workdir)
     excluded: list[str] = []
     step = 1
     while (cal_min < target_min or cal_mean < target_mean) and len(excluded) < max_excluded:
@@ -561,7 +578,7 @@ def build_int8(
         "outlier_gain": gain,
         "outlier_decomposed_matmuls": decomposed,
         "fp32_matmuls": excluded,
-        "int8_matmuls": len(matmuls) - len(excluded),
+        "int8_matmuls": n_matmuls - len(excluded),
         "calibration": {
             "texts": len(calibration_feeds),
             "min_cosine_vs_fp32": cal_min,
