@@ -1,7 +1,7 @@
 """GPU throughput sweep: st_runtime's variants x CUDA graphs x batch sizes against sentence-transformers fp32
 and fp16, in one run, on the same texts, with what limits each figure.
 
-    python benchmarks/gpu_sweep.py EXPORT_FOLDER --json OUT.json [--png OUT.png] [--provider cuda]
+    python -m benchmarks.gpu_sweep EXPORT_FOLDER --json OUT.json [--png OUT.png] [--provider cuda]
         [--batch-sizes 128,256,512,1024,2048,4096] [--variants fp16,opt] [--st-batch-sizes 32,512]
         [--queries 32768] [--passages 4096] [--rounds 3] [--budget-s 240]
 
@@ -27,10 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from throughput import _bundled_path, machine, make_corpus  # noqa: E402
+from benchmarks.throughput import bundled_path, machine, make_corpus
 
 
 class GpuBusy:
@@ -137,7 +134,7 @@ def main(argv=None) -> int:
     manifest = json.loads((args.folder / "manifest.json").read_text())
     source = manifest["source"]["model"]
     if manifest["source"]["origin"].startswith("bundled:") and not Path(source).is_dir():
-        source = _bundled_path(manifest)
+        source = bundled_path(manifest)
     corpus = make_corpus(n_queries=args.queries, n_passages=args.passages)
     busy = GpuBusy()
     device = "cuda" if gpu else "cpu"

@@ -1,6 +1,6 @@
 """Resident memory of st_runtime over a long stream of texts (one process, chunk after chunk).
 
-    python benchmarks/memory.py exported_models/all-MiniLM-L6-v2 [--texts 200000] [--chunk 10000]
+    python -m benchmarks.memory exported_models/all-MiniLM-L6-v2 [--texts 200000] [--chunk 10000]
         [--variant NAME] [--json FILE]
 
 Texts come from the throughput benchmark's seeded generator (queries and passages mixed, 1 in 16 a
@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def rss_mb() -> float:
@@ -30,8 +28,7 @@ def rss_mb() -> float:
 
 
 def main(argv=None) -> int:
-    from throughput import make_corpus
-
+    from benchmarks.throughput import make_corpus
     from st_runtime import SentenceEncoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

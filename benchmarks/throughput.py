@@ -1,6 +1,6 @@
 """Throughput of st_runtime against sentence-transformers, in one run, on the same inputs and threads.
 
-    python benchmarks/throughput.py all-MiniLM-L6-v2 [all-mpnet-base-v2 ...] [--provider cpu|cuda]
+    python -m benchmarks.throughput all-MiniLM-L6-v2 [all-mpnet-base-v2 ...] [--provider cpu|cuda]
         [--threads N] [--rounds 5] [--json FILE] [--png FILE] [--peer-python PY | --no-peers]
 
 MODEL is a folder written by st-export, or a name whose export lives in exported_models/NAME (it is
@@ -35,12 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.peer_client import PeerError, PeerWorker
+from benchmarks.peer_worker import LABELS as PEER_LABELS  # stdlib-only at module level
 
-from peer_client import PeerError, PeerWorker  # noqa: E402
-from peer_worker import LABELS as PEER_LABELS  # noqa: E402  (stdlib-only module level)
+ROOT = Path(__file__).resolve().parent.parent
 
 REFERENCE = "sentence-transformers fp32"
 HALF = "sentence-transformers fp16"  # CUDA only
@@ -258,7 +256,7 @@ def bench_model(
     manifest = json.loads((folder / "manifest.json").read_text())
     source = manifest["source"]["model"]
     if manifest["source"]["origin"].startswith("bundled:") or Path(source).is_dir():
-        source = source if Path(source).is_dir() else _bundled_path(manifest)
+        source = source if Path(source).is_dir() else bundled_path(manifest)
     torch.set_num_threads(threads)
     device = "cuda" if provider == "cuda" else "cpu"
     st_model = SentenceTransformer(source, device=device)
@@ -374,7 +372,7 @@ def bench_model(
     return summary()
 
 
-def _bundled_path(manifest) -> str:
+def bundled_path(manifest) -> str:
     from exporters.resolve import _bundled_copy
 
     return str(_bundled_copy(manifest["source"]["model"])[1])

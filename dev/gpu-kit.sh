@@ -208,7 +208,7 @@ print(o.__version__, o.__file__, o.get_available_providers())"
   step export 80 "$py" -m exporters.cli "$MODEL" --variants "$variants" -o "$folder"
   [ -f "$folder/manifest.json" ] || step export-opt 60 "$py" -m exporters.cli "$MODEL" --variants opt -o "$folder"
   cp "$folder/manifest.json" "$OUT/manifest-minilm.json"
-  step sweep 160 "$py" benchmarks/gpu_sweep.py "$folder" --provider "$provider" --json "$OUT/sweep-minilm.json" \
+  step sweep 160 "$py" -m benchmarks.gpu_sweep "$folder" --provider "$provider" --json "$OUT/sweep-minilm.json" \
     --png "$OUT/sweep-minilm.png" "${sweep_args[@]}"
   step tests 80 "$py" -m pytest -q -p no:cacheprovider -rs tests/gpu
   local mpnet="$KIT/all-mpnet-base-v2-random"
@@ -218,7 +218,7 @@ print(o.__version__, o.__file__, o.get_available_providers())"
   [ -f "$KIT/export/mpnet/manifest.json" ] ||
     step mpnet-export-opt 60 "$py" -m exporters.cli "$mpnet" --variants opt -o "$KIT/export/mpnet"
   cp "$KIT/export/mpnet/manifest.json" "$OUT/manifest-mpnet.json"
-  step mpnet-sweep 90 "$py" benchmarks/gpu_sweep.py "$KIT/export/mpnet" --provider "$provider" \
+  step mpnet-sweep 90 "$py" -m benchmarks.gpu_sweep "$KIT/export/mpnet" --provider "$provider" \
     --json "$OUT/sweep-mpnet.json" --png "$OUT/sweep-mpnet.png" "${mpnet_sweep_args[@]}"
   command -v nvidia-smi >/dev/null && nvidia-smi
   cat "$OUT/steps.txt"

@@ -201,11 +201,10 @@ def _fold_constant_identities(graph) -> None:
 
 
 def _consumers(model) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            out.setdefault(name, []).append(node)
-    return out
+    """tensor name -> the nodes of the main graph that read it (onnxruntime's OnnxModel helper)."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    return OnnxModel(model).input_name_to_nodes(exclude_subgraphs=True)
 
 
 def _constants(model) -> dict[str, np.ndarray]:
@@ -318,15 +317,19 @@ def _drop_unused_initializers(graph) -> None:
     graph.initializer.extend(kept)
 
 
-def _with_outputs(model, names: list[str]):
+def _value_infos(model, names: list[str]) -> list:
+    """Graph outputs for the tensors ``names`` that are not outputs already (float, shape left open)."""
     import onnx
     from onnx import helper
 
+    have = {o.name for o in model.graph.output}
+    return [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in have]
+
+
+def _with_outputs(model, names: list[str]):
+    """A copy of the model that also outputs the tensors ``names``."""
     m = copy.deepcopy(model)
-    have = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in have:
-            m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    m.graph.output.extend(_value_infos(m, names))
     return m
 
 
@@ -342,7 +345,9 @@ def _outlier_channels(smoothed_amax: np.ndarray, gain: float | None) -> list[int
     return []
 
 
-def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: float | None = None):
+def _smooth(
+    model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: float | None = None, in_place: bool = False
+):
     """SmoothQuant: move activation outliers of each MatMul input into its weights
     (X W = (X / s)(s W)), so per-tensor int8 activations lose less. Exact in fp32.
 
@@ -350,10 +355,11 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
     token carries, in one or two channels, values several times larger than anything else), those channels
     are taken out of the int8 product and multiplied in fp32 on the side,
     X W = X[:, ~O] W[~O] + X[:, O] W[O], so the int8 range only has to fit the rest. Also exact in fp32.
-    Returns the model and how many MatMuls had channels taken out."""
+    Returns the model (``model`` itself, rewritten, with ``in_place``) and how many MatMuls had channels taken
+    out."""
     from onnx import helper, numpy_helper
 
-    m = copy.deepcopy(model)
+    m = model if in_place else copy.deepcopy(model)
     _name_nodes(m.graph)
     _fold_constant_identities(m.graph)
     consts = _constants(m)
@@ -439,9 +445,10 @@ def _smooth(model, amax: dict[str, np.ndarray], alpha: float, outlier_gain: floa
     return m, decomposed
 
 
-def _quantize(model, exclude: list[str], workdir: Path, score=None):
+def _quantize(model, exclude: list[str], workdir: Path, score=None, drop: bool = False):
     """The model with its MatMuls (but ``exclude``) in dynamic int8. With ``score``, return score(path of the
-    quantized graph) instead, without loading it (a calibration attempt needs only its accuracy)."""
+    quantized graph) instead, without loading it (a calibration attempt needs only its accuracy). ``drop``:
+    the caller hands ``model`` over, and its weights are freed (cleared) once saved."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -452,6 +459,9 @@ def _quantize(model, exclude: list[str], workdir: Path, score=None):
     root.addFilter(_quiet_preprocessing_advice)
     try:
         onnx.save(model, str(src))
+        if drop:
+            del model.graph.initializer[:]
+            release_memory()
         quantize_dynamic(
             str(src),
             str(dst),
@@ -507,7 +517,10 @@ def build_int8(
     # every calibration feed took gigabytes for a base-size model)
     ref_path = workdir / "int8-ref.onnx"  # a session from a file: no serialized copy of the model in memory
     try:
-        onnx.save(_with_outputs(base, act_names), str(ref_path))
+        outputs_before = len(base.graph.output)
+        base.graph.output.extend(_value_infos(base, act_names))  # on the graph itself: no copy of the weights
+        onnx.save(base, str(ref_path))
+        del base.graph.output[outputs_before:]
         release_memory()
         ref_sess = _session(ref_path)
     finally:
@@ -522,6 +535,16 @@ def build_int8(
         del got
     del ref_sess
     reference = np.concatenate(outputs)
+    # The prepared plain graph waits on disk: each attempt loads and rewrites its own copy, so that only one
+    # copy of the weights is in memory while the quantizer (which makes its own) runs.
+    n_matmuls = len(matmuls)
+    base_path = workdir / "int8-base.onnx"
+    onnx.save(base, str(base_path))
+    base = matmuls = None
+    release_memory()
+
+    def smoothed_model(alpha: float, gain: float | None):
+        return _smooth(onnx.load(str(base_path)), amax, alpha, gain, in_place=True)
 
     def score(model) -> tuple[float, float]:
         got = np.concatenate([r[0] for r in _run_all(_session(model), calibration_feeds, [output])])
@@ -529,9 +552,8 @@ def build_int8(
         return float(cos.min()), float(cos.mean())
 
     def attempt(alpha: float, gain: float | None):
-        smoothed, decomposed = _smooth(base, amax, alpha, gain)
-        s = _quantize(smoothed, [], workdir, score=score)
-        del smoothed
+        smoothed, decomposed = smoothed_model(alpha, gain)
+        s = _quantize(smoothed, [], workdir, score=score, drop=True)
         release_memory()
         log(
             f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
@@ -547,10 +569,10 @@ def build_int8(
         if best is None or candidate[0] > best[0]:
             best = candidate
     (cal_min, cal_mean), alpha, gain, decomposed = best
-    n_matmuls = len(matmuls)
-    smoothed, _ = _smooth(base, amax, alpha, gain)
-    base = matmuls = None  # the plain graph is not needed past smoothing (attempt is done with it)
-    release_memory()
+    try:
+        smoothed, _ = smoothed_model(alpha, gain)
+    finally:
+        base_path.unlink(missing_ok=True)
     quantized = _quantize(smoothed, [], workdir)
     excluded: list[str] = []
     step = 1
@@ -704,16 +726,20 @@ def _build_opt_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
 
 def _build_int8_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
     plan = PLANS["int8"]
-    return build_int8(
-        ctx.fp32_path,
-        dst,
-        calibration_feeds(ctx.folder, ctx.tower["inputs"]),
-        "sentence_embedding",
-        target_min=plan.min_cosine + 0.003,
-        target_mean=plan.mean_cosine + 0.002,
-        workdir=ctx.folder,
-        log=ctx.log,
-    )
+    try:
+        return build_int8(
+            ctx.fp32_path,
+            dst,
+            calibration_feeds(ctx.folder, ctx.tower["inputs"]),
+            "sentence_embedding",
+            target_min=plan.min_cosine + 0.003,
+            target_mean=plan.mean_cosine + 0.002,
+            workdir=ctx.folder,
+            log=ctx.log,
+        )
+    finally:  # the calibration's scratch graphs never stay in the export, also when it fails
+        for scratch in ctx.folder.glob("int8-*.onnx"):
+            scratch.unlink()
 
 
 def _build_fp16_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:

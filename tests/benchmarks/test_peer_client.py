@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from peer_client import PeerError, PeerWorker  # noqa: E402
+from benchmarks.peer_client import PeerError, PeerWorker
 
 HELLO = 'import json, sys\nprint(json.dumps({"hello": 1, "versions": {}}), flush=True)\n'
 
