@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from tokenizers import Tokenizer
 
 from . import util
 from .errors import GraphLoadError, UnsupportedInputError, VariantError
-from .inputs import LongTextCutter, prepare
+from .inputs import LongTextCutter, classify, prepare
 from .manifest import graph_files, load_manifest, verify_files
 from .providers import cpu_int8_dot_product, physical_cores, resolve_providers
 from .session import make_session, with_cuda_graphs
@@ -298,35 +297,6 @@ class SentenceEncoder:
             return self.prompts.get(self.default_prompt_name)
         return None
 
-    @staticmethod
-    def _collect(sentences: Any) -> tuple[list, bool]:
-        """Validate inputs before any work: a list of str or (str, str) pairs, and whether it was singular."""
-        if isinstance(sentences, str):
-            return [sentences], True
-        if sentences is None or isinstance(sentences, (bytes, bytearray, dict, int, float, complex, bool)):
-            raise UnsupportedInputError(f"encode expects a string or a list of strings, got {_describe(sentences)}.")
-        if isinstance(sentences, np.ndarray):
-            if sentences.ndim == 0:
-                return SentenceEncoder._collect(sentences.item())
-            items = sentences.tolist()
-        elif isinstance(sentences, (list, tuple)):
-            items = list(sentences)
-        elif isinstance(sentences, Iterable):
-            items = list(sentences)
-        else:
-            raise UnsupportedInputError(f"encode expects a string or a list of strings, got {_describe(sentences)}.")
-        for i, item in enumerate(items):
-            if isinstance(item, str):
-                continue
-            if isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item):
-                items[i] = (item[0], item[1])
-                continue
-            raise UnsupportedInputError(
-                f"input {i} is a {_describe(item)} ({item!r:.60}); each input must be a string or a pair "
-                "[text, text_pair] of strings."
-            )
-        return items, False
-
     def encode(
         self,
         sentences,
@@ -371,13 +341,10 @@ class SentenceEncoder:
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if truncate_dim is not None and (not isinstance(truncate_dim, int) or not 0 < truncate_dim <= self._dim):
             raise ValueError(f"truncate_dim must be an integer in 1..{self._dim}, got {truncate_dim!r}.")
-        kinds = None
-        if self._lazy_towers:  # a model with an image tower: inputs may be images (hook: st_runtime.image)
-            from .image import classify
-
-            items, kinds, singular = classify(sentences)
-        else:
-            items, singular = self._collect(sentences)
+        # a model with an image tower takes images too; kinds None: every item is text
+        items, kinds, singular = classify(sentences, images=bool(self._lazy_towers))
+        if not self._lazy_towers:
+            kinds = None
         if not self.manifest["towers"]["text"]["tokenizer"].get("pairs", True):
             pair = next((i for i, it in enumerate(items) if isinstance(it, tuple)), None)
             if pair is not None:

@@ -5,10 +5,10 @@ st-export recorded in the manifest: convert to RGB (compositing transparency ont
 edge (or to a fixed size) with Pillow's filter, center crop (zero-padding images smaller than the crop),
 rescale (float64 multiply, then float32) and normalize with the processor's mean and std in float32.
 
-:func:`classify` decides, per input of ``encode``, whether it is text or an image, as sentence-transformers 6
-does for a model with an image modality: a PIL image, a 3-D numpy array (H, W, C) or (C, H, W), an existing local
-file whose name ends in an image extension, or a ``data:image/...;base64,`` URI is an image; any other string (or
-[text, pair]) is text.
+:func:`st_runtime.inputs.classify` decides, per input of ``encode``, whether it is text or an image, as
+sentence-transformers 6 does for a model with an image modality: a PIL image, a 3-D numpy array (H, W, C)
+or (C, H, W), an existing local file whose name ends in an image extension, or a ``data:image/...;base64,``
+URI is an image; any other string (or [text, pair]) is text; the helpers it uses live here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import base64
 import io
 import os
 import sys
-from collections.abc import Iterable
 from math import ceil
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ def _pil():
     return Image, ImageOps
 
 
-def _is_pil_image(obj: Any) -> bool:
+def is_pil_image(obj: Any) -> bool:
     mod = sys.modules.get("PIL.Image")  # an image object can only exist if PIL was imported already
     return mod is not None and isinstance(obj, mod.Image)
 
@@ -54,59 +53,10 @@ def is_image_path(text: str) -> bool:
     return text.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(text)
 
 
-def _is_image_url(text: str) -> bool:
+def is_image_url(text: str) -> bool:
     if not (text.startswith(("http://", "https://")) and " " not in text):
         return False
     return text.split("?", 1)[0].split("#", 1)[0].lower().endswith(IMAGE_EXTENSIONS)
-
-
-def classify(sentences: Any) -> tuple[list, list[str], bool]:
-    """(items, kinds, singular) for a model with an image tower; raises UnsupportedInputError on anything else."""
-    if (
-        isinstance(sentences, str)
-        or _is_pil_image(sentences)
-        or (isinstance(sentences, np.ndarray) and sentences.ndim == 3)
-    ):
-        items, singular = [sentences], True
-    elif sentences is None or isinstance(sentences, (bytes, bytearray, dict, int, float, complex, bool)):
-        raise UnsupportedInputError(
-            f"encode expects text, an image, or a list of them, got {type(sentences).__name__}."
-        )
-    elif isinstance(sentences, np.ndarray):
-        if sentences.ndim == 4:  # a batch of images
-            items, singular = list(sentences), False
-        elif sentences.ndim == 0:
-            return classify(sentences.item())
-        else:
-            items, singular = sentences.tolist(), False
-    elif isinstance(sentences, Iterable):
-        items, singular = list(sentences), False
-    else:
-        raise UnsupportedInputError(
-            f"encode expects text, an image, or a list of them, got {type(sentences).__name__}."
-        )
-    kinds = []
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            if _is_image_url(item):
-                raise UnsupportedInputError(
-                    f"input {i} is an image URL ({item[:80]!r}); st_runtime does not download. Fetch the image and "
-                    "pass it as a PIL image, a numpy array or a local file path."
-                )
-            kinds.append(IMAGE if is_image_path(item) else TEXT)
-        elif _is_pil_image(item):
-            kinds.append(IMAGE)
-        elif isinstance(item, np.ndarray) and item.ndim == 3:
-            kinds.append(IMAGE)
-        elif isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item):
-            items[i] = (item[0], item[1])
-            kinds.append(TEXT)
-        else:
-            raise UnsupportedInputError(
-                f"input {i} is a {type(item).__name__} ({item!r:.60}); each input must be a string, a [text, pair] "
-                "of strings, a PIL image, a 3-D uint8 numpy array (H, W, C) or (C, H, W), or an image file path."
-            )
-    return items, kinds, singular
 
 
 # ---------------------------------------------------------------- loading
@@ -177,7 +127,7 @@ def _center_crop(chw: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
 
 def preprocess_one(item: Any, cfg: dict[str, Any]) -> np.ndarray:
     """float32 [3, H, W] pixel values of one image, as CLIPImageProcessor gives them."""
-    img = to_rgb_pil(item) if cfg.get("do_convert_rgb", True) or not _is_pil_image(item) else item
+    img = to_rgb_pil(item) if cfg.get("do_convert_rgb", True) or not is_pil_image(item) else item
     if cfg.get("do_resize"):
         h, w = _resize_target(img.height, img.width, cfg["size"])
         img = img.resize((w, h), resample=int(cfg["resample"]))

@@ -23,9 +23,13 @@ Two documented, deterministic rules:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+from .errors import UnsupportedInputError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Characters BertNormalizer(handle_chinese_chars=True) surrounds with spaces. Only the main CJK block
@@ -113,3 +117,60 @@ def prepare(items: list[Any], cutter: LongTextCutter | None, kinds: list[str] | 
                 out = list(items)
             out[i] = new
     return out
+
+
+TEXT = "text"
+IMAGE = "image"
+_SCALARS = (bytes, bytearray, dict, int, float, complex, bool)
+
+
+def classify(sentences: Any, images: bool = False) -> tuple[list, list[str], bool]:
+    """Validate ``encode``'s input before any work: (items, kinds, singular), each kind "text" (a string or a
+    (text, text_pair) tuple) or, for a model with an image tower (``images``), "image" (a PIL image, a 3-D
+    uint8 array, an image file path or a ``data:image/`` URI, decided as sentence-transformers 6 decides).
+    Anything else raises UnsupportedInputError naming the input."""
+    from .image import is_image_path, is_image_url, is_pil_image
+
+    expected = "text, an image, or a list of them" if images else "a string or a list of strings"
+
+    def is_image(obj: Any) -> bool:
+        return images and (is_pil_image(obj) or (isinstance(obj, np.ndarray) and obj.ndim == 3))
+
+    if isinstance(sentences, str) or is_image(sentences):
+        items, singular = [sentences], True
+    elif sentences is None or isinstance(sentences, _SCALARS):
+        raise UnsupportedInputError(f"encode expects {expected}, got {type(sentences).__name__}.")
+    elif isinstance(sentences, np.ndarray):
+        if sentences.ndim == 0:
+            return classify(sentences.item(), images)
+        items = list(sentences) if images and sentences.ndim == 4 else sentences.tolist()  # 4-D: images
+        singular = False
+    elif isinstance(sentences, Iterable):
+        items, singular = list(sentences), False
+    else:
+        raise UnsupportedInputError(f"encode expects {expected}, got {type(sentences).__name__}.")
+    kinds = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            if images and is_image_url(item):
+                raise UnsupportedInputError(
+                    f"input {i} is an image URL ({item[:80]!r}); st_runtime does not download. Fetch the image "
+                    "and pass it as a PIL image, a numpy array or a local file path."
+                )
+            kinds.append(IMAGE if images and is_image_path(item) else TEXT)
+        elif is_image(item):
+            kinds.append(IMAGE)
+        elif isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            items[i] = (item[0], item[1])
+            kinds.append(TEXT)
+        else:
+            allowed = (
+                "a string, a [text, pair] of strings, a PIL image, a 3-D uint8 numpy array (H, W, C) or "
+                "(C, H, W), or an image file path"
+                if images
+                else "a string or a pair [text, text_pair] of strings"
+            )
+            raise UnsupportedInputError(
+                f"input {i} is a {type(item).__name__} ({item!r:.60}); each input must be {allowed}."
+            )
+    return items, kinds, singular

@@ -9,6 +9,7 @@ pytest.importorskip("PIL")
 transformers = pytest.importorskip("transformers")
 
 from st_runtime import image as rt_image  # noqa: E402
+from st_runtime.inputs import classify  # noqa: E402
 
 CONFIGS = {
     "openai-clip-224": dict(),  # the processor's defaults: shortest_edge 224, crop 224, bicubic, OpenAI mean/std
@@ -110,19 +111,20 @@ def test_classify_follows_sentence_transformers_rules(tmp_path):
 
     p = tmp_path / "x.PNG"
     Image.new("RGB", (4, 4)).save(p, format="PNG")
-    items, kinds, singular = rt_image.classify(
-        [
+    items, kinds, singular = classify(
+        images=True,
+        sentences=[
             "text",
             str(p),
             str(tmp_path / "missing.png"),
             ("a", "b"),
             Image.new("RGB", (2, 2)),
             np.zeros((4, 4, 3), np.uint8),
-        ]
+        ],
     )
     assert kinds == ["text", "image", "text", "text", "image", "image"] and not singular
-    assert rt_image.classify(Image.new("RGB", (2, 2)))[2] is True
-    assert rt_image.classify(np.zeros((4, 4, 3), np.uint8))[2] is True
+    assert classify(Image.new("RGB", (2, 2)), images=True)[2] is True
+    assert classify(np.zeros((4, 4, 3), np.uint8), images=True)[2] is True
 
 
 def test_data_uri_is_an_image_and_bad_inputs_are_typed(tmp_path):
@@ -136,7 +138,7 @@ def test_data_uri_is_an_image_and_bad_inputs_are_typed(tmp_path):
     img.save(buf, format="PNG")
     uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     cfg = _manifest_cfg(_processor(CONFIGS["tiny-32"]))
-    assert rt_image.classify([uri])[1] == ["image"]
+    assert classify([uri], images=True)[1] == ["image"]
     np.testing.assert_array_equal(rt_image.preprocess([uri], cfg), rt_image.preprocess([img], cfg))
     with pytest.raises(UnsupportedInputError, match="data:image"):
         rt_image.preprocess(["data:image/png;base64,bm90IGFuIGltYWdl"], cfg)
