@@ -72,6 +72,9 @@ class TextEncoderSpec:
     # Called with the loaded sentence-transformers model before tracing, for families whose modules need
     # adjusting to trace (None: none do yet).
     patcher: Callable[[Any], None] | None = None
+    # Where the sentence embedding comes from: "modules" (the model's own Pooling/Dense/Normalize modules,
+    # traced into the graph, which is every family so far); decoder families will name a fixed pooling here.
+    pooling: str = "modules"
 
     def position_limit(self, hf_config) -> int | None:
         """The most tokens the model's position table holds (None: no such table, e.g. word embeddings)."""
