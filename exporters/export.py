@@ -64,7 +64,11 @@ def _as_users_load_it(st_model, spec, path: Path, trust_remote_code: bool, log: 
             f"note: could not switch the loaded model to {target} attention ({type(exc).__name__}: {exc}); "
             "loading it again as the reference"
         )
-        return _load_st(path, trust_remote_code, None)
+        reference = _load_st(path, trust_remote_code, None)
+        if spec.patcher is not None:  # the reference runs what was traced: patched, with the same length
+            spec.patcher(reference)
+        reference.max_seq_length = st_model.max_seq_length
+        return reference
 
 
 @dataclass
@@ -222,21 +226,22 @@ def _load(run: ExportRun) -> None:
 
 
 def _cap_unlimited_length(run: ExportRun) -> None:
-    """A tokenizer that declares no length limit (no model_max_length) would let texts run past the model's
-    position table, where sentence-transformers itself fails. Cap max_seq_length at the table's size, for the
-    export and for the reference it is validated against, and record that in the manifest."""
-    current = run.st_model.max_seq_length
-    if current is not None and current < 2**31:
-        return
+    """A tokenizer that declares no length limit (no model_max_length) lets texts run past the model's position
+    table, where sentence-transformers itself fails: it caps such a tokenizer at max_position_embeddings, but
+    not at what RoBERTa-style models can use (their first positions are reserved), and CLIP's not at all. Cap
+    max_seq_length at the table's usable size, for the export and for the reference it is validated against,
+    and record that in the manifest."""
     config = getattr(getattr(run.st_model[0], "auto_model", None), "config", None)
     limit = run.spec.position_limit(config) if config is not None else None
-    if limit is None:
-        return  # no position table (word embeddings): nothing to run past
+    current = run.st_model.max_seq_length
+    if limit is None or (current is not None and current <= limit):
+        return  # no position table (word embeddings), or the length fits it
     run.st_model.max_seq_length = limit
     run.capped_at = limit
+    declared = "declares no length limit" if current is None or current >= 2**31 else f"allows {current} tokens"
     run.log(
-        f"note: the tokenizer declares no length limit; max_seq_length capped at the model's {limit} "
-        "positions (set max_seq_length in sentence_bert_config.json to choose another)"
+        f"note: the tokenizer {declared}; max_seq_length capped at the model's {limit} positions "
+        "(set max_seq_length in sentence_bert_config.json to choose another)"
     )
 
 

@@ -21,7 +21,7 @@ from .specs import TextEncoderSpec, TowerSpec
 _TRACE_TEXTS = ["a short text", "a noticeably longer text so that the batch needs padding"]
 
 # Image preprocessor settings st_runtime.image reproduces; anything else set on the processor is refused.
-_IMAGE_KEYS = (
+IMAGE_KEYS = (
     "do_convert_rgb",
     "do_resize",
     "size",
@@ -90,7 +90,7 @@ def image_preprocessor_info(module) -> dict[str, Any]:
         )
     info: dict[str, Any] = {"kind": "clip", "processor_class": type(ip).__name__}
     saved = ip.to_dict()  # exactly what the model's preprocessor config holds (plain JSON types)
-    for key in _IMAGE_KEYS:
+    for key in IMAGE_KEYS:
         value = saved.get(key)
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if v is not None}
@@ -99,7 +99,7 @@ def image_preprocessor_info(module) -> dict[str, Any]:
         if saved.get(flag):
             raise UnsupportedModelError(
                 f"the image processor {type(ip).__name__} sets {flag}; st_runtime's image "
-                f"preprocessing supports {list(_IMAGE_KEYS)} only."
+                f"preprocessing supports {list(IMAGE_KEYS)} only."
             )
     size = info["size"] or {}
     if info["do_resize"] and not ("shortest_edge" in size and len(size) == 1 or set(size) == {"height", "width"}):

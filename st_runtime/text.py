@@ -118,20 +118,29 @@ class TextTower:
             )
         return tokenizer
 
+    # other lengths than the exported one whose tokenizers are kept (each is a copy, vocabulary included)
+    MAX_TRUNCATIONS = 8
+
     def tokenizer_for(self, max_len: int | None):
-        """A tokenizer truncating at ``max_len`` (None: the exported limit); made once per length."""
+        """A tokenizer truncating at ``max_len`` (None: the exported limit), made once per length; the
+        MAX_TRUNCATIONS most recently made other lengths are kept (a call holds its own reference)."""
         tok = self._tokenizers.get(max_len)
         if tok is None:
             with self._tokenizers_lock:
                 tok = self._tokenizers.get(max_len)
                 if tok is None:
                     tok = self._truncating(copy.deepcopy(self.tokenizer), max_len)
+                    others = [k for k in self._tokenizers if k != self.max_seq_length]
+                    if len(others) >= self.MAX_TRUNCATIONS:
+                        del self._tokenizers[others[0]]  # dicts keep insertion order: the oldest
                     self._tokenizers[max_len] = tok
         return tok
 
     def embed(self, items: list, batch_size: int | None, out: np.ndarray, max_length: int | None = None) -> None:
         """Embed ``items`` (texts or (text, text_pair) tuples) into ``out`` in input order, truncating at
         ``max_length`` tokens (None: the exported max_seq_length)."""
+        if not items:
+            return
         policy = self.policy
         batch_size = batch_size or policy.auto_batch_size
         max_length = self.max_seq_length if max_length is None else max_length

@@ -403,3 +403,20 @@ def test_clip_tokenizer_without_a_length_limit_is_capped_at_the_position_table(z
     enc = SentenceEncoder(out)
     long_text = "a photo of a cat " * 400
     assert enc.encode([long_text]).shape == (1, enc.get_sentence_embedding_dimension())
+
+
+def test_roberta_style_tokenizer_without_a_limit_is_capped_at_the_usable_positions(zoo, tmp_path):
+    """sentence-transformers caps a tokenizer without model_max_length at max_position_embeddings, which
+    RoBERTa-style models (XLM-R, MPNet) cannot use whole (their first positions are reserved): the export
+    caps at what they can use, so the battery's long texts export instead of failing."""
+    from exporters import export_model
+
+    src = shutil.copytree(zoo.model("xlm-roberta"), tmp_path / "xlmr-unlimited")
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        cfg = json.loads((src / name).read_text())
+        cfg.pop(key, None)
+        (src / name).write_text(json.dumps(cfg))
+    positions = json.loads((src / "config.json").read_text())["max_position_embeddings"]
+    out = export_model(str(src), output=tmp_path / "out", variants=[], log=lambda _m: None)
+    tok = json.loads((out / "manifest.json").read_text())["towers"]["text"]["tokenizer"]
+    assert tok["max_seq_length"] == tok["capped_at_positions"] == positions - 2

@@ -118,3 +118,14 @@ def test_resident_memory_stays_flat_over_many_batches(enc):
     assert growth < 15, samples
     slope = np.polyfit(np.arange(len(warm)), warm, 1)[0]
     assert slope < 1.0, (slope, samples)
+
+
+def test_per_call_truncations_keep_a_bounded_set_of_tokenizers(enc):
+    texts = _texts(5, 12)
+    tower = enc.text_tower
+    want = {n: enc.encode(texts, max_seq_length=n) for n in range(2, 20)}
+    assert len(tower._tokenizers) <= tower.MAX_TRUNCATIONS + 1 and tower.max_seq_length in tower._tokenizers
+    for n in (2, 19, 7):  # evicted ones are made again, with the same results
+        np.testing.assert_array_equal(enc.encode(texts, max_seq_length=n), want[n])
+    out = np.empty((0, enc.get_sentence_embedding_dimension()), np.float32)
+    tower.embed([], None, out)  # nothing to do, no error

@@ -46,22 +46,9 @@ def _processor(cfg):
 
 def _manifest_cfg(ip) -> dict:
     saved = ip.to_dict()
-    cfg = {
-        k: saved.get(k)
-        for k in (
-            "do_convert_rgb",
-            "do_resize",
-            "size",
-            "resample",
-            "do_center_crop",
-            "crop_size",
-            "do_rescale",
-            "rescale_factor",
-            "do_normalize",
-            "image_mean",
-            "image_std",
-        )
-    }
+    from exporters.towers import IMAGE_KEYS  # what st-export records from the processor
+
+    cfg = {k: saved.get(k) for k in IMAGE_KEYS}
     cfg["size"] = {k: v for k, v in (cfg["size"] or {}).items() if v is not None}
     cfg["crop_size"] = {k: v for k, v in (cfg["crop_size"] or {}).items() if v is not None}
     cfg["image_size"] = [cfg["crop_size"]["height"], cfg["crop_size"]["width"]]
