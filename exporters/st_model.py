@@ -34,9 +34,37 @@ def _read_json(path: Path) -> Any:
         return json.load(f)
 
 
+# The sentence-transformers class a folder declares it was saved as (config_sentence_transformers.json's
+# "model_type", written by sentence-transformers 5 and later). Only SentenceTransformer models are exported:
+# loading another kind as a SentenceTransformer falls back to mean pooling and gives embeddings the model
+# never computes, which would then "pass" validation against that same wrong reference.
+EXPORTABLE_KINDS = ("SentenceTransformer",)
+
+
+def _refuse_other_model_kinds(folder: Path, modules_file: Path) -> None:
+    st_config = folder / "config_sentence_transformers.json"
+    kind = _read_json(st_config).get("model_type") if st_config.is_file() else None
+    if kind is None and not modules_file.is_file() and (folder / "config.json").is_file():
+        archs = _read_json(folder / "config.json").get("architectures") or []
+        if any(str(a).endswith("ForSequenceClassification") for a in archs):
+            kind = "CrossEncoder"  # a plain Hugging Face classifier, as cross-encoder/ms-marco-* are saved
+    if kind is not None and kind not in EXPORTABLE_KINDS:
+        what = {
+            "CrossEncoder": "scores (text, text) pairs with a classification head",
+            "SparseEncoder": "gives vocabulary-sized sparse vectors",
+        }.get(kind, "is not a sentence embedding model")
+        raise UnsupportedModelError(
+            f"{folder} is a sentence-transformers {kind}: it {what}. st-export exports SentenceTransformer "
+            "(dense sentence embedding) models only so far; exporting it as one would give embeddings the model "
+            "never computes. Load it with sentence_transformers."
+            f"{kind} in the meantime."
+        )
+
+
 def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dict[str, Any]]]:
     """model_type of the transformer and the modules.json entries, without loading weights."""
     modules_file = folder / "modules.json"
+    _refuse_other_model_kinds(folder, modules_file)
     modules = (
         _read_json(modules_file)
         if modules_file.is_file()

@@ -564,3 +564,34 @@ TINY_FAMILIES = {
     "clip": "build_tiny_clip",
     "word-embeddings": "build_tiny_glove",
 }
+
+
+def build_tiny_other_kinds(out: Path) -> dict[str, Path]:
+    """Tiny models of the kinds st-export refuses so far, saved by sentence-transformers: a CrossEncoder, a
+    SparseEncoder (MLM head + SpladePooling), and a cross-encoder saved as a plain Hugging Face classifier
+    (no modules.json), as cross-encoder/ms-marco-* are."""
+    import torch
+    import transformers as tr
+    from sentence_transformers import CrossEncoder, SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    tok = _hf_tokenizer("bert", small_vocab=True)
+    cfg = dict(
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        vocab_size=len(tok),
+    )
+    torch.manual_seed(7)
+    paths = {"hf-classifier": out / "hf-classifier", "cross-encoder": out / "cross-encoder", "sparse": out / "sparse"}
+    tr.BertForSequenceClassification(tr.BertConfig(num_labels=1, **cfg)).save_pretrained(paths["hf-classifier"])
+    tok.save_pretrained(paths["hf-classifier"])
+    CrossEncoder(str(paths["hf-classifier"]), device="cpu").save(str(paths["cross-encoder"]))
+    mlm_dir = out / "mlm-hf"
+    tr.BertForMaskedLM(tr.BertConfig(**cfg)).save_pretrained(mlm_dir)
+    tok.save_pretrained(mlm_dir)
+    SparseEncoder(modules=[MLMTransformer(str(mlm_dir)), SpladePooling("max")], device="cpu").save(str(paths["sparse"]))
+    shutil.rmtree(mlm_dir)
+    return paths

@@ -190,3 +190,21 @@ def test_quiet_export_prints_nothing(zoo, tmp_path, capfd):
     out, err = capfd.readouterr()
     assert out == "" and err == "", (out[-500:], err[-500:])
     assert (tmp_path / "q" / "model_int8.onnx").is_file()
+
+
+@pytest.fixture(scope="module")
+def other_kinds(tmp_path_factory):
+    from tiny_models import build_tiny_other_kinds
+
+    return build_tiny_other_kinds(tmp_path_factory.mktemp("kinds"))
+
+
+@pytest.mark.parametrize(
+    "kind,name", [("cross-encoder", "CrossEncoder"), ("sparse", "SparseEncoder"), ("hf-classifier", "CrossEncoder")]
+)
+def test_cross_encoders_and_sparse_encoders_are_refused_not_exported_as_embeddings(other_kinds, tmp_path, kind, name):
+    """Loaded as a SentenceTransformer, these fall back to mean pooling: the export would 'pass' against that
+    same wrong reference. st-export reads the kind the model was saved as and refuses it, naming it."""
+    with pytest.raises(errors.UnsupportedModelError, match=f"is a sentence-transformers {name}"):
+        export.export_model(str(other_kinds[kind]), output=tmp_path / "out", log=lambda _m: None)
+    assert not (tmp_path / "out").exists()
