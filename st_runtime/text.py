@@ -122,8 +122,9 @@ class TextTower:
     MAX_TRUNCATIONS = 8
 
     def tokenizer_for(self, max_len: int | None):
-        """A tokenizer truncating at ``max_len`` (None: the exported limit), made once per length; the
-        MAX_TRUNCATIONS most recently made other lengths are kept (a call holds its own reference)."""
+        """A tokenizer truncating at ``max_len`` (None: not at all; ``embed`` passes the exported limit for
+        None), made once per length; the MAX_TRUNCATIONS most recently made other lengths are kept (a call
+        holds its own reference)."""
         tok = self._tokenizers.get(max_len)
         if tok is None:
             with self._tokenizers_lock:
