@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from st_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, dump_manifest, file_record
 
 from .artifacts import cleanup_stale, externalize, place, variant_entry, versions
@@ -20,7 +22,7 @@ from .errors import ExportError, ValidationFailedError
 from .memory import release_memory
 from .resolve import ResolvedModel, resolve
 from .st_model import ModelDescription, describe, inspect_folder
-from .validate import validate
+from .validate import reference_outputs, validate
 from .variants import PLANS, BuildContext
 
 DEFAULT_OPSET = 17
@@ -102,7 +104,7 @@ def _validate_variant(
     folder: Path,
     tower: str,
     name: str,
-    reference,
+    reference: np.ndarray,
     source: str,
     log: Callable[[str], None],
     required: bool = True,
@@ -294,31 +296,16 @@ def _write_manifest(run: ExportRun) -> None:
     dump_manifest(run.manifest, run.tmp)
 
 
-class SavedReference:
-    """sentence-transformers' outputs on one tower's validation battery, computed once: every variant is
-    checked against them after the torch model itself has been freed (it is not needed past the fp32 check,
-    and holding it while variants are built and loaded doubled the export's peak memory)."""
-
-    def __init__(self, model, items: list[tuple[str, Any]]):
-        from .validate import reference_outputs
-
-        self.sentences = [s for _, s in items]
-        self.outputs = reference_outputs(model, self.sentences)
-
-    def encode(self, sentences, **_kwargs):
-        if len(sentences) != len(self.sentences):
-            raise ValueError("SavedReference holds the outputs of one battery only")
-        return self.outputs
-
-
 def _validate(run: ExportRun) -> None:
     from .towers import validation_items
 
     model = _as_users_load_it(run.st_model, run.spec, run.resolved.local_path, run.trust_remote_code, run.log)
     run.st_model = None
     run.hf_config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    # sentence-transformers' outputs on each tower's battery, computed once: every variant is checked against
+    # them after the torch model is freed (holding it while variants are built doubled the peak memory)
     for tname, tower in run.manifest["towers"].items():
-        run.references[tname] = SavedReference(model, validation_items(tower))
+        run.references[tname] = reference_outputs(model, [s for _, s in validation_items(tower)])
     del model
     release_memory()  # the torch model: variants are built and checked against the saved outputs
     for tname in run.manifest["towers"]:

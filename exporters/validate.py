@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from .battery import battery
 from .errors import ExportError
 
 
@@ -46,18 +45,17 @@ def reference_outputs(model, sentences: list[Any]) -> np.ndarray:
 
 
 def validate(
-    reference, encoder, gate: float, texts: list[tuple[str, Any]] | None = None, mean_gate: float | None = None
+    ref: np.ndarray, encoder, gate: float, items: list[tuple[str, Any]], mean_gate: float | None = None
 ) -> dict[str, Any]:
-    """Compare ``reference.encode`` (sentence-transformers) with ``encoder.encode`` (st_runtime).
+    """Compare sentence-transformers' outputs ``ref`` on the battery ``items`` (reference_outputs) with
+    ``encoder.encode`` (st_runtime).
 
     st_runtime runs the whole battery at batch size 1 (every item alone) and at one batch holding
     all items (mixed lengths, maximal padding). Every item of every run must reach ``gate``;
     failures are collected, not raised one at a time.
     """
-    items = texts if texts is not None else battery()
     tags = [t for t, _ in items]
     sentences = [s for _, s in items]
-    ref = np.asarray(reference.encode(sentences, batch_size=8, convert_to_numpy=True), dtype=np.float32)
     runs = {
         "batch_1": encoder.encode(sentences, batch_size=1),
         f"batch_{len(sentences)}": encoder.encode(sentences, batch_size=len(sentences)),

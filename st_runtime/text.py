@@ -148,8 +148,8 @@ class TextTower:
         tokenizer = self.tokenizer_for(max_length)
         zero_types = self.single_types_zero and not any(isinstance(it, tuple) for it in items)
         chunk = policy.pipeline_items(batch_size)
-        # encode_batch_fast (tokenizers 0.20+) skips the character offsets, which batching never reads: 15-20%
-        # less tokenizer time for the same ids
+        # encode_batch_fast (tokenizers 0.20+) skips the character offsets, which batching never reads: the same
+        # ids in 11-19% less tokenizer time (32,768 queries on a 2-core EPYC, 2 threads and 1)
         encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
         if chunk is None or len(items) <= chunk:
             self._embed_encoded(encode(items), batch_size, out, max_length, zero_types)
