@@ -6,7 +6,18 @@ import os
 import subprocess
 import sys
 
-HEAVY = ("torch", "transformers", "sentence_transformers", "onnx", "optimum", "exporters")
+HEAVY = (
+    "torch",
+    "transformers",
+    "sentence_transformers",
+    "onnx",
+    "optimum",
+    "exporters",
+    "starlette",
+    "uvicorn",
+    "prometheus_client",
+    "orjson",
+)
 
 SCRIPT = """
 import sys

@@ -1,0 +1,289 @@
+"""Cross-request batching for one model: requests from many connections are tokenized together and run as
+shared batches, and each request gets its own rows back.
+
+Two threads per model, in a pipeline (as text-embeddings-inference and infinity do):
+
+* the tokenizer thread takes every request waiting, tokenizes their texts in one call per truncation setting
+  (the Rust tokenizer runs on all cores without the GIL), counts tokens, refuses texts over the limit of a
+  request that asked not to truncate, and passes the requests on;
+* the inference thread takes tokenized requests in arrival order until ``max_batch_tokens`` real tokens
+  are taken (always at least one request), runs them through the text tower (which sorts them by length and
+  cuts graph batches under its own policy, as ``encode`` does), and resolves each request's future.
+
+Nothing waits for company: a request that arrives alone is run at once, and requests that arrive while a
+batch runs form the next one. A request whose client has gone is marked cancelled and skipped wherever it
+is. An exception in one batch fails that batch's requests only.
+
+This module needs no web framework; ``st_runtime.serve.app`` puts HTTP in front of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("st_runtime.serve")
+
+
+class RequestError(Exception):
+    """A request the server refuses or could not answer: an HTTP status, a message that names the field, and
+    TEI's error type ("Validation", "Tokenizer", "Overloaded", "Backend", "Unhealthy", ...)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str = "Validation",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.param = param
+        self.headers = headers or {}
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's texts (prompts applied, surrogates repaired) and how to tokenize them.
+
+    ``max_length``: tokens kept per text (None: the model's max_seq_length); ``direction``: the truncation
+    side (None: the model's); ``strict``: refuse a text over ``max_length`` instead of truncating it (413).
+    ``images``: PIL images for an image tower (then ``texts`` is empty)."""
+
+    texts: list[str]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    max_length: int | None = None
+    direction: str | None = None
+    strict: bool = False
+    images: list[Any] = field(default_factory=list)
+    cancelled: bool = False
+    enqueued: float = field(default_factory=time.perf_counter)
+    encodings: list | None = None
+    tokens: np.ndarray | None = None
+    tokenize_s: float = 0.0
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.texts) + len(self.images)
+
+
+def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():  # the request was cancelled (client gone, server stopping)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _settle(job: Job, result: Any = None, error: BaseException | None = None) -> None:
+    try:
+        job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+    except RuntimeError:  # the event loop is closed: nobody is waiting any more
+        pass
+
+
+class Batcher:
+    """The two-thread pipeline above, for one ``SentenceEncoder``.
+
+    ``on_batch(rows, tokens, seconds)`` is called after each batch runs (metrics)."""
+
+    def __init__(
+        self,
+        encoder,
+        name: str,
+        max_batch_tokens: int = 16384,
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ):
+        if max_batch_tokens <= 0:
+            raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+        self.encoder = encoder
+        self.tower = encoder.text_tower
+        self.name = name
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.dim = encoder.get_sentence_embedding_dimension()
+        self._on_batch = on_batch
+        self._raw: deque[Job] = deque()
+        self._ready: deque[Job] = deque()
+        self._raw_cv = threading.Condition()
+        self._ready_cv = threading.Condition()
+        self._stopping = False
+        self._tokenizing = 0  # texts taken by the tokenizer thread and not yet handed on
+        self._threads = [
+            threading.Thread(target=self._tokenize_loop, name=f"st-serve-tokenize-{name}", daemon=True),
+            threading.Thread(target=self._inference_loop, name=f"st-serve-infer-{name}", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ public
+    def submit(self, job: Job) -> None:
+        """Queue a job; its future gets (embeddings [n, dim] float32, tokens per text [n] int) or an error."""
+        if self._stopping:
+            raise RequestError(503, "the server is shutting down", "Unhealthy")
+        if job.images:  # image towers take no tokens: straight to inference
+            with self._ready_cv:
+                self._ready.append(job)
+                self._ready_cv.notify()
+            return
+        with self._raw_cv:
+            self._raw.append(job)
+            self._raw_cv.notify()
+
+    @property
+    def queue_size(self) -> int:
+        """Texts and images waiting to be tokenized or run."""
+        return sum(j.size for j in list(self._raw)) + self._tokenizing + sum(j.size for j in list(self._ready))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then stop both threads."""
+        self._stopping = True
+        with self._raw_cv:
+            self._raw_cv.notify_all()
+        self._threads[0].join(timeout)
+        with self._ready_cv:
+            self._ready_cv.notify_all()
+        self._threads[1].join(timeout)
+
+    # ------------------------------------------------------------------ tokenizer thread
+    def _tokenize_loop(self) -> None:
+        while True:
+            with self._raw_cv:
+                while not self._raw and not self._stopping:
+                    self._raw_cv.wait()
+                if not self._raw:  # stopping, and nothing left
+                    with self._ready_cv:
+                        self._ready_cv.notify_all()
+                    return
+                jobs = list(self._raw)
+                self._raw.clear()
+                self._tokenizing = sum(j.size for j in jobs)
+            try:
+                self._tokenize(jobs)
+            except Exception as exc:  # a tokenizer failure fails these requests, never the thread
+                logger.exception("tokenization failed")
+                for job in jobs:
+                    if job.encodings is None:
+                        _settle(job, error=RequestError(422, f"tokenization failed: {exc}", "Tokenizer"))
+            ok = [j for j in jobs if j.encodings is not None and not j.cancelled]
+            with self._ready_cv:
+                self._ready.extend(ok)
+                self._tokenizing = 0
+                self._ready_cv.notify()
+
+    def _tokenize(self, jobs: list[Job]) -> None:
+        groups: dict[tuple, list[Job]] = {}
+        for job in jobs:
+            if job.cancelled:
+                continue
+            limit = self.tower.max_seq_length if job.max_length is None else job.max_length
+            # a strict job is tokenized whole (key None), so that an over-long text is refused with its real length
+            key = (None if job.strict or limit is None else limit, job.direction)
+            groups.setdefault(key, []).append(job)
+        for (max_length, direction), members in groups.items():
+            t0 = time.perf_counter()
+            texts = [t for j in members for t in j.texts]
+            encodings = self.tower.tokenize(texts, max_length, direction, truncate=max_length is not None)
+            elapsed = time.perf_counter() - t0
+            start = 0
+            for job in members:
+                mine = encodings[start : start + len(job.texts)]
+                start += len(job.texts)
+                job.tokens = np.fromiter((len(e) for e in mine), dtype=np.int64, count=len(mine))
+                job.tokenize_s = elapsed
+                if job.strict:
+                    limit = self.tower.max_seq_length if job.max_length is None else job.max_length
+                    if limit is not None and len(mine) and int(job.tokens.max()) > limit:
+                        i = int(np.argmax(job.tokens > limit))
+                        _settle(
+                            job,
+                            error=RequestError(
+                                413,
+                                f"input {i} has {int(job.tokens[i])} tokens, over the limit of {limit} tokens "
+                                f"(the model's max_seq_length); shorten it, or send truncate=true to keep the "
+                                f"first {limit}.",
+                                "Validation",
+                                param="inputs",
+                            ),
+                        )
+                        continue
+                job.encodings = mine
+
+    # ------------------------------------------------------------------ inference thread
+    def _take(self) -> list[Job] | None:
+        """Jobs for the next batch, in arrival order, under the token budget; None: stop."""
+        with self._ready_cv:
+            while not self._ready:
+                if self._stopping and not self._threads[0].is_alive():
+                    return None
+                self._ready_cv.wait(0.5 if self._stopping else None)
+            taken: list[Job] = []
+            tokens = 0
+            while self._ready:
+                job = self._ready[0]
+                if job.cancelled:
+                    self._ready.popleft()
+                    continue
+                if job.images:  # images run on their own
+                    if not taken:
+                        taken.append(self._ready.popleft())
+                    break
+                n = int(job.tokens.sum()) if job.tokens is not None else 0
+                if taken and tokens + n > self.max_batch_tokens:
+                    break
+                taken.append(self._ready.popleft())
+                tokens += n
+            return taken
+
+    def _inference_loop(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                return
+            jobs = [j for j in jobs if not j.cancelled]
+            if not jobs:
+                continue
+            t0 = time.perf_counter()
+            for job in jobs:
+                job.queue_s = max(0.0, t0 - job.enqueued - job.tokenize_s)
+            try:
+                if jobs[0].images:
+                    job = jobs[0]
+                    out = np.asarray(self.encoder.encode(job.images), dtype=np.float32)
+                    results = [(out, np.zeros(len(job.images), dtype=np.int64))]
+                    tokens = 0
+                else:
+                    encodings = [e for j in jobs for e in j.encodings]
+                    out = np.empty((len(encodings), self.dim), dtype=np.float32)
+                    self.tower.embed_encoded(encodings, out, max_length=self.tower.max_seq_length, pairs=False)
+                    results, start = [], 0
+                    for job in jobs:
+                        results.append((out[start : start + len(job.texts)], job.tokens))
+                        start += len(job.texts)
+                    tokens = sum(int(j.tokens.sum()) for j in jobs)
+            except Exception as exc:  # onnxruntime's errors are untyped; this batch fails, the server goes on
+                logger.exception("inference failed for a batch of %d requests", len(jobs))
+                error = RequestError(500, f"inference failed: {type(exc).__name__}: {exc}", "Backend")
+                for job in jobs:
+                    _settle(job, error=error)
+                continue
+            elapsed = time.perf_counter() - t0
+            for job, result in zip(jobs, results):
+                job.inference_s = elapsed
+                _settle(job, result)
+            if self._on_batch is not None:
+                self._on_batch(sum(j.size for j in jobs), tokens, elapsed)

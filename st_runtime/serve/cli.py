@@ -1,0 +1,143 @@
+"""st-serve: serve exported models over HTTP (OpenAI's and text-embeddings-inference's APIs).
+
+    st-serve exported_models/all-MiniLM-L6-v2 [MORE_FOLDERS ...] [--host 127.0.0.1] [--port 8080] ...
+
+SIGTERM or Ctrl-C: stop accepting, answer every request already accepted, exit 0 (within 30 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+SERVE_EXTRA = "pip install 'st-runtime[serve]'"
+GRACE_S = 25  # uvicorn's wait for requests in flight after SIGTERM; the batchers then drain within the rest
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="st-serve",
+        description="Serve models exported by st-export over HTTP: OpenAI's /v1/embeddings and "
+        "text-embeddings-inference's /embed, /tokenize, /info, /health, plus /metrics. Concurrent requests "
+        "are batched together.",
+    )
+    p.add_argument("folders", nargs="+", type=Path, help="model folders written by st-export")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--variant", default=None, help="graph variant (default: the fastest exact one; see st-export)")
+    p.add_argument("--providers", choices=["cpu", "cuda"], default=None, help="execution provider (default cpu)")
+    p.add_argument("--threads", type=_positive, default=None, help="onnxruntime threads (default: physical cores)")
+    p.add_argument(
+        "--max-batch-tokens", type=_positive, default=16384, help="tokens merged into one batch (default 16384)"
+    )
+    p.add_argument(
+        "--max-concurrent-requests", type=_positive, default=512, help="requests in flight before 429 (default 512)"
+    )
+    p.add_argument(
+        "--max-client-batch-size", type=_positive, default=256, help="inputs per request before 413 (default 256)"
+    )
+    p.add_argument(
+        "--payload-limit", type=_positive, default=2_000_000, help="request body bytes before 413 (default 2000000)"
+    )
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
+    p.add_argument(
+        "--served-model-name",
+        action="append",
+        default=None,
+        help="name clients use in 'model' (default: the exported model's name); once per folder",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from .app import ServeConfig, create_app
+    except ImportError as exc:
+        print(f"st-serve: {exc.name or exc} is not installed; install the server extra: {SERVE_EXTRA}", file=sys.stderr)
+        return 2
+    from ..errors import StRuntimeError
+    from ..manifest import load_manifest
+
+    if args.served_model_name and len(args.served_model_name) != len(args.folders):
+        print(
+            f"st-serve: {len(args.served_model_name)} --served-model-name for {len(args.folders)} folders; "
+            "give one name per folder, in the same order",
+            file=sys.stderr,
+        )
+        return 2
+    names = []
+    for i, folder in enumerate(args.folders):  # cheap checks first, so a typo fails before the server starts
+        try:
+            manifest = load_manifest(folder)
+        except StRuntimeError as exc:
+            print(f"st-serve: {exc}", file=sys.stderr)
+            return 2
+        names.append(args.served_model_name[i] if args.served_model_name else manifest.get("name") or folder.name)
+    if len(set(names)) != len(names):
+        print(f"st-serve: two folders have the same name {names}; set --served-model-name per folder", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(
+        folders=list(args.folders),
+        names=names,
+        providers=args.providers,
+        threads=args.threads,
+        variant=args.variant,
+        max_batch_tokens=args.max_batch_tokens,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_client_batch_size=args.max_client_batch_size,
+        payload_limit=args.payload_limit,
+        api_key=args.api_key,
+    )
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_failure(message: str) -> None:
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, on_load_failure=on_load_failure)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=not args.no_access_log,
+            timeout_graceful_shutdown=GRACE_S,
+            lifespan="on",
+        )
+    )
+    # uvicorn re-raises the signal that stopped it once it has shut down; after a clean shutdown that is
+    # not an error, so the re-raised SIGTERM/SIGINT lands on a handler that does nothing and we exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    if failure:
+        print(f"st-serve: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

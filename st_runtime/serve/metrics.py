@@ -1,0 +1,71 @@
+"""Prometheus metrics of st-serve (names after text-embeddings-inference's ``te_*``, prefixed ``st_``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_TOKENS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+class Metrics:
+    """One registry per server (so that several apps in one process, as in tests, never collide)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "st_request_count", "HTTP requests answered, by route and status", ["route", "status"], registry=r
+        )
+        self.in_flight = Gauge("st_requests_in_flight", "requests being handled now", registry=r)
+        self.queue_size = Gauge("st_queue_size", "texts and images waiting for a batch", ["model"], registry=r)
+        self.batch_size = Histogram(
+            "st_batch_size", "items per batch the worker ran", ["model"], buckets=_COUNTS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "st_batch_tokens", "real tokens per batch the worker ran", ["model"], buckets=_TOKENS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "st_batch_duration_seconds", "time to run one batch", ["model"], buckets=_SECONDS, registry=r
+        )
+        self.request_seconds = Histogram(
+            "st_request_duration_seconds",
+            "request time by phase: queue (waiting), tokenization, inference (its batch), total (in the server)",
+            ["model", "phase"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.request_items = Histogram("st_request_items", "inputs per request", ["model"], buckets=_COUNTS, registry=r)
+
+    def track_queue(self, model: str, size_fn) -> None:
+        self.queue_size.labels(model=model).set_function(size_fn)
+
+    def batch_observer(self, model: str):
+        size, tokens, seconds = (
+            self.batch_size.labels(model=model),
+            self.batch_tokens.labels(model=model),
+            self.batch_seconds.labels(model=model),
+        )
+
+        def observe(rows: int, n_tokens: int, elapsed: float) -> None:
+            size.observe(rows)
+            if n_tokens:
+                tokens.observe(n_tokens)
+            seconds.observe(elapsed)
+
+        return observe
+
+    def observe_job(self, model: str, job, total: float) -> None:
+        h = self.request_seconds
+        h.labels(model=model, phase="queue").observe(job.queue_s)
+        h.labels(model=model, phase="tokenization").observe(job.tokenize_s)
+        h.labels(model=model, phase="inference").observe(job.inference_s)
+        h.labels(model=model, phase="total").observe(total)
+        self.request_items.labels(model=model).observe(job.size)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
