@@ -301,15 +301,22 @@ async def _run(request: Request, model: ServedModel, job: Job) -> tuple[np.ndarr
     """Queue ``job`` and wait for its rows; a client that disconnects meanwhile has its items dropped."""
     model.batcher.submit(job)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
+
+    def client_left(task: asyncio.Task) -> None:
+        if not task.cancelled() and not job.future.done():
+            job.cancelled = True  # the batcher skips it wherever it is
+            job.future.cancel()
+
+    watcher.add_done_callback(client_left)
     try:
-        await asyncio.wait({job.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await job.future
+    except asyncio.CancelledError:
+        if job.cancelled:
+            raise RequestError(499, "the client closed the connection", "Cancelled") from None
+        job.cancelled = True  # the handler itself was cancelled (server shutting down)
+        raise
     finally:
         watcher.cancel()
-    if not job.future.done():
-        job.cancelled = True
-        job.future.cancel()
-        raise RequestError(499, "the client closed the connection", "Cancelled")
-    return job.future.result()
 
 
 async def _embed(
