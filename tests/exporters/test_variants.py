@@ -9,6 +9,9 @@ import pytest
 from helpers import TEXTS, assert_parity, fastest_timed
 
 from exporters import errors, export, variants
+from exporters.int8 import build as int8_build
+from exporters.int8 import graph as int8_graph
+from exporters.int8.rewrites import OUTLIER_SUFFIX, OutlierChannels, SmoothQuant, weighted_matmuls
 from st_runtime import SentenceEncoder
 from st_runtime.errors import VariantError
 
@@ -175,17 +178,18 @@ def test_int8_graph_rewrites_are_exact_before_quantization(zoo):
     merged = copy.deepcopy(model)
     assert variants.merge_sibling_matmuls(merged) == 2  # one query/key/value group per layer
     assert sum(n.op_type == "Split" for n in merged.graph.node) == 2
-    inputs = {n.input[0] for n in variants._weighted_matmuls(merged)}
+    inputs = {n.input[0] for n in weighted_matmuls(merged)}
     dims = {i.name: i.dims for i in merged.graph.initializer}
-    sizes = {n.input[0]: dims[n.input[1]][0] for n in variants._weighted_matmuls(merged)}
+    sizes = {n.input[0]: dims[n.input[1]][0] for n in weighted_matmuls(merged)}
     amax = {}
     for name in inputs:  # one channel far above the rest: it must be taken out
         amax[name] = np.ones(sizes[name], np.float32)
         amax[name][3] = 50.0
-    smoothed, decomposed = variants._smooth(merged, amax, 0.7, outlier_gain=1.5)
-    assert decomposed == len(variants._weighted_matmuls(merged))
+    smoothed = copy.deepcopy(merged)
+    decomposed = SmoothQuant(amax, 0.7, OutlierChannels(gain=1.5)).apply(smoothed)
+    assert decomposed == len(weighted_matmuls(merged))
     results = [
-        variants._run_all(variants._session(m), feeds, ["sentence_embedding"]) for m in (model, merged, smoothed)
+        int8_build.run_all(int8_build.session(m), feeds, ["sentence_embedding"]) for m in (model, merged, smoothed)
     ]
     for got in results[1:]:
         for a, b in zip(results[0], got):
@@ -213,6 +217,8 @@ def test_int8_warns_on_a_cpu_without_the_int8_dot_product_it_was_validated_with(
 
 def test_int8_rewrites_stay_exact_with_shared_weights_and_unnamed_nodes():
     """ALBERT-style graphs use one weight in several MatMuls; it is scaled once, for all its inputs."""
+    import copy
+
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -233,11 +239,12 @@ def test_int8_rewrites_stay_exact_with_shared_weights_and_unnamed_nodes():
     x = rng.randn(5, 8).astype(np.float32)
     x[:, 2] = np.abs(x[:, 2]) * 1000  # an outlier channel in both MatMuls' inputs
     amax = {"x": np.abs(x).max(0), "r": np.maximum(x, 0).max(0)}
-    smoothed, decomposed = variants._smooth(model, amax, 0.7, outlier_gain=1.5)
+    smoothed = copy.deepcopy(model)
+    decomposed = SmoothQuant(amax, 0.7, OutlierChannels(gain=1.5)).apply(smoothed)
     assert decomposed == 2
     assert sum(i.name.endswith("/smoothed") for i in smoothed.graph.initializer) == 1  # one scaled copy
-    want = variants._session(model).run(None, {"x": x})
-    got = variants._session(smoothed).run(None, {"x": x})
+    want = int8_build.session(model).run(None, {"x": x})
+    got = int8_build.session(smoothed).run(None, {"x": x})
     for a, b_ in zip(want, got):
         np.testing.assert_allclose(b_, a, rtol=1e-5, atol=1e-3)
 
@@ -255,11 +262,11 @@ def test_int8_quantizes_weights_the_exporter_shares_through_identity(zoo):
     assert shared, "the tiny ALBERT no longer shares weights through Identity; this test needs a new model"
     build = json.loads((out / "manifest.json").read_text())["towers"]["text"]["variants"]["int8"]["build"]
     int8 = onnx.load(str(out / "model_int8.onnx"))
-    consts = variants._constants(int8)
+    consts = int8_graph.constants(int8_graph.as_onnx_model(int8))
     left = [
         n.name
         for n in int8.graph.node
-        if n.op_type == "MatMul" and n.input[1] in consts and not n.name.endswith(variants.OUTLIER_SUFFIX)
+        if n.op_type == "MatMul" and n.input[1] in consts and not n.name.endswith(OUTLIER_SUFFIX)
     ]
     assert sorted(left) == sorted(build["fp32_matmuls"])
     n_int8 = sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in int8.graph.node)

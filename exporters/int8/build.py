@@ -1,0 +1,243 @@
+"""The int8 variant's build: rewrites calibrated on sample inputs, dynamic int8 quantization by onnxruntime, and
+MatMuls kept in fp32 only where calibration still misses its target."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from st_runtime.providers import cpu_int8_dot_product
+
+from ..memory import release_memory
+from ..validate import cosines
+from .graph import as_onnx_model, float_outputs, fold_constant_identities, name_nodes, with_outputs
+from .rewrites import OUTLIER_SUFFIX, OutlierChannels, SiblingMatMulMerge, SmoothQuant, weighted_matmuls
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+CPU = "CPUExecutionProvider"
+Feeds = list[dict[str, np.ndarray]]
+
+
+def session(model_or_path):
+    """A quiet CPU onnxruntime session of a ModelProto or a graph file."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    data = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
+    return ort.InferenceSession(data, so, providers=[CPU])
+
+
+def run_all(sess, feeds: Feeds, names: list[str] | None = None) -> list[list[np.ndarray]]:
+    return [sess.run(names, f) for f in feeds]
+
+
+def quantize(model: ModelProto, exclude: list[str], workdir: Path, score=None, drop: bool = False):
+    """The model with its MatMuls (but ``exclude`` and the outlier side products) in dynamic int8. With
+    ``score``, return score(path of the quantized graph) instead, without loading it (a calibration attempt
+    needs only its accuracy). ``drop``: the caller hands ``model`` over, and its weights are freed (cleared)
+    once saved."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = workdir / "int8-src.onnx"
+    dst = workdir / "int8-try.onnx"
+    side = [n.name for n in model.graph.node if n.name.endswith(OUTLIER_SUFFIX)]
+    root = logging.getLogger()
+    root.addFilter(_quiet_preprocessing_advice)
+    try:
+        onnx.save(model, str(src))
+        if drop:
+            del model.graph.initializer[:]
+            release_memory()
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=list(exclude) + side,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        src.unlink()
+        release_memory()
+        return score(dst) if score is not None else onnx.load(str(dst))
+    finally:  # never leave a scratch graph in the export folder, also when quantization fails
+        root.removeFilter(_quiet_preprocessing_advice)
+        src.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
+
+
+def _quiet_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """onnxruntime's quantizer advises shape-inference pre-processing on every call (through the root logger):
+    our graphs come straight from the exporter with shapes, and the calibration search calls it many times."""
+    return "pre-processing before quantization" not in record.getMessage()
+
+
+def activation_ranges(
+    model: ModelProto, names: list[str], output: str, feeds: Feeds, workdir: Path
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``output`` on every feed, concatenated, and the per-channel maxima of |tensor| for each of ``names``
+    over all feeds. ``model`` is left as it was."""
+    import onnx
+
+    # a session from a file: no serialized copy of the model in memory
+    ref_path = workdir / "int8-ref.onnx"
+    try:
+        outputs_before = len(model.graph.output)
+        model.graph.output.extend(float_outputs(model, names))  # on the graph itself: no copy of the weights
+        onnx.save(model, str(ref_path))
+        del model.graph.output[outputs_before:]
+        release_memory()
+        sess = session(ref_path)
+    finally:
+        ref_path.unlink(missing_ok=True)
+    # running maxima, one feed at a time (holding every MatMul input of every calibration feed took gigabytes
+    # for a base-size model)
+    outputs, amax = [], {}
+    for feed in feeds:
+        got = sess.run([output] + names, feed)
+        outputs.append(got[0])
+        for name, value in zip(names, got[1:]):
+            channel_max = np.abs(value.reshape(-1, value.shape[-1])).max(0)
+            amax[name] = channel_max if name not in amax else np.maximum(amax[name], channel_max)
+        del got
+    del sess
+    return np.concatenate(outputs), amax
+
+
+def rank_by_noise(quantized: ModelProto, smoothed: ModelProto, feeds: Feeds, candidates: list) -> list[str]:
+    """Candidate MatMuls, worst first: how much each quantized output differs from its fp32 product on
+    the same input."""
+    from onnx import numpy_helper
+
+    if not candidates:
+        return []
+    weights = {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer}
+    names = []
+    for n in candidates:
+        names += [n.input[0], n.output[0]]
+    sess = session(with_outputs(quantized, names))
+    noise = {n.name: 0.0 for n in candidates}
+    signal = {n.name: 0.0 for n in candidates}
+    for f in feeds[: min(len(feeds), 12)]:
+        vals = dict(zip(names, sess.run(names, f)))
+        for n in candidates:
+            exact = vals[n.input[0]] @ weights[n.input[1]]
+            noise[n.name] += float(((vals[n.output[0]] - exact) ** 2).sum())
+            signal[n.name] += float((exact**2).sum())
+    return sorted((n.name for n in candidates), key=lambda k: -noise[k] / max(signal[k], 1e-30))
+
+
+# (smoothing strength, outlier gain) tried in turn; None: the best strength so far
+CALIBRATION_GRID = ((0.5, 1.5), (0.7, 1.5), (0.85, 1.5), (None, 2.0), (None, 1.2))
+
+
+def build_int8(
+    src: Path,
+    dst: Path,
+    calibration_feeds: Feeds,
+    output: str,
+    target_min: float,
+    target_mean: float,
+    workdir: Path,
+    max_excluded: int | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Dynamic int8 with per-channel weights from the plain fp32 graph (onnxruntime's own CPU fusions apply at
+    load; its fused Attention would keep the query/key/value projections in fp32). Sibling projections are
+    merged first. SmoothQuant scaling and outlier-channel decomposition are calibrated on
+    ``calibration_feeds`` (the most accurate of a small grid of smoothing strengths and outlier thresholds).
+    Only if the calibration accuracy is still below target are MatMuls kept in fp32,
+    worst local signal-to-noise ratio first."""
+    import onnx
+
+    base = onnx.load(str(src))
+    name_nodes(as_onnx_model(base))
+    fold_constant_identities(as_onnx_model(base))
+    merged = SiblingMatMulMerge().apply(base)
+    matmuls = weighted_matmuls(base)
+    if max_excluded is None:
+        max_excluded = len(matmuls) // 2
+    act_names = sorted({n.input[0] for n in matmuls})
+    reference, amax = activation_ranges(base, act_names, output, calibration_feeds, workdir)
+    # The prepared plain graph waits on disk: each attempt loads and rewrites its own copy, so that only one
+    # copy of the weights is in memory while the quantizer (which makes its own) runs.
+    n_matmuls = len(matmuls)
+    base_path = workdir / "int8-base.onnx"
+    onnx.save(base, str(base_path))
+    base = matmuls = None
+    release_memory()
+
+    def smoothed_model(alpha: float, gain: float | None) -> tuple[ModelProto, int]:
+        model = onnx.load(str(base_path))
+        decomposed = SmoothQuant(amax, alpha, OutlierChannels(gain)).apply(model)
+        return model, decomposed
+
+    def score(model) -> tuple[float, float]:
+        got = np.concatenate([r[0] for r in run_all(session(model), calibration_feeds, [output])])
+        cos = cosines(reference, got)
+        return float(cos.min()), float(cos.mean())
+
+    def attempt(alpha: float, gain: float | None):
+        smoothed, decomposed = smoothed_model(alpha, gain)
+        s = quantize(smoothed, [], workdir, score=score, drop=True)
+        release_memory()
+        log(
+            f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
+            f"min cosine {s[0]:.4f}, mean {s[1]:.5f}"
+        )
+        return s, alpha, gain, decomposed
+
+    # The most accurate of a small grid: smoothing strength first, then how many channels are taken out. Only
+    # scores are kept (each candidate is a smoothed and a quantized copy of the model); the best is rebuilt.
+    best = None
+    for alpha, gain in CALIBRATION_GRID:
+        candidate = attempt(best[1] if alpha is None else alpha, gain)
+        if best is None or candidate[0] > best[0]:
+            best = candidate
+    (cal_min, cal_mean), alpha, gain, decomposed = best
+    try:
+        smoothed, _ = smoothed_model(alpha, gain)
+    finally:
+        base_path.unlink(missing_ok=True)
+    quantized = quantize(smoothed, [], workdir)
+    excluded: list[str] = []
+    step = 1
+    while (cal_min < target_min or cal_mean < target_mean) and len(excluded) < max_excluded:
+        left = [n for n in weighted_matmuls(smoothed) if n.name not in excluded]
+        ranked = rank_by_noise(quantized, smoothed, calibration_feeds, left)
+        if not ranked:
+            break
+        chosen = ranked[: min(step, max_excluded - len(excluded))]
+        excluded += chosen
+        quantized = quantize(smoothed, excluded, workdir)
+        cal_min, cal_mean = score(quantized)
+        log(
+            f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
+            f"min cosine {cal_min:.4f}, mean {cal_mean:.5f}"
+        )
+        step *= 2
+    onnx.save(quantized, str(dst))
+    return {
+        "method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",
+        "source": "fp32",
+        "merged_sibling_matmuls": merged,
+        "smooth_alpha": alpha,
+        "cpu_int8_dot_product": cpu_int8_dot_product(),
+        "outlier_gain": gain,
+        "outlier_decomposed_matmuls": decomposed,
+        "fp32_matmuls": excluded,
+        "int8_matmuls": n_matmuls - len(excluded),
+        "calibration": {
+            "texts": len(calibration_feeds),
+            "min_cosine_vs_fp32": cal_min,
+            "mean_cosine_vs_fp32": cal_mean,
+        },
+    }
