@@ -14,6 +14,8 @@ HEAVY = (
     "optimum",
     "exporters",
     "starlette",
+    "pyarrow",
+    "ray",
     "uvicorn",
     "prometheus_client",
     "orjson",

@@ -1,0 +1,137 @@
+"""Embedding on Ray (the ``[ray]`` extra). ``import st_runtime`` never imports this module or ray.
+
+* :class:`EmbedBatch`: a callable class for ``ray.data.Dataset.map_batches``. It loads the model once per actor
+  (in ``__init__``), with onnxruntime's threads set to the CPUs Ray gave the actor, and adds an embedding
+  column to each batch.
+* :func:`embed_dataset`: ``ds.map_batches(EmbedBatch, ...)`` with the actor pool, CPUs and GPUs set.
+
+    import ray.data
+    from st_runtime.ray import embed_dataset
+
+    ds = embed_dataset(ray.data.read_parquet("corpus/"), "exported_models/all-MiniLM-L6-v2", column="text",
+                       num_workers=4)
+    ds.write_parquet("embedded/")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _actor_cpus() -> int | None:
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # outside an actor, or an older Ray without the call: the encoder's default
+        return None
+    return max(1, int(cpus)) if cpus else None
+
+
+class EmbedBatch:
+    """Embeds ``column`` of each batch into ``output_column`` (a list of float32 vectors per row).
+
+    Args:
+        model_dir: a folder written by st-export, readable on every node.
+        column: the text column. output_column: the column added (default "embedding").
+        variant, providers: as ``SentenceEncoder``; providers default to "cuda" when Ray gave the actor a GPU.
+        threads: onnxruntime threads (default: the CPUs Ray assigned to this actor).
+        normalize, prompt_name: as ``encode``'s ``normalize_embeddings`` and ``prompt_name``.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        column: str = "text",
+        output_column: str = "embedding",
+        variant: str | None = None,
+        providers: Any = None,
+        threads: int | None = None,
+        normalize: bool = False,
+        prompt_name: str | None = None,
+    ):
+        from .encoder import SentenceEncoder
+
+        if providers is None:
+            try:
+                import ray
+
+                if ray.is_initialized() and ray.get_gpu_ids():
+                    providers = "cuda"
+            except Exception:
+                pass
+        self.column = column
+        self.output_column = output_column
+        self.encoder = SentenceEncoder(
+            model_dir, providers=providers, threads=threads or _actor_cpus(), variant=variant
+        )
+        self.kwargs = {"normalize_embeddings": normalize, "prompt_name": prompt_name}
+
+    def describe(self) -> dict[str, Any]:
+        """The variant, dimension and threads this actor's encoder runs with."""
+        enc = self.encoder
+        return {"variant": enc.variant, "dimension": enc.get_sentence_embedding_dimension(), "threads": enc.threads}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """[len(texts), dim] float32 embeddings."""
+        if not texts:
+            return np.zeros((0, self.encoder.get_sentence_embedding_dimension()), np.float32)
+        return self.encoder.encode(list(texts), **self.kwargs)
+
+    def __call__(self, batch):
+        """A batch as Ray Data gives it (a dict of numpy arrays, a pandas DataFrame or a pyarrow Table); the
+        same kind comes back, with ``output_column`` added."""
+        if isinstance(batch, dict):
+            texts = batch[self.column]
+            emb = self.embed([str(t) if not isinstance(t, str) else t for t in texts.tolist()])
+            return {**batch, self.output_column: emb}
+        try:
+            import pyarrow as pa
+        except ImportError:  # pragma: no cover - ray data depends on pyarrow
+            pa = None
+        if pa is not None and isinstance(batch, pa.Table):
+            emb = self.embed(batch.column(self.column).to_pylist())
+            values = pa.array(emb.reshape(-1), type=pa.float32())
+            return batch.append_column(self.output_column, pa.FixedSizeListArray.from_arrays(values, emb.shape[1]))
+        out = batch.copy()  # pandas
+        out[self.output_column] = list(self.embed(batch[self.column].tolist()))
+        return out
+
+
+def embed_dataset(
+    ds,
+    model_dir: str,
+    column: str = "text",
+    output_column: str = "embedding",
+    num_workers: int = 1,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
+    batch_size: int = 4096,
+    variant: str | None = None,
+    normalize: bool = False,
+    prompt_name: str | None = None,
+):
+    """``ds`` with ``output_column`` added: ``num_workers`` actors each load the model once (``cpus_per_worker``
+    CPUs and ``gpus_per_worker`` GPUs each) and embed ``batch_size`` rows at a time."""
+    resources: dict[str, float] = {"num_cpus": cpus_per_worker}
+    if gpus_per_worker:
+        resources["num_gpus"] = gpus_per_worker
+    return ds.map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={
+            "model_dir": str(model_dir),
+            "column": column,
+            "output_column": output_column,
+            "variant": variant,
+            "normalize": normalize,
+            "prompt_name": prompt_name,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        concurrency=num_workers,
+        **resources,
+    )
