@@ -73,14 +73,22 @@ def server_command(system: str, args, port: int) -> tuple[list[str], str, dict[s
         argv = [str(PEER_PYTHON), "-m", "benchmarks.serve_peers.plain_fastapi", "--model", hub_id]
         return argv + ["--port", str(port), "--threads", threads], "/v1/embeddings", env
     if system.startswith("infinity-"):
-        engine = system.split("-", 1)[1]
         infinity = PEER_PYTHON.parent / "infinity_emb"
         if not infinity.exists():
             return "infinity_emb is not installed in the serve peers' venv"
-        argv = [str(infinity), "v2", "--model-id", hub_id, "--engine", engine, "--device", "cpu"]
+        argv = [str(infinity), "v2", "--engine", system.split("-", 1)[1], "--device", "cpu", "--batch-size", "32"]
         argv += ["--port", str(port), "--host", "127.0.0.1", "--url-prefix", "/v1", "--served-model-name", args.model]
-        argv += ["--no-bettertransformer", "--batch-size", "32"]
-        return argv, "/v1/embeddings", env
+        argv += ["--no-bettertransformer", "--log-level", "warning"]
+        env["DO_NOT_TRACK"] = "1"
+        if system == "infinity-torch":
+            return argv + ["--model-id", hub_id], "/v1/embeddings", env
+        # the optimum engine loads offline only from the ONNX folder scripts/setup-serve-peers.sh writes, as
+        # `--model-id .` from inside it, with mean pooling set (its default is CLS for this engine)
+        folder = PEER_PYTHON.parent.parent / "models" / f"{args.model}-onnx"
+        if not folder.is_dir():
+            return f"no ONNX folder {folder}: scripts/setup-serve-peers.sh could not build the optimum engine's model"
+        argv += ["--model-id", ".", "--pooling-method", "mean", "--onnx-disable-optimize"]
+        return argv, "/v1/embeddings", {**env, "_cwd": str(folder)}
     return f"unknown system {system!r}"
 
 
@@ -88,8 +96,9 @@ class Running:
     def __init__(self, system: str, argv: list[str], env: dict[str, str], port: int, log: Path):
         self.system, self.port, self.log = system, port, log
         self.t0 = time.perf_counter()
+        cwd = env.pop("_cwd", ROOT)
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT
+            argv, cwd=cwd, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT
         )
 
     def wait_ready(self, path: str, model: str, timeout: float) -> float:
@@ -200,13 +209,17 @@ async def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: in
             conn.close()
 
     t_begin = time.perf_counter()
+    cpu0 = time.process_time()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
+    client_cpu = (time.process_time() - cpu0) / (time.perf_counter() - t_begin)
     wall = time.perf_counter() - (measured_start[0] or t_begin)
-    return latencies, errors, wall
+    return latencies, errors, wall, client_cpu
 
 
 def run_cell(port: int, path: str, bodies: list[bytes], concurrency: int, per_request: int, args) -> dict:
-    latencies, errors, wall = asyncio.run(closed_loop(port, path, bodies, concurrency, args.seconds, args.max_requests))
+    latencies, errors, wall, client_cpu = asyncio.run(
+        closed_loop(port, path, bodies, concurrency, args.seconds, args.max_requests)
+    )
     if errors and not latencies:
         raise RuntimeError(f"every request failed, e.g. {errors[0]}")
     lat = sorted(latencies)
@@ -220,6 +233,8 @@ def run_cell(port: int, path: str, bodies: list[bytes], concurrency: int, per_re
         "texts_per_s": len(lat) * per_request / wall,
         "p50_ms": 1000 * lat[len(lat) // 2],
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        # cores the load generator itself used (it shares this machine with the server)
+        "client_cpu_cores": round(client_cpu, 3),
     }
 
 

