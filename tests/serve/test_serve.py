@@ -358,3 +358,18 @@ def test_sigterm_under_load_answers_every_accepted_request(start_server, fixture
     assert time.monotonic() - t0 < 30
     assert not failures, failures[:3]
     assert answered and all(n == 16 for n in answered)
+
+
+def test_cli_refuses_bad_arguments_before_starting(tmp_path):
+    import subprocess
+    import sys
+
+    def serve(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "st_runtime.serve.cli", *map(str, args)], capture_output=True, text=True, timeout=60
+        )
+
+    r = serve(tmp_path / "missing")
+    assert r.returncode == 2 and "manifest.json" in r.stderr
+    r = serve(tmp_path, "--threads", "0")
+    assert r.returncode == 2 and "positive integer" in r.stderr
