@@ -28,7 +28,7 @@ def write_corpus(path: Path, rows: int, seed: int = 5) -> None:
     import pyarrow.parquet as pq
 
     rng = random.Random(seed)
-    words = WORDS.split()
+    words = list(WORDS)
     with pq.ParquetWriter(path, pa.schema([("id", pa.int64()), ("text", pa.string())])) as writer:
         for start in range(0, rows, 100_000):
             n = min(100_000, rows - start)

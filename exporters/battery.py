@@ -143,6 +143,16 @@ def pair_battery() -> list[tuple[str, tuple[str, str]]]:
     return items
 
 
+def rerank_battery() -> list[tuple[str, tuple[str, str]]]:
+    """(query, passage) pairs: every short query with every passage, in query-major order, so that a reranker's
+    ranking of the passages for each query can be compared."""
+    documents = PASSAGES + SHORT_QUERIES[:6]
+    return [("rerank", (q, d)) for q in RERANK_QUERIES for d in documents]
+
+
+RERANK_QUERIES = ["How big is London", "what is the capital of france?", "vitamin d deficiency", "a"]
+
+
 def image_battery() -> list[tuple[str, object]]:
     """Deterministic generated images of every shape image preprocessing must get right: landscape, portrait,
     square, smaller than the crop, large, grayscale, with alpha, palette. Needs Pillow."""

@@ -21,8 +21,8 @@ from .artifacts import cleanup_stale, externalize, place, variant_entry, version
 from .errors import ExportError, ValidationFailedError
 from .memory import release_memory
 from .resolve import ResolvedModel, resolve
-from .st_model import ModelDescription, describe, inspect_folder
-from .validate import reference_outputs, validate
+from .st_model import EXPORTABLE_KINDS, ModelDescription, describe, inspect_folder, model_kind
+from .validate import reference_outputs, reference_scores, validate, validate_scores
 from .variants import PLANS, BuildContext
 
 DEFAULT_OPSET = 17
@@ -33,15 +33,16 @@ def default_variants() -> list[str]:
     return [name for name, plan in PLANS.items() if plan.unavailable_reason() is None]
 
 
-def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | None):
-    from sentence_transformers import SentenceTransformer
+def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | None, kind: str = "SentenceTransformer"):
+    """The model as the sentence-transformers class it was saved as (SentenceTransformer or CrossEncoder)."""
+    import sentence_transformers
 
     kwargs: dict[str, Any] = {"device": "cpu", "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["model_kwargs"] = {"attn_implementation": attn_implementation}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        model = SentenceTransformer(str(path), **kwargs)
+        model = getattr(sentence_transformers, kind)(str(path), **kwargs)
     return model.eval()
 
 
@@ -66,7 +67,7 @@ def _as_users_load_it(st_model, spec, path: Path, trust_remote_code: bool, log: 
             f"note: could not switch the loaded model to {target} attention ({type(exc).__name__}: {exc}); "
             "loading it again as the reference"
         )
-        reference = _load_st(path, trust_remote_code, None)
+        reference = _load_st(path, trust_remote_code, None, type(st_model).__name__)
         if spec.patcher is not None:  # the reference runs what was traced: patched, with the same length
             spec.patcher(reference)
         reference.max_seq_length = st_model.max_seq_length
@@ -97,6 +98,7 @@ class ExportRun:
     capped_at: int | None = None
     hf_config: Any = None
     references: dict[str, Any] = field(default_factory=dict)
+    kind: str = "SentenceTransformer"  # the sentence-transformers class the model was saved as
 
 
 def _validate_variant(
@@ -110,15 +112,22 @@ def _validate_variant(
     required: bool = True,
 ) -> bool:
     """Validate one variant of one tower through st_runtime itself and record the result in the manifest."""
-    from st_runtime import SentenceEncoder
+    from st_runtime import CrossEncoder, SentenceEncoder
 
     from .towers import validation_items
 
     plan = PLANS[name]
     providers = "cuda" if "CPUExecutionProvider" not in plan.providers else "cpu"
-    encoder = SentenceEncoder(folder, providers=providers, variant=name)
     entry = manifest["towers"][tower]
-    report = validate(reference, encoder, plan.min_cosine, validation_items(entry), mean_gate=plan.mean_cosine)
+    if manifest.get("task") == "cross-encoder":
+        from st_runtime.cross_encoder import ACTIVATIONS
+
+        runtime = CrossEncoder(folder, providers=providers, variant=name)
+        activation = ACTIVATIONS[manifest["scores"]["activation"]]
+        report = validate_scores(reference, runtime, plan.max_score_diff, validation_items(entry), activation)
+    else:
+        encoder = SentenceEncoder(folder, providers=providers, variant=name)
+        report = validate(reference, encoder, plan.min_cosine, validation_items(entry), mean_gate=plan.mean_cosine)
     report["provider"] = providers
     variant = entry["variants"][name]
     variant["status"] = "passed" if report["passed"] else "failed"
@@ -127,13 +136,14 @@ def _validate_variant(
     if report["passed"] or not required:
         return report["passed"]
     lines = "\n".join(
-        f"  [{f['run']}] #{f.get('index')} ({f.get('tag')}) cosine {f.get('cosine', float('nan')):.7f}: "
-        f"{f.get('text', f.get('error'))!r}"
+        f"  [{f['run']}] #{f.get('index')} ({f.get('tag')}) "
+        + (f"cosine {f['cosine']:.7f}" if "cosine" in f else f"diff {f.get('diff', float('nan')):.2e}")
+        + f": {f.get('text', f.get('error'))!r}"
         for f in report["failures"][:50]
     )
     raise ValidationFailedError(
-        f"The exported {name} graph of the {tower} tower of {source} does not reproduce sentence-transformers: "
-        f"{len(report['failures'])} item(s) below cosine {plan.min_cosine}:\n{lines}\nNothing was written. "
+        f"The exported {name} graph of the {tower} tower of {source} does not reproduce sentence-transformers "
+        f"({report['summary']}); {len(report['failures'])} failure(s):\n{lines}\nNothing was written. "
         "Please report this with the model name and the versions in the manifest.",
         report,
     )
@@ -146,7 +156,7 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     of load from elsewhere hits them alike; the median round counts."""
     import time
 
-    from st_runtime import SentenceEncoder
+    from st_runtime import CrossEncoder, SentenceEncoder
     from st_runtime.providers import physical_cores
 
     from .battery import PASSAGES, SHORT_QUERIES
@@ -154,9 +164,13 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     tower = manifest["towers"].get("text")
     if tower is None:
         return
-    texts = SHORT_QUERIES * 16 + PASSAGES * 4
+    texts: list = SHORT_QUERIES * 16 + PASSAGES * 4
+    runtime, run = SentenceEncoder, SentenceEncoder.encode
+    if manifest.get("task") == "cross-encoder":  # a reranker's work: one query with many documents
+        texts = [(q, d) for q in SHORT_QUERIES[:4] for d in SHORT_QUERIES * 2 + PASSAGES]
+        runtime, run = CrossEncoder, CrossEncoder.logits
     encoders = {
-        name: SentenceEncoder(folder, providers="cpu", variant=name)
+        name: runtime(folder, providers="cpu", variant=name)
         for name, v in tower["variants"].items()
         if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]
     }
@@ -164,13 +178,13 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
         return
     times: dict[str, list[float]] = {name: [] for name in encoders}
     for enc in encoders.values():
-        enc.encode(texts[:16])
+        run(enc, texts[:16])
     names = list(encoders)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # a different variant goes first each round
             enc = encoders[name]
             t = time.perf_counter()
-            enc.encode(texts)
+            run(enc, texts)
             times[name].append(time.perf_counter() - t)
     timed = {}
     for name, ts in times.items():
@@ -208,14 +222,15 @@ def _inspect(run: ExportRun) -> None:
     from .specs import spec_for
 
     run.model_type, run.modules_json = inspect_folder(run.resolved.local_path, run.trust_remote_code)
+    run.kind = model_kind(run.resolved.local_path)
     run.spec = spec_for(run.model_type)
 
 
 def _load(run: ExportRun) -> None:
     resolved = run.resolved
     run.log(f"Loading {resolved.source} ({run.model_type}, origin: {resolved.origin})")
-    run.st_model = _load_st(resolved.local_path, run.trust_remote_code, run.spec.attn_implementation)
-    run.desc = describe(run.st_model, run.model_type, run.modules_json)
+    run.st_model = _load_st(resolved.local_path, run.trust_remote_code, run.spec.attn_implementation, run.kind)
+    run.desc = describe(run.st_model, run.model_type, run.modules_json, run.kind)
     if run.spec.patcher is not None:
         run.spec.patcher(run.st_model)
     _cap_unlimited_length(run)
@@ -268,14 +283,8 @@ def _trace(run: ExportRun) -> None:
             "modules": run.modules_json,
         },
         "architecture": {"model_type": run.model_type, "family": run.spec.family},
+        "task": EXPORTABLE_KINDS[run.kind],
         "towers": towers,
-        "embedding": {
-            "dimension": int(st_model.get_embedding_dimension()),
-            "pooling": desc.pooling,
-            "dense": desc.dense,
-            "normalized": desc.normalized,
-            "similarity_fn_name": st_model.similarity_fn_name or "cosine",
-        },
         "prompts": dict(st_model.prompts or {}),
         "default_prompt_name": st_model.default_prompt_name,
         "files": {},
@@ -288,6 +297,16 @@ def _trace(run: ExportRun) -> None:
             "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         },
     }
+    if desc.scores is not None:
+        run.manifest["scores"] = desc.scores
+    else:
+        run.manifest["embedding"] = {
+            "dimension": int(st_model.get_embedding_dimension()),
+            "pooling": desc.pooling,
+            "dense": desc.dense,
+            "normalized": desc.normalized,
+            "similarity_fn_name": st_model.similarity_fn_name or "cosine",
+        }
 
 
 def _write_manifest(run: ExportRun) -> None:
@@ -304,8 +323,9 @@ def _validate(run: ExportRun) -> None:
     run.hf_config = getattr(getattr(model[0], "auto_model", None), "config", None)
     # sentence-transformers' outputs on each tower's battery, computed once: every variant is checked against
     # them after the torch model is freed (holding it while variants are built doubled the peak memory)
+    reference = reference_scores if run.manifest["task"] == "cross-encoder" else reference_outputs
     for tname, tower in run.manifest["towers"].items():
-        run.references[tname] = reference_outputs(model, [s for _, s in validation_items(tower)])
+        run.references[tname] = reference(model, [s for _, s in validation_items(tower)])
     del model
     release_memory()  # the torch model: variants are built and checked against the saved outputs
     for tname in run.manifest["towers"]:
@@ -322,6 +342,9 @@ def _build_variants(run: ExportRun) -> None:
         used_external = tower["variants"]["fp32"]["external_data"]
         ctx = BuildContext(tmp, tname, tower, fp32_path, hf_config, run.spec, run.log)
         for name in [v for v in run.wanted if v != "fp32" and v in run.spec.variants]:
+            if manifest["task"] not in PLANS[name].tasks:
+                run.log(f"{tname} {name}: not built for {manifest['task']} models yet")
+                continue
             path = tmp / f"{fp32_path.stem}_{name}.onnx"
             run.log(f"Building {name} variant of the {tname} tower")
             try:

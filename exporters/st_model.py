@@ -27,6 +27,8 @@ class ModelDescription:
     pooling: dict[str, Any] | None = None
     dense: list[dict[str, Any]] = field(default_factory=list)
     normalized: bool = False
+    kind: str = "SentenceTransformer"
+    scores: dict[str, Any] | None = None  # CrossEncoder: num_labels, labels, activation
 
 
 def _read_json(path: Path) -> Any:
@@ -35,29 +37,35 @@ def _read_json(path: Path) -> Any:
 
 
 # The sentence-transformers class a folder declares it was saved as (config_sentence_transformers.json's
-# "model_type", written by sentence-transformers 5 and later). Only SentenceTransformer models are exported:
-# loading another kind as a SentenceTransformer falls back to mean pooling and gives embeddings the model
-# never computes, which would then "pass" validation against that same wrong reference.
-EXPORTABLE_KINDS = ("SentenceTransformer",)
+# "model_type", written by sentence-transformers 5 and later), and the manifest task each is exported as. A model
+# is loaded, traced and validated as the class it was saved as: loading a CrossEncoder or SparseEncoder as a
+# SentenceTransformer falls back to mean pooling and gives embeddings the model never computes, which would
+# then "pass" validation against that same wrong reference.
+EXPORTABLE_KINDS = {"SentenceTransformer": "embedding", "CrossEncoder": "cross-encoder"}
 
 
-def _refuse_other_model_kinds(folder: Path, modules_file: Path) -> None:
+def model_kind(folder: Path) -> str:
+    """The sentence-transformers class ``folder`` was saved as (SentenceTransformer when it does not say)."""
     st_config = folder / "config_sentence_transformers.json"
     kind = _read_json(st_config).get("model_type") if st_config.is_file() else None
-    if kind is None and not modules_file.is_file() and (folder / "config.json").is_file():
+    if kind is None and not (folder / "modules.json").is_file() and (folder / "config.json").is_file():
         archs = _read_json(folder / "config.json").get("architectures") or []
         if any(str(a).endswith("ForSequenceClassification") for a in archs):
             kind = "CrossEncoder"  # a plain Hugging Face classifier, as cross-encoder/ms-marco-* are saved
-    if kind is not None and kind not in EXPORTABLE_KINDS:
+    return kind or "SentenceTransformer"
+
+
+def _refuse_other_model_kinds(folder: Path, modules_file: Path) -> None:
+    kind = model_kind(folder)
+    if kind not in EXPORTABLE_KINDS:
         what = {
             "CrossEncoder": "scores (text, text) pairs with a classification head",
             "SparseEncoder": "gives vocabulary-sized sparse vectors",
         }.get(kind, "is not a sentence embedding model")
         raise UnsupportedModelError(
             f"{folder} is a sentence-transformers {kind}: it {what}. st-export exports SentenceTransformer "
-            "(dense sentence embedding) models only so far; exporting it as one would give embeddings the model "
-            "never computes. Load it with sentence_transformers."
-            f"{kind} in the meantime."
+            "(dense sentence embedding) and CrossEncoder models so far; exporting it as either would give outputs "
+            f"the model never computes. Load it with sentence_transformers.{kind} in the meantime."
         )
 
 
@@ -103,12 +111,35 @@ def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dic
     return model_type, modules
 
 
-def describe(st_model, model_type: str, modules_json: list[dict[str, Any]]) -> ModelDescription:
+def _describe_cross_encoder(st_model, desc: ModelDescription) -> ModelDescription:
+    """A CrossEncoder: one Transformer module with a sequence-classification head; its scores are the logits."""
+    mods = list(st_model)
+    if len(mods) != 1 or getattr(mods[0], "transformer_task", None) != "sequence-classification":
+        raise UnsupportedModelError(
+            f"the CrossEncoder's modules are {[type(m).__name__ for m in mods]}; st-export exports cross-encoders "
+            "made of one Transformer with a sequence-classification head."
+        )
+    act = st_model.activation_fn
+    name = type(act).__name__.lower()
+    if name not in ("identity", "sigmoid", "softmax"):
+        raise UnsupportedModelError(
+            f"the CrossEncoder's activation_fn is {type(act).__module__}.{type(act).__name__}; st_runtime applies "
+            "Identity, Sigmoid or Softmax."
+        )
+    config = st_model.config
+    labels = [str(config.id2label[i]) for i in range(config.num_labels)] if getattr(config, "id2label", None) else []
+    desc.scores = {"num_labels": int(config.num_labels), "labels": labels, "activation": name}
+    return desc
+
+
+def describe(st_model, model_type: str, modules_json: list[dict[str, Any]], kind: str = "SentenceTransformer"):
     import sentence_transformers.models as st_models
     from sentence_transformers.models import Dense, Normalize, Pooling
 
     spec = spec_for(model_type)
-    desc = ModelDescription(model_type=model_type, spec=spec, modules=modules_json)
+    desc = ModelDescription(model_type=model_type, spec=spec, modules=modules_json, kind=kind)
+    if kind == "CrossEncoder":
+        return _describe_cross_encoder(st_model, desc)
     mods = list(st_model)
     input_cls = getattr(st_models, spec.input_module)
     if not mods or not isinstance(mods[0], input_cls):

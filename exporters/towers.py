@@ -133,11 +133,12 @@ def sample_images() -> list:
     return [Image.fromarray(rng.randint(0, 256, size=(h, w, 3), dtype=np.uint8)) for h, w in ((40, 52), (61, 33))]
 
 
-def _graph_module(st_model, input_names: list[str], features: dict[str, str]):
+def _graph_module(st_model, input_names: list[str], features: dict[str, str], output: str = "sentence_embedding"):
     import torch
 
     class TowerGraph(torch.nn.Module):
-        """input tensors (+ constant features such as the modality) -> every module in order -> embedding."""
+        """input tensors (+ constant features such as the modality) -> every module in order -> ``output`` (the
+        sentence embedding, or a cross-encoder's scores)."""
 
         def __init__(self):
             super().__init__()
@@ -148,18 +149,29 @@ def _graph_module(st_model, input_names: list[str], features: dict[str, str]):
             feats.update(features)
             for stage in self.stages:
                 feats = stage(feats)
-            return feats["sentence_embedding"]
+            return feats[output]
 
     return TowerGraph().eval()
 
 
 def trace_tower(
-    st_model, tower: TowerSpec, input_names: list[str], path: Path, opset: int, external_data: bool | None
+    st_model,
+    tower: TowerSpec,
+    input_names: list[str],
+    path: Path,
+    opset: int,
+    external_data: bool | None,
+    output: str = "sentence_embedding",
 ) -> bool:
     import onnx
     import torch
 
-    sample = st_model.preprocess(_TRACE_TEXTS if tower.modality == "text" else sample_images())
+    if tower.modality != "text":
+        sample = st_model.preprocess(sample_images())
+    elif output == "scores":  # a cross-encoder takes (query, document) pairs
+        sample = st_model.preprocess([(t, t) for t in _TRACE_TEXTS])
+    else:
+        sample = st_model.preprocess(_TRACE_TEXTS)
     missing = [n for n in input_names if n not in sample]
     if missing:
         raise ExportError(
@@ -170,18 +182,18 @@ def trace_tower(
     dynamic_axes = {
         name: ({0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"}) for name in input_names
     }
-    dynamic_axes["sentence_embedding"] = {0: "batch"}
+    dynamic_axes[output] = {0: "batch"}
     before = {f.name for f in path.parent.iterdir()}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _graph_module(st_model, input_names, dict(tower.features)),
+            _graph_module(st_model, input_names, dict(tower.features), output),
             args,
             str(path),
             dynamo=False,
             opset_version=opset,
             input_names=input_names,
-            output_names=["sentence_embedding"],
+            output_names=[output],
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
@@ -201,8 +213,9 @@ def build_towers(
     """Trace every tower of ``desc.spec`` into ``folder`` and return manifest["towers"] (variants pending)."""
     spec: TextEncoderSpec = desc.spec
     towers: dict[str, dict[str, Any]] = {}
+    output = "scores" if desc.scores is not None else "sentence_embedding"
     for tower in spec.tower_specs():
-        entry: dict[str, Any] = {"modality": tower.modality, "output": "sentence_embedding"}
+        entry: dict[str, Any] = {"modality": tower.modality, "output": output}
         if tower.modality == "text":
             if spec.tokenizer_kind == "whitespace":
                 info = _write_whitespace_tokenizer(st_model[0], folder / "whitespace_tokenizer.json")
@@ -221,7 +234,9 @@ def build_towers(
         else:
             raise ExportError(f"tower modality {tower.modality!r} of spec {spec.family!r} is not implemented.")
         log(f"Tracing {tower.graph_file} ({tower.name} tower, inputs {input_names}, opset {opset})")
-        used_external = trace_tower(st_model, tower, input_names, folder / tower.graph_file, opset, external_data)
+        used_external = trace_tower(
+            st_model, tower, input_names, folder / tower.graph_file, opset, external_data, output
+        )
         entry["inputs"] = input_names
         entry["variants"] = {"fp32": variant_entry("fp32", tower.graph_file, {"external_data": used_external})}
         towers[tower.name] = entry
@@ -229,11 +244,14 @@ def build_towers(
 
 
 def validation_items(tower: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The battery a tower is validated on: text (and text pairs where the family takes them), or images."""
-    from .battery import battery, image_battery, pair_battery
+    """The battery a tower is validated on: text (and text pairs where the family takes them), images, or for a
+    cross-encoder (query, document) pairs: each query with every passage, and the pair battery."""
+    from .battery import battery, image_battery, pair_battery, rerank_battery
 
     if tower["modality"] == "image":
         return image_battery()
+    if tower["output"] == "scores":
+        return rerank_battery() + pair_battery()
     items = battery()
     if tower["tokenizer"].get("pairs"):
         items += pair_battery()

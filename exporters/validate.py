@@ -95,3 +95,80 @@ def validate(
         + (f", mean {mean_gate})" if mean_gate is not None else ")")
     )
     return report
+
+
+def reference_scores(model, pairs: list[Any]) -> np.ndarray:
+    """A CrossEncoder's logits on the battery, [n, num_labels] (the activation is applied when comparing)."""
+    import torch
+
+    try:
+        out = model.predict(pairs, batch_size=8, activation_fn=torch.nn.Identity(), convert_to_numpy=True)
+    except Exception as exc:
+        raise ExportError(
+            f"sentence-transformers' CrossEncoder itself fails on the validation battery ({type(exc).__name__}: "
+            f"{str(exc)[:300]}), so the export cannot be checked against it; please report this with the model name."
+        ) from exc
+    out = np.asarray(out, dtype=np.float32)
+    return out.reshape(len(pairs), -1)
+
+
+def validate_scores(
+    ref_logits: np.ndarray,
+    cross_encoder,
+    max_abs: float,
+    items: list[tuple[str, Any]],
+    activation,
+    top_k: int = 10,
+) -> dict[str, Any]:
+    """Compare a CrossEncoder's logits ``ref_logits`` (reference_scores) with st_runtime's, after the model's
+    ``activation``: every score within ``max_abs`` at batch size 1 and in one batch of all items, and the
+    ranking of each query's documents (the "rerank" items, query-major) identical in its first ``top_k``."""
+    tags = [t for t, _ in items]
+    pairs = [s for _, s in items]
+    ref = activation(ref_logits)
+    runs = {
+        "batch_1": activation(cross_encoder.logits(pairs, batch_size=1)),
+        f"batch_{len(pairs)}": activation(cross_encoder.logits(pairs, batch_size=len(pairs))),
+    }
+    failures: list[dict[str, Any]] = []
+    worst = 0.0
+    ranking_identical = True
+    for run, got in runs.items():
+        if got.shape != ref.shape:
+            failures.append({"run": run, "error": f"shape {got.shape} != sentence-transformers {ref.shape}"})
+            continue
+        diff = np.abs(got.astype(np.float64) - ref).max(axis=1)
+        worst = max(worst, float(diff.max()))
+        for i in np.flatnonzero(~(diff <= max_abs)):
+            failures.append(
+                {"run": run, "index": int(i), "tag": tags[i], "text": _show(pairs[i]), "diff": float(diff[i])}
+            )
+        groups: dict[str, list[int]] = {}
+        for i, (tag, pair) in enumerate(items):
+            if tag == "rerank":
+                groups.setdefault(pair[0], []).append(i)
+        for query, idx in groups.items():
+            scores = ref[idx, 0]
+            want = np.argsort(-scores, kind="stable")[:top_k]
+            have = np.argsort(-got[idx, 0], kind="stable")[:top_k]
+            # two documents whose reference scores are within the tolerance may swap places (a tie, not a change)
+            if any(a != b and abs(scores[a] - scores[b]) > 2 * max_abs for a, b in zip(want, have)):
+                ranking_identical = False
+                failures.append(
+                    {"run": run, "error": f"ranking for {query!r} differs: {have.tolist()} vs {want.tolist()}"}
+                )
+    report = {
+        "gate_max_abs_diff": max_abs,
+        "items": len(pairs),
+        "runs": sorted(runs),
+        "tags": sorted(set(tags)),
+        "max_abs_diff": worst,
+        "ranking_identical": ranking_identical,
+        "passed": not failures,
+        "failures": failures,
+    }
+    report["summary"] = (
+        f"{len(pairs)} pairs x {len(runs)} batchings: max |score diff| {worst:.2e} after the activation, ranking "
+        f"{'identical' if ranking_identical else 'DIFFERENT'} (gate: {max_abs}, identical top-{top_k})"
+    )
+    return report

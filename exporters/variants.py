@@ -52,6 +52,10 @@ class VariantPlan:
     exact: bool = True
     builder: Callable[[BuildContext, Path], dict[str, Any]] | None = None
     validate_on: str = "cpu"
+    # cross-encoders: the largest difference of a score (after the model's activation) from sentence-transformers
+    max_score_diff: float = 1e-5
+    # the manifest tasks this variant is built for (int8's calibration search scores embeddings by cosine)
+    tasks: tuple[str, ...] = ("embedding", "cross-encoder")
 
     def build(self, ctx: BuildContext, dst: Path) -> dict[str, Any]:
         if self.builder is None:
@@ -263,7 +267,15 @@ PLANS = {
     "fp32": VariantPlan("fp32", "fp32", (CPU, CUDA, TRT), rank=100, min_cosine=0.99999),
     "opt": VariantPlan("opt", "fp32", (CPU, CUDA, TRT), rank=50, min_cosine=0.99999, builder=_build_opt_variant),
     "int8": VariantPlan(
-        "int8", "int8", (CPU,), rank=10, min_cosine=0.99, mean_cosine=0.995, exact=False, builder=_build_int8_variant
+        "int8",
+        "int8",
+        (CPU,),
+        rank=10,
+        min_cosine=0.99,
+        mean_cosine=0.995,
+        exact=False,
+        builder=_build_int8_variant,
+        tasks=("embedding",),
     ),
     "fp16": VariantPlan(
         "fp16",
@@ -271,6 +283,7 @@ PLANS = {
         (CUDA, TRT),
         rank=10,
         min_cosine=0.999,
+        max_score_diff=1e-2,
         exact=False,
         builder=_build_fp16_variant,
         validate_on="cuda",

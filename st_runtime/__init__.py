@@ -3,7 +3,8 @@
 __version__ = "0.1.0"
 
 from . import errors, util
+from .cross_encoder import CrossEncoder
 from .encoder import SentenceEncoder, SentenceTransformer
 from .manifest import FORMAT_VERSION
 
-__all__ = ["SentenceEncoder", "SentenceTransformer", "errors", "util", "FORMAT_VERSION", "__version__"]
+__all__ = ["CrossEncoder", "SentenceEncoder", "SentenceTransformer", "errors", "util", "FORMAT_VERSION", "__version__"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,37 +14,15 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import util
-from .errors import GraphLoadError, UnsupportedInputError, VariantError
+from .errors import GraphLoadError, ModelKindError, UnsupportedInputError
 from .inputs import LongTextCutter, classify, prepare
 from .manifest import graph_files, load_manifest, verify_files
-from .providers import cpu_int8_dot_product, physical_cores, resolve_providers
+from .providers import physical_cores, resolve_providers
 from .session import make_session, with_cuda_graphs
 from .text import TextTower
+from .variants import choose_variant, describe_value, warn_if_int8_kernels_differ
 
 logger = logging.getLogger(__name__)
-
-
-def _describe(obj: Any) -> str:
-    return type(obj).__name__
-
-
-def _warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
-    """int8 graphs are validated on the export machine. One validated where the CPU has an int8 dot product
-    (VNNI/AMX) may lose accuracy where it has not: onnxruntime's AVX2 int8 kernels sum pairs of products in
-    16 bits, which can saturate. Say so rather than let the manifest's accuracy stand unqualified."""
-    exported_with = (vspec.get("build") or {}).get("cpu_int8_dot_product")
-    if vspec.get("precision") != "int8" or not exported_with:
-        return
-    here = cpu_int8_dot_product()
-    if here is False:
-        warnings.warn(
-            f"The int8 graph of {path} was validated on a CPU with an int8 dot-product instruction "
-            "(VNNI); this CPU has none, so onnxruntime uses kernels that can saturate and the accuracy "
-            "recorded in manifest.json may not hold here. Run `st-export` on this machine to validate "
-            "int8 here, or use the default (exact) variant.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
 
 
 class SentenceEncoder:
@@ -80,6 +57,11 @@ class SentenceEncoder:
     ):
         self.path = Path(model_path)
         self.manifest = load_manifest(self.path)
+        task = self.manifest.get("task", "embedding")
+        if task != "embedding":
+            raise ModelKindError(
+                f"{self.path} holds a {task} model, not an embedding model: load it with st_runtime.CrossEncoder."
+            )
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads or physical_cores()
@@ -101,7 +83,7 @@ class SentenceEncoder:
             )
         text = towers["text"]
         self.variant, vspec = self._choose_variant(text, variant)
-        _warn_if_int8_kernels_differ(vspec, self.path)
+        warn_if_int8_kernels_differ(vspec, self.path)
         files = [*graph_files(self.path, self.manifest, vspec), text["tokenizer"]["file"]]
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
         self.text_tower = TextTower(
@@ -135,58 +117,7 @@ class SentenceEncoder:
 
     # ------------------------------------------------------------------ variants
     def _choose_variant(self, tower: dict[str, Any], requested: str | None) -> tuple[str, dict[str, Any]]:
-        """Default: the fastest variant within fp32 accuracy that passed its gate for the provider.
-        "fastest": the fastest that passed its gate (int8 on CPU, fp16 on CUDA). A name: that variant."""
-        variants = tower["variants"]
-        provider = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
-        passed = sorted(v for v, s in variants.items() if s["status"] == "passed")
-        if requested is not None and requested != "fastest":
-            if requested not in variants:
-                rejected = (self.manifest.get("export") or {}).get("rejected_variants") or {}
-                if requested in rejected:
-                    entry = rejected[requested]
-                    if entry.get("error"):
-                        raise VariantError(
-                            f"variant {requested!r} could not be built at export ({entry['error']}), "
-                            f"so it was not written. Passing variants: {passed}."
-                        )
-                    summary = (entry.get("validation") or {}).get("summary", "")
-                    raise VariantError(
-                        f"variant {requested!r} was built but missed its accuracy gate at export "
-                        f"({summary}), so it was not written. Passing variants: {passed}."
-                    )
-                raise VariantError(
-                    f"variant {requested!r} is not in {self.path}; it has {sorted(variants)}. "
-                    "Re-export with `st-export --variants ...` to produce it, or pick one of those."
-                )
-            spec = variants[requested]
-            if spec["status"] == "failed":
-                raise VariantError(
-                    f"variant {requested!r} in {self.path} failed its accuracy gate at export "
-                    f"({spec.get('validation', {}).get('summary', 'see manifest.json')}); it is "
-                    f"not safe to use. Passing variants: {passed}."
-                )
-            return requested, spec
-        eligible = {
-            name: s
-            for name, s in variants.items()
-            if s["status"] == "passed"
-            and provider in s["providers"]
-            and (requested == "fastest" or s.get("exact", True))
-        }
-        # On the CPU, st-export timed the variants: prefer the measured order to the static rank.
-        timed = provider == "CPUExecutionProvider" and all("cpu_timing" in s for s in eligible.values())
-        candidates = [
-            ((s["cpu_timing"]["median_s"] if timed else 0.0), s["rank"], name) for name, s in eligible.items()
-        ]
-        if not candidates:
-            raise VariantError(
-                f"{self.path} has no variant that passed its accuracy gate for {provider} "
-                f"(variants: { {n: (s['status'], s['providers']) for n, s in variants.items()} }). "
-                "Re-export the model with `st-export`, or choose another provider."
-            )
-        name = min(candidates)[-1]
-        return name, variants[name]
+        return choose_variant(self.path, self.manifest, tower, requested, self.providers)
 
     def _tower(self, name: str):
         """A non-text tower (CLIP's "image"), loaded on first use (once, also under concurrent calls)."""
@@ -279,7 +210,7 @@ class SentenceEncoder:
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
         if prompt is not None:
             if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a string, got {_describe(prompt)}")
+                raise TypeError(f"prompt must be a string, got {describe_value(prompt)}")
             if prompt_name is not None:
                 logger.warning(
                     "Provide either a `prompt`, a `prompt_name`, or neither, but not both. "

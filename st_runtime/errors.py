@@ -46,3 +46,7 @@ class UnsupportedInputError(StRuntimeError, TypeError):
 
 class OpsetTooNewError(GraphLoadError):
     """The graph uses an ONNX opset newer than the installed onnxruntime supports."""
+
+
+class ModelKindError(StRuntimeError, ValueError):
+    """The folder holds another kind of model (an embedding model given to CrossEncoder, or the reverse)."""

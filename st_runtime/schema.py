@@ -115,6 +115,8 @@ VALIDATION = Obj(
         "max_abs_diff": NUMBER,
         "gate_min_cosine": NUMBER,
         "gate_mean_cosine": Nullable(NUMBER),
+        "gate_max_abs_diff": NUMBER,  # cross-encoders: scores after the activation
+        "ranking_identical": bool,
         "failures": List(FREE),
     }
 )
@@ -160,16 +162,22 @@ EMBEDDING = Obj(
     },
 )
 
+SCORES = Obj(
+    required={"num_labels": int, "activation": OneOf(("identity", "sigmoid", "softmax"))},
+    optional={"labels": List(str)},
+)
+
 MANIFEST = Obj(
     required={
         "format_version": int,
         "name": str,
         "towers": Map(TOWER, nonempty=True),
-        "embedding": EMBEDDING,
         "files": Map(FILE),
     },
     optional={
-        "task": OneOf(("embedding",)),  # cross-encoder and sparse come with their runtimes
+        "task": OneOf(("embedding", "cross-encoder")),  # absent: embedding (formats 1 and 2)
+        "embedding": EMBEDDING,  # required for the embedding task
+        "scores": SCORES,  # required for the cross-encoder task
         "source": Obj(optional={"model": str, "revision": Nullable(str), "origin": str, "modules": List(FREE)}),
         "architecture": Obj(optional={"model_type": str, "family": str}),
         "prompts": Map(str),
@@ -281,6 +289,10 @@ def check(spec: Any, value: Any, path: str = "") -> None:
 def check_manifest(manifest: Any) -> None:
     """The whole manifest against the schema, then what one key's value says about another's."""
     check(MANIFEST, manifest)
+    task = manifest.get("task", "embedding")
+    needed = {"embedding": "embedding", "cross-encoder": "scores"}[task]
+    if needed not in manifest:
+        raise SchemaError(needed, f"missing (a required key for the {task} task)")
     files = manifest["files"]
     for tname, tower in manifest["towers"].items():
         if tower["modality"] == "text" and "tokenizer" not in tower:

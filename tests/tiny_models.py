@@ -235,6 +235,35 @@ def build_tiny(
     return out
 
 
+def build_tiny_cross_encoder(out: Path, arch: str, num_labels: int = 1, plain_hf: bool = False) -> Path:
+    """A tiny random sequence classifier saved by sentence-transformers' CrossEncoder (``plain_hf``: saved by
+    transformers only, as cross-encoder/ms-marco-* are on the hub, without sentence-transformers' files)."""
+    import torch
+    import transformers as tr
+    from sentence_transformers import CrossEncoder
+
+    hf_dir = out.parent / f"{out.name}-hf" if not plain_hf else out
+    tok = _hf_tokenizer(arch)
+    base = _hf_model(arch, len(tok), tok.pad_token_id)
+    cfg = base.config
+    cfg.num_labels = num_labels
+    cfg.id2label = {i: f"label_{i}" for i in range(num_labels)} if num_labels > 1 else {0: "LABEL_0"}
+    cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    torch.manual_seed(77)
+    model = tr.AutoModelForSequenceClassification.from_config(cfg)
+    with torch.no_grad():  # spread the scores so rankings are not ties of random noise
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    model.save_pretrained(str(hf_dir))
+    tok.save_pretrained(str(hf_dir))
+    if plain_hf:
+        return out
+    CrossEncoder(str(hf_dir), device="cpu", max_length=MAX_SEQ).save(str(out))
+    shutil.rmtree(hf_dir)
+    return out
+
+
 def to_legacy_layout(src: Path, dst: Path) -> Path:
     """Rewrite a model saved by sentence-transformers 6 in the hub's legacy layout: type paths
     ``sentence_transformers.models.*``, ``pooling_mode_*_tokens`` keys, ``2_Normalize`` without a folder,
