@@ -123,6 +123,11 @@ class CrossEncoder:
     def max_seq_length(self) -> int | None:
         return self.max_length
 
+    @property
+    def tokenizer(self):
+        """The tokenizer at the exported max_seq_length (a ``tokenizers.Tokenizer``)."""
+        return self.text_tower.tokenizer
+
     def __repr__(self) -> str:
         return (
             f"CrossEncoder({str(self.path)!r}, variant={self.variant!r}, num_labels={self.num_labels}, "
@@ -142,6 +147,10 @@ class CrossEncoder:
         if callable(activation_fn):
             return lambda x: np.asarray(activation_fn(x), dtype=np.float32)
         raise ValueError(f"activation_fn must be None, a name in {sorted(ACTIVATIONS)} or a callable")
+
+    def predict_activation(self, logits: np.ndarray) -> np.ndarray:
+        """The model's default activation applied to ``logits`` (what ``predict`` returns by default)."""
+        return ACTIVATIONS[self.default_activation](np.asarray(logits, dtype=np.float32))
 
     def logits(self, sentence_pairs, batch_size: int | None = None) -> np.ndarray:
         """The classifier's raw output, [n, num_labels] float32, for a list of (query, document) pairs."""

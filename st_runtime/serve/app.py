@@ -75,12 +75,16 @@ class ServedModel:
         return self.encoder.manifest
 
     @property
+    def task(self) -> str:
+        return self.manifest.get("task", "embedding")
+
+    @property
     def dim(self) -> int:
-        return self.encoder.get_sentence_embedding_dimension()
+        return self.batcher.dim
 
     @property
     def normalized(self) -> bool:
-        return bool(self.manifest["embedding"].get("normalized"))
+        return bool((self.manifest.get("embedding") or {}).get("normalized"))
 
     @property
     def max_seq_length(self) -> int | None:
@@ -88,7 +92,20 @@ class ServedModel:
 
     @property
     def takes_images(self) -> bool:
-        return "image" in self.encoder.modalities
+        return self.task == "embedding" and "image" in self.encoder.modalities
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(getattr(self.encoder, "prompts", None) or {})
+
+    def require(self, task: str, route: str) -> None:
+        if self.task != task:
+            other = "/rerank" if self.task == "cross-encoder" else "/embed or /v1/embeddings"
+            raise RequestError(
+                422,
+                f"model {self.name!r} is a {self.task} model: {route} needs a {task} model; use {other}",
+                param="model",
+            )
 
 
 @dataclass
@@ -121,7 +138,9 @@ class ServerState:
 # ---------------------------------------------------------------------------------------------------- loading
 def load_models(state: ServerState) -> None:
     """Load every model, warm it up, start its batcher; then mark the server ready (``/health`` 200)."""
+    from ..cross_encoder import CrossEncoder
     from ..encoder import SentenceEncoder
+    from ..manifest import load_manifest
     from ..providers import physical_cores
     from ..session import session_options_for
 
@@ -131,7 +150,8 @@ def load_models(state: ServerState) -> None:
             t0 = time.perf_counter()
             threads = cfg.threads or physical_cores()
             # onnxruntime's threads sleep between runs instead of spinning: the event loop needs the cores then
-            encoder = SentenceEncoder(
+            cls = CrossEncoder if load_manifest(folder).get("task") == "cross-encoder" else SentenceEncoder
+            encoder = cls(
                 folder,
                 providers=cfg.providers,
                 threads=threads,
@@ -139,7 +159,10 @@ def load_models(state: ServerState) -> None:
                 session_options=session_options_for(threads, spinning=False),
             )
             name = cfg.names[i] if cfg.names else encoder.manifest.get("name") or Path(folder).name
-            encoder.encode(_WARMUP)
+            if cls is CrossEncoder:
+                encoder.predict([(w, w) for w in _WARMUP])
+            else:
+                encoder.encode(_WARMUP)
             batcher = Batcher(encoder, name, cfg.max_batch_tokens, on_batch=state.metrics.batch_observer(name))
             state.metrics.track_queue(name, lambda b=batcher: b.queue_size)
             revision = (encoder.manifest.get("source") or {}).get("revision")
@@ -260,9 +283,9 @@ def _dimensions(data: dict, model: ServedModel) -> int | None:
 
 def _prompt(data: dict, model: ServedModel) -> str:
     name = _field(data, "prompt_name", str)
-    prompts = model.encoder.prompts
+    prompts = model.prompts
     if name is None:
-        default = model.encoder.default_prompt_name
+        default = getattr(model.encoder, "default_prompt_name", None)
         return prompts.get(default, "") if default else ""
     if name not in prompts:
         raise RequestError(
@@ -344,14 +367,15 @@ async def _embed(
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     image_idx = [i for i, t in enumerate(items) if t.startswith("data:image/")] if model.takes_images else []
+    pairs = bool(items) and isinstance(items[0], tuple)
     jobs = []
     if len(image_idx) < len(items):
-        texts = [prompt + t for t in items] if prompt else items
+        texts = [prompt + t for t in items] if prompt and not pairs else items
         if image_idx:
             texts = [t for i, t in enumerate(texts) if i not in set(image_idx)]
         cutter = model.cutter if truncate and direction in (None, "right") else None
         texts = prepare(texts, cutter)
-        jobs.append(Job(texts, loop, loop.create_future(), direction=direction, strict=not truncate))
+        jobs.append(Job(texts, loop, loop.create_future(), direction=direction, strict=not truncate, pairs=pairs))
     if image_idx:
         images = [_decode_image(items[i], i, key) for i in image_idx]
         jobs.append(Job([], loop, loop.create_future(), images=images))
@@ -361,7 +385,7 @@ async def _embed(
         state.metrics.observe_job(model.name, job, total)
     if len(jobs) == 1:
         return results[0]
-    out = np.empty((len(items), model.encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+    out = np.empty((len(items), model.dim), dtype=np.float32)
     tokens = np.zeros(len(items), dtype=np.int64)
     text_idx = [i for i in range(len(items)) if i not in set(image_idx)]
     out[text_idx], tokens[text_idx] = results[0]
@@ -381,6 +405,7 @@ def _finish(emb: np.ndarray, dims: int | None, normalize: bool) -> np.ndarray:
 async def openai_embeddings(request: Request, state: ServerState) -> Response:
     data = await _read_json(request, state.config.payload_limit)
     model = state.model(data.get("model"), OPENAI)
+    model.require("embedding", "/v1/embeddings")
     items, _ = _inputs(data, "input", state.config.max_client_batch_size)
     fmt = _field(data, "encoding_format", str, "float")
     if fmt not in ("float", "base64"):
@@ -418,6 +443,7 @@ async def openai_models(request: Request, state: ServerState) -> Response:
 async def tei_embed(request: Request, state: ServerState) -> Response:
     data = await _read_json(request, state.config.payload_limit)
     model = state.model(data.get("model"), TEI)
+    model.require("embedding", "/embed")
     items, _ = _inputs(data, "inputs", state.config.max_client_batch_size)
     normalize = _field(data, "normalize", bool, True)
     dims = _dimensions(data, model)
@@ -456,6 +482,41 @@ async def tei_tokenize(request: Request, state: ServerState) -> Response:
     return _json(out)
 
 
+def _model_type(model: ServedModel) -> dict[str, Any]:
+    """TEI's model_type: {"embedding": {"pooling": ...}} or {"reranker": {"id2label": ...}}."""
+    if model.task == "cross-encoder":
+        labels = model.manifest["scores"].get("labels") or []
+        return {"reranker": {"id2label": {str(i): label for i, label in enumerate(labels)}}}
+    pooling = (model.manifest["embedding"].get("pooling") or {}).get("modes") or ["none"]
+    return {"embedding": {"pooling": "+".join(pooling)}}
+
+
+async def tei_rerank(request: Request, state: ServerState) -> Response:
+    """TEI's /rerank: {"query", "texts", "raw_scores"=false, "return_text"=false, "truncate"=true,
+    "truncation_direction"} -> [{"index", "score"(, "text")}] by decreasing score."""
+    data = await _read_json(request, state.config.payload_limit)
+    model = state.model(data.get("model"), TEI)
+    model.require("cross-encoder", "/rerank")
+    query = data.get("query")
+    if not isinstance(query, str):
+        raise RequestError(422, f"'query' must be a string, got {type(query).__name__}", param="query")
+    texts, _ = _inputs(data, "texts", state.config.max_client_batch_size)
+    raw = _field(data, "raw_scores", bool, False)
+    return_text = _field(data, "return_text", bool, False)
+    if model.encoder.num_labels != 1:
+        raise RequestError(422, f"model {model.name!r} has {model.encoder.num_labels} labels; /rerank needs one")
+    logits, _tokens = await _embed(request, state, model, [(query, t) for t in texts], data, "texts")
+    scores = logits[:, 0] if raw else model.encoder.predict_activation(logits)[:, 0]
+    order = np.argsort(-scores, kind="stable")
+    out = []
+    for i in order:
+        entry: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
+        if return_text:
+            entry["text"] = texts[i]
+        out.append(entry)
+    return _json(out)
+
+
 async def tei_info(request: Request, state: ServerState) -> Response:
     model = state.model(request.query_params.get("model"), TEI)
     cfg = state.config
@@ -465,7 +526,7 @@ async def tei_info(request: Request, state: ServerState) -> Response:
             "model_id": model.name,
             "model_sha": model.revision,
             "model_dtype": vspec.get("precision", "fp32"),
-            "model_type": {"embedding": {"pooling": "+".join(model.manifest["embedding"]["pooling"]["modes"])}},
+            "model_type": _model_type(model),
             "max_concurrent_requests": cfg.max_concurrent_requests,
             "max_input_length": model.max_seq_length,
             "max_batch_tokens": cfg.max_batch_tokens,
@@ -481,8 +542,8 @@ async def tei_info(request: Request, state: ServerState) -> Response:
                 "providers": [p[0] if isinstance(p, tuple) else p for p in model.encoder.providers],
                 "dimension": model.dim,
                 "normalized": model.normalized,
-                "prompts": model.encoder.prompts,
-                "modalities": model.encoder.modalities,
+                "prompts": model.prompts,
+                "task": model.task,
                 "served_models": list(state.models),
             },
         }
@@ -614,6 +675,7 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[str], None] | Non
         ("/v1/models", openai_models, ["GET"], OPENAI, False, True),
         ("/models", openai_models, ["GET"], OPENAI, False, True),
         ("/embed", tei_embed, ["POST"], TEI, True, True),
+        ("/rerank", tei_rerank, ["POST"], TEI, True, True),
         ("/tokenize", tei_tokenize, ["POST"], TEI, True, True),
         ("/info", tei_info, ["GET"], TEI, False, True),
         ("/health", health, ["GET"], TEI, False, False),

@@ -61,12 +61,13 @@ class Job:
     side (None: the model's); ``strict``: refuse a text over ``max_length`` instead of truncating it (413).
     ``images``: PIL images for an image tower (then ``texts`` is empty)."""
 
-    texts: list[str]
+    texts: list  # strings, or (query, document) pairs
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     max_length: int | None = None
     direction: str | None = None
     strict: bool = False
+    pairs: bool = False  # texts are (query, document) pairs, for a cross-encoder
     images: list[Any] = field(default_factory=list)
     cancelled: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
@@ -115,7 +116,9 @@ class Batcher:
         self.tower = encoder.text_tower
         self.name = name
         self.max_batch_tokens = int(max_batch_tokens)
-        self.dim = encoder.get_sentence_embedding_dimension()
+        # columns per row: the embedding dimension, or a cross-encoder's labels
+        dim_of = getattr(encoder, "get_sentence_embedding_dimension", None)
+        self.dim = dim_of() if dim_of is not None else encoder.num_labels
         self._on_batch = on_batch
         self._raw: deque[Job] = deque()
         self._ready: deque[Job] = deque()
@@ -269,7 +272,8 @@ class Batcher:
                 else:
                     encodings = [e for j in jobs for e in j.encodings]
                     out = np.empty((len(encodings), self.dim), dtype=np.float32)
-                    self.tower.embed_encoded(encodings, out, max_length=self.tower.max_seq_length, pairs=False)
+                    pairs = any(j.pairs for j in jobs)
+                    self.tower.embed_encoded(encodings, out, max_length=self.tower.max_seq_length, pairs=pairs)
                     results, start = [], 0
                     for job in jobs:
                         results.append((out[start : start + len(job.texts)], job.tokens))

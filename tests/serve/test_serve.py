@@ -373,3 +373,41 @@ def test_cli_refuses_bad_arguments_before_starting(tmp_path):
     assert r.returncode == 2 and "manifest.json" in r.stderr
     r = serve(tmp_path, "--threads", "0")
     assert r.returncode == 2 and "positive integer" in r.stderr
+
+
+def test_rerank_in_teis_shape(start_server, fixtures_dir, tmp_path):
+    """A cross-encoder beside an embedding model: /rerank ranks as CrossEncoder.rank does."""
+    from helpers import needs_export
+
+    if needs_export.args[0]:
+        pytest.skip(needs_export.kwargs["reason"])
+    from tiny_models import build_tiny_cross_encoder
+
+    from exporters import export_model
+    from st_runtime import CrossEncoder
+
+    src = build_tiny_cross_encoder(tmp_path / "ce-src", "bert")
+    folder = export_model(str(src), output=tmp_path / "ce", variants=[], log=lambda _m: None)
+    server = start_server(fixtures_dir / "bert" / "export", folder, "--served-model-name", "emb",
+                          "--served-model-name", "reranker")  # fmt: skip
+    docs = ["London has 9,787,426 inhabitants", "Paris is in France", "cats", "How big is London"]
+    r = post(server, "/rerank", {"query": "How big is London", "texts": docs, "model": "reranker", "return_text": True})
+    assert r.status_code == 200, r.text
+    want = CrossEncoder(folder).rank("How big is London", docs, return_documents=True)
+    assert [x["index"] for x in r.json()] == [w["corpus_id"] for w in want]
+    assert [x["text"] for x in r.json()] == [w["text"] for w in want]
+    np.testing.assert_allclose([x["score"] for x in r.json()], [w["score"] for w in want], atol=1e-6)
+    raw = post(
+        server, "/rerank", {"query": "How big is London", "texts": docs, "model": "reranker", "raw_scores": True}
+    )
+    logits = CrossEncoder(folder).logits([("How big is London", d) for d in docs])[:, 0]
+    np.testing.assert_allclose(
+        sorted((x["score"] for x in raw.json()), reverse=True), sorted(logits, reverse=True), atol=1e-5
+    )
+    wrong = post(server, "/rerank", {"query": "q", "texts": ["a"], "model": "emb"})
+    assert wrong.status_code == 422 and "/embed" in wrong.json()["error"]
+    wrong = post(server, "/embed", {"inputs": ["a"], "model": "reranker"})
+    assert wrong.status_code == 422 and "/rerank" in wrong.json()["error"]
+    assert post(server, "/rerank", {"query": 5, "texts": ["a"], "model": "reranker"}).status_code == 422
+    info = httpx.get(server.url + "/info", params={"model": "reranker"}).json()
+    assert info["model_type"] == {"reranker": {"id2label": {"0": "LABEL_0"}}}
