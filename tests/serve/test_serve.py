@@ -370,7 +370,7 @@ def test_cli_refuses_bad_arguments_before_starting(tmp_path):
         )
 
     r = serve(tmp_path / "missing")
-    assert r.returncode == 2 and "manifest.json" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr
     r = serve(tmp_path, "--threads", "0")
     assert r.returncode == 2 and "positive integer" in r.stderr
 
