@@ -349,6 +349,7 @@ def _build_variants(run: ExportRun) -> None:
             run.log(f"Building {name} variant of the {tname} tower")
             try:
                 info = PLANS[name].build(ctx, path)
+                release_memory()  # what the build dropped, before its graph is loaded for validation
             except Exception as exc:  # an optional variant that cannot be built is reported, not fatal
                 error = f"{type(exc).__name__}: {exc}"
                 run.log(f"{tname} {name}: could not be built ({error[:300]}); it is left out.")

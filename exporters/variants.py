@@ -15,6 +15,7 @@ import numpy as np
 
 from .int8.build import build_int8
 from .int8.rewrites import merge_sibling_matmuls
+from .memory import release_memory, run_in_child, weights_from_disk, weights_to_disk
 
 __all__ = [
     "CPU",
@@ -122,7 +123,28 @@ def build_opt(
     attention_fusion: str | None = None,
 ) -> dict[str, Any]:
     """onnxruntime.transformers fusions (Attention, EmbedLayerNorm, SkipLayerNorm, BiasGelu), after our own
-    attention fusion where the family needs one."""
+    attention fusion where the family needs one. Built in a child process (see :func:`_build_opt_here`)."""
+    return run_in_child(
+        "exporters.variants:_build_opt_here",
+        {
+            "src": str(Path(src).resolve()),
+            "dst": str(Path(dst).resolve()),
+            "optimizer_type": optimizer_type,
+            "num_heads": num_heads,
+            "hidden_size": hidden_size,
+            "attention_fusion": attention_fusion,
+        },
+        Path(dst).parent,
+    )
+
+
+def _build_opt_here(
+    src: str, dst: str, optimizer_type: str | None, num_heads: int, hidden_size: int, attention_fusion: str | None
+) -> dict[str, Any]:
+    """build_opt's work, in a scratch working directory of a process of its own. onnxruntime's optimizer copies
+    the whole model for each symbolic shape inference (twice, and keeps one), so the weights wait in a file
+    of the working directory while it runs and are put back, unchanged, before the graph is saved: its
+    fusions read the weights they merge from that file."""
     import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
     from onnxruntime.transformers.optimizer import optimize_model
@@ -133,16 +155,25 @@ def build_opt(
             raise ValueError(f"unknown attention fusion {attention_fusion!r}")
         from .fusions import fuse_relative_bias_attention
 
-        pre = OnnxModel(onnx.load(str(src)))
+        pre = OnnxModel(onnx.load(src))
         info["relative_bias_attention_fused"] = fuse_relative_bias_attention(pre, num_heads)
-        pre.save_model_to_file(str(dst))
+        pre.save_model_to_file(dst)
         del pre  # one copy of the weights in memory at a time
+        release_memory()
         src = dst
+    weights = "weights.bin"
     # opt_level=0: only the portable python fusions; onnxruntime applies its own at session load.
     model = optimize_model(
-        str(src), model_type=optimizer_type or "bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        weights_to_disk(Path(src), weights),
+        model_type=optimizer_type or "bert",
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        opt_level=0,
     )
-    model.save_model_to_file(str(dst))
+    model.shape_infer_helper = None  # its copy of the graph
+    release_memory()
+    weights_from_disk(model.model, weights)
+    model.save_model_to_file(dst)
     info["optimizer"] = f"onnxruntime.transformers.optimizer(model_type={optimizer_type or 'bert'!r})"
     info["fused_operators"] = fused_operator_counts(model.model)
     return info

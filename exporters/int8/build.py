@@ -12,7 +12,7 @@ import numpy as np
 
 from st_runtime.providers import cpu_int8_dot_product
 
-from ..memory import release_memory
+from ..memory import release_memory, run_in_child
 from ..validate import cosines
 from .graph import as_onnx_model, float_outputs, fold_constant_identities, name_nodes, with_outputs
 from .rewrites import OUTLIER_SUFFIX, OutlierChannels, SiblingMatMulMerge, SmoothQuant, weighted_matmuls
@@ -38,40 +38,51 @@ def run_all(sess, feeds: Feeds, names: list[str] | None = None) -> list[list[np.
     return [sess.run(names, f) for f in feeds]
 
 
-def quantize(model: ModelProto, exclude: list[str], workdir: Path, score=None, drop: bool = False):
-    """The model with its MatMuls (but ``exclude`` and the outlier side products) in dynamic int8. With
-    ``score``, return score(path of the quantized graph) instead, without loading it (a calibration attempt
-    needs only its accuracy). ``drop``: the caller hands ``model`` over, and its weights are freed (cleared)
-    once saved."""
+def save_for_quantizer(model: ModelProto, workdir: Path) -> tuple[Path, list[str]]:
+    """Write ``model`` where :func:`quantize` reads it (the caller may then drop the model): the file, and the
+    names of the outlier side products, which stay in fp32."""
+    import onnx
+
+    src = workdir / "int8-src.onnx"
+    onnx.save(model, str(src))
+    return src, [n.name for n in model.graph.node if n.name.endswith(OUTLIER_SUFFIX)]
+
+
+def quantize(source: tuple[Path, list[str]], exclude: list[str], workdir: Path, score=None):
+    """The graph saved by :func:`save_for_quantizer` with its MatMuls (but ``exclude`` and the outlier
+    side products) in dynamic int8. With ``score``, return score(path of the quantized graph) instead,
+    without loading it (a calibration attempt needs only its accuracy). onnxruntime's quantizer holds
+    several copies of the weights at once: it runs in a child process, while this one holds none."""
+    import onnx
+
+    src, side = source
+    dst = workdir / "int8-try.onnx"
+    try:
+        run_in_child(
+            "exporters.int8.build:_quantize_here",
+            {"src": str(src.resolve()), "dst": str(dst.resolve()), "exclude": list(exclude) + side},
+            workdir,
+        )
+        return score(dst) if score is not None else onnx.load(str(dst))
+    finally:  # never leave a scratch graph in the export folder, also when quantization fails
+        dst.unlink(missing_ok=True)
+
+
+def _quantize_here(src: str, dst: str, exclude: list[str]) -> None:
+    """quantize's work, in its child process."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src = workdir / "int8-src.onnx"
-    dst = workdir / "int8-try.onnx"
-    side = [n.name for n in model.graph.node if n.name.endswith(OUTLIER_SUFFIX)]
-    root = logging.getLogger()
-    root.addFilter(_quiet_preprocessing_advice)
-    try:
-        onnx.save(model, str(src))
-        if drop:
-            del model.graph.initializer[:]
-            release_memory()
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=list(exclude) + side,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-        src.unlink()
-        release_memory()
-        return score(dst) if score is not None else onnx.load(str(dst))
-    finally:  # never leave a scratch graph in the export folder, also when quantization fails
-        root.removeFilter(_quiet_preprocessing_advice)
-        src.unlink(missing_ok=True)
-        dst.unlink(missing_ok=True)
+    logging.getLogger().addFilter(_quiet_preprocessing_advice)
+    quantize_dynamic(
+        src,
+        dst,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=exclude,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
 
 
 def _quiet_preprocessing_advice(record: logging.LogRecord) -> bool:
@@ -81,23 +92,12 @@ def _quiet_preprocessing_advice(record: logging.LogRecord) -> bool:
 
 
 def activation_ranges(
-    model: ModelProto, names: list[str], output: str, feeds: Feeds, workdir: Path
+    ref_path: Path, names: list[str], output: str, feeds: Feeds
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``output`` on every feed, concatenated, and the per-channel maxima of |tensor| for each of ``names``
-    over all feeds. ``model`` is left as it was."""
-    import onnx
-
-    # a session from a file: no serialized copy of the model in memory
-    ref_path = workdir / "int8-ref.onnx"
-    try:
-        outputs_before = len(model.graph.output)
-        model.graph.output.extend(float_outputs(model, names))  # on the graph itself: no copy of the weights
-        onnx.save(model, str(ref_path))
-        del model.graph.output[outputs_before:]
-        release_memory()
-        sess = session(ref_path)
-    finally:
-        ref_path.unlink(missing_ok=True)
+    over all feeds, from the graph saved in ``ref_path`` with ``names`` among its outputs (see
+    graph.float_outputs). A session from a file: the caller need hold no copy of the model meanwhile."""
+    sess = session(ref_path)
     # running maxima, one feed at a time (holding every MatMul input of every calibration feed took gigabytes
     # for a base-size model)
     outputs, amax = [], {}
@@ -166,19 +166,30 @@ def build_int8(
     if max_excluded is None:
         max_excluded = len(matmuls) // 2
     act_names = sorted({n.input[0] for n in matmuls})
-    reference, amax = activation_ranges(base, act_names, output, calibration_feeds, workdir)
     # The prepared plain graph waits on disk: each attempt loads and rewrites its own copy, so that only one
-    # copy of the weights is in memory while the quantizer (which makes its own) runs.
+    # copy of the weights is in memory while the quantizer (which makes its own) runs. The activation ranges
+    # come from a copy with the MatMul inputs as outputs, run while no ModelProto is held here.
     n_matmuls = len(matmuls)
     base_path = workdir / "int8-base.onnx"
+    ref_path = workdir / "int8-ref.onnx"
     onnx.save(base, str(base_path))
+    base.graph.output.extend(float_outputs(base, act_names))  # on the graph itself: no copy of the weights
+    onnx.save(base, str(ref_path))
     base = matmuls = None
     release_memory()
+    try:
+        reference, amax = activation_ranges(ref_path, act_names, output, calibration_feeds)
+    finally:
+        ref_path.unlink(missing_ok=True)
 
-    def smoothed_model(alpha: float, gain: float | None) -> tuple[ModelProto, int]:
+    def smoothed_source(alpha: float, gain: float | None) -> tuple[tuple[Path, list[str]], int]:
+        """The smoothed graph saved for the quantizer; no copy of it stays in memory here."""
         model = onnx.load(str(base_path))
         decomposed = SmoothQuant(amax, alpha, OutlierChannels(gain)).apply(model)
-        return model, decomposed
+        source = save_for_quantizer(model, workdir)
+        del model
+        release_memory()
+        return source, decomposed
 
     def score(model) -> tuple[float, float]:
         got = np.concatenate([r[0] for r in run_all(session(model), calibration_feeds, [output])])
@@ -186,8 +197,8 @@ def build_int8(
         return float(cos.min()), float(cos.mean())
 
     def attempt(alpha: float, gain: float | None):
-        smoothed, decomposed = smoothed_model(alpha, gain)
-        s = quantize(smoothed, [], workdir, score=score, drop=True)
+        source, decomposed = smoothed_source(alpha, gain)
+        s = quantize(source, [], workdir, score=score)
         release_memory()
         log(
             f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
@@ -195,35 +206,41 @@ def build_int8(
         )
         return s, alpha, gain, decomposed
 
-    # The most accurate of a small grid: smoothing strength first, then how many channels are taken out. Only
-    # scores are kept (each candidate is a smoothed and a quantized copy of the model); the best is rebuilt.
-    best = None
-    for alpha, gain in CALIBRATION_GRID:
-        candidate = attempt(best[1] if alpha is None else alpha, gain)
-        if best is None or candidate[0] > best[0]:
-            best = candidate
-    (cal_min, cal_mean), alpha, gain, decomposed = best
     try:
-        smoothed, _ = smoothed_model(alpha, gain)
-    finally:
+        # The most accurate of a small grid: smoothing strength first, then how many channels are taken out.
+        # Only scores are kept (each candidate is a smoothed and a quantized copy of the model); the best is
+        # rebuilt.
+        best = None
+        for alpha, gain in CALIBRATION_GRID:
+            candidate = attempt(best[1] if alpha is None else alpha, gain)
+            if best is None or candidate[0] > best[0]:
+                best = candidate
+        (cal_min, cal_mean), alpha, gain, decomposed = best
+        source, _ = smoothed_source(alpha, gain)
+        base_path.unlink()
+        quantized = quantize(source, [], workdir)
+        excluded: list[str] = []
+        step = 1
+        while (cal_min < target_min or cal_mean < target_mean) and len(excluded) < max_excluded:
+            smoothed = onnx.load(str(source[0]))
+            left = [n for n in weighted_matmuls(smoothed) if n.name not in excluded]
+            if not left:
+                break
+            ranked = rank_by_noise(quantized, smoothed, calibration_feeds, left)
+            smoothed = quantized = left = None  # not held while the quantizer runs
+            release_memory()
+            chosen = ranked[: min(step, max_excluded - len(excluded))]
+            excluded += chosen
+            quantized = quantize(source, excluded, workdir)
+            cal_min, cal_mean = score(quantized)
+            log(
+                f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
+                f"min cosine {cal_min:.4f}, mean {cal_mean:.5f}"
+            )
+            step *= 2
+    finally:  # the scratch graphs never stay in the export folder, also when calibration fails
         base_path.unlink(missing_ok=True)
-    quantized = quantize(smoothed, [], workdir)
-    excluded: list[str] = []
-    step = 1
-    while (cal_min < target_min or cal_mean < target_mean) and len(excluded) < max_excluded:
-        left = [n for n in weighted_matmuls(smoothed) if n.name not in excluded]
-        ranked = rank_by_noise(quantized, smoothed, calibration_feeds, left)
-        if not ranked:
-            break
-        chosen = ranked[: min(step, max_excluded - len(excluded))]
-        excluded += chosen
-        quantized = quantize(smoothed, excluded, workdir)
-        cal_min, cal_mean = score(quantized)
-        log(
-            f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
-            f"min cosine {cal_min:.4f}, mean {cal_mean:.5f}"
-        )
-        step *= 2
+        (workdir / "int8-src.onnx").unlink(missing_ok=True)
     onnx.save(quantized, str(dst))
     return {
         "method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",
