@@ -50,13 +50,12 @@ def quantize_embeddings(embeddings: np.ndarray, precision: str, ranges: np.ndarr
     if precision in ("int8", "uint8"):
         if ranges is None:
             raise ValueError(f"precision {precision!r} needs calibration ranges")
+        ranges = np.asarray(ranges, dtype=np.float32)
         starts = ranges[0]
-        steps = (ranges[1] - ranges[0]) / 255
-        steps = np.where(steps > 0, steps, 1.0)
-        scaled = (emb - starts) / steps
-        if precision == "uint8":
-            return np.clip(scaled, 0, 255).astype(np.uint8)
-        return np.clip(scaled - 128, -128, 127).astype(np.int8)
+        steps = (ranges[1] - starts) / 255
+        steps = np.where(steps == 0, 1, steps)
+        q = np.clip(np.floor((emb - starts) / steps), 0, 255)  # values outside the ranges are clipped
+        return q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
     if precision in ("binary", "ubinary"):
         packed = np.packbits(emb > 0, axis=-1)
         return (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
