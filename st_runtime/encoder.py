@@ -25,6 +25,10 @@ from .variants import choose_variant, describe_value, warn_if_int8_kernels_diffe
 logger = logging.getLogger(__name__)
 
 
+# encode's precisions, as sentence-transformers' quantize_embeddings gives them
+QUANTIZED = ("float32", "int8", "uint8", "binary", "ubinary")
+
+
 class SentenceEncoder:
     """Drop-in replacement for ``sentence_transformers.SentenceTransformer`` at inference time.
 
@@ -239,6 +243,8 @@ class SentenceEncoder:
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         precision: str = "float32",
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: np.ndarray | None = None,
         truncate_dim: int | None = None,
         output_value: str = "sentence_embedding",
         max_seq_length: int | None = None,
@@ -253,6 +259,10 @@ class SentenceEncoder:
         itself (on the CPU by a budget of tokens per batch, which suits short queries and long passages
         alike). Exact variants give the same results for any batch size up to float rounding; int8
         quantizes activations per batch, so its output moves slightly (within its gate) with batch company.
+        ``precision`` "int8", "uint8", "binary" or "ubinary" quantizes as sentence-transformers'
+        ``quantize_embeddings`` does: int8/uint8 map each dimension's range onto 256 steps, the ranges taken from
+        this call's embeddings unless ``ranges`` ([2, dim]: minima, maxima) or ``calibration_embeddings`` are
+        given (both st_runtime extensions; pass them to quantize consistently across calls).
         ``max_seq_length`` (an st_runtime extension) truncates this call's texts at fewer tokens than the
         encoder's ``max_seq_length``, without changing it for other calls or threads.
         """
@@ -266,8 +276,8 @@ class SentenceEncoder:
             raise ValueError(
                 f"output_value {output_value!r} is not available: the exported graph returns only 'sentence_embedding'."
             )
-        if precision != "float32":
-            raise ValueError(f"precision {precision!r} is not supported; valid choices: ['float32'].")
+        if precision not in QUANTIZED:
+            raise ValueError(f"precision {precision!r} is not supported; valid choices: {list(QUANTIZED)}.")
         max_length = self._max_seq_length if max_seq_length is None else self._check_max_seq_length(max_seq_length)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         if truncate_dim is not None and (not isinstance(truncate_dim, int) or not 0 < truncate_dim <= self._dim):
@@ -305,6 +315,10 @@ class SentenceEncoder:
             out = np.ascontiguousarray(out[:, :truncate_dim])
         if normalize_embeddings:
             out = util.normalize_embeddings(out).astype(np.float32, copy=False)
+        if precision != "float32":  # as sentence-transformers' quantize_embeddings, ranges from this call's rows
+            if ranges is None and precision in ("int8", "uint8"):
+                ranges = util.calibration_ranges(out if calibration_embeddings is None else calibration_embeddings)
+            out = util.quantize_embeddings(out, precision, ranges)
         if singular:
             return out[0]
         if not convert_to_numpy and not convert_to_tensor:

@@ -16,6 +16,8 @@ __all__ = [
     "pairwise_dot_score",
     "semantic_search",
     "SIMILARITY_FUNCTIONS",
+    "calibration_ranges",
+    "quantize_embeddings",
 ]
 
 
@@ -102,3 +104,35 @@ def semantic_search(
             order = np.lexsort((row_ids, -row_scores))[:top_k]
             results.append([{"corpus_id": int(row_ids[i]), "score": float(row_scores[i])} for i in order])
     return results
+
+
+def calibration_ranges(embeddings: np.ndarray) -> np.ndarray:
+    """[2, dim] per-dimension minimum and maximum, the ranges int8/uint8 quantization maps onto 256 steps."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    return np.vstack((emb.min(axis=0), emb.max(axis=0)))
+
+
+def quantize_embeddings(embeddings: np.ndarray, precision: str, ranges: np.ndarray | None = None) -> np.ndarray:
+    """sentence-transformers' ``quantize_embeddings`` in numpy: float16, int8/uint8 (256 steps per dimension
+    over ``ranges``, from :func:`calibration_ranges`), binary/ubinary (the sign bits packed 8 per byte; binary
+    is offset by -128 into int8)."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if precision == "float32":
+        return emb
+    if precision == "float16":
+        return emb.astype(np.float16)
+    if precision in ("int8", "uint8"):
+        if ranges is None:
+            raise ValueError(f"precision {precision!r} needs calibration ranges")
+        ranges = np.asarray(ranges, dtype=np.float32)
+        starts = ranges[0]
+        steps = (ranges[1] - starts) / 255
+        steps = np.where(steps == 0, 1, steps)
+        q = np.clip(np.floor((emb - starts) / steps), 0, 255)  # values outside the ranges are clipped
+        return q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
+    if precision in ("binary", "ubinary"):
+        packed = np.packbits(emb > 0, axis=-1)
+        return (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
+    raise ValueError(
+        f"precision must be one of ['float32', 'float16', 'int8', 'uint8', 'binary', 'ubinary'], got {precision!r}"
+    )

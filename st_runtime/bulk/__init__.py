@@ -12,7 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from ..util import calibration_ranges, quantize_embeddings
+
+# what st-embed stores: sentence-transformers' precisions, and float16
 PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+__all__ = ["PRECISIONS", "calibration_ranges", "embed_iter", "quantize_embeddings"]
 
 
 def embed_iter(encoder, texts: Iterable[str], chunk_size: int = 8192, **encode_kwargs: Any) -> Iterator[np.ndarray]:
@@ -30,33 +34,3 @@ def embed_iter(encoder, texts: Iterable[str], chunk_size: int = 8192, **encode_k
             chunk = []
     if chunk:
         yield encoder.encode(chunk, **encode_kwargs)
-
-
-def calibration_ranges(embeddings: np.ndarray) -> np.ndarray:
-    """[2, dim] per-dimension minimum and maximum, the ranges int8/uint8 quantization maps onto 256 steps."""
-    emb = np.asarray(embeddings, dtype=np.float32)
-    return np.vstack((emb.min(axis=0), emb.max(axis=0)))
-
-
-def quantize_embeddings(embeddings: np.ndarray, precision: str, ranges: np.ndarray | None = None) -> np.ndarray:
-    """sentence-transformers' ``quantize_embeddings`` in numpy: float16, int8/uint8 (256 steps per dimension
-    over ``ranges``, from :func:`calibration_ranges`), binary/ubinary (the sign bits packed 8 per byte; binary
-    is offset by -128 into int8)."""
-    emb = np.asarray(embeddings, dtype=np.float32)
-    if precision == "float32":
-        return emb
-    if precision == "float16":
-        return emb.astype(np.float16)
-    if precision in ("int8", "uint8"):
-        if ranges is None:
-            raise ValueError(f"precision {precision!r} needs calibration ranges")
-        ranges = np.asarray(ranges, dtype=np.float32)
-        starts = ranges[0]
-        steps = (ranges[1] - starts) / 255
-        steps = np.where(steps == 0, 1, steps)
-        q = np.clip(np.floor((emb - starts) / steps), 0, 255)  # values outside the ranges are clipped
-        return q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
-    if precision in ("binary", "ubinary"):
-        packed = np.packbits(emb > 0, axis=-1)
-        return (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
-    raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")

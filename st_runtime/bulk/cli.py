@@ -151,11 +151,16 @@ def _run_ray(spec, source, args, log):
         import ray
     except ImportError:
         raise ValueError("--ray needs ray: pip install 'st-runtime[ray]'") from None
+    from ..errors import ModelKindError
     from ..manifest import load_manifest
     from ..ray import EmbedBatch
     from . import job
 
     manifest = load_manifest(spec.model_dir)
+    if manifest.get("task", "embedding") != "embedding":
+        raise ModelKindError(
+            f"{spec.model_dir} holds a {manifest['task']} model; st-embed embeds with embedding models"
+        )
     if args.ray == "local":
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:

@@ -163,3 +163,34 @@ def test_cuda_provider_is_asked_for_full_fp32_precision():
     )
     assert full_precision(("CUDAExecutionProvider", {"use_tf32": "1"}))[1]["use_tf32"] == "1"
     assert full_precision("CPUExecutionProvider") == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_precision_quantizes_as_sentence_transformers(tiny_bert, precision):
+    """sentence-transformers 6's quantize_embeddings, written out: floor((x - min) / ((max - min) / 255)) clipped
+    to 0..255 (minus 128 for int8) per dimension; the signs packed 8 to a byte (minus 128 for binary)."""
+    from st_runtime import SentenceEncoder
+
+    enc = SentenceEncoder(tiny_bert[1])
+    texts = ["How big is London", "a", "The weather is lovely today.", "Москва"]
+    emb = enc.encode(texts)
+    got = enc.encode(texts, precision=precision)
+    if precision.endswith("int8"):
+        lo, hi = emb.min(0), emb.max(0)
+        steps = np.where(hi - lo == 0, 1, (hi - lo) / 255)
+        q = np.clip(np.floor((emb - lo) / steps), 0, 255)
+        want = q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
+        ranges = np.vstack((emb.min(0) - 1, emb.max(0) + 1))  # given ranges are used as given
+        fixed = enc.encode(texts[:1], precision=precision, ranges=ranges)
+        assert fixed.shape == (1, emb.shape[1]) and not np.array_equal(fixed, got[:1])
+        calibrated = enc.encode(texts[:1], precision=precision, calibration_embeddings=emb)
+        # the ranges of the four: the same codes, up to a step where float rounding (batch of 1 against 4) sits on
+        # a step's edge
+        assert np.abs(calibrated.astype(np.int16) - got[:1].astype(np.int16)).max() <= 1
+    else:
+        packed = np.packbits(emb > 0, axis=-1)
+        want = packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="valid choices"):
+        enc.encode(texts, precision="int4")
