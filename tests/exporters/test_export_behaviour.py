@@ -83,7 +83,7 @@ def test_failed_validation_writes_nothing_and_keeps_previous_export(zoo, tmp_pat
 
     strict = dataclasses.replace(variants.PLANS["fp32"], min_cosine=1.5)  # no export can pass this
     monkeypatch.setitem(variants.PLANS, "fp32", strict)
-    with pytest.raises(errors.ValidationFailedError, match="below cosine 1.5") as info:
+    with pytest.raises(errors.ValidationFailedError, match="gate: min 1.5") as info:
         export.export_model(str(src), output=out, log=lambda _m: None)
     assert info.value.report["failures"]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -199,12 +199,19 @@ def other_kinds(tmp_path_factory):
     return build_tiny_other_kinds(tmp_path_factory.mktemp("kinds"))
 
 
-@pytest.mark.parametrize(
-    "kind,name", [("cross-encoder", "CrossEncoder"), ("sparse", "SparseEncoder"), ("hf-classifier", "CrossEncoder")]
-)
-def test_cross_encoders_and_sparse_encoders_are_refused_not_exported_as_embeddings(other_kinds, tmp_path, kind, name):
-    """Loaded as a SentenceTransformer, these fall back to mean pooling: the export would 'pass' against that
-    same wrong reference. st-export reads the kind the model was saved as and refuses it, naming it."""
-    with pytest.raises(errors.UnsupportedModelError, match=f"is a sentence-transformers {name}"):
-        export.export_model(str(other_kinds[kind]), output=tmp_path / "out", log=lambda _m: None)
+def test_sparse_encoders_are_refused_not_exported_as_embeddings(other_kinds, tmp_path):
+    """Loaded as a SentenceTransformer, a SparseEncoder falls back to mean pooling: the export would 'pass'
+    against that same wrong reference. st-export reads the kind the model was saved as and refuses it."""
+    with pytest.raises(errors.UnsupportedModelError, match="is a sentence-transformers SparseEncoder"):
+        export.export_model(str(other_kinds["sparse"]), output=tmp_path / "out", log=lambda _m: None)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["cross-encoder", "hf-classifier"])
+def test_cross_encoders_are_exported_as_cross_encoders_not_embeddings(other_kinds, tmp_path, kind):
+    """A CrossEncoder folder, or a plain transformers classifier, is exported as what it is: scores, validated
+    against sentence_transformers.CrossEncoder (tests/exporters/test_cross_encoder.py checks the scores)."""
+    out = export.export_model(str(other_kinds[kind]), output=tmp_path / "out", variants=[], log=lambda _m: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "cross-encoder" and "embedding" not in manifest
+    assert manifest["towers"]["text"]["output"] == "scores"
