@@ -199,16 +199,16 @@ def test_int8_graph_rewrites_are_exact_before_quantization(zoo):
 def test_int8_warns_on_a_cpu_without_the_int8_dot_product_it_was_validated_with(with_int8, monkeypatch):
     import warnings
 
-    from st_runtime import encoder
+    from st_runtime import variants as runtime_variants
 
     _src, out = with_int8
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["towers"]["text"]["variants"]["int8"]["build"]["cpu_int8_dot_product"] = True
     (out / "manifest.json").write_text(json.dumps(manifest))  # as if exported on a VNNI machine
-    monkeypatch.setattr(encoder, "cpu_int8_dot_product", lambda: False)
+    monkeypatch.setattr(runtime_variants, "cpu_int8_dot_product", lambda: False)
     with pytest.warns(RuntimeWarning, match="VNNI"):
         SentenceEncoder(out, variant="int8")
-    monkeypatch.setattr(encoder, "cpu_int8_dot_product", lambda: True)
+    monkeypatch.setattr(runtime_variants, "cpu_int8_dot_product", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SentenceEncoder(out, variant="int8")
