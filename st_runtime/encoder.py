@@ -17,7 +17,7 @@ from . import util
 from .errors import GraphLoadError, ModelKindError, UnsupportedInputError
 from .inputs import LongTextCutter, classify, prepare
 from .manifest import graph_files, load_manifest, verify_files
-from .providers import physical_cores, resolve_providers
+from .providers import device_name, device_providers, physical_cores, resolve_providers
 from .session import make_session, with_cuda_graphs
 from .text import TextTower
 from .variants import choose_variant, describe_value, warn_if_int8_kernels_differ
@@ -43,6 +43,7 @@ class SentenceEncoder:
         verify_checksums: check the sha256 of every file at load (sizes are always checked).
         session_options: an ``onnxruntime.SessionOptions`` to use as is (threads is then ignored).
         io_binding: feed the graph through onnxruntime IO binding (default: on for CUDA/TensorRT).
+        device: sentence-transformers' form of ``providers``: "cpu", "cuda" or "cuda:N" (then give no providers).
         cuda_graphs: capture each batch shape as a CUDA graph and replay it (CUDA provider only; rows are
             padded up to a power of two so shapes recur; at most 64 graphs). Saves kernel-launch time on
             small batches; costs a capture per new shape and device memory per graph.
@@ -58,7 +59,12 @@ class SentenceEncoder:
         session_options: ort.SessionOptions | None = None,
         io_binding: bool | None = None,
         cuda_graphs: bool = False,
+        device: str | None = None,
     ):
+        if device is not None:
+            if providers is not None:
+                raise ValueError("pass either device (sentence-transformers' 'cpu', 'cuda:1') or providers, not both")
+            providers = device_providers(device)
         self.path = Path(model_path)
         self.manifest = load_manifest(self.path)
         task = self.manifest.get("task", "embedding")
@@ -199,6 +205,23 @@ class SentenceEncoder:
     def tokenizer(self) -> Tokenizer:
         return self.text_tower.tokenizer
 
+    @property
+    def device(self) -> str:
+        """Where the graphs run, as sentence-transformers names it: "cpu" or "cuda:N"."""
+        return device_name(self.providers[0])
+
+    def tokenize(self, texts) -> dict[str, np.ndarray]:
+        """The text tower's inputs for ``texts`` (strings or [text, text_pair] pairs), as
+        ``SentenceTransformer.tokenize`` gives them but in numpy: int64 arrays padded to the longest, truncated
+        at max_seq_length, one per graph input (input_ids, attention_mask, and token_type_ids where the model
+        takes them)."""
+        items, _kinds, _ = classify(texts)
+        items = prepare(items, self._cutter)
+        encodings = self.text_tower.tokenize(items)
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        width = int(lengths.max()) if len(lengths) else 0
+        return self.text_tower.feeds(encodings, lengths, np.arange(len(encodings)), width)
+
     def get_sentence_embedding_dimension(self) -> int:
         return self.truncate_dim or self._dim
 
@@ -248,6 +271,7 @@ class SentenceEncoder:
         truncate_dim: int | None = None,
         output_value: str = "sentence_embedding",
         max_seq_length: int | None = None,
+        device: str | None = None,
         **kwargs,
     ):
         """Embed sentences, as ``SentenceTransformer.encode`` does.
@@ -268,6 +292,11 @@ class SentenceEncoder:
         """
         if kwargs:
             raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
+        if device is not None and device_name(device_providers(device)) != self.device:
+            raise ValueError(
+                f"this encoder runs on {self.device}; encode(device={device!r}) would need another session. Load "
+                f"another SentenceEncoder(..., device={device!r}) for that device."
+            )
         if batch_size is not None and (
             not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0
         ):

@@ -27,6 +27,30 @@ def _name(p: ProviderSpec) -> str:
     return p[0] if isinstance(p, tuple) else p
 
 
+def device_providers(device: str) -> ProviderSpec:
+    """sentence-transformers' ``device`` ("cpu", "cuda", "cuda:N") as an onnxruntime provider."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {device!r}")
+    kind, _, index = device.strip().lower().partition(":")
+    if kind == "cpu" and not index:
+        return "CPUExecutionProvider"
+    if kind == "cuda" and (not index or index.isdigit()):
+        return ("CUDAExecutionProvider", {"device_id": int(index)}) if index else "CUDAExecutionProvider"
+    raise ValueError(
+        f"device {device!r} is not one st_runtime runs on: use 'cpu', 'cuda' or 'cuda:N' (onnxruntime's CPU and "
+        "CUDA providers), or pass providers=... for another onnxruntime provider"
+    )
+
+
+def device_name(provider: ProviderSpec) -> str:
+    """The sentence-transformers ``device`` string of an onnxruntime provider ("cpu", "cuda:0", ...)."""
+    name = _name(provider)
+    if name in _GPU_PROVIDERS:
+        options = provider[1] if isinstance(provider, tuple) else {}
+        return f"cuda:{int(options.get('device_id', 0))}"
+    return "cpu"
+
+
 def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> tuple[list[ProviderSpec], bool]:
     """Turn the user's ``providers`` argument into onnxruntime's form.
 

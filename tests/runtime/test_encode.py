@@ -194,3 +194,38 @@ def test_precision_quantizes_as_sentence_transformers(tiny_bert, precision):
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="valid choices"):
         enc.encode(texts, precision="int4")
+
+
+def test_device_as_sentence_transformers_names_it(tiny_bert):
+    from st_runtime.providers import device_name, device_providers
+
+    enc = SentenceEncoder(tiny_bert[1], device="cpu")
+    assert enc.device == "cpu"
+    np.testing.assert_array_equal(enc.encode(["a b"], device="cpu"), enc.encode(["a b"]))
+    with pytest.raises(ValueError, match="runs on cpu"):
+        enc.encode(["a b"], device="cuda:1")
+    with pytest.raises(ValueError, match="'cpu', 'cuda' or 'cuda:N'"):
+        SentenceEncoder(tiny_bert[1], device="mps")
+    with pytest.raises(ValueError, match="either device"):
+        SentenceEncoder(tiny_bert[1], device="cpu", providers="cpu")
+    assert device_providers("cuda:1") == ("CUDAExecutionProvider", {"device_id": 1})
+    assert device_name(device_providers("cuda")) == "cuda:0"
+    if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
+        with pytest.raises(ProviderUnavailableError):  # never a silent CPU fallback
+            SentenceEncoder(tiny_bert[1], device="cuda")
+
+
+def test_tokenize_gives_the_graph_inputs_padded_to_the_longest(tiny_bert):
+    enc = SentenceEncoder(tiny_bert[1])
+    texts = ["How big is London", "a", " ".join(["word"] * 500), ["a title", "and its passage"]]
+    feats = enc.tokenize(texts)
+    assert list(feats) == enc.text_tower.inputs
+    ids, mask = feats["input_ids"], feats["attention_mask"]
+    assert ids.dtype == mask.dtype == np.int64 and ids.shape == mask.shape
+    assert ids.shape == (4, enc.max_seq_length)  # the long text is truncated at max_seq_length
+    for row, text in enumerate(texts):
+        want = enc.tokenizer.encode(*text) if isinstance(text, list) else enc.tokenizer.encode(text)
+        n = int(mask[row].sum())
+        assert ids[row, :n].tolist() == want.ids and not ids[row, n:].any()
+        if "token_type_ids" in feats:
+            assert feats["token_type_ids"][row, :n].tolist() == want.type_ids
