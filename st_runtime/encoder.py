@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,25 @@ from .text import TextTower
 from .variants import choose_variant, describe_value, warn_if_int8_kernels_differ
 
 logger = logging.getLogger(__name__)
+
+
+def _progress_bar(show: bool | None, total: int):
+    """A tqdm bar over ``total`` texts, or None. ``show=None``: when the st_runtime logger is at INFO or DEBUG
+    (sentence-transformers' rule for its own logger)."""
+    if show is None:
+        show = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
+    if not show or total == 0:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        warnings.warn(
+            "show_progress_bar=True needs tqdm, which is not installed (pip install tqdm); encoding without a bar",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return tqdm(total=total, desc="Encoding", unit="texts")
 
 
 # encode's precisions, as sentence-transformers' quantize_embeddings gives them
@@ -163,7 +183,13 @@ class SentenceEncoder:
         return sorted({t["modality"] for t in self.manifest["towers"].values()})
 
     def _embed_mixed(
-        self, items: list, kinds: list[str], batch_size: int | None, out: np.ndarray, max_length: int | None
+        self,
+        items: list,
+        kinds: list[str],
+        batch_size: int | None,
+        out: np.ndarray,
+        max_length: int | None,
+        progress=None,
     ) -> None:
         """Text items through the text tower, images through the image tower, results in input order."""
         for kind in ("text", "image"):
@@ -174,9 +200,11 @@ class SentenceEncoder:
                 raise UnsupportedInputError(f"{self.path} embeds text only; input {idx[0]} is an image.")
             part = np.empty((len(idx), out.shape[1]), dtype=np.float32)
             if kind == "text":
-                self.text_tower.embed([items[i] for i in idx], batch_size, part, max_length)
+                self.text_tower.embed([items[i] for i in idx], batch_size, part, max_length, progress)
             else:
                 self._tower("image").embed([items[i] for i in idx], batch_size, part)
+                if progress is not None:
+                    progress(len(idx))
             out[idx] = part
 
     # ------------------------------------------------------------------ properties
@@ -278,10 +306,11 @@ class SentenceEncoder:
 
         A single string gives a 1-D float32 array; a list gives an array [len, dim] in input order
         (``convert_to_numpy=False``: a list of 1-D arrays). ``convert_to_tensor`` returns the same
-        numpy array (there is no torch here). ``show_progress_bar`` is accepted for compatibility and
-        draws nothing. ``batch_size`` caps the texts per batch; left at None, st_runtime sizes batches
-        itself (on the CPU by a budget of tokens per batch, which suits short queries and long passages
-        alike). Exact variants give the same results for any batch size up to float rounding; int8
+        numpy array (there is no torch here). ``show_progress_bar`` draws a tqdm bar over the texts (by default
+        when the "st_runtime" logger is at INFO or DEBUG, as sentence-transformers decides with its logger;
+        tqdm must be installed, else a warning says so). ``batch_size`` caps the texts per batch; left at None,
+        st_runtime sizes batches itself (on the CPU by a budget of tokens per batch, which suits short queries
+        and long passages alike). Exact variants give the same results for any batch size up to float rounding; int8
         quantizes activations per batch, so its output moves slightly (within its gate) with batch company.
         ``precision`` "int8", "uint8", "binary" or "ubinary" quantizes as sentence-transformers'
         ``quantize_embeddings`` does: int8/uint8 map each dimension's range onto 256 steps, the ranges taken from
@@ -336,10 +365,16 @@ class SentenceEncoder:
             ]
         items = prepare(items, self._cutter, kinds)
         out = np.empty((len(items), self._dim), dtype=np.float32)
-        if items and kinds is not None:
-            self._embed_mixed(items, kinds, batch_size, out, max_length)
-        elif items:
-            self.text_tower.embed(items, batch_size, out, max_length)
+        bar = _progress_bar(show_progress_bar, len(items))
+        try:
+            progress = bar.update if bar is not None else None
+            if items and kinds is not None:
+                self._embed_mixed(items, kinds, batch_size, out, max_length, progress)
+            elif items:
+                self.text_tower.embed(items, batch_size, out, max_length, progress)
+        finally:
+            if bar is not None:
+                bar.close()
         if truncate_dim is not None:
             out = np.ascontiguousarray(out[:, :truncate_dim])
         if normalize_embeddings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -172,9 +173,17 @@ class TextTower:
             zero_types = self.single_types_zero and not pairs
             self._embed_encoded(encodings, batch_size or self.policy.auto_batch_size, out, max_length, zero_types)
 
-    def embed(self, items: list, batch_size: int | None, out: np.ndarray, max_length: int | None = None) -> None:
+    def embed(
+        self,
+        items: list,
+        batch_size: int | None,
+        out: np.ndarray,
+        max_length: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Embed ``items`` (texts or (text, text_pair) tuples) into ``out`` in input order, truncating at
-        ``max_length`` tokens (None: the exported max_seq_length)."""
+        ``max_length`` tokens (None: the exported max_seq_length); ``progress(n)`` is called after each batch
+        with the items it held."""
         if not items:
             return
         policy = self.policy
@@ -184,7 +193,7 @@ class TextTower:
         zero_types = self.single_types_zero and not any(isinstance(it, tuple) for it in items)
         chunk = policy.pipeline_items(batch_size)
         if chunk is None or len(items) <= chunk:
-            self._embed_encoded(encode(items), batch_size, out, max_length, zero_types)
+            self._embed_encoded(encode(items), batch_size, out, max_length, zero_types, progress)
             return
         # GPU: tokenize the next chunk of texts (Rust, on all cores, without the GIL) while the GPU runs this
         # one's batches, so tokenization overlaps the device work instead of preceding it.
@@ -193,7 +202,8 @@ class TextTower:
             encodings = nxt.result()
             if start + chunk < len(items):
                 nxt = self._prefetch.submit(encode, items[start + chunk : start + 2 * chunk])
-            self._embed_encoded(encodings, batch_size, out[start : start + len(encodings)], max_length, zero_types)
+            part = out[start : start + len(encodings)]
+            self._embed_encoded(encodings, batch_size, part, max_length, zero_types, progress)
 
     def feeds(
         self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int, zero_types: bool = False
@@ -212,7 +222,13 @@ class TextTower:
         return batches
 
     def _embed_encoded(
-        self, encodings: list, batch_size: int, out: np.ndarray, max_length: int | None, zero_types: bool = False
+        self,
+        encodings: list,
+        batch_size: int,
+        out: np.ndarray,
+        max_length: int | None,
+        zero_types: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         """Embed tokenized items into ``out`` (same order), in length-sorted batches."""
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
@@ -221,6 +237,8 @@ class TextTower:
         if len(batches) == 1:
             start, end, width = batches[0]
             out[order[start:end]] = self._run(self.feeds(encodings, lengths, order[start:end], width, zero_types))
+            if progress is not None:
+                progress(end - start)
             return
         # Build the next batch's arrays while onnxruntime (which releases the GIL) runs this one.
         s0, e0, w0 = batches[0]
@@ -231,6 +249,8 @@ class TextTower:
                 s2, e2, w2 = batches[k + 1]
                 nxt = self._prefetch.submit(self.feeds, encodings, lengths, order[s2:e2], w2, zero_types)
             out[order[start:end]] = self._run(feeds)
+            if progress is not None:
+                progress(end - start)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run one batch; on device out-of-memory, run it in halves (and say so once)."""

@@ -229,3 +229,24 @@ def test_tokenize_gives_the_graph_inputs_padded_to_the_longest(tiny_bert):
         assert ids[row, :n].tolist() == want.ids and not ids[row, n:].any()
         if "token_type_ids" in feats:
             assert feats["token_type_ids"][row, :n].tolist() == want.type_ids
+
+
+def test_progress_bar_counts_every_text(tiny_bert, capsys):
+    pytest.importorskip("tqdm")
+    import logging
+
+    enc = SentenceEncoder(tiny_bert[1])
+    texts = ["word " * n for n in range(1, 300)]
+    plain = enc.encode(texts)
+    with_bar = enc.encode(texts, show_progress_bar=True, batch_size=16)
+    assert_parity(plain, with_bar)
+    err = capsys.readouterr().err
+    assert "Encoding" in err and "299/299" in err
+    enc.encode(texts[:3])  # default: no bar while the st_runtime logger is at WARNING
+    assert capsys.readouterr().err == ""
+    logging.getLogger("st_runtime").setLevel(logging.INFO)
+    try:
+        enc.encode(texts[:3])
+        assert "3/3" in capsys.readouterr().err
+    finally:
+        logging.getLogger("st_runtime").setLevel(logging.NOTSET)
