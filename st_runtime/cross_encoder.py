@@ -14,7 +14,7 @@ import onnxruntime as ort
 from .errors import GraphLoadError, ModelKindError, UnsupportedInputError
 from .inputs import prepare
 from .manifest import graph_files, load_manifest, verify_files
-from .providers import physical_cores, resolve_providers
+from .providers import resolve_providers, resolve_threads
 from .text import TextTower
 from .variants import choose_variant, warn_if_int8_kernels_differ
 
@@ -86,9 +86,7 @@ class CrossEncoder:
             raise ModelKindError(
                 f"{self.path} holds a {task} model, not a cross-encoder: load it with st_runtime.SentenceEncoder."
             )
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        self.threads = threads or physical_cores()
+        self.threads = resolve_threads(threads)
         self.providers, fallback_allowed = resolve_providers(providers)
         text = self.manifest["towers"].get("text")
         if text is None:

@@ -18,7 +18,7 @@ from . import util
 from .errors import GraphLoadError, ModelKindError, UnsupportedInputError
 from .inputs import LongTextCutter, classify, prepare
 from .manifest import graph_files, load_manifest, verify_files
-from .providers import device_name, device_providers, physical_cores, resolve_providers
+from .providers import device_name, device_providers, resolve_providers, resolve_threads
 from .session import make_session, with_cuda_graphs
 from .text import TextTower
 from .variants import choose_variant, describe_value, warn_if_int8_kernels_differ
@@ -92,9 +92,7 @@ class SentenceEncoder:
             raise ModelKindError(
                 f"{self.path} holds a {task} model, not an embedding model: load it with st_runtime.CrossEncoder."
             )
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        self.threads = threads or physical_cores()
+        self.threads = resolve_threads(threads)
         self.providers, fallback_allowed = resolve_providers(providers)
         if not isinstance(cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")

@@ -140,6 +140,13 @@ def check_session_providers(
     warnings.warn(msg + " Falling back as your providers list allows.", RuntimeWarning, stacklevel=3)
 
 
+def resolve_threads(threads: int | None) -> int:
+    """onnxruntime's intra-op threads: ``threads`` checked, or this machine's physical cores for None."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    return threads or physical_cores()
+
+
 def physical_cores() -> int:
     """Physical cores available to this process (hyper-threads counted once)."""
     try:

@@ -14,19 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli_args import positive_int
 from . import PRECISIONS
 
 EXTRA = "pip install 'st-runtime[bulk]'"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="float32", help="stored precision (default float32)")
     p.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
     p.add_argument("--prompt-name", default=None, help="one of the model's prompts, e.g. 'document'")
-    p.add_argument("--chunk-rows", type=_positive, default=8192, help="rows per part file (default 8192)")
-    p.add_argument("--threads", type=_positive, default=None, help="onnxruntime threads (local runs)")
+    p.add_argument("--chunk-rows", type=positive_int, default=8192, help="rows per part file (default 8192)")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads (local runs)")
     p.add_argument("--skip-invalid", action="store_true", help="write a null embedding for null/non-string rows")
     p.add_argument("--overwrite", action="store_true", help="replace an output written with other settings")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
@@ -58,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run on Ray: a local Ray without ADDRESS, or 'auto' / 'ray://host:port' for a cluster",
     )
-    p.add_argument("--num-workers", type=_positive, default=None, help="Ray actors (default: the cluster's CPUs)")
+    p.add_argument("--num-workers", type=positive_int, default=None, help="Ray actors (default: the cluster's CPUs)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (default 0)")
     return p

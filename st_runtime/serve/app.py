@@ -367,12 +367,14 @@ async def _embed(
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     image_idx = [i for i, t in enumerate(items) if t.startswith("data:image/")] if model.takes_images else []
+    images_at = set(image_idx)
+    text_idx = [i for i in range(len(items)) if i not in images_at] if image_idx else None
     pairs = bool(items) and isinstance(items[0], tuple)
     jobs = []
     if len(image_idx) < len(items):
         texts = [prompt + t for t in items] if prompt and not pairs else items
-        if image_idx:
-            texts = [t for i, t in enumerate(texts) if i not in set(image_idx)]
+        if text_idx is not None:
+            texts = [texts[i] for i in text_idx]
         cutter = model.cutter if truncate and direction in (None, "right") else None
         texts = prepare(texts, cutter)
         jobs.append(Job(texts, loop, loop.create_future(), direction=direction, strict=not truncate, pairs=pairs))
@@ -387,7 +389,6 @@ async def _embed(
         return results[0]
     out = np.empty((len(items), model.dim), dtype=np.float32)
     tokens = np.zeros(len(items), dtype=np.int64)
-    text_idx = [i for i in range(len(items)) if i not in set(image_idx)]
     out[text_idx], tokens[text_idx] = results[0]
     out[image_idx] = results[1][0]
     return out, tokens

@@ -13,18 +13,10 @@ import signal
 import sys
 from pathlib import Path
 
+from ..cli_args import positive_int
+
 SERVE_EXTRA = "pip install 'st-runtime[serve]'"
 GRACE_S = 25  # uvicorn's wait for requests in flight after SIGTERM; the batchers then drain within the rest
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,18 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--variant", default=None, help="graph variant (default: the fastest exact one; see st-export)")
     p.add_argument("--providers", choices=["cpu", "cuda"], default=None, help="execution provider (default cpu)")
-    p.add_argument("--threads", type=_positive, default=None, help="onnxruntime threads (default: physical cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads (default: physical cores)")
     p.add_argument(
-        "--max-batch-tokens", type=_positive, default=16384, help="tokens merged into one batch (default 16384)"
+        "--max-batch-tokens", type=positive_int, default=16384, help="tokens merged into one batch (default 16384)"
     )
     p.add_argument(
-        "--max-concurrent-requests", type=_positive, default=512, help="requests in flight before 429 (default 512)"
+        "--max-concurrent-requests", type=positive_int, default=512, help="requests in flight before 429 (default 512)"
     )
     p.add_argument(
-        "--max-client-batch-size", type=_positive, default=256, help="inputs per request before 413 (default 256)"
+        "--max-client-batch-size", type=positive_int, default=256, help="inputs per request before 413 (default 256)"
     )
     p.add_argument(
-        "--payload-limit", type=_positive, default=2_000_000, help="request body bytes before 413 (default 2000000)"
+        "--payload-limit", type=positive_int, default=2_000_000, help="request body bytes before 413 (default 2000000)"
     )
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
     p.add_argument(
