@@ -21,8 +21,7 @@ from .artifacts import cleanup_stale, externalize, place, variant_entry, version
 from .errors import ExportError, ValidationFailedError
 from .memory import release_memory
 from .resolve import ResolvedModel, resolve
-from .st_model import EXPORTABLE_KINDS, ModelDescription, describe, inspect_folder, model_kind
-from .validate import reference_outputs, reference_scores, validate, validate_scores
+from .st_model import EXPORTABLE_KINDS, ModelDescription, describe, inspect_folder, model_kind, prepare_for_tracing
 from .variants import PLANS, BuildContext
 
 DEFAULT_OPSET = 17
@@ -112,22 +111,14 @@ def _validate_variant(
     required: bool = True,
 ) -> bool:
     """Validate one variant of one tower through st_runtime itself and record the result in the manifest."""
-    from st_runtime import CrossEncoder, SentenceEncoder
-
+    from .tasks import TASKS
     from .towers import validation_items
 
     plan = PLANS[name]
     providers = "cuda" if "CPUExecutionProvider" not in plan.providers else "cpu"
     entry = manifest["towers"][tower]
-    if manifest.get("task") == "cross-encoder":
-        from st_runtime.cross_encoder import ACTIVATIONS
-
-        runtime = CrossEncoder(folder, providers=providers, variant=name)
-        activation = ACTIVATIONS[manifest["scores"]["activation"]]
-        report = validate_scores(reference, runtime, plan.max_score_diff, validation_items(entry), activation)
-    else:
-        encoder = SentenceEncoder(folder, providers=providers, variant=name)
-        report = validate(reference, encoder, plan.min_cosine, validation_items(entry), mean_gate=plan.mean_cosine)
+    task = TASKS[manifest.get("task", "embedding")]
+    report = task.check(reference, folder, providers, name, plan, validation_items(entry), manifest)
     report["provider"] = providers
     variant = entry["variants"][name]
     variant["status"] = "passed" if report["passed"] else "failed"
@@ -156,47 +147,41 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     of load from elsewhere hits them alike; the median round counts."""
     import time
 
-    from st_runtime import CrossEncoder, SentenceEncoder
     from st_runtime.providers import physical_cores
 
-    from .battery import PASSAGES, SHORT_QUERIES
+    from .tasks import TASKS
 
     tower = manifest["towers"].get("text")
     if tower is None:
         return
-    texts: list = SHORT_QUERIES * 16 + PASSAGES * 4
-    runtime, run = SentenceEncoder, SentenceEncoder.encode
-    if manifest.get("task") == "cross-encoder":  # a reranker's work: one query with many documents
-        texts = [(q, d) for q in SHORT_QUERIES[:4] for d in SHORT_QUERIES * 2 + PASSAGES]
-        runtime, run = CrossEncoder, CrossEncoder.logits
+    workload = TASKS[manifest.get("task", "embedding")].timing
     encoders = {
-        name: runtime(folder, providers="cpu", variant=name)
+        name: workload(folder, name)
         for name, v in tower["variants"].items()
         if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]
     }
     if not encoders:
         return
     times: dict[str, list[float]] = {name: [] for name in encoders}
-    for enc in encoders.values():
-        run(enc, texts[:16])
+    for _n, run in encoders.values():
+        run()  # warm-up
     names = list(encoders)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # a different variant goes first each round
-            enc = encoders[name]
             t = time.perf_counter()
-            run(enc, texts)
+            encoders[name][1]()
             times[name].append(time.perf_counter() - t)
     timed = {}
     for name, ts in times.items():
         timed[name] = sorted(ts)[len(ts) // 2]
         tower["variants"][name]["cpu_timing"] = {
-            "items": len(texts),
+            "items": encoders[name][0],
             "median_s": timed[name],
             "threads": physical_cores(),
             "rounds": rounds,
         }
     if timed:
-        log("CPU timing (items/s): " + ", ".join(f"{n} {len(texts) / t:.0f}" for n, t in timed.items()))
+        log("CPU timing (items/s): " + ", ".join(f"{n} {encoders[n][0] / t:.0f}" for n, t in timed.items()))
 
 
 def _resolve(run: ExportRun) -> None:
@@ -233,6 +218,7 @@ def _load(run: ExportRun) -> None:
     run.desc = describe(run.st_model, run.model_type, run.modules_json, run.kind)
     if run.spec.patcher is not None:
         run.spec.patcher(run.st_model)
+    prepare_for_tracing(run.st_model, run.desc)
     _cap_unlimited_length(run)
     run.output.parent.mkdir(parents=True, exist_ok=True)
     cleanup_stale(run.output.parent, run.output.name)
@@ -299,6 +285,8 @@ def _trace(run: ExportRun) -> None:
     }
     if desc.scores is not None:
         run.manifest["scores"] = desc.scores
+    elif desc.sparse is not None:
+        run.manifest["sparse"] = desc.sparse
     else:
         run.manifest["embedding"] = {
             "dimension": int(st_model.get_embedding_dimension()),
@@ -316,6 +304,7 @@ def _write_manifest(run: ExportRun) -> None:
 
 
 def _validate(run: ExportRun) -> None:
+    from .tasks import TASKS
     from .towers import validation_items
 
     model = _as_users_load_it(run.st_model, run.spec, run.resolved.local_path, run.trust_remote_code, run.log)
@@ -323,7 +312,7 @@ def _validate(run: ExportRun) -> None:
     run.hf_config = getattr(getattr(model[0], "auto_model", None), "config", None)
     # sentence-transformers' outputs on each tower's battery, computed once: every variant is checked against
     # them after the torch model is freed (holding it while variants are built doubled the peak memory)
-    reference = reference_scores if run.manifest["task"] == "cross-encoder" else reference_outputs
+    reference = TASKS[run.manifest["task"]].reference
     for tname, tower in run.manifest["towers"].items():
         run.references[tname] = reference(model, [s for _, s in validation_items(tower)])
     del model

@@ -29,6 +29,11 @@ class ModelDescription:
     normalized: bool = False
     kind: str = "SentenceTransformer"
     scores: dict[str, Any] | None = None  # CrossEncoder: num_labels, labels, activation
+    sparse: dict[str, Any] | None = None  # SparseEncoder: dimension, pooling, activation, max_active_dims
+
+    @property
+    def task(self) -> str:
+        return EXPORTABLE_KINDS[self.kind]
 
 
 def _read_json(path: Path) -> Any:
@@ -41,7 +46,7 @@ def _read_json(path: Path) -> Any:
 # is loaded, traced and validated as the class it was saved as: loading a CrossEncoder or SparseEncoder as a
 # SentenceTransformer falls back to mean pooling and gives embeddings the model never computes, which would
 # then "pass" validation against that same wrong reference.
-EXPORTABLE_KINDS = {"SentenceTransformer": "embedding", "CrossEncoder": "cross-encoder"}
+EXPORTABLE_KINDS = {"SentenceTransformer": "embedding", "CrossEncoder": "cross-encoder", "SparseEncoder": "sparse-embedding"}
 
 
 def model_kind(folder: Path) -> str:
@@ -58,14 +63,10 @@ def model_kind(folder: Path) -> str:
 def _refuse_other_model_kinds(folder: Path, modules_file: Path) -> None:
     kind = model_kind(folder)
     if kind not in EXPORTABLE_KINDS:
-        what = {
-            "CrossEncoder": "scores (text, text) pairs with a classification head",
-            "SparseEncoder": "gives vocabulary-sized sparse vectors",
-        }.get(kind, "is not a sentence embedding model")
         raise UnsupportedModelError(
-            f"{folder} is a sentence-transformers {kind}: it {what}. st-export exports SentenceTransformer "
-            "(dense sentence embedding) and CrossEncoder models so far; exporting it as either would give outputs "
-            f"the model never computes. Load it with sentence_transformers.{kind} in the meantime."
+            f"{folder} was saved as a sentence-transformers {kind}, which st-export does not export: it exports "
+            f"{', '.join(EXPORTABLE_KINDS)} models. Exporting it as one of those would give outputs the model never "
+            f"computes. Load it with sentence_transformers.{kind} in the meantime."
         )
 
 
@@ -132,6 +133,49 @@ def _describe_cross_encoder(st_model, desc: ModelDescription) -> ModelDescriptio
     return desc
 
 
+SPARSE_MODULES = ("Transformer (fill-mask) or MLMTransformer", "SpladePooling")
+
+
+def _describe_sparse(st_model, desc: ModelDescription) -> ModelDescription:
+    """A SPLADE SparseEncoder: a masked-language-model Transformer, then SpladePooling (max or sum; relu or
+    log1p_relu). Other sparse modules (SparseStaticEmbedding, SparseAutoEncoder, a Router between query and
+    document paths) are refused by name."""
+    mods = list(st_model)
+    names = [type(m).__name__ for m in mods]
+    first, pool = (mods + [None, None])[:2]
+    if (
+        len(mods) != 2
+        or getattr(first, "transformer_task", None) != "fill-mask"
+        or type(pool).__name__ != "SpladePooling"
+    ):
+        raise UnsupportedModelError(
+            f"the SparseEncoder's modules are {names}; st-export exports SPLADE sparse encoders made of "
+            f"{' + '.join(SPARSE_MODULES)}. Load this one with sentence_transformers.SparseEncoder."
+        )
+    if pool.pooling_strategy not in ("max", "sum") or pool.activation_function not in ("relu", "log1p_relu"):
+        raise UnsupportedModelError(
+            f"SpladePooling({pool.pooling_strategy!r}, {pool.activation_function!r}) is not supported; st-export "
+            "exports max or sum pooling with relu or log1p_relu."
+        )
+    head = first.auto_model.get_output_embeddings()  # the vocabulary-sized projection the pooling runs over
+    desc.sparse = {
+        "dimension": int(pool.embedding_dimension or head.out_features),
+        "pooling": pool.pooling_strategy,
+        "activation": pool.activation_function,
+        "max_active_dims": st_model.max_active_dims,
+        "similarity_fn_name": st_model.similarity_fn_name or "dot",
+    }
+    return desc
+
+
+def prepare_for_tracing(st_model, desc: ModelDescription) -> None:
+    """Settings that change how a module computes, not what: SpladePooling's chunk_size loops over the sequence in
+    Python, which the tracer would bake into the graph at the traced length; one chunk gives the same result."""
+    for mod in st_model:
+        if hasattr(mod, "chunk_size") and type(mod).__name__ == "SpladePooling":
+            mod.chunk_size = None
+
+
 def describe(st_model, model_type: str, modules_json: list[dict[str, Any]], kind: str = "SentenceTransformer"):
     import sentence_transformers.models as st_models
     from sentence_transformers.models import Dense, Normalize, Pooling
@@ -140,6 +184,8 @@ def describe(st_model, model_type: str, modules_json: list[dict[str, Any]], kind
     desc = ModelDescription(model_type=model_type, spec=spec, modules=modules_json, kind=kind)
     if kind == "CrossEncoder":
         return _describe_cross_encoder(st_model, desc)
+    if kind == "SparseEncoder":
+        return _describe_sparse(st_model, desc)
     mods = list(st_model)
     input_cls = getattr(st_models, spec.input_module)
     if not mods or not isinstance(mods[0], input_cls):

@@ -213,7 +213,9 @@ def build_towers(
     """Trace every tower of ``desc.spec`` into ``folder`` and return manifest["towers"] (variants pending)."""
     spec: TextEncoderSpec = desc.spec
     towers: dict[str, dict[str, Any]] = {}
-    output = "scores" if desc.scores is not None else "sentence_embedding"
+    from .tasks import TASKS
+
+    output = TASKS[desc.task].output
     for tower in spec.tower_specs():
         entry: dict[str, Any] = {"modality": tower.modality, "output": output}
         if tower.modality == "text":
@@ -223,7 +225,8 @@ def build_towers(
                 info = {"kind": "hf", **write_tokenizer(st_model, folder / "tokenizer.json")}
                 if info["max_seq_length"] is not None and info["max_seq_length"] >= 2**31:
                     info["max_seq_length"] = None  # "unlimited" (tokenizer without model_max_length): no truncation
-            info["pairs"] = spec.text_pairs
+            # a sparse encoder embeds single texts (sentence-transformers' SparseEncoder is validated on them only)
+            info["pairs"] = spec.text_pairs and desc.sparse is None
             entry["tokenizer"] = info
             input_names = [
                 i for i in tower.inputs if i in ("input_ids", "attention_mask") or i in info["model_input_names"]

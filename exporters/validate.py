@@ -172,3 +172,70 @@ def validate_scores(
         f"{'identical' if ranking_identical else 'DIFFERENT'} (gate: {max_abs}, identical top-{top_k})"
     )
     return report
+
+
+def reference_sparse(model, sentences: list[Any]) -> np.ndarray:
+    """A SparseEncoder's embeddings of the battery as dense rows [n, vocabulary], at the model's own
+    max_active_dims (what its users get)."""
+    try:
+        out = model.encode(sentences, batch_size=8, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    except Exception as exc:
+        raise ExportError(
+            f"sentence-transformers' SparseEncoder itself fails on the validation battery ({type(exc).__name__}: "
+            f"{str(exc)[:300]}), so the export cannot be checked against it; please report this with the model name."
+        ) from exc
+    return np.asarray(out.cpu().numpy(), dtype=np.float32)
+
+
+def validate_sparse(ref: np.ndarray, encoder, max_abs: float, items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Compare a SparseEncoder's rows ``ref`` (reference_sparse) with st_runtime's sparse embeddings at batch size 1
+    and in one batch of all items: every weight within ``max_abs`` (relative to the weight where it is above 1,
+    as summed weights are), and the same active set. An entry active on one side only is a mismatch unless its
+    weight is itself within the tolerance (a logit within rounding of zero, which relu keeps or drops)."""
+    tags = [t for t, _ in items]
+    sentences = [s for _, s in items]
+    runs = {
+        "batch_1": encoder.to_dense(encoder.encode(sentences, batch_size=1)),
+        f"batch_{len(sentences)}": encoder.to_dense(encoder.encode(sentences, batch_size=len(sentences))),
+    }
+    failures: list[dict[str, Any]] = []
+    worst = 0.0
+    mismatches = 0
+    for run, got in runs.items():
+        if got.shape != ref.shape:
+            failures.append({"run": run, "error": f"shape {got.shape} != sentence-transformers {ref.shape}"})
+            continue
+        tol = max_abs * np.maximum(1.0, np.abs(ref))
+        diff = np.abs(got.astype(np.float64) - ref)
+        worst = max(worst, float((diff / np.maximum(1.0, np.abs(ref))).max()))
+        one_sided = (got != 0) != (ref != 0)
+        mismatches += int(one_sided.sum())
+        bad = (diff > tol) | (one_sided & (np.maximum(np.abs(got), np.abs(ref)) > tol))
+        for i in np.flatnonzero(bad.any(axis=1)):
+            failures.append(
+                {
+                    "run": run,
+                    "index": int(i),
+                    "tag": tags[i],
+                    "text": _show(sentences[i]),
+                    "diff": float(diff[i].max()),
+                    "active_set_differs": bool(one_sided[i].any()),
+                }
+            )
+    report = {
+        "gate_max_abs_diff": max_abs,
+        "items": len(sentences),
+        "runs": sorted(runs),
+        "tags": sorted(set(tags)),
+        "max_abs_diff": worst,
+        "active_set_mismatches": mismatches,
+        "mean_active_dims": float(np.count_nonzero(ref, axis=1).mean()) if len(ref) else 0.0,
+        "passed": not failures,
+        "failures": failures,
+    }
+    report["summary"] = (
+        f"{len(sentences)} texts x {len(runs)} batchings: max weight diff {worst:.2e}, {mismatches} one-sided "
+        f"entries (all within the gate unless failed), {report['mean_active_dims']:.0f} active dims on average "
+        f"(gate: {max_abs}, same active set)"
+    )
+    return report

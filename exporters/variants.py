@@ -53,10 +53,13 @@ class VariantPlan:
     exact: bool = True
     builder: Callable[[BuildContext, Path], dict[str, Any]] | None = None
     validate_on: str = "cpu"
-    # cross-encoders: the largest difference of a score (after the model's activation) from sentence-transformers
+    # cross-encoders: the largest difference of a score (after the model's activation) from sentence-transformers;
+    # sparse encoders: of a weight (relative above 1)
     max_score_diff: float = 1e-5
+    # cross-encoders: each query's first documents that must rank as sentence-transformers ranks them
+    top_k_identical: int = 10
     # the manifest tasks this variant is built for (int8's calibration search scores embeddings by cosine)
-    tasks: tuple[str, ...] = ("embedding", "cross-encoder")
+    tasks: tuple[str, ...] = ("embedding", "cross-encoder", "sparse-embedding")
 
     def build(self, ctx: BuildContext, dst: Path) -> dict[str, Any]:
         if self.builder is None:

@@ -6,5 +6,11 @@ from . import errors, util
 from .cross_encoder import CrossEncoder
 from .encoder import SentenceEncoder, SentenceTransformer
 from .manifest import FORMAT_VERSION
+from .sparse import SparseEmbedding, SparseEncoder
 
-__all__ = ["CrossEncoder", "SentenceEncoder", "SentenceTransformer", "errors", "util", "FORMAT_VERSION", "__version__"]
+__all__ = [
+    "CrossEncoder",
+    "SentenceEncoder",
+    "SentenceTransformer",
+    "SparseEmbedding",
+    "SparseEncoder", "errors", "util", "FORMAT_VERSION", "__version__"]

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .errors import GraphLoadError, ModelKindError, UnsupportedInputError
+from .errors import GraphLoadError, UnsupportedInputError
 from .inputs import prepare
-from .manifest import graph_files, load_manifest, verify_files
+from .manifest import check_task, graph_files, load_manifest, verify_files
 from .providers import resolve_providers, resolve_threads
 from .text import TextTower
 from .variants import choose_variant, warn_if_int8_kernels_differ
@@ -81,11 +81,7 @@ class CrossEncoder:
     ):
         self.path = Path(model_path)
         self.manifest = load_manifest(self.path)
-        task = self.manifest.get("task", "embedding")
-        if task != TASK:
-            raise ModelKindError(
-                f"{self.path} holds a {task} model, not a cross-encoder: load it with st_runtime.SentenceEncoder."
-            )
+        check_task(self.path, self.manifest, TASK)
         self.threads = resolve_threads(threads)
         self.providers, fallback_allowed = resolve_providers(providers)
         text = self.manifest["towers"].get("text")

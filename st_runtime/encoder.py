@@ -15,9 +15,9 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import util
-from .errors import GraphLoadError, ModelKindError, UnsupportedInputError
+from .errors import GraphLoadError, UnsupportedInputError
 from .inputs import LongTextCutter, classify, prepare
-from .manifest import graph_files, load_manifest, verify_files
+from .manifest import check_task, graph_files, load_manifest, verify_files
 from .providers import device_name, device_providers, resolve_providers, resolve_threads
 from .session import make_session, with_cuda_graphs
 from .text import TextTower
@@ -69,6 +69,9 @@ class SentenceEncoder:
             small batches; costs a capture per new shape and device memory per graph.
     """
 
+    _TASK = "embedding"  # the manifest task this class runs
+    _OUTPUT = "embedding"  # the manifest key describing its output
+
     def __init__(
         self,
         model_path: str | os.PathLike,
@@ -87,11 +90,7 @@ class SentenceEncoder:
             providers = device_providers(device)
         self.path = Path(model_path)
         self.manifest = load_manifest(self.path)
-        task = self.manifest.get("task", "embedding")
-        if task != "embedding":
-            raise ModelKindError(
-                f"{self.path} holds a {task} model, not an embedding model: load it with st_runtime.CrossEncoder."
-            )
+        check_task(self.path, self.manifest, self._TASK)
         self.threads = resolve_threads(threads)
         self.providers, fallback_allowed = resolve_providers(providers)
         if not isinstance(cuda_graphs, bool):
@@ -124,7 +123,7 @@ class SentenceEncoder:
             session_options,
             io_binding,
             cuda_graphs,
-            int(self.manifest["embedding"]["dimension"]),
+            int(self.manifest[self._OUTPUT]["dimension"]),
         )
         self._max_seq_length: int | None = self.text_tower.max_seq_length
         self._cutter = LongTextCutter(self.text_tower.tokenizer)
@@ -136,7 +135,7 @@ class SentenceEncoder:
         self._loaded_towers: dict[str, Any] = {}
         self._tower_lock = threading.Lock()
         self._session_args = (fallback_allowed, session_options, verify_checksums)
-        emb = self.manifest["embedding"]
+        emb = self.manifest[self._OUTPUT]
         self._dim = int(emb["dimension"])
         self.prompts: dict[str, str] = dict(self.manifest.get("prompts") or {})
         self.default_prompt_name: str | None = self.manifest.get("default_prompt_name")
@@ -281,6 +280,14 @@ class SentenceEncoder:
             return self.prompts.get(self.default_prompt_name)
         return None
 
+    def _check_device(self, device: str | None) -> None:
+        """encode(device=...) may only name the device this model already runs on."""
+        if device is not None and device_name(device_providers(device)) != self.device:
+            raise ValueError(
+                f"this model runs on {self.device}; encode(device={device!r}) would need another session. Load "
+                f"another {type(self).__name__}(..., device={device!r}) for that device."
+            )
+
     def encode(
         self,
         sentences,
@@ -319,11 +326,7 @@ class SentenceEncoder:
         """
         if kwargs:
             raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
-        if device is not None and device_name(device_providers(device)) != self.device:
-            raise ValueError(
-                f"this encoder runs on {self.device}; encode(device={device!r}) would need another session. Load "
-                f"another SentenceEncoder(..., device={device!r}) for that device."
-            )
+        self._check_device(device)
         if batch_size is not None and (
             not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0
         ):

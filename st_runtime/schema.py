@@ -6,8 +6,8 @@ its path (``towers.text.tokenizer.max_seq_lenght: unknown key``), never a silent
 records for people (a variant's build details, the model's modules.json) are free-form JSON.
 
 Format 1 (one Hugging Face text tower) and format 2 (image towers, tokenizer "kind" and "pairs") share this
-schema: what format 2 added is optional. Room for what comes next is here too: a model ``task`` (only
-"embedding" runs today) and a tokenizer ``padding_side``.
+schema: what format 2 added is optional. A model ``task`` (embedding, cross-encoder, sparse-embedding) names
+the key that describes its output; a runtime that predates a task refuses it by this schema.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ VALIDATION = Obj(
         "max_abs_diff": NUMBER,
         "gate_min_cosine": NUMBER,
         "gate_mean_cosine": Nullable(NUMBER),
-        "gate_max_abs_diff": NUMBER,  # cross-encoders: scores after the activation
+        "gate_max_abs_diff": NUMBER,  # cross-encoders: scores after the activation; sparse encoders: weights
+        "active_set_mismatches": int,  # sparse encoders: entries active on one side only (all below the gate)
+        "mean_active_dims": NUMBER,
         "ranking_identical": bool,
         "failures": List(FREE),
     }
@@ -162,9 +164,23 @@ EMBEDDING = Obj(
     },
 )
 
+# each task, and the manifest key describing its output (required for that task)
+TASK_OUTPUT = {"embedding": "embedding", "cross-encoder": "scores", "sparse-embedding": "sparse"}
+
 SCORES = Obj(
     required={"num_labels": int, "activation": OneOf(("identity", "sigmoid", "softmax"))},
     optional={"labels": List(str)},
+)
+
+# sparse encoders (SPLADE): the vocabulary-sized output and how sentence-transformers pooled it
+SPARSE = Obj(
+    required={"dimension": int},
+    optional={
+        "pooling": OneOf(("max", "sum")),
+        "activation": OneOf(("relu", "log1p_relu")),
+        "max_active_dims": Nullable(int),
+        "similarity_fn_name": Nullable(str),
+    },
 )
 
 MANIFEST = Obj(
@@ -175,9 +191,10 @@ MANIFEST = Obj(
         "files": Map(FILE),
     },
     optional={
-        "task": OneOf(("embedding", "cross-encoder")),  # absent: embedding (formats 1 and 2)
+        "task": OneOf(tuple(TASK_OUTPUT)),  # absent: embedding (formats 1 and 2)
         "embedding": EMBEDDING,  # required for the embedding task
         "scores": SCORES,  # required for the cross-encoder task
+        "sparse": SPARSE,  # required for the sparse-embedding task
         "source": Obj(optional={"model": str, "revision": Nullable(str), "origin": str, "modules": List(FREE)}),
         "architecture": Obj(optional={"model_type": str, "family": str}),
         "prompts": Map(str),
@@ -290,7 +307,7 @@ def check_manifest(manifest: Any) -> None:
     """The whole manifest against the schema, then what one key's value says about another's."""
     check(MANIFEST, manifest)
     task = manifest.get("task", "embedding")
-    needed = {"embedding": "embedding", "cross-encoder": "scores"}[task]
+    needed = TASK_OUTPUT[task]
     if needed not in manifest:
         raise SchemaError(needed, f"missing (a required key for the {task} task)")
     files = manifest["files"]

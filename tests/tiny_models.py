@@ -264,6 +264,34 @@ def build_tiny_cross_encoder(out: Path, arch: str, num_labels: int = 1, plain_hf
     return out
 
 
+def build_tiny_sparse_encoder(
+    out: Path, arch: str = "bert", pooling: str = "max", activation: str = "relu", max_active_dims: int | None = None
+) -> Path:
+    """A tiny random SPLADE model saved by sentence-transformers' SparseEncoder: a masked-language-model Transformer
+    and SpladePooling. The MLM head's bias is pushed down so that, as in trained SPLADE models, most of the
+    vocabulary stays inactive (a few hundred of 30,522 entries per text)."""
+    import torch
+    import transformers as tr
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    hf_dir = out.parent / f"{out.name}-hf"
+    tok = _hf_tokenizer(arch)
+    cfg = _hf_model(arch, len(tok), tok.pad_token_id).config
+    torch.manual_seed(5)
+    model = tr.AutoModelForMaskedLM.from_config(cfg)
+    with torch.no_grad():
+        model.get_output_embeddings().bias.fill_(-0.3)
+    model.save_pretrained(str(hf_dir))
+    tok.save_pretrained(str(hf_dir))
+    transformer = Transformer(str(hf_dir), transformer_task="fill-mask", max_seq_length=MAX_SEQ)
+    pool = SpladePooling(pooling, activation_function=activation, chunk_size=7)  # chunks: the export must undo them
+    SparseEncoder(modules=[transformer, pool], device="cpu", max_active_dims=max_active_dims).save(str(out))
+    shutil.rmtree(hf_dir)
+    return out
+
+
 def to_legacy_layout(src: Path, dst: Path) -> Path:
     """Rewrite a model saved by sentence-transformers 6 in the hub's legacy layout: type paths
     ``sentence_transformers.models.*``, ``pooling_mode_*_tokens`` keys, ``2_Normalize`` without a folder,
@@ -596,13 +624,15 @@ TINY_FAMILIES = {
 
 
 def build_tiny_other_kinds(out: Path) -> dict[str, Path]:
-    """Tiny models of the kinds st-export refuses so far, saved by sentence-transformers: a CrossEncoder, a
-    SparseEncoder (MLM head + SpladePooling), and a cross-encoder saved as a plain Hugging Face classifier
-    (no modules.json), as cross-encoder/ms-marco-* are."""
+    """Tiny models of other kinds than sentence embedding, saved by sentence-transformers: a CrossEncoder, a
+    SparseEncoder in the legacy layout (MLMTransformer + SpladePooling), a CSR sparse encoder (Transformer + Pooling
+    + SparseAutoEncoder, which st-export refuses), and a cross-encoder saved as a plain Hugging Face classifier (no
+    modules.json), as cross-encoder/ms-marco-* are."""
     import torch
     import transformers as tr
     from sentence_transformers import CrossEncoder, SparseEncoder
-    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+    from sentence_transformers import models
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SparseAutoEncoder, SpladePooling
 
     tok = _hf_tokenizer("bert", small_vocab=True)
     cfg = dict(
@@ -622,5 +652,8 @@ def build_tiny_other_kinds(out: Path) -> dict[str, Path]:
     tr.BertForMaskedLM(tr.BertConfig(**cfg)).save_pretrained(mlm_dir)
     tok.save_pretrained(mlm_dir)
     SparseEncoder(modules=[MLMTransformer(str(mlm_dir)), SpladePooling("max")], device="cpu").save(str(paths["sparse"]))
+    paths["csr"] = out / "csr"
+    csr = [models.Transformer(str(mlm_dir)), models.Pooling(HIDDEN), SparseAutoEncoder(HIDDEN, hidden_dim=64, k=8)]
+    SparseEncoder(modules=csr, device="cpu").save(str(paths["csr"]))
     shutil.rmtree(mlm_dir)
     return paths

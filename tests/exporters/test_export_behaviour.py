@@ -199,11 +199,23 @@ def other_kinds(tmp_path_factory):
     return build_tiny_other_kinds(tmp_path_factory.mktemp("kinds"))
 
 
-def test_sparse_encoders_are_refused_not_exported_as_embeddings(other_kinds, tmp_path):
+def test_sparse_encoders_are_exported_as_sparse_not_as_embeddings(other_kinds, tmp_path):
     """Loaded as a SentenceTransformer, a SparseEncoder falls back to mean pooling: the export would 'pass'
-    against that same wrong reference. st-export reads the kind the model was saved as and refuses it."""
-    with pytest.raises(errors.UnsupportedModelError, match="is a sentence-transformers SparseEncoder"):
-        export.export_model(str(other_kinds["sparse"]), output=tmp_path / "out", log=lambda _m: None)
+    against that same wrong reference. st-export reads the kind the model was saved as (here the legacy
+    MLMTransformer layout) and exports vocabulary-sized SPLADE rows (tests/exporters/test_sparse_encoder.py
+    checks the weights)."""
+    out = export.export_model(str(other_kinds["sparse"]), output=tmp_path / "out", variants=[], log=lambda _m: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "sparse-embedding" and "embedding" not in manifest
+    assert manifest["sparse"]["dimension"] > 1000  # the vocabulary, not the hidden size (32)
+    assert manifest["sparse"]["pooling"] == "max"
+
+
+def test_sparse_modules_st_export_cannot_reproduce_are_refused(other_kinds, tmp_path):
+    """A CSR model (dense Pooling + SparseAutoEncoder) is a SparseEncoder too; exporting it as SPLADE would be
+    wrong, so it is refused by module name."""
+    with pytest.raises(errors.UnsupportedModelError, match=r"SparseAutoEncoder.*SpladePooling"):
+        export.export_model(str(other_kinds["csr"]), output=tmp_path / "out", log=lambda _m: None)
     assert not (tmp_path / "out").exists()
 
 

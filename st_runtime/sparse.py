@@ -1,0 +1,221 @@
+"""SparseEncoder: sentence-transformers' SPLADE API on an exported sparse encoder (one graph from token ids to the
+vocabulary-sized SPLADE activation: masked-language-model logits, relu, log1p, max or sum over tokens).
+
+Embeddings come back as :class:`SparseEmbedding` (a sorted ``indices`` array and its ``values``, per text), not as
+scipy or torch sparse matrices: the runtime stays on numpy, onnxruntime and tokenizers, and an (indices, values)
+pair is what search engines take for a sparse vector (Qdrant's SparseVector, Milvus, Pinecone's sparse_values,
+text-embeddings-inference's /embed_sparse). ``convert_to_sparse_tensor=False`` gives dense rows instead, and
+:meth:`SparseEncoder.to_scipy` builds a CSR matrix where scipy is installed.
+
+The graph returns the whole vocabulary-sized row: the masked-language-model head (hidden x vocabulary per token)
+costs far more than the [batch, vocabulary] output, and the row lets any ``max_active_dims`` be applied exactly
+afterwards, as sentence-transformers applies it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .encoder import SentenceEncoder, _progress_bar
+from .inputs import classify, prepare
+
+
+class SparseEmbedding(NamedTuple):
+    """One text's sparse embedding: the active vocabulary ids in increasing order (int32) and their weights
+    (float32). Unpacks as ``indices, values = embedding``."""
+
+    indices: np.ndarray
+    values: np.ndarray
+
+    def to_dense(self, dimension: int) -> np.ndarray:
+        row = np.zeros(dimension, dtype=np.float32)
+        row[self.indices] = self.values
+        return row
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+
+
+def sparsify(rows: np.ndarray, max_active_dims: int | None) -> list[SparseEmbedding]:
+    """Each row's non-zero entries, keeping the ``max_active_dims`` largest by magnitude (sentence-transformers'
+    select_max_active_dims: top-k of |x|, zeros never kept)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    if max_active_dims is not None and max_active_dims < rows.shape[1]:
+        over = np.count_nonzero(rows, axis=1) > max_active_dims
+        if over.any():
+            rows = rows.copy()
+            sub = rows[over]
+            drop = np.argpartition(-np.abs(sub), max_active_dims - 1, axis=1)[:, max_active_dims:]
+            np.put_along_axis(sub, drop, 0.0, axis=1)
+            rows[over] = sub
+    r, c = np.nonzero(rows)
+    values = rows[r, c]
+    bounds = np.searchsorted(r, np.arange(rows.shape[0] + 1))
+    cols = c.astype(np.int32)
+    return [SparseEmbedding(cols[a:b], values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class _SparseRows:
+    """Where the text tower writes its [batch, vocabulary] outputs (``out[idx] = rows``, ``out[a:b]``): each row
+    is reduced to its active entries at once, so a large call never holds its dense rows."""
+
+    def __init__(self, n: int, max_active_dims: int | None, slots: list | None = None, offset: int = 0):
+        self.slots: list[SparseEmbedding | None] = slots if slots is not None else [None] * n
+        self.n, self.k, self.offset = n, max_active_dims, offset
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s: slice) -> _SparseRows:
+        start, stop, step = s.indices(self.n)
+        if step != 1:
+            raise ValueError("_SparseRows takes contiguous slices only")
+        return _SparseRows(stop - start, self.k, self.slots, self.offset + start)
+
+    def __setitem__(self, idx, rows: np.ndarray) -> None:
+        for i, emb in zip(np.asarray(idx).reshape(-1), sparsify(rows, self.k)):
+            self.slots[self.offset + int(i)] = emb
+
+
+class SparseEncoder(SentenceEncoder):
+    """Drop-in for ``sentence_transformers.SparseEncoder`` at inference time (SPLADE models): ``encode``,
+    ``encode_query``, ``encode_document``, ``decode`` and ``similarity``.
+
+    Args: as :class:`SentenceEncoder` (``model_path`` a folder written by ``st-export`` from a SparseEncoder).
+    """
+
+    _TASK = "sparse-embedding"
+    _OUTPUT = "sparse"
+
+    def __init__(self, model_path, *args, **kwargs):
+        super().__init__(model_path, *args, **kwargs)
+        sparse = self.manifest["sparse"]
+        self.max_active_dims: int | None = sparse.get("max_active_dims")
+        self.similarity_fn_name = sparse.get("similarity_fn_name") or "dot"
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseEncoder({str(self.path)!r}, variant={self.variant!r}, dim={self._dim}, "
+            f"max_active_dims={self.max_active_dims})"
+        )
+
+    def encode(
+        self,
+        sentences,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        max_active_dims: int | None = None,
+        convert_to_tensor: bool = True,
+        convert_to_sparse_tensor: bool = True,
+        max_seq_length: int | None = None,
+        device: str | None = None,
+        **kwargs,
+    ):
+        """Sparse embeddings of ``sentences``, as ``SparseEncoder.encode`` computes them.
+
+        Returns one :class:`SparseEmbedding` per text (a list; a single string gives one), or with
+        ``convert_to_sparse_tensor=False`` dense float32 rows [n, vocabulary] (1-D for a single string).
+        ``max_active_dims`` keeps each text's largest weights (default: the model's own setting, recorded at
+        export). ``convert_to_tensor`` is accepted for sentence-transformers' signature and changes nothing.
+        ``batch_size``, ``prompt_name``, ``prompt``, ``show_progress_bar``, ``max_seq_length`` and ``device`` act as
+        in :meth:`SentenceEncoder.encode`.
+        """
+        if kwargs:
+            raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
+        self._check_device(device)
+        _check_positive("batch_size", batch_size)
+        _check_positive("max_active_dims", max_active_dims)
+        k = max_active_dims if max_active_dims is not None else self.max_active_dims
+        max_length = self._max_seq_length if max_seq_length is None else self._check_max_seq_length(max_seq_length)
+        items, _kinds, singular = classify(sentences)
+        pair = next((i for i, it in enumerate(items) if not isinstance(it, str)), None)
+        if pair is not None:
+            from .errors import UnsupportedInputError
+
+            raise UnsupportedInputError(f"input {pair} is not a string; a sparse encoder embeds single texts.")
+        prompt_text = self._resolve_prompt(prompt, prompt_name)
+        if prompt_text:
+            items = [prompt_text + it for it in items]
+        items = prepare(items, self._cutter)
+        out = _SparseRows(len(items), k)
+        bar = _progress_bar(show_progress_bar, len(items))
+        try:
+            if items:
+                self.text_tower.embed(items, batch_size, out, max_length, bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        result: list[SparseEmbedding] = out.slots  # type: ignore[assignment]
+        if not convert_to_sparse_tensor:
+            dense = self.to_dense(result)
+            return dense[0] if singular else dense
+        return result[0] if singular else result
+
+    def to_dense(self, embeddings) -> np.ndarray:
+        """Dense float32 rows [n, vocabulary] of SparseEmbeddings (one gives a 1-D row)."""
+        if isinstance(embeddings, SparseEmbedding):
+            return embeddings.to_dense(self._dim)
+        out = np.zeros((len(embeddings), self._dim), dtype=np.float32)
+        for row, emb in zip(out, embeddings):
+            row[emb.indices] = emb.values
+        return out
+
+    def to_scipy(self, embeddings):
+        """A scipy.sparse CSR matrix [n, vocabulary] of SparseEmbeddings (needs scipy, which st_runtime does
+        not install)."""
+        from scipy.sparse import csr_matrix
+
+        embeddings = [embeddings] if isinstance(embeddings, SparseEmbedding) else list(embeddings)
+        indptr = np.cumsum([0] + [len(e.indices) for e in embeddings])
+        indices = np.concatenate([e.indices for e in embeddings]) if embeddings else np.zeros(0, np.int32)
+        values = np.concatenate([e.values for e in embeddings]) if embeddings else np.zeros(0, np.float32)
+        return csr_matrix((values, indices, indptr), shape=(len(embeddings), self._dim))
+
+    def _rows(self, embeddings) -> tuple[list[SparseEmbedding], bool]:
+        """(embeddings as SparseEmbeddings, whether one was given) from SparseEmbeddings or dense rows."""
+        if isinstance(embeddings, SparseEmbedding):
+            return [embeddings], True
+        if isinstance(embeddings, np.ndarray):
+            if embeddings.ndim not in (1, 2) or embeddings.shape[-1] != self._dim:
+                raise ValueError(f"dense embeddings must be [{self._dim}] or [n, {self._dim}], got {embeddings.shape}")
+            return sparsify(np.atleast_2d(embeddings), None), embeddings.ndim == 1
+        rows = list(embeddings)
+        if not all(isinstance(e, SparseEmbedding) for e in rows):
+            raise TypeError("expected SparseEmbedding(s) from encode, or dense numpy rows")
+        return rows, False
+
+    def decode(self, embeddings, top_k: int | None = None):
+        """(token, weight) pairs by decreasing weight, at most ``top_k`` per text, as ``SparseEncoder.decode``:
+        a list for one embedding, a list of lists for several."""
+        _check_positive("top_k", top_k)
+        rows, single = self._rows(embeddings)
+        tok = self.tokenizer
+        out = []
+        for emb in rows:
+            order = np.argsort(-emb.values, kind="stable")[:top_k]
+            out.append([(tok.id_to_token(int(emb.indices[i])), float(emb.values[i])) for i in order])
+        return out[0] if single else out
+
+    def similarity(self, embeddings1, embeddings2) -> np.ndarray:
+        """All-pairs similarity (dot product for SPLADE models, or the model's similarity function)."""
+        from . import util
+
+        a = self.to_dense(self._rows(embeddings1)[0])
+        b = self.to_dense(self._rows(embeddings2)[0])
+        return util.SIMILARITY_FUNCTIONS[self.similarity_fn_name](a, b)
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
+        a = self.to_dense(self._rows(embeddings1)[0])
+        b = self.to_dense(self._rows(embeddings2)[0])
+        return np.array([self.similarity(x, y)[0, 0] for x, y in zip(a, b)], dtype=np.float32)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self._dim
+
+    get_embedding_dimension = get_sentence_embedding_dimension
