@@ -46,7 +46,11 @@ def _read_json(path: Path) -> Any:
 # is loaded, traced and validated as the class it was saved as: loading a CrossEncoder or SparseEncoder as a
 # SentenceTransformer falls back to mean pooling and gives embeddings the model never computes, which would
 # then "pass" validation against that same wrong reference.
-EXPORTABLE_KINDS = {"SentenceTransformer": "embedding", "CrossEncoder": "cross-encoder", "SparseEncoder": "sparse-embedding"}
+EXPORTABLE_KINDS = {
+    "SentenceTransformer": "embedding",
+    "CrossEncoder": "cross-encoder",
+    "SparseEncoder": "sparse-embedding",
+}
 
 
 def model_kind(folder: Path) -> str:

@@ -90,9 +90,10 @@ def _reference(name: str):
 
 
 TASKS = {
-    "embedding": Task("embedding", "sentence_embedding", _reference("reference_outputs"), _check_embedding, _time_embedding),
-    "cross-encoder": Task("cross-encoder", "scores", _reference("reference_scores"), _check_cross_encoder, _time_cross_encoder),
-    "sparse-embedding": Task(
-        "sparse-embedding", "sentence_embedding", _reference("reference_sparse"), _check_sparse, _time_sparse
-    ),
-}  # fmt: skip
+    t.name: t
+    for t in (
+        Task("embedding", "sentence_embedding", _reference("reference_outputs"), _check_embedding, _time_embedding),
+        Task("cross-encoder", "scores", _reference("reference_scores"), _check_cross_encoder, _time_cross_encoder),
+        Task("sparse-embedding", "sentence_embedding", _reference("reference_sparse"), _check_sparse, _time_sparse),
+    )
+}

@@ -13,4 +13,9 @@ __all__ = [
     "SentenceEncoder",
     "SentenceTransformer",
     "SparseEmbedding",
-    "SparseEncoder", "errors", "util", "FORMAT_VERSION", "__version__"]
+    "SparseEncoder",
+    "errors",
+    "util",
+    "FORMAT_VERSION",
+    "__version__",
+]

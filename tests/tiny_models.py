@@ -630,8 +630,7 @@ def build_tiny_other_kinds(out: Path) -> dict[str, Path]:
     modules.json), as cross-encoder/ms-marco-* are."""
     import torch
     import transformers as tr
-    from sentence_transformers import CrossEncoder, SparseEncoder
-    from sentence_transformers import models
+    from sentence_transformers import CrossEncoder, SparseEncoder, models
     from sentence_transformers.sparse_encoder.models import MLMTransformer, SparseAutoEncoder, SpladePooling
 
     tok = _hf_tokenizer("bert", small_vocab=True)
