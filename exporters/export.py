@@ -329,7 +329,7 @@ def _build_variants(run: ExportRun) -> None:
             continue
         fp32_path = tmp / tower["variants"]["fp32"]["file"]
         used_external = tower["variants"]["fp32"]["external_data"]
-        ctx = BuildContext(tmp, tname, tower, fp32_path, hf_config, run.spec, run.log)
+        ctx = BuildContext(tmp, tname, tower, fp32_path, hf_config, run.spec, run.log, manifest)
         for name in [v for v in run.wanted if v != "fp32" and v in run.spec.variants]:
             if manifest["task"] not in PLANS[name].tasks:
                 run.log(f"{tname} {name}: not built for {manifest['task']} models yet")

@@ -119,10 +119,14 @@ def validate_scores(
     items: list[tuple[str, Any]],
     activation,
     top_k: int = 10,
+    tie: float | None = None,
 ) -> dict[str, Any]:
     """Compare a CrossEncoder's logits ``ref_logits`` (reference_scores) with st_runtime's, after the model's
     ``activation``: every score within ``max_abs`` at batch size 1 and in one batch of all items, and the
-    ranking of each query's documents (the "rerank" items, query-major) identical in its first ``top_k``."""
+    ranking of each query's documents (the "rerank" items, query-major) identical in its first ``top_k``: only two
+    documents whose reference scores are within ``tie`` (default ``max_abs``, the resolution the scores are promised
+    at) may swap. Irrelevant documents' scores crowd near the activation's floor, where such ties are common."""
+    tie = max_abs if tie is None else tie
     tags = [t for t, _ in items]
     pairs = [s for _, s in items]
     ref = activation(ref_logits)
@@ -151,8 +155,8 @@ def validate_scores(
             scores = ref[idx, 0]
             want = np.argsort(-scores, kind="stable")[:top_k]
             have = np.argsort(-got[idx, 0], kind="stable")[:top_k]
-            # two documents whose reference scores are within the tolerance may swap places (a tie, not a change)
-            if any(a != b and abs(scores[a] - scores[b]) > 2 * max_abs for a, b in zip(want, have)):
+            # two documents whose reference scores are equal within rounding may swap places (a tie, not a change)
+            if any(a != b and abs(scores[a] - scores[b]) > tie for a, b in zip(want, have)):
                 ranking_identical = False
                 failures.append(
                     {"run": run, "error": f"ranking for {query!r} differs: {have.tolist()} vs {want.tolist()}"}

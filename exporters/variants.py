@@ -7,7 +7,7 @@ chosen; this module only builds them and reports what it did.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ class BuildContext:
     hf_config: Any
     spec: Any
     log: Callable[[str], None]
+    manifest: dict[str, Any] = field(default_factory=dict)
 
     def variant_path(self, name: str) -> Path | None:
         """The graph of an already-built variant of this tower, if any."""
@@ -233,16 +234,21 @@ def _unique_node_names(graph) -> None:
 
 
 # ----------------------------------------------------------------------------- plans
-def calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(folder: Path, input_names: list[str], task: str = "embedding") -> list[dict[str, np.ndarray]]:
     """int8 calibration inputs exactly as the runtime builds them: every text alone, and the whole set
     through the runtime's own length-sorted batching (int8 activation ranges are per batch, so batch
-    company matters as much as the text)."""
-    from st_runtime import SentenceEncoder
+    company matters as much as the text). A cross-encoder is calibrated on (query, passage) pairs."""
+    import st_runtime
+    from st_runtime.manifest import CLASS_FOR_TASK
 
     from .battery import CALIBRATION
 
-    text = SentenceEncoder(folder, variant="fp32").text_tower
-    encodings = text.tokenizer.encode_batch(CALIBRATION)
+    text = getattr(st_runtime, CLASS_FOR_TASK[task])(folder, variant="fp32").text_tower
+    items: list = list(CALIBRATION)
+    if task == "cross-encoder":
+        queries = [t for t in CALIBRATION if len(t) < 60][:6]
+        items = [(q, d) for q in queries for d in CALIBRATION[:: max(1, len(CALIBRATION) // 8)]]
+    encodings = text.tokenizer.encode_batch(items)
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
     feeds = [text.feeds(encodings, lengths, np.array([i]), int(n)) for i, n in enumerate(lengths)]
     order = np.argsort(-lengths, kind="stable")
@@ -250,6 +256,20 @@ def calibration_feeds(folder: Path, input_names: list[str]) -> list[dict[str, np
         if end - start > 1:
             feeds.append(text.feeds(encodings, lengths, order[start:end], width))
     return [{k: f[k] for k in input_names} for f in feeds]
+
+
+def _score_agreement(activation_name: str):
+    """1 - |score difference| after the model's activation, per row (the cross-encoder int8 gate's measure)."""
+    from st_runtime.cross_encoder import ACTIVATIONS
+
+    activation = ACTIVATIONS[activation_name]
+
+    def agreement(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+        diff = np.abs(activation(ref).astype(np.float64) - activation(got)).max(axis=1)
+        return 1.0 - diff
+
+    agreement.__doc__ = f"1 - |score difference| after {activation_name}"
+    return agreement
 
 
 def _build_opt_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
@@ -276,16 +296,23 @@ def _build_opt_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
 
 def _build_int8_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
     plan = PLANS["int8"]
+    task = ctx.manifest.get("task", "embedding")
+    if task == "cross-encoder":  # scores within max_score_diff, with the same margins as the cosine targets
+        agreement = _score_agreement(ctx.manifest["scores"]["activation"])
+        target_min, target_mean = 1 - 0.7 * plan.max_score_diff, 1 - 0.2 * plan.max_score_diff
+    else:
+        agreement, target_min, target_mean = None, plan.min_cosine + 0.003, plan.mean_cosine + 0.002
     try:
         return build_int8(
             ctx.fp32_path,
             dst,
-            calibration_feeds(ctx.folder, ctx.tower["inputs"]),
-            "sentence_embedding",
-            target_min=plan.min_cosine + 0.003,
-            target_mean=plan.mean_cosine + 0.002,
+            calibration_feeds(ctx.folder, ctx.tower["inputs"], task),
+            ctx.tower["output"],
+            target_min=target_min,
+            target_mean=target_mean,
             workdir=ctx.folder,
             log=ctx.log,
+            agreement=agreement,
         )
     finally:  # the calibration's scratch graphs never stay in the export, also when it fails
         for scratch in ctx.folder.glob("int8-*.onnx"):
@@ -309,7 +336,10 @@ PLANS = {
         mean_cosine=0.995,
         exact=False,
         builder=_build_int8_variant,
-        tasks=("embedding",),
+        # rerankers: scores within 0.01 after the activation and the same top-10 per query; sparse encoders
+        # are not offered int8 (quantization noise moves weights across zero, so the active set changes)
+        max_score_diff=0.01,
+        tasks=("embedding", "cross-encoder"),
     ),
     "fp16": VariantPlan(
         "fp16",

@@ -149,13 +149,15 @@ def build_int8(
     workdir: Path,
     max_excluded: int | None = None,
     log: Callable[[str], None] = lambda _m: None,
+    agreement: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Dynamic int8 with per-channel weights from the plain fp32 graph (onnxruntime's own CPU fusions apply at
     load; its fused Attention would keep the query/key/value projections in fp32). Sibling projections are
     merged first. SmoothQuant scaling and outlier-channel decomposition are calibrated on
     ``calibration_feeds`` (the most accurate of a small grid of smoothing strengths and outlier thresholds).
     Only if the calibration accuracy is still below target are MatMuls kept in fp32,
-    worst local signal-to-noise ratio first."""
+    worst local signal-to-noise ratio first. ``agreement(reference, got)`` scores each calibration row against
+    fp32 (1 is identical; default: cosine similarity), and the targets apply to its minimum and mean."""
     import onnx
 
     base = onnx.load(str(src))
@@ -193,7 +195,7 @@ def build_int8(
 
     def score(model) -> tuple[float, float]:
         got = np.concatenate([r[0] for r in run_all(session(model), calibration_feeds, [output])])
-        cos = cosines(reference, got)
+        cos = (agreement or cosines)(reference, got)
         return float(cos.min()), float(cos.mean())
 
     def attempt(alpha: float, gain: float | None):
@@ -202,7 +204,7 @@ def build_int8(
         release_memory()
         log(
             f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
-            f"min cosine {s[0]:.4f}, mean {s[1]:.5f}"
+            f"min agreement {s[0]:.4f}, mean {s[1]:.5f}"
         )
         return s, alpha, gain, decomposed
 
@@ -235,7 +237,7 @@ def build_int8(
             cal_min, cal_mean = score(quantized)
             log(
                 f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
-                f"min cosine {cal_min:.4f}, mean {cal_mean:.5f}"
+                f"min agreement {cal_min:.4f}, mean {cal_mean:.5f}"
             )
             step *= 2
     finally:  # the scratch graphs never stay in the export folder, also when calibration fails
@@ -254,7 +256,8 @@ def build_int8(
         "int8_matmuls": n_matmuls - len(excluded),
         "calibration": {
             "texts": len(calibration_feeds),
-            "min_cosine_vs_fp32": cal_min,
-            "mean_cosine_vs_fp32": cal_mean,
+            "agreement": "cosine" if agreement is None else getattr(agreement, "__doc__", None) or "custom",
+            "min_cosine_vs_fp32" if agreement is None else "min_agreement_vs_fp32": cal_min,
+            "mean_cosine_vs_fp32" if agreement is None else "mean_agreement_vs_fp32": cal_mean,
         },
     }
