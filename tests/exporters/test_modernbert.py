@@ -79,20 +79,16 @@ def test_text_pairs(zoo):
 
 
 def test_variants(zoo):
-    """opt: onnxruntime's bert fusions without attention (there is no ModernBERT fusion), exact; int8: every
-    MatMul of the layers quantized, within its gate."""
+    """opt (onnxruntime's bert fusions, no attention among them) is exact; int8 quantizes every MatMul of the
+    layers and stays within its gate."""
     src = zoo.model("modernbert", pooling="cls")
     out = zoo.export("modernbert", variants=("opt", "int8"), pooling="cls")
     manifest = json.loads((out / "manifest.json").read_text())
     variants = manifest["towers"]["text"]["variants"]
     assert manifest["towers"]["text"]["inputs"] == ["input_ids", "attention_mask"]
     assert set(variants) == {"fp32", "opt", "int8"}
-    layers = 3
-    fused = variants["opt"]["build"]["fused_operators"]
-    assert fused["Attention"] == fused["MultiHeadAttention"] == 0
-    assert fused["SkipLayerNormalization"] == 2 * layers and fused["Gelu"] == layers
-    assert variants["opt"]["validation"]["min_cosine"] >= 0.99999
-    assert variants["int8"]["build"]["int8_matmuls"] == 4 * layers  # Wqkv, Wo, Wi, Wo
+    assert variants["opt"]["validation"]["min_cosine"] >= 0.99999  # its fusions: test_variants.EXPECTED_FUSIONS
+    assert variants["int8"]["build"]["int8_matmuls"] == 4 * 3  # Wqkv, Wo, Wi, Wo in each of the 3 layers
     assert variants["int8"]["validation"]["passed"]
     ref = zoo.reference(src).encode(TEXTS)
     assert_parity(ref, SentenceEncoder(out, variant="opt").encode(TEXTS))
@@ -101,17 +97,16 @@ def test_variants(zoo):
     assert row_cosines(ref, int8).min() < 0.999999  # quantized for real
 
 
-@pytest.mark.parametrize("classifier_pooling", ["cls", "mean"])
-def test_reranker(tmp_path, classifier_pooling):
-    """ModernBertForSequenceClassification as a CrossEncoder, with either classifier pooling (the reranker's
-    mean pooling uses the attention mask inside the head)."""
+def test_reranker_with_mean_classifier_pooling(tmp_path):
+    """ModernBertForSequenceClassification with classifier_pooling "mean" (the head pools with the attention
+    mask) as a CrossEncoder; the default "cls" head is in test_cross_encoder's architecture list."""
     from sentence_transformers import CrossEncoder as StCrossEncoder
 
     from exporters import export_model
     from exporters.battery import PASSAGES, long_text
     from st_runtime import CrossEncoder
 
-    src = build_tiny_cross_encoder(tmp_path / "src", "modernbert", config={"classifier_pooling": classifier_pooling})
+    src = build_tiny_cross_encoder(tmp_path / "src", "modernbert", config={"classifier_pooling": "mean"})
     out = export_model(str(src), output=tmp_path / "out", variants=["opt"], log=lambda _m: None)
     pairs = [("How big is London", p) for p in PASSAGES] + [("a", "b"), ("q", long_text(300))]
     ref = StCrossEncoder(str(src), device="cpu")
