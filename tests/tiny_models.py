@@ -209,7 +209,7 @@ def _hf_model(arch: str, vocab_size: int, pad_id: int):
         )
         return tr.AlbertModel(cfg, add_pooling_layer=False)
     if arch == "modernbert":
-        # Alternating attention as in gte-modernbert-base (a global layer every third), with a local window of
+        # Alternating attention (gte-modernbert-base: a global layer every third; here every second), a local window of
         # MODERNBERT_WINDOW tokens, far below MAX_SEQ, so the battery runs both kinds of layer past the window.
         cfg = tr.ModernBertConfig(
             hidden_size=HIDDEN,
