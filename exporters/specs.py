@@ -243,3 +243,17 @@ register(
         text_pairs=False,
     )
 )
+# ModernBERT: rotary positions, no token_type_ids, global attention every few layers and a sliding window
+# (local_attention tokens) in the others. Traced with eager attention, transformers builds both masks from the
+# sequence length and the attention mask in the graph (Range, |q - k| <= window // 2, And with the padding), so
+# no patcher is needed. onnxruntime's optimizer has no ModernBERT type: "opt" (the bert fusions) gets
+# SkipLayerNormalization and Gelu but no Attention (the rotary Q/K and the window mask are not its BERT pattern).
+register(
+    TextEncoderSpec(
+        family="modernbert",
+        model_types=("modernbert",),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type=None,
+        examples=("Alibaba-NLP/gte-modernbert-base", "nomic-ai/modernbert-embed-base"),
+    )
+)

@@ -282,7 +282,13 @@ def _build_opt_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
         ctx.spec.attention_fusion,
     )
     fused = info["fused_operators"]
-    if not fused["Attention"] + fused["MultiHeadAttention"]:
+    no_fusion_known = ctx.spec.ort_optimizer_type is None and ctx.spec.attention_fusion is None
+    if not fused["Attention"] + fused["MultiHeadAttention"] and no_fusion_known:
+        ctx.log(  # expected: the family's spec names no attention fusion that could have applied
+            f"note: onnxruntime's optimizer has no attention fusion for the {ctx.spec.family} family; the "
+            f"{ctx.tower_name} tower's opt graph fuses {fused}."
+        )
+    elif not fused["Attention"] + fused["MultiHeadAttention"]:
         import onnxruntime as ort
 
         ctx.log(

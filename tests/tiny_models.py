@@ -10,8 +10,10 @@ from pathlib import Path
 
 HIDDEN = 32
 MAX_SEQ = 48  # small, so the battery's long texts exercise truncation
+MODERNBERT_WINDOW = 8  # ModernBERT's local attention window (tokens, both sides together)
+MODERNBERT_INIT_STD = 0.2  # weights spread enough that attention, and so the window, moves the embeddings
 
-TINY_ARCHITECTURES = ("bert", "mpnet", "distilbert", "xlm-roberta")
+TINY_ARCHITECTURES = ("bert", "mpnet", "distilbert", "xlm-roberta", "modernbert")
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
@@ -70,6 +72,37 @@ def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tup
     return d["model"]["vocab"], merges
 
 
+def _modernbert_tokenizer():
+    """ModernBERT's tokenizer as answerdotai/ModernBERT-base ships it: a GPT-NeoX/OLMo-style byte-level BPE
+    (trained here) with BERT's special tokens after the vocabulary, [CLS] $A [SEP] ([SEP] $B [SEP] for pairs),
+    and no token_type_ids."""
+    import transformers as tr
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab, merges = _byte_level_bpe(["<|endoftext|>"])
+    for special in ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"):  # ids after the BPE vocabulary, as there
+        vocab[special] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return tr.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
 def small_wordpiece_vocab(words: list[str], n_words: int = 1000) -> list[str]:
     """A few thousand entries of a WordPiece vocabulary that still tokenize any text: the special tokens,
     every single character with and without '##', and the first ``n_words`` whole words (the committed
@@ -106,6 +139,8 @@ def _hf_tokenizer(arch: str, small_vocab: bool = False):
         specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
         vocab = [(t, 0.0) for t in specials] + [(t, sc) for t, sc in uni if t not in specials]
         return tr.AlbertTokenizer(vocab=vocab, do_lower_case=True)
+    if arch == "modernbert":
+        return _modernbert_tokenizer()
     if arch == "xlm-roberta":
         return tr.XLMRobertaTokenizerFast(
             tokenizer_object=_unigram_tokenizer(),
@@ -173,6 +208,31 @@ def _hf_model(arch: str, vocab_size: int, pad_id: int):
             **common,
         )
         return tr.AlbertModel(cfg, add_pooling_layer=False)
+    if arch == "modernbert":
+        # Alternating attention (gte-modernbert-base: a global layer every third; here every second), a local window of
+        # MODERNBERT_WINDOW tokens, far below MAX_SEQ, so the battery runs both kinds of layer past the window.
+        cfg = tr.ModernBertConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=MAX_SEQ + 16,
+            local_attention=MODERNBERT_WINDOW,
+            global_attn_every_n_layers=2,
+            global_rope_theta=160000.0,
+            local_rope_theta=10000.0,
+            cls_token_id=pad_id - 2,  # the tokenizer's [CLS] [SEP] [PAD] follow one another
+            sep_token_id=pad_id - 1,
+            bos_token_id=pad_id - 2,
+            eos_token_id=pad_id - 1,
+            **common,
+        )
+        model = tr.ModernBertModel(cfg)
+        with torch.no_grad():  # at the default init (std 0.02) attention is near uniform: the window would not show
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, MODERNBERT_INIT_STD)
+        return model
     if arch == "xlm-roberta":
         cfg = tr.XLMRobertaConfig(
             hidden_size=HIDDEN,
@@ -235,9 +295,12 @@ def build_tiny(
     return out
 
 
-def build_tiny_cross_encoder(out: Path, arch: str, num_labels: int = 1, plain_hf: bool = False) -> Path:
+def build_tiny_cross_encoder(
+    out: Path, arch: str, num_labels: int = 1, plain_hf: bool = False, config: dict | None = None
+) -> Path:
     """A tiny random sequence classifier saved by sentence-transformers' CrossEncoder (``plain_hf``: saved by
-    transformers only, as cross-encoder/ms-marco-* are on the hub, without sentence-transformers' files)."""
+    transformers only, as cross-encoder/ms-marco-* are on the hub, without sentence-transformers' files).
+    ``config``: settings of the classifier's config (ModernBERT's classifier_pooling)."""
     import torch
     import transformers as tr
     from sentence_transformers import CrossEncoder
@@ -249,6 +312,8 @@ def build_tiny_cross_encoder(out: Path, arch: str, num_labels: int = 1, plain_hf
     cfg.num_labels = num_labels
     cfg.id2label = {i: f"label_{i}" for i in range(num_labels)} if num_labels > 1 else {0: "LABEL_0"}
     cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    for key, value in (config or {}).items():
+        setattr(cfg, key, value)
     torch.manual_seed(77)
     model = tr.AutoModelForSequenceClassification.from_config(cfg)
     with torch.no_grad():  # spread the scores so rankings are not ties of random noise

@@ -49,7 +49,7 @@ def reference(src):
     return CrossEncoder(str(src), device="cpu")
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert", "xlm-roberta"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "xlm-roberta", "modernbert"])
 def test_scores_and_ranking_match_sentence_transformers(exported, arch):
     from st_runtime import CrossEncoder
 

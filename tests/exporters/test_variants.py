@@ -24,6 +24,8 @@ EXPECTED_FUSIONS = {
     "xlm-roberta": {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2},
     # MPNet's relative-position-bias attention is fused by our own pass (exporters/fusions.py).
     "mpnet": {"Attention": 2, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 1, "BiasGelu": 2},
+    # ModernBERT (3 layers, bias-free GLU MLP): onnxruntime has no fusion for its rotary, windowed attention.
+    "modernbert": {"Attention": 0, "MultiHeadAttention": 0, "SkipLayerNormalization": 6, "Gelu": 3},
 }
 
 
