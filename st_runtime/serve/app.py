@@ -100,7 +100,9 @@ class ServedModel:
 
     def require(self, task: str, route: str) -> None:
         if self.task != task:
-            other = "/rerank" if self.task == "cross-encoder" else "/embed or /v1/embeddings"
+            other = {"cross-encoder": "/rerank", "sparse-embedding": "/embed_sparse"}.get(
+                self.task, "/embed or /v1/embeddings"
+            )
             raise RequestError(
                 422,
                 f"model {self.name!r} is a {self.task} model: {route} needs a {task} model; use {other}",
@@ -138,9 +140,10 @@ class ServerState:
 # ---------------------------------------------------------------------------------------------------- loading
 def load_models(state: ServerState) -> None:
     """Load every model, warm it up, start its batcher; then mark the server ready (``/health`` 200)."""
+    import st_runtime
+
     from ..cross_encoder import CrossEncoder
-    from ..encoder import SentenceEncoder
-    from ..manifest import load_manifest
+    from ..manifest import CLASS_FOR_TASK, load_manifest
     from ..providers import physical_cores
     from ..session import session_options_for
 
@@ -150,7 +153,7 @@ def load_models(state: ServerState) -> None:
             t0 = time.perf_counter()
             threads = cfg.threads or physical_cores()
             # onnxruntime's threads sleep between runs instead of spinning: the event loop needs the cores then
-            cls = CrossEncoder if load_manifest(folder).get("task") == "cross-encoder" else SentenceEncoder
+            cls = getattr(st_runtime, CLASS_FOR_TASK[load_manifest(folder).get("task", "embedding")])
             encoder = cls(
                 folder,
                 providers=cfg.providers,
@@ -488,6 +491,8 @@ def _model_type(model: ServedModel) -> dict[str, Any]:
     if model.task == "cross-encoder":
         labels = model.manifest["scores"].get("labels") or []
         return {"reranker": {"id2label": {str(i): label for i, label in enumerate(labels)}}}
+    if model.task == "sparse-embedding":
+        return {"embedding": {"pooling": "splade"}}
     pooling = (model.manifest["embedding"].get("pooling") or {}).get("modes") or ["none"]
     return {"embedding": {"pooling": "+".join(pooling)}}
 
@@ -516,6 +521,24 @@ async def tei_rerank(request: Request, state: ServerState) -> Response:
             entry["text"] = texts[i]
         out.append(entry)
     return _json(out)
+
+
+async def tei_embed_sparse(request: Request, state: ServerState) -> Response:
+    """TEI's /embed_sparse: {"inputs", "truncate"=true, "truncation_direction", "prompt_name"} -> per input, its
+    active entries [{"index", "value"}] in increasing index order (the model's own max_active_dims applies)."""
+    from ..sparse import sparsify
+
+    data = await _read_json(request, state.config.payload_limit)
+    model = state.model(data.get("model"), TEI)
+    model.require("sparse-embedding", "/embed_sparse")
+    items, _ = _inputs(data, "inputs", state.config.max_client_batch_size)
+    rows, _tokens = await _embed(request, state, model, items, data, "inputs")
+    return _json(
+        [
+            [{"index": int(i), "value": float(v)} for i, v in zip(e.indices, e.values)]
+            for e in sparsify(rows, model.encoder.max_active_dims)
+        ]
+    )
 
 
 async def tei_info(request: Request, state: ServerState) -> Response:
@@ -677,6 +700,7 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[str], None] | Non
         ("/models", openai_models, ["GET"], OPENAI, False, True),
         ("/embed", tei_embed, ["POST"], TEI, True, True),
         ("/rerank", tei_rerank, ["POST"], TEI, True, True),
+        ("/embed_sparse", tei_embed_sparse, ["POST"], TEI, True, True),
         ("/tokenize", tei_tokenize, ["POST"], TEI, True, True),
         ("/info", tei_info, ["GET"], TEI, False, True),
         ("/health", health, ["GET"], TEI, False, False),

@@ -411,3 +411,38 @@ def test_rerank_in_teis_shape(start_server, fixtures_dir, tmp_path):
     assert post(server, "/rerank", {"query": 5, "texts": ["a"], "model": "reranker"}).status_code == 422
     info = httpx.get(server.url + "/info", params={"model": "reranker"}).json()
     assert info["model_type"] == {"reranker": {"id2label": {"0": "LABEL_0"}}}
+
+
+def test_embed_sparse_in_teis_shape(start_server, fixtures_dir, tmp_path):
+    """A SPLADE model beside an embedding model: /embed_sparse gives each text's active entries as
+    SparseEncoder.encode does (its max_active_dims applied), truncation and prompts as /embed takes them."""
+    from helpers import needs_export
+
+    if needs_export.args[0]:
+        pytest.skip(needs_export.kwargs["reason"])
+    from tiny_models import build_tiny_sparse_encoder
+
+    from exporters import export_model
+    from st_runtime import SparseEncoder
+
+    src = build_tiny_sparse_encoder(tmp_path / "sp-src", "bert", max_active_dims=40)
+    folder = export_model(str(src), output=tmp_path / "sp", variants=[], log=lambda _m: None)
+    server = start_server(fixtures_dir / "bert" / "export", folder, "--served-model-name", "emb",
+                          "--served-model-name", "splade")  # fmt: skip
+    texts = ["How big is London", "a", "", " ".join(["a long text"] * 100)]
+    r = post(server, "/embed_sparse", {"inputs": texts, "model": "splade"})
+    assert r.status_code == 200, r.text
+    want = SparseEncoder(folder).encode(texts)
+    for got, w in zip(r.json(), want):
+        assert [x["index"] for x in got] == w.indices.tolist() and 0 < len(got) <= 40
+        np.testing.assert_allclose([x["value"] for x in got], w.values, atol=1e-6)
+    one = post(server, "/embed_sparse", {"inputs": "How big is London", "model": "splade"}).json()
+    assert one == r.json()[:1]
+    strict = post(server, "/embed_sparse", {"inputs": texts[3:], "model": "splade", "truncate": False})
+    assert strict.status_code == 413
+    wrong = post(server, "/embed", {"inputs": ["a"], "model": "splade"})
+    assert wrong.status_code == 422 and "/embed_sparse" in wrong.json()["error"]
+    wrong = post(server, "/embed_sparse", {"inputs": ["a"], "model": "emb"})
+    assert wrong.status_code == 422 and "/embed" in wrong.json()["error"]
+    info = httpx.get(server.url + "/info", params={"model": "splade"}).json()
+    assert info["st_runtime"]["task"] == "sparse-embedding" and info["st_runtime"]["dimension"] > 1000
