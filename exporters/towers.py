@@ -133,12 +133,14 @@ def sample_images() -> list:
     return [Image.fromarray(rng.randint(0, 256, size=(h, w, 3), dtype=np.uint8)) for h, w in ((40, 52), (61, 33))]
 
 
-def _graph_module(st_model, input_names: list[str], features: dict[str, str], output: str = "sentence_embedding"):
+def _graph_module(
+    st_model, input_names: list[str], features: dict[str, str], output: str = "sentence_embedding", extra=()
+):
     import torch
 
     class TowerGraph(torch.nn.Module):
         """input tensors (+ constant features such as the modality) -> every module in order -> ``output`` (the
-        sentence embedding, or a cross-encoder's scores)."""
+        sentence embedding, or a cross-encoder's scores), then any ``extra`` features (token_embeddings)."""
 
         def __init__(self):
             super().__init__()
@@ -149,7 +151,7 @@ def _graph_module(st_model, input_names: list[str], features: dict[str, str], ou
             feats.update(features)
             for stage in self.stages:
                 feats = stage(feats)
-            return feats[output]
+            return (feats[output], *(feats[name] for name in extra)) if extra else feats[output]
 
     return TowerGraph().eval()
 
@@ -162,7 +164,10 @@ def trace_tower(
     opset: int,
     external_data: bool | None,
     output: str = "sentence_embedding",
+    extra: tuple[str, ...] = (),
 ) -> bool:
+    """Trace one tower to ``path``; ``extra`` names further per-token outputs (token_embeddings) the graph also
+    returns, [batch, sequence, ...]. Returns whether the weights went to external data."""
     import onnx
     import torch
 
@@ -183,17 +188,19 @@ def trace_tower(
         name: ({0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"}) for name in input_names
     }
     dynamic_axes[output] = {0: "batch"}
+    for name in extra:
+        dynamic_axes[name] = {0: "batch", 1: "sequence"}
     before = {f.name for f in path.parent.iterdir()}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _graph_module(st_model, input_names, dict(tower.features), output),
+            _graph_module(st_model, input_names, dict(tower.features), output, extra),
             args,
             str(path),
             dynamo=False,
             opset_version=opset,
             input_names=input_names,
-            output_names=[output],
+            output_names=[output, *extra],
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
@@ -236,9 +243,14 @@ def build_towers(
             input_names = list(tower.inputs)
         else:
             raise ExportError(f"tower modality {tower.modality!r} of spec {spec.family!r} is not implemented.")
+        # an embedding model's text tower also returns the token embeddings its Pooling reads
+        # (encode(output_value="token_embeddings")); sentence-transformers' Dense and Normalize leave them as they are
+        extra = ("token_embeddings",) if tower.modality == "text" and desc.pooling is not None else ()
+        if extra:
+            entry["token_output"] = extra[0]
         log(f"Tracing {tower.graph_file} ({tower.name} tower, inputs {input_names}, opset {opset})")
         used_external = trace_tower(
-            st_model, tower, input_names, folder / tower.graph_file, opset, external_data, output
+            st_model, tower, input_names, folder / tower.graph_file, opset, external_data, output, extra
         )
         entry["inputs"] = input_names
         entry["variants"] = {"fp32": variant_entry("fp32", tower.graph_file, {"external_data": used_external})}

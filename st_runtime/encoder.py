@@ -321,6 +321,10 @@ class SentenceEncoder:
         ``quantize_embeddings`` does: int8/uint8 map each dimension's range onto 256 steps, the ranges taken from
         this call's embeddings unless ``ranges`` ([2, dim]: minima, maxima) or ``calibration_embeddings`` are
         given (both st_runtime extensions; pass them to quantize consistently across calls).
+        ``output_value="token_embeddings"`` gives each text's token embeddings [tokens, hidden] (the transformer's
+        output that Pooling reads), without padding as sentence-transformers trims it; ``output_value=None`` gives
+        per text a dict of its inputs, token embeddings and sentence embedding (unpadded, where sentence-transformers
+        leaves them padded to its batch's longest text). Both need an export made by this st-export.
         ``max_seq_length`` (an st_runtime extension) truncates this call's texts at fewer tokens than the
         encoder's ``max_seq_length``, without changing it for other calls or threads.
         """
@@ -331,9 +335,10 @@ class SentenceEncoder:
             not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0
         ):
             raise ValueError(f"batch_size must be a positive integer or None (automatic), got {batch_size!r}.")
-        if output_value != "sentence_embedding":
+        if output_value not in ("sentence_embedding", "token_embeddings", None):
             raise ValueError(
-                f"output_value {output_value!r} is not available: the exported graph returns only 'sentence_embedding'."
+                f"output_value {output_value!r} is not supported; choose 'sentence_embedding', 'token_embeddings' "
+                "or None."
             )
         if precision not in QUANTIZED:
             raise ValueError(f"precision {precision!r} is not supported; valid choices: {list(QUANTIZED)}.")
@@ -365,6 +370,10 @@ class SentenceEncoder:
                 for i, it in enumerate(items)
             ]
         items = prepare(items, self._cutter, kinds)
+        if output_value != "sentence_embedding":
+            return self._token_outputs(
+                items, kinds, singular, batch_size, max_length, output_value, precision, truncate_dim
+            )
         out = np.empty((len(items), self._dim), dtype=np.float32)
         bar = _progress_bar(show_progress_bar, len(items))
         try:
@@ -389,6 +398,24 @@ class SentenceEncoder:
         if not convert_to_numpy and not convert_to_tensor:
             return list(out)
         return out
+
+    def _token_outputs(self, items, kinds, singular, batch_size, max_length, output_value, precision, truncate_dim):
+        """encode(output_value="token_embeddings"): each text's token embeddings [tokens, hidden] without padding;
+        output_value=None: per text a dict of its inputs, token embeddings and sentence embedding (without padding,
+        where sentence-transformers pads to the longest text of its batch)."""
+        if kinds is not None and any(k != "text" for k in kinds):
+            raise UnsupportedInputError(f"output_value={output_value!r} takes text only; images have no tokens")
+        if precision != "float32":
+            raise ValueError(
+                f"precision={precision!r} applies to sentence embeddings, not to output_value={output_value!r}"
+            )
+        outputs = self.text_tower.embed_tokens(items, batch_size, max_length) if items else []
+        if output_value == "token_embeddings":
+            outputs = [o["token_embeddings"] for o in outputs]
+        elif truncate_dim is not None:  # as sentence-transformers: the sentence embedding is cut, not normalized
+            for o in outputs:
+                o["sentence_embedding"] = o["sentence_embedding"][:truncate_dim]
+        return outputs[0] if singular else outputs
 
     def encode_query(self, sentences, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """encode() with the model's "query" prompt, when it has one (sentence-transformers 5+ semantics)."""

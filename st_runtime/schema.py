@@ -151,7 +151,8 @@ TOWER = Obj(
         "output": str,
         "variants": Map(VARIANT, nonempty=True),
     },
-    optional={"tokenizer": TOKENIZER, "preprocessor": PREPROCESSOR},
+    # token_output: the graph's per-token output (token_embeddings [batch, sequence, hidden]), where it has one
+    optional={"tokenizer": TOKENIZER, "preprocessor": PREPROCESSOR, "token_output": str},
 )
 
 EMBEDDING = Obj(

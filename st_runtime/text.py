@@ -205,6 +205,33 @@ class TextTower:
             part = out[start : start + len(encodings)]
             self._embed_encoded(encodings, batch_size, part, max_length, zero_types, progress)
 
+    def embed_tokens(self, items: list, batch_size: int | None, max_length: int | None = None) -> list[dict]:
+        """Per item, its token embeddings without padding ([tokens, hidden]), its sentence embedding and its graph
+        inputs (input_ids, attention_mask, ...), in input order: what sentence-transformers' encode gives with
+        output_value="token_embeddings" or None. Needs a graph with the per-token output (``token_output``)."""
+        token_output = self.spec.get("token_output")
+        if token_output is None:
+            raise GraphLoadError(
+                "this export's graph returns sentence embeddings only; export the model again with this "
+                "st-export to get token embeddings (output_value='token_embeddings' or None)."
+            )
+        max_length = self.max_seq_length if max_length is None else max_length
+        encodings = self._encode_fn(max_length)(items)
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable")
+        results: list[dict] = [{} for _ in items]
+        for start, end, width in self.plan(lengths[order], batch_size or self.policy.auto_batch_size, max_length):
+            idx = order[start:end]
+            feeds = self.feeds(encodings, lengths, idx, width)
+            sentence, tokens = self.session.run([self.output, token_output], feeds)
+            for j, i in enumerate(idx):
+                keep = slice(0, int(lengths[i]))  # batches are padded on the right
+                item = {name: feeds[name][j, keep].copy() for name in feeds}
+                item["token_embeddings"] = np.asarray(tokens[j, keep], dtype=np.float32)
+                item["sentence_embedding"] = np.asarray(sentence[j], dtype=np.float32)
+                results[i] = item
+        return results
+
     def feeds(
         self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int, zero_types: bool = False
     ) -> dict[str, np.ndarray]:

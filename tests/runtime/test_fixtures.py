@@ -48,3 +48,40 @@ def test_int8_fixture_stays_within_its_gate(fixtures_dir):
     assert enc.variant == "int8" and SentenceEncoder(folder).variant == "fp32"
     cos = row_cosines(np.load(fixtures_dir / "bert" / "reference.npz")["texts"], enc.encode(REFERENCE_TEXTS))
     assert cos.min() >= gate["validation"]["gate_min_cosine"]
+
+
+@pytest.mark.parametrize("name", ["bert", "mpnet", "glove"])
+def test_token_embeddings_match_sentence_transformers(fixtures_dir, name):
+    """encode(output_value="token_embeddings"): each text's rows without padding, as sentence-transformers trims
+    them, whatever the batch company; output_value=None: inputs, token and sentence embeddings per text."""
+    ref = np.load(fixtures_dir / name / "reference.npz")
+    enc = SentenceEncoder(fixtures_dir / name / "export")
+    want = [t[~np.isnan(t).any(axis=1)] for t in ref["tokens"]]
+    # A text without any token (word embeddings: "" or only stop words) has no rows, as sentence-transformers gives
+    # it alone; in a batch it gives one row of padding there.
+    enc_tokens = enc.text_tower.tokenize(REFERENCE_TEXTS)
+    want = [w if len(e) else w[:0] for w, e in zip(want, enc_tokens)]
+    for bs in (None, 1, 3):
+        got = enc.encode(REFERENCE_TEXTS, output_value="token_embeddings", batch_size=bs)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=2e-5)
+    one = enc.encode(REFERENCE_TEXTS[3], output_value="token_embeddings")
+    np.testing.assert_allclose(one, want[3], atol=2e-5)
+    full = enc.encode(REFERENCE_TEXTS, output_value=None)
+    for item, w, sentence in zip(full, want, ref["texts"]):
+        assert len(item["input_ids"]) == len(item["attention_mask"]) == len(w)
+        assert item["attention_mask"].all()
+        np.testing.assert_allclose(item["token_embeddings"], w, atol=2e-5)
+        assert_parity(sentence[None], item["sentence_embedding"][None])
+    with pytest.raises(ValueError, match="output_value"):
+        enc.encode(["a"], output_value="cls")
+    with pytest.raises(ValueError, match="precision"):
+        enc.encode(["a"], output_value="token_embeddings", precision="int8")
+
+
+def test_clip_has_no_token_output(fixtures_dir):
+    from st_runtime.errors import GraphLoadError
+
+    with pytest.raises(GraphLoadError, match="sentence embeddings only"):
+        SentenceEncoder(fixtures_dir / "clip" / "export").encode(["a"], output_value="token_embeddings")
