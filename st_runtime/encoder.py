@@ -399,7 +399,7 @@ class SentenceEncoder:
             return list(out)
         return out
 
-    def _token_outputs(self, items, kinds, singular, batch_size, max_length, output_value, precision, truncate_dim):
+    def _token_outputs(self, items, kinds, batch_size, max_length, output_value, precision, truncate_dim) -> list:
         """encode(output_value="token_embeddings"): each text's token embeddings [tokens, hidden] without padding;
         output_value=None: per text a dict of its inputs, token embeddings and sentence embedding (without padding,
         where sentence-transformers pads to the longest text of its batch)."""
@@ -415,7 +415,7 @@ class SentenceEncoder:
         elif truncate_dim is not None:  # as sentence-transformers: the sentence embedding is cut, not normalized
             for o in outputs:
                 o["sentence_embedding"] = o["sentence_embedding"][:truncate_dim]
-        return outputs[0] if singular else outputs
+        return outputs
 
     def encode_query(self, sentences, prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """encode() with the model's "query" prompt, when it has one (sentence-transformers 5+ semantics)."""
