@@ -257,6 +257,10 @@ def bench_model(
     source = manifest["source"]["model"]
     if manifest["source"]["origin"].startswith("bundled:") or Path(source).is_dir():
         source = source if Path(source).is_dir() else bundled_path(manifest)
+    if manifest.get("task") == "cross-encoder":  # a reranker: (query, passage) workloads against CrossEncoder
+        from benchmarks.rerank import bench_reranker
+
+        return bench_reranker(folder, manifest, source, threads, rounds, corpus, variants)
     torch.set_num_threads(threads)
     device = "cuda" if provider == "cuda" else "cpu"
     st_model = SentenceTransformer(source, device=device)
@@ -389,10 +393,16 @@ def print_table(res: dict, provider: str) -> None:
     )
     for workload, rows in res["results"].items():
         for name, r in rows.items():
+            accuracy = (
+                f" {r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}"
+                if "min_cosine" in r
+                else f" max score diff {r['max_score_diff']:.1e}, top 10 "
+                + ("identical" if r["top10_identical"] else "DIFFERENT")
+            )
             print(
                 f"{workload:9} {name:34} {r['items_per_s']:9.1f} {r['ratio_to_sentence_transformers']:5.2f}x"
                 + (f" {r['ratio_to_sentence_transformers_fp16']:6.2f}x" if half else "")
-                + f" {r['min_cosine']:9.6f} {r['mean_cosine']:9.6f}"
+                + accuracy
             )
     for name, reason in res.get("unavailable", {}).items():
         print(f"{'':9} {name:34} not measured: {reason.splitlines()[0][:160]}")
