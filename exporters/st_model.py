@@ -16,7 +16,15 @@ from typing import Any
 from .errors import RemoteCodeError, UnsupportedModelError
 from .specs import TextEncoderSpec, spec_for, spec_for_input_module, supported_summary
 
-SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "CLIPModel", "WordEmbeddings")
+SUPPORTED_MODULES = (
+    "Transformer",
+    "Pooling",
+    "Dense",
+    "Normalize",
+    "CLIPModel",
+    "WordEmbeddings",
+    "StaticEmbedding",
+)
 
 
 @dataclass
