@@ -256,8 +256,9 @@ register(
 
 def _static_embedding_as_padded_mean(module):
     """StaticEmbedding's ``EmbeddingBag(mode="mean")`` over flat ids + offsets, as a mean over the unmasked rows of
-    padded ids: the same rows summed and divided by the same count, and zeros for an empty text (as an empty bag
-    gives). Refuses bag settings that compute something else (max_norm rescales rows, padding_idx drops them)."""
+    padded ids: the same rows summed (padding adds exact zeros) and divided by the same count, and zeros for an empty
+    text (as an empty bag gives). Refuses bag settings that compute something else (max_norm rescales rows,
+    padding_idx drops them)."""
     import torch
 
     from .errors import UnsupportedModelError
@@ -282,15 +283,19 @@ def _static_embedding_as_padded_mean(module):
         )
 
     class PaddedBagMean(torch.nn.Module):
+        # Padded positions look up an extra all-zero row, so the sum runs over the gathered rows as they are: masking
+        # the [batch, sequence, dim] rows with Where ran 10x slower in onnxruntime (1024 dims, 186 x 11 tokens).
         def __init__(self):
             super().__init__()
-            self.weight = torch.nn.Parameter(bag.weight.detach().float(), requires_grad=False)
+            weight = bag.weight.detach().float()
+            self.zero_row = int(weight.shape[0])
+            self.weight = torch.nn.Parameter(torch.cat([weight, weight.new_zeros(1, weight.shape[1])]), False)
 
         def forward(self, features):
-            rows = torch.nn.functional.embedding(features["input_ids"], self.weight)  # [batch, sequence, dim]
-            keep = features["attention_mask"].unsqueeze(-1) > 0
-            total = torch.where(keep, rows, torch.zeros((), dtype=rows.dtype)).sum(1)
-            count = keep.sum(1).clamp(min=1).to(rows.dtype)
+            keep = features["attention_mask"] > 0
+            ids = torch.where(keep, features["input_ids"], torch.full((), self.zero_row, dtype=torch.long))
+            total = torch.nn.functional.embedding(ids, self.weight).sum(1)  # [batch, dim]
+            count = keep.sum(1, keepdim=True).clamp(min=1).to(total.dtype)
             return {**features, "sentence_embedding": total / count}
 
     return PaddedBagMean().eval()
