@@ -176,6 +176,18 @@ def test_static_embedding_with_other_bag_settings_is_refused(zoo_families):
             adapt(module)
 
 
+def test_static_embedding_followed_by_pooling_is_refused_with_a_reason(zoo_families, tmp_path):
+    from sentence_transformers import SentenceTransformer, models
+
+    from exporters import errors, export_model
+
+    static = SentenceTransformer(str(zoo_families.static(normalize=False, max_length=None)[0]), device="cpu")[0]
+    SentenceTransformer(modules=[static, models.Pooling(16)], device="cpu").save(str(tmp_path / "m"))
+    with pytest.raises(errors.UnsupportedModelError, match="Pooling module after its StaticEmbedding"):
+        export_model(str(tmp_path / "m"), output=tmp_path / "out", log=lambda _m: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_static_runs_without_heavy_imports(zoo_families):
     import subprocess
     import sys
