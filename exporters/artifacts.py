@@ -54,6 +54,8 @@ def write_tokenizer(st_model, path: Path) -> dict[str, Any]:
     from tokenizers import Tokenizer
 
     hf_tok = st_model[0].tokenizer
+    if isinstance(hf_tok, Tokenizer):  # an input module holding a tokenizers.Tokenizer itself (StaticEmbedding)
+        return _write_plain_tokenizer(hf_tok, path)
     if hf_tok is None or not hasattr(hf_tok, "backend_tokenizer"):
         raise ExportError("the model's tokenizer has no fast (Rust) version, which st_runtime needs.")
     tok = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
@@ -67,6 +69,36 @@ def write_tokenizer(st_model, path: Path) -> dict[str, Any]:
         "truncation_side": hf_tok.truncation_side,
         "pad_token_id": hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0,
         "model_input_names": list(hf_tok.model_input_names),
+    }
+
+
+def _write_plain_tokenizer(tok, path: Path) -> dict[str, Any]:
+    """A tokenizers.Tokenizer used as the module uses it: without padding, truncated only where its own
+    tokenizer.json says (sentence-transformers sets no other limit for such modules), which the manifest records
+    as max_seq_length and truncation_side for the runtime to set again."""
+    from tokenizers import Tokenizer
+
+    truncation = tok.truncation
+    copy = Tokenizer.from_str(tok.to_str())
+    copy.no_padding()
+    copy.no_truncation()  # the runtime sets truncation from the manifest
+    copy.save(str(path))
+    direction = str(truncation.get("direction", "right")).lower() if truncation else "right"
+    if direction not in ("left", "right"):
+        raise ExportError(f"the tokenizer truncates with direction {direction!r}; st_runtime knows left and right.")
+    strategy = str(truncation.get("strategy", "longest_first")).lower().replace("_", "") if truncation else ""
+    if truncation and strategy != "longestfirst":
+        raise ExportError(
+            f"the tokenizer truncates with strategy {truncation.get('strategy')!r}; st_runtime truncates longest "
+            "first. Set the truncation strategy in its tokenizer.json to longest_first (or remove truncation)."
+        )
+    return {
+        "file": path.name,
+        "max_seq_length": int(truncation["max_length"]) if truncation else None,
+        "do_lower_case": False,
+        "truncation_side": direction,
+        "pad_token_id": 0,  # padded positions are masked out of the graph's mean
+        "model_input_names": ["input_ids", "attention_mask"],
     }
 
 

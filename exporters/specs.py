@@ -76,6 +76,16 @@ class TextEncoderSpec:
     # traced into the graph, which is every family so far); decoder families will name a fixed pooling here.
     pooling: str = "modules"
 
+    # Whether the input module's tokenizer adds the special tokens ([CLS] ... [SEP]); StaticEmbedding tokenizes
+    # with add_special_tokens=False. Recorded in the manifest when False, and the runtime tokenizes the same way.
+    add_special_tokens: bool = True
+    # For an input module whose forward takes its input in another form than the graph's padded [batch, sequence]
+    # input_ids and attention_mask (StaticEmbedding: flat ids + offsets into an EmbeddingBag): called with the
+    # loaded module, returns the torch module traced in its place, which takes the features dict with the padded
+    # inputs and adds what the module adds. The trace samples are then built as the runtime builds its batches,
+    # and validation runs the real module as the reference, so the replacement is checked against it.
+    traced_input_module: Callable[[Any], Any] | None = None
+
     def position_limit(self, hf_config) -> int | None:
         """The most tokens the model's position table holds (None: no such table, e.g. word embeddings)."""
         for cfg in (hf_config, getattr(hf_config, "text_config", None)):
@@ -255,5 +265,74 @@ register(
         inputs=("input_ids", "attention_mask"),
         ort_optimizer_type=None,
         examples=("Alibaba-NLP/gte-modernbert-base", "nomic-ai/modernbert-embed-base"),
+    )
+)
+
+
+def _static_embedding_as_padded_mean(module):
+    """StaticEmbedding's ``EmbeddingBag(mode="mean")`` over flat ids + offsets, as a mean over the unmasked rows of
+    padded ids: the same rows summed (padding adds exact zeros) and divided by the same count, and zeros for an empty
+    text (as an empty bag gives). Refuses bag settings that compute something else (max_norm rescales rows,
+    padding_idx drops them)."""
+    import torch
+
+    bag = getattr(module, "embedding", None)
+    if not isinstance(bag, torch.nn.EmbeddingBag):
+        raise UnsupportedModelError(
+            f"the StaticEmbedding module holds {type(bag).__name__}, not an nn.EmbeddingBag; st-export exports "
+            "StaticEmbedding as sentence-transformers builds it."
+        )
+    settings = {
+        "mode": (bag.mode, "mean"),
+        "max_norm": (bag.max_norm, None),
+        "padding_idx": (bag.padding_idx, None),
+        "include_last_offset": (bag.include_last_offset, False),
+    }
+    odd = {k: have for k, (have, want) in settings.items() if have != want}
+    if odd:
+        raise UnsupportedModelError(
+            f"the StaticEmbedding's EmbeddingBag has {odd}; st-export exports the mean of the token rows (mode "
+            "'mean', no max_norm, no padding_idx, as sentence-transformers builds it)."
+        )
+
+    class PaddedBagMean(torch.nn.Module):
+        # Padded positions look up an all-zero row put first (token id i is row i + 1), so the sum runs over the
+        # gathered rows as they are: masking the [batch, sequence, dim] rows with Where ran 10x slower in onnxruntime
+        # (1024 dims, 186 x 11 tokens). An id past the table still fails the lookup, as in the EmbeddingBag.
+        def __init__(self):
+            super().__init__()
+            weight = bag.weight.detach().float()
+            self.weight = torch.nn.Parameter(torch.cat([weight.new_zeros(1, weight.shape[1]), weight]), False)
+
+        def forward(self, features):
+            keep = features["attention_mask"] > 0
+            ids = torch.where(keep, features["input_ids"] + 1, torch.zeros((), dtype=torch.long))
+            total = torch.nn.functional.embedding(ids, self.weight).sum(1)  # [batch, dim]
+            count = keep.sum(1, keepdim=True).clamp(min=1).to(total.dtype)
+            return {**features, "sentence_embedding": total / count}
+
+    return PaddedBagMean().eval()
+
+
+register(
+    TextEncoderSpec(
+        family="static-embedding",
+        # The graph is one Gather and a masked mean (plus any Dense/Normalize): onnxruntime's optimizer has nothing
+        # to fuse (opt), and dynamic int8 quantizes MatMuls, of which a lookup has none; fp16 would only halve the
+        # table. So the fp32 graph is the only one, as for word embeddings.
+        variants=(),
+        model_types=(),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type=None,
+        examples=(
+            "static-retrieval-mrl-en-v1",
+            "static-similarity-mrl-multilingual-v1",
+            "minishlab/potion-base-8M",
+        ),
+        input_module="StaticEmbedding",
+        attn_implementation=None,
+        needs_pooling=False,  # the module itself gives sentence_embedding
+        add_special_tokens=False,
+        traced_input_module=_static_embedding_as_padded_mean,
     )
 )

@@ -16,7 +16,15 @@ from typing import Any
 from .errors import RemoteCodeError, UnsupportedModelError
 from .specs import TextEncoderSpec, spec_for, spec_for_input_module, supported_summary
 
-SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "CLIPModel", "WordEmbeddings")
+SUPPORTED_MODULES = (
+    "Transformer",
+    "Pooling",
+    "Dense",
+    "Normalize",
+    "CLIPModel",
+    "WordEmbeddings",
+    "StaticEmbedding",
+)
 
 
 @dataclass
@@ -202,6 +210,12 @@ def describe(st_model, model_type: str, modules_json: list[dict[str, Any]], kind
     check_input_module(mods[0], spec)
     for mod in mods[1:]:
         if isinstance(mod, Pooling):
+            if not spec.needs_pooling:
+                raise UnsupportedModelError(
+                    f"the model has a Pooling module after its {spec.input_module}, which gives the sentence "
+                    "embedding itself (no token embeddings to pool), so sentence-transformers cannot run this "
+                    "pipeline either. Remove the Pooling module from modules.json."
+                )
             if desc.pooling is not None:
                 raise UnsupportedModelError("the model has two Pooling modules; st-export supports one.")
             if not mod.include_prompt:

@@ -134,8 +134,15 @@ def sample_images() -> list:
 
 
 def _graph_module(
-    st_model, input_names: list[str], features: dict[str, str], output: str = "sentence_embedding", extra=()
+    st_model,
+    input_names: list[str],
+    features: dict[str, str],
+    output: str = "sentence_embedding",
+    extra=(),
+    first=None,
 ):
+    """``extra``: further per-token outputs (token_embeddings) the graph also returns; ``first``: a module traced
+    in place of the model's input module (spec.traced_input_module)."""
     import torch
 
     class TowerGraph(torch.nn.Module):
@@ -144,7 +151,10 @@ def _graph_module(
 
         def __init__(self):
             super().__init__()
-            self.stages = torch.nn.ModuleList(list(st_model))
+            stages = list(st_model)
+            if first is not None:
+                stages[0] = first
+            self.stages = torch.nn.ModuleList(stages)
 
         def forward(self, *tensors):
             feats: dict[str, Any] = dict(zip(input_names, tensors))
@@ -165,18 +175,23 @@ def trace_tower(
     external_data: bool | None,
     output: str = "sentence_embedding",
     extra: tuple[str, ...] = (),
+    first=None,
+    sample: dict[str, Any] | None = None,
 ) -> bool:
-    """Trace one tower to ``path``; ``extra`` names further per-token outputs (token_embeddings) the graph also
-    returns, [batch, sequence, ...]. Returns whether the weights went to external data."""
+    """Trace one tower into ``path``; ``extra`` names further per-token outputs (token_embeddings) the graph also
+    returns, [batch, sequence, ...]; ``first`` replaces the input module in the graph (see ``_graph_module``), and
+    ``sample`` gives the tracing inputs (default: the model's own preprocessing of a few texts or images). Returns
+    whether the weights went to external data."""
     import onnx
     import torch
 
-    if tower.modality != "text":
-        sample = st_model.preprocess(sample_images())
-    elif output == "scores":  # a cross-encoder takes (query, document) pairs
-        sample = st_model.preprocess([(t, t) for t in _TRACE_TEXTS])
-    else:
-        sample = st_model.preprocess(_TRACE_TEXTS)
+    if sample is None:
+        if tower.modality != "text":
+            sample = st_model.preprocess(sample_images())
+        elif output == "scores":  # a cross-encoder takes (query, document) pairs
+            sample = st_model.preprocess([(t, t) for t in _TRACE_TEXTS])
+        else:
+            sample = st_model.preprocess(_TRACE_TEXTS)
     missing = [n for n in input_names if n not in sample]
     if missing:
         raise ExportError(
@@ -194,7 +209,7 @@ def trace_tower(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _graph_module(st_model, input_names, dict(tower.features), output, extra),
+            _graph_module(st_model, input_names, dict(tower.features), output, extra, first),
             args,
             str(path),
             dynamo=False,
@@ -234,6 +249,8 @@ def build_towers(
                     info["max_seq_length"] = None  # "unlimited" (tokenizer without model_max_length): no truncation
             # a sparse encoder embeds single texts (sentence-transformers' SparseEncoder is validated on them only)
             info["pairs"] = spec.text_pairs and desc.sparse is None
+            if not spec.add_special_tokens:
+                info["add_special_tokens"] = False
             entry["tokenizer"] = info
             input_names = [
                 i for i in tower.inputs if i in ("input_ids", "attention_mask") or i in info["model_input_names"]
@@ -248,14 +265,37 @@ def build_towers(
         extra = ("token_embeddings",) if tower.modality == "text" and desc.pooling is not None else ()
         if extra:
             entry["token_output"] = extra[0]
+        first = sample = None
+        if spec.traced_input_module is not None and tower.modality == "text":
+            first = spec.traced_input_module(st_model[0])
+            sample = _runtime_sample(folder, entry["tokenizer"], input_names)
         log(f"Tracing {tower.graph_file} ({tower.name} tower, inputs {input_names}, opset {opset})")
         used_external = trace_tower(
-            st_model, tower, input_names, folder / tower.graph_file, opset, external_data, output, extra
+            st_model, tower, input_names, folder / tower.graph_file, opset, external_data, output, extra, first, sample
         )
         entry["inputs"] = input_names
         entry["variants"] = {"fp32": variant_entry("fp32", tower.graph_file, {"external_data": used_external})}
         towers[tower.name] = entry
     return towers
+
+
+def _runtime_sample(folder: Path, info: dict[str, Any], input_names: list[str]) -> dict[str, Any]:
+    """The trace texts as the runtime feeds them: tokenized with the tokenizer file just written and its manifest
+    settings, padded to the longest (for input modules traced through a replacement that takes padded inputs)."""
+    import numpy as np
+    import torch
+
+    from st_runtime.batching import build_feeds
+    from st_runtime.text import load_tokenizer
+
+    tok = load_tokenizer(folder, info)
+    kwargs = {} if info.get("add_special_tokens", True) else {"add_special_tokens": False}
+    encodings = tok.encode_batch(_TRACE_TEXTS, **kwargs)
+    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+    feeds = build_feeds(
+        encodings, lengths, np.arange(len(encodings)), int(lengths.max()), input_names, info.get("pad_token_id") or 0
+    )
+    return {k: torch.from_numpy(v) for k, v in feeds.items()}
 
 
 def validation_items(tower: dict[str, Any]) -> list[tuple[str, Any]]:

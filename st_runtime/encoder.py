@@ -126,7 +126,7 @@ class SentenceEncoder:
             int(self.manifest[self._OUTPUT]["dimension"]),
         )
         self._max_seq_length: int | None = self.text_tower.max_seq_length
-        self._cutter = LongTextCutter(self.text_tower.tokenizer)
+        self._cutter = LongTextCutter(self.text_tower.tokenizer, self.text_tower.add_special_tokens)
         # Other towers (CLIP's image tower) load on first use, so text-only users never load their graphs.
         self._lazy_towers: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}
         for tname, tower in towers.items():

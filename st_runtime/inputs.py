@@ -71,8 +71,9 @@ def _cut_pattern(tokenizer: Tokenizer) -> re.Pattern | None:
 class LongTextCutter:
     """Applies the long-text shortcut described in the module docstring for one tokenizer."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, add_special_tokens: bool = True):
         self.tokenizer = tokenizer
+        self.add_special_tokens = add_special_tokens  # as the model tokenizes, so the kept tokens are counted alike
         self.pattern = _cut_pattern(tokenizer)
 
     def cut(self, text: str) -> str:
@@ -92,7 +93,7 @@ class LongTextCutter:
             return text
         prefix = text[: last.start()]
         # The cut is exact only if the prefix alone still reaches the truncation length.
-        if len(self.tokenizer.encode(prefix).ids) < max_len:
+        if len(self.tokenizer.encode(prefix, add_special_tokens=self.add_special_tokens).ids) < max_len:
             return text
         return prefix
 

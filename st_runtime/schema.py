@@ -79,6 +79,7 @@ TOKENIZER = Obj(
         "pad_token_id": Nullable(int),
         "model_input_names": List(str),
         "pairs": bool,
+        "add_special_tokens": bool,  # absent: true; StaticEmbedding models tokenize without [CLS]/[SEP]
         "vocab_size": int,  # whitespace
         "stop_words": List(str),  # whitespace
     },

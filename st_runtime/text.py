@@ -4,6 +4,7 @@ the graph. One tower is shared by every thread that calls its encoder."""
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import warnings
 from collections.abc import Callable
@@ -66,6 +67,8 @@ class TextTower:
             )
         self.max_seq_length: int | None = tower["tokenizer"].get("max_seq_length")
         self._truncation_side = tower["tokenizer"].get("truncation_side", "right")
+        # False for models whose input module tokenizes without special tokens (StaticEmbedding)
+        self.add_special_tokens: bool = tower["tokenizer"].get("add_special_tokens", True)
         base = load_tokenizer(folder, tower["tokenizer"])
         base.no_padding()
         self._tokenizers = {self.max_seq_length: self._truncating(base, self.max_seq_length)}
@@ -145,7 +148,10 @@ class TextTower:
         tokenizer = self.tokenizer_for(max_length, direction)
         # encode_batch_fast (tokenizers 0.20+) skips the character offsets, which batching never reads: the same
         # ids in 11-19% less tokenizer time (32,768 queries on a 2-core EPYC, 2 threads and 1)
-        return getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
+        encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
+        if not self.add_special_tokens:
+            return functools.partial(encode, add_special_tokens=False)
+        return encode
 
     def tokenize(
         self, items: list, max_length: int | None = None, direction: str | None = None, truncate: bool = True

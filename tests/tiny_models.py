@@ -678,6 +678,71 @@ def glove_to_legacy_layout(src: Path, dst: Path) -> Path:
     return dst
 
 
+STATIC_DIM = 16
+
+
+def build_tiny_static(
+    out: Path,
+    tokenizer: str = "wordpiece",
+    max_length: int | None = MAX_SEQ,
+    normalize: bool = True,
+    dense: int | None = None,
+) -> Path:
+    """static-retrieval-mrl-en-v1 / potion-style: StaticEmbedding (a tokenizers.Tokenizer + EmbeddingBag mean) with
+    random weights, optionally Dense and Normalize, saved by sentence-transformers. ``tokenizer``: "wordpiece" (the
+    MiniLM vocabulary, cut small) or "unigram" (the XLM-R-style one trained here, whose template adds <s> </s>);
+    ``max_length``: the truncation set in its tokenizer.json (None: none, as the hub's static models)."""
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from tokenizers import Tokenizer
+
+    hf_tok = _hf_tokenizer("bert", small_vocab=True) if tokenizer == "wordpiece" else _hf_tokenizer("xlm-roberta")
+    tok = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
+    tok.no_padding()
+    if max_length is None:
+        tok.no_truncation()
+    else:
+        tok.enable_truncation(max_length)
+    weights = np.random.RandomState(11).normal(size=(tok.get_vocab_size(), STATIC_DIM)).astype(np.float32)
+    mods = [StaticEmbedding(tok, embedding_weights=weights)]
+    if dense is not None:
+        torch.manual_seed(5)
+        mods.append(models.Dense(STATIC_DIM, dense, activation_function=torch.nn.Tanh()))
+    if normalize:
+        mods.append(models.Normalize())
+    SentenceTransformer(modules=mods, device="cpu").save(str(out))
+    return out
+
+
+def static_to_hub_layout(src: Path, dst: Path, model2vec_keys: bool = False) -> Path:
+    """The hub's layouts of static models: the module in 0_StaticEmbedding/ under the legacy type path
+    ``sentence_transformers.models.StaticEmbedding`` (static-retrieval-mrl-en-v1), or with ``model2vec_keys`` the
+    weights saved by model2vec under "embeddings" in the root folder (minishlab/potion-*)."""
+    from safetensors.numpy import load_file, save_file
+
+    modules = json.loads((src / "modules.json").read_text())
+    first = src / modules[0]["path"]
+    sub = dst if model2vec_keys else dst / "0_StaticEmbedding"
+    sub.mkdir(parents=True)
+    shutil.copy(first / "tokenizer.json", sub / "tokenizer.json")
+    weights = load_file(str(first / "model.safetensors"))
+    save_file(
+        {"embeddings": weights["embedding.weight"]} if model2vec_keys else weights, str(sub / "model.safetensors")
+    )
+    modules[0] = dict(modules[0], path="" if model2vec_keys else "0_StaticEmbedding")
+    for m in modules:
+        m["type"] = "sentence_transformers.models." + m["type"].rsplit(".", 1)[-1]
+        if m["path"] and m is not modules[0] and (src / m["path"]).is_dir():
+            shutil.copytree(src / m["path"], dst / m["path"])
+    (dst / "modules.json").write_text(json.dumps(modules, indent=2))
+    (dst / "config_sentence_transformers.json").write_text(
+        json.dumps({"__version__": {"sentence_transformers": "3.3.1", "transformers": "4.46.0", "pytorch": "2.5.1"}})
+    )
+    return dst
+
+
 # registry family -> how its tiny model is built (build_tiny for the architecture grid, a builder otherwise)
 # roberta and albert are built by build_tiny but kept out of the pooling grid (tested in test_families).
 EXTRA_ARCHITECTURES = ("roberta", "albert")
@@ -685,6 +750,7 @@ TINY_FAMILIES = {
     **{arch: "build_tiny" for arch in TINY_ARCHITECTURES + EXTRA_ARCHITECTURES},
     "clip": "build_tiny_clip",
     "word-embeddings": "build_tiny_glove",
+    "static-embedding": "build_tiny_static",
 }
 
 

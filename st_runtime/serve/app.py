@@ -169,7 +169,13 @@ def load_models(state: ServerState) -> None:
             batcher = Batcher(encoder, name, cfg.max_batch_tokens, on_batch=state.metrics.batch_observer(name))
             state.metrics.track_queue(name, lambda b=batcher: b.queue_size)
             revision = (encoder.manifest.get("source") or {}).get("revision")
-            state.models[name] = ServedModel(name, encoder, batcher, LongTextCutter(encoder.tokenizer), revision)
+            state.models[name] = ServedModel(
+                name,
+                encoder,
+                batcher,
+                LongTextCutter(encoder.tokenizer, encoder.text_tower.add_special_tokens),
+                revision,
+            )
             logger.info(
                 "loaded %s from %s (variant %s, %s) in %.1f s",
                 name,
@@ -460,7 +466,7 @@ async def tei_tokenize(request: Request, state: ServerState) -> Response:
     data = await _read_json(request, state.config.payload_limit)
     model = state.model(data.get("model"), TEI)
     items, _ = _inputs(data, "inputs", state.config.max_client_batch_size)
-    special = _field(data, "add_special_tokens", bool, True)
+    special = _field(data, "add_special_tokens", bool, model.encoder.text_tower.add_special_tokens)
     prompt = _prompt(data, model)
     texts = prepare([prompt + t for t in items] if prompt else items, None)
     tokenizer = model.encoder.text_tower.tokenizer_for(None)

@@ -28,6 +28,11 @@ class FamilyZoo:
 
         return self._get("glove", build_tiny_glove, **kwargs)
 
+    def static(self, **kwargs) -> tuple[Path, Path]:
+        from tiny_models import build_tiny_static
+
+        return self._get("static", build_tiny_static, **kwargs)
+
     def clip(self) -> tuple[Path, Path]:
         from tiny_models import build_tiny_clip
 
