@@ -371,9 +371,8 @@ class SentenceEncoder:
             ]
         items = prepare(items, self._cutter, kinds)
         if output_value != "sentence_embedding":
-            return self._token_outputs(
-                items, kinds, singular, batch_size, max_length, output_value, precision, truncate_dim
-            )
+            outputs = self._token_outputs(items, kinds, batch_size, max_length, output_value, precision, truncate_dim)
+            return outputs[0] if singular else outputs
         out = np.empty((len(items), self._dim), dtype=np.float32)
         bar = _progress_bar(show_progress_bar, len(items))
         try:
