@@ -7,9 +7,10 @@ MODEL is a folder written by st-export, or a name whose export lives in exported
 exported first when missing). The reference is sentence-transformers loaded from the source the
 manifest records (hub id, resolved through the local HF cache, or local folder).
 
-Workloads come from a fixed, seeded generated corpus (see make_corpus): short queries (about 8-14
-tokens, like the model table's "queries") and passages (about 100-200 tokens). Every system runs
-every workload once per round, systems alternating, after a warm-up; figures are medians over rounds.
+Workloads come from two corpora: a fixed, seeded generated one (make_corpus) and real English text, the README
+text installed Python packages ship (docs_corpus). Each gives short queries (about 8-20 tokens, like the model
+table's "queries"), passages (about 100-200 tokens) and a mix (80% queries, 20% passages in one call). Every
+system runs every workload once per round, systems alternating, after a warm-up; figures are medians over rounds.
 
 Peers (CPU only): sentence-transformers' own ONNX backend (plain, O3, dynamic-quantized avx2 and
 avx512_vnni graphs) and fastembed need packages that conflict with this environment, so they run in a
@@ -85,6 +86,64 @@ def make_corpus(seed: int = 13, n_queries: int = 2048, n_passages: int = 256) ->
     queries = [sentence(5, 11) + "?" for _ in range(n_queries)]
     passages = [". ".join(sentence(10, 22) for _ in range(rng.randint(7, 12))) + "." for _ in range(n_passages)]
     return {"queries": queries, "passages": passages}
+
+
+def docs_corpus(seed: int = 17, n_queries: int = 2048, n_passages: int = 256) -> dict[str, list[str]]:
+    """Real English text: the long descriptions (README text) that installed Python packages ship in their
+    METADATA, stripped of code blocks, tables, markup and links. Queries are sentences of 4-16 words, passages runs
+    of consecutive sentences of 80-160 words. Which packages are installed decides the text, so the JSON records
+    how many packages and sentences it came from."""
+    import importlib.metadata as md
+    import re
+
+    sentences: list[str] = []
+    paragraphs: list[list[str]] = []
+    for dist in sorted(md.distributions(), key=lambda d: (d.metadata.get("Name") or "").lower()):
+        body = dist.metadata.get_payload() or ""
+        if not isinstance(body, str) or len(body) < 500:
+            continue
+        body = re.sub(r"```.*?```", " ", body, flags=re.S)  # fenced code
+        body = re.sub(r"(?m)^(\s{4,}|\t|>>>|\.\.\s|\|).*$", " ", body)  # indented code, doctest, rst, tables
+        body = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", body)  # markdown links and images: their text
+        body = re.sub(r"https?://\S+|<[^>]+>|[`*_#=~^]+", " ", body)
+        for para in re.split(r"\n\s*\n", body):
+            words = para.split()
+            if len(words) < 6:
+                continue
+            sents = [x.strip() for x in re.split(r"(?<=[.!?])\s+", " ".join(words)) if len(x.split()) >= 4]
+            sents = [x for x in sents if sum(c.isalpha() for c in x) > 0.7 * len(x.replace(" ", ""))]
+            if sents:
+                paragraphs.append(sents)
+                sentences.extend(sents)
+    rng = random.Random(seed)
+    queries = [x for x in sentences if 4 <= len(x.split()) <= 16]
+    passages = []
+    for para in paragraphs:
+        run: list[str] = []
+        for sent in para:
+            run.append(sent)
+            if len(" ".join(run).split()) >= 80:
+                if len(" ".join(run).split()) <= 160:
+                    passages.append(" ".join(run))
+                run = []
+    if len(queries) < 50 or len(passages) < 20:
+        raise SystemExit(f"the docs corpus found too little text ({len(queries)} queries, {len(passages)} passages)")
+    return {
+        "queries": [rng.choice(queries) for _ in range(n_queries)],
+        "passages": [rng.choice(passages) for _ in range(n_passages)],
+    }
+
+
+def with_mix(corpus: dict[str, list[str]], seed: int = 3) -> dict[str, list[str]]:
+    """The corpus plus "mix": 80% queries and 20% passages, shuffled into one call (all passages, 4x as many
+    queries)."""
+    rng = random.Random(seed)
+    mix = corpus["queries"][: 4 * len(corpus["passages"])] + corpus["passages"]
+    rng.shuffle(mix)
+    return {**corpus, "mix": mix}
+
+
+CORPORA = {"generated": make_corpus, "docs": docs_corpus}
 
 
 def machine(provider: str = "cpu") -> dict:
@@ -465,6 +524,15 @@ def main(argv=None) -> int:
         "--no-cuda-graphs", action="store_true", help="on cuda, do not also measure each variant with cuda_graphs=True"
     )
     p.add_argument("--variants", default=None, help="comma-separated st_runtime variants (default: all)")
+    p.add_argument(
+        "--corpora",
+        default="generated,docs",
+        help="comma-separated corpora: generated (seeded sentences of common words), docs (the README text of the "
+        "installed Python packages); default both",
+    )
+    p.add_argument(
+        "--workloads", default="queries,passages,mix", help="comma-separated: queries, passages, mix (80/20)"
+    )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
     p.add_argument(
@@ -503,9 +571,20 @@ def main(argv=None) -> int:
 
     threads = args.threads or physical_cores()
     gpu = args.provider == "cuda"
-    corpus = make_corpus(
-        n_queries=args.queries or (32768 if gpu else 2048), n_passages=args.passages or (4096 if gpu else 256)
-    )
+    corpus = {}
+    for name in args.corpora.split(","):
+        if name not in CORPORA:
+            p.error(f"unknown corpus {name!r}; choose from {','.join(CORPORA)}")
+        texts = with_mix(
+            CORPORA[name](
+                n_queries=args.queries or (32768 if gpu else 2048), n_passages=args.passages or (4096 if gpu else 256)
+            )
+        )
+        for workload in args.workloads.split(","):
+            if workload not in texts:
+                p.error(f"unknown workload {workload!r}; choose from {','.join(texts)}")
+            # the generated corpus keeps its old workload names, so earlier results compare
+            corpus[workload if name == "generated" else f"{name} {workload}"] = texts[workload]
     peers = resolve_peers(args, peer_systems)
     out = {
         "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),

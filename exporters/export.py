@@ -371,6 +371,10 @@ def _build_variants(run: ExportRun) -> None:
 
 
 def _time(run: ExportRun) -> None:
+    from .batch_policy import measure_cpu_batching
+
+    measure_cpu_batching(run.manifest, run.tmp, run.log)
+    dump_manifest(run.manifest, run.tmp)  # the variants are timed under their own batch policy
     _time_variants_on_cpu(run.manifest, run.tmp, run.log)
     dump_manifest(run.manifest, run.tmp)
 

@@ -19,6 +19,8 @@ GPU_BATCH_TOKENS = 131072
 # 100+ to a batch, faster than 32.
 CPU_BATCH_SIZE = 1024
 CPU_BATCH_TOKENS = 2048
+# Batches at least this wide are "long" for the batch budgets st-export measures per variant (cpu_batching).
+LONG_FROM = 64
 # GPU: texts tokenized per chunk while the device runs the previous chunk (+20% on short queries, H200)
 GPU_TOKENIZE_CHUNK = 4096
 
@@ -37,12 +39,31 @@ class BatchPolicy:
     max_batch_tokens: int | None
     pad_multiple: int
     pipeline_chunk: int | None
+    # the budget of batches at least ``long_from`` tokens wide (None: max_batch_tokens for every width)
+    long_batch_tokens: int | None = None
+    long_from: int = LONG_FROM
 
     @classmethod
-    def for_device(cls, on_gpu: bool) -> BatchPolicy:
+    def for_device(cls, on_gpu: bool, measured: dict | None = None) -> BatchPolicy:
+        """The device's policy; on the CPU, the budgets st-export measured for the variant (``cpu_batching`` in
+        its manifest entry) where there are some."""
         if on_gpu:
             return cls(GPU_BATCH_SIZE, GPU_BATCH_TOKENS, 8, GPU_TOKENIZE_CHUNK)
-        return cls(CPU_BATCH_SIZE, CPU_BATCH_TOKENS, 1, None)
+        measured = measured or {}
+        return cls(
+            CPU_BATCH_SIZE,
+            int(measured.get("short_tokens", CPU_BATCH_TOKENS)),
+            1,
+            None,
+            measured.get("long_tokens"),
+            int(measured.get("long_from", LONG_FROM)),
+        )
+
+    def budget(self, width: int) -> int | None:
+        """The most padded tokens a batch of this width may hold."""
+        if self.long_batch_tokens is not None and width >= self.long_from:
+            return self.long_batch_tokens
+        return self.max_batch_tokens
 
     def pipeline_items(self, batch_size: int) -> int | None:
         """Texts per tokenization chunk (None: tokenize everything first). Chunks of at least four batches
@@ -59,6 +80,7 @@ def plan_batches(
     split_ratio: float = 0.5,
     max_tokens: int | None = None,
     max_width: int | None = None,
+    budget=None,
 ) -> list[tuple[int, int, int]]:
     """Split items sorted by decreasing token length into (start, end, padded width) batches.
 
@@ -68,7 +90,7 @@ def plan_batches(
     256-token passage). Widths are rounded up to ``pad_multiple``, but not past ``max_width`` (the
     tokenizer's limit: a model's position table can end there, as CLIP's 77). ``max_tokens`` also caps
     items x padded width per batch (long texts run faster in smaller batches: their activations stay
-    in cache).
+    in cache); ``budget(width)``, where given, sets that cap per batch instead (BatchPolicy.budget).
     """
     out: list[tuple[int, int, int]] = []
     n = len(sorted_lengths)
@@ -81,8 +103,9 @@ def plan_batches(
             padded = min(padded, max(width, max_width))
         end = start + 1
         limit = min(n, start + batch_size)
-        if max_tokens is not None:
-            limit = min(limit, start + max(1, max_tokens // padded))
+        cap = budget(padded) if budget is not None else max_tokens
+        if cap is not None:
+            limit = min(limit, start + max(1, cap // padded))
         while end < limit and sorted_lengths[end] >= floor:
             end += 1
         out.append((start, end, padded))

@@ -134,6 +134,10 @@ _VARIANT_FIELDS = {
     "build": FREE,
     "validation": VALIDATION,
     "cpu_timing": CPU_TIMING,
+    # the CPU batch budgets st-export measured for this variant (padded tokens per batch, short and long texts)
+    "cpu_batching": Obj(
+        optional={"short_tokens": int, "long_tokens": int, "long_from": int, "measured_items_per_s": FREE}
+    ),
 }
 VARIANT = Obj(
     required={"file": str, "status": OneOf(("passed", "failed", "pending")), "providers": List(str), "rank": int},

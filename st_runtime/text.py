@@ -86,7 +86,7 @@ class TextTower:
             folder / variant["file"], providers, fallback_allowed, threads, session_options, cuda_graphs=cuda_graphs
         )
         self.on_gpu = self.session.get_providers()[0] in _GPU_PROVIDERS
-        self.policy = BatchPolicy.for_device(self.on_gpu)
+        self.policy = BatchPolicy.for_device(self.on_gpu, variant.get("cpu_batching"))
         self._oom_warned = False
         # Single texts get all-zero token type ids from the usual templates ("[CLS]:0 $A:0 [SEP]:0"); then a
         # batch without pairs skips reading them back per text (a third of the host work of a BERT batch).
@@ -247,9 +247,7 @@ class TextTower:
     def plan(self, lengths: np.ndarray, batch_size: int, max_length: int | None) -> list[tuple[int, int, int]]:
         """(start, end, padded width) batches over items sorted by decreasing ``lengths``."""
         policy = self.policy
-        batches = plan_batches(
-            lengths, batch_size, policy.pad_multiple, max_tokens=policy.max_batch_tokens, max_width=max_length
-        )
+        batches = plan_batches(lengths, batch_size, policy.pad_multiple, max_width=max_length, budget=policy.budget)
         if self.cuda_graphs:  # fewer distinct shapes, so fewer graphs to capture
             batches = [(s, e, graph_width(w, max_length)) for s, e, w in batches]
         return batches

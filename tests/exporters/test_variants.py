@@ -273,3 +273,19 @@ def test_int8_quantizes_weights_the_exporter_shares_through_identity(zoo):
     assert sorted(left) == sorted(build["fp32_matmuls"])
     n_int8 = sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in int8.graph.node)
     assert n_int8 == build["int8_matmuls"] >= 2 * 4  # both layers' projections (Q/K/V merged) and FFN
+
+
+def test_each_cpu_variant_gets_its_measured_batch_budget(zoo):
+    """st-export times a grid of CPU batch budgets per variant and records the fastest; the runtime plans its CPU
+    batches with it (the default budget unless another was measurably faster)."""
+    from exporters.batch_policy import SHORT_BUDGETS
+    from st_runtime import SentenceEncoder
+
+    out = zoo.export("bert")
+    variants = json.loads((out / "manifest.json").read_text())["towers"]["text"]["variants"]
+    for name, v in variants.items():
+        batching = v["cpu_batching"]
+        assert batching["short_tokens"] in SHORT_BUDGETS
+        assert set(batching["measured_items_per_s"]["short"]) == {str(b) for b in SHORT_BUDGETS}
+        policy = SentenceEncoder(out, variant=name).text_tower.policy
+        assert policy.budget(8) == batching["short_tokens"]

@@ -198,7 +198,7 @@ def test_default_batch_size_is_a_token_budget_on_cpu(tiny_bert):
     enc.text_tower.runner = rec
     np.testing.assert_allclose(enc.encode(texts), explicit, atol=2e-6)
     assert max(rows for rows, _ in rec.shapes) > 32
-    assert all(rows * width <= enc.text_tower.policy.max_batch_tokens for rows, width in rec.shapes)
+    assert all(rows * width <= enc.text_tower.policy.budget(width) for rows, width in rec.shapes)
     rec.shapes.clear()
     enc.encode(texts, batch_size=32)
     assert max(rows for rows, _ in rec.shapes) == 32
@@ -305,3 +305,19 @@ def test_token_type_ids_of_pairs_and_of_templates_that_set_them_are_fed(tiny_ber
     ones = SentenceEncoder(copy, verify_checksums=False)
     assert not ones.text_tower.single_types_zero
     assert not np.allclose(ones.encode(TEXTS[:3]), mixed[:3], atol=1e-4)
+
+
+def test_measured_budgets_apply_per_width_class():
+    """A variant's measured cpu_batching: short batches under their budget, batches from long_from tokens wide
+    under theirs; without measurements, the default budget for every width."""
+    from st_runtime.batching import CPU_BATCH_TOKENS, BatchPolicy
+
+    policy = BatchPolicy.for_device(False, {"short_tokens": 512, "long_tokens": 4096, "long_from": 64})
+    lens = np.array([200] * 40 + [10] * 200)
+    plan = plan_batches(lens, 1024, budget=policy.budget)
+    assert all((e - s) * w <= (4096 if w >= 64 else 512) for s, e, w in plan)
+    assert max(e - s for s, e, w in plan if w == 200) == 4096 // 200
+    assert max(e - s for s, e, w in plan if w == 10) == 512 // 10
+    default = BatchPolicy.for_device(False)
+    assert default.budget(10) == default.budget(500) == CPU_BATCH_TOKENS
+    assert BatchPolicy.for_device(True, {"short_tokens": 1}).budget(10) > 1  # GPUs keep their own policy
