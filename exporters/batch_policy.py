@@ -78,3 +78,51 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
             f"CPU batching of {name}: {chosen.get('short_tokens')} tokens per batch of short texts, "
             f"{chosen.get('long_tokens', '-')} of long ones"
         )
+
+
+def route_by_length(manifest: dict[str, Any], folder: Path, log: Callable[[str], None], rounds: int = 5) -> None:
+    """Time every passed exact CPU variant of an embedding model on short queries and on long passages
+    (alternating within each round, each under its own measured batch budgets), record the rates in its
+    cpu_timing, and where the fastest on long texts is another variant than the fastest on short ones, and beats
+    it there by more than MARGIN, record ``cpu_routing`` on the tower: the runtime's default then runs batches
+    narrower than ``long_from`` tokens on one graph and wider ones on the other (both within fp32 accuracy)."""
+    from st_runtime import SentenceEncoder
+
+    tower = manifest["towers"].get("text")
+    if tower is None or manifest.get("task", "embedding") != "embedding":
+        return
+    exact = [
+        n
+        for n, v in tower["variants"].items()
+        if v["status"] == "passed" and v.get("exact", True) and "CPUExecutionProvider" in v["providers"]
+    ]
+    if len(exact) < 2:
+        return
+    encoders = {n: SentenceEncoder(folder, providers="cpu", variant=n) for n in exact}
+    rates: dict[str, dict[str, float]] = {n: {} for n in exact}
+    for cls, texts in _workloads().items():
+        if cls == "long" and max(len(e) for e in encoders[exact[0]].text_tower.tokenize(texts)) < LONG_FROM:
+            continue
+        times: dict[str, list[float]] = {n: [] for n in exact}
+        for enc in encoders.values():
+            enc.encode(texts[:32])
+        for r in range(rounds):
+            for n in exact[r % len(exact) :] + exact[: r % len(exact)]:
+                t = time.perf_counter()
+                encoders[n].encode(texts)
+                times[n].append(time.perf_counter() - t)
+        for n, ts in times.items():
+            rates[n][cls] = len(texts) / statistics.median(ts)
+    for n in exact:
+        timing = tower["variants"][n].setdefault("cpu_timing", {"median_s": 0.0})
+        for cls, rate in rates[n].items():
+            timing[f"{cls}_items_per_s"] = round(rate, 1)
+    if not all("long" in r for r in rates.values()):
+        return
+    short = max(exact, key=lambda n: rates[n]["short"])
+    long = max(exact, key=lambda n: rates[n]["long"])
+    if long != short and rates[long]["long"] > rates[short]["long"] * (1 + MARGIN):
+        tower["cpu_routing"] = {"short": short, "long": long, "long_from": LONG_FROM}
+        log(f"CPU routing: batches under {LONG_FROM} tokens on {short}, wider ones on {long}")
+    else:
+        tower.pop("cpu_routing", None)

@@ -371,11 +371,12 @@ def _build_variants(run: ExportRun) -> None:
 
 
 def _time(run: ExportRun) -> None:
-    from .batch_policy import measure_cpu_batching
+    from .batch_policy import measure_cpu_batching, route_by_length
 
     measure_cpu_batching(run.manifest, run.tmp, run.log)
     dump_manifest(run.manifest, run.tmp)  # the variants are timed under their own batch policy
     _time_variants_on_cpu(run.manifest, run.tmp, run.log)
+    route_by_length(run.manifest, run.tmp, run.log)
     dump_manifest(run.manifest, run.tmp)
 
 

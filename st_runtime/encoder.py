@@ -21,7 +21,7 @@ from .manifest import check_task, graph_files, load_manifest, verify_files
 from .providers import device_name, device_providers, resolve_providers, resolve_threads
 from .session import make_session, with_cuda_graphs
 from .text import TextTower
-from .variants import choose_variant, describe_value, warn_if_int8_kernels_differ
+from .variants import choose_variant, describe_value, length_routing, warn_if_int8_kernels_differ
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,16 @@ class SentenceEncoder:
             )
         text = towers["text"]
         self.variant, vspec = self._choose_variant(text, variant)
+        # the default on the CPU may run long texts on another exact graph that st-export measured faster there
+        routing = length_routing(text, variant, self.providers)
+        self.long_text_variant: str | None = None
+        long_spec, long_from = None, None
+        if routing is not None:
+            self.variant, vspec, self.long_text_variant, long_spec, long_from = routing
         warn_if_int8_kernels_differ(vspec, self.path)
         files = [*graph_files(self.path, self.manifest, vspec), text["tokenizer"]["file"]]
+        if long_spec is not None:
+            files += graph_files(self.path, self.manifest, long_spec)
         verify_files(self.path, self.manifest, files, checksums=verify_checksums)
         self.text_tower = TextTower(
             self.path,
@@ -124,6 +132,8 @@ class SentenceEncoder:
             io_binding,
             cuda_graphs,
             int(self.manifest[self._OUTPUT]["dimension"]),
+            long_variant=long_spec,
+            long_from=long_from,
         )
         self._max_seq_length: int | None = self.text_tower.max_seq_length
         self._cutter = LongTextCutter(self.text_tower.tokenizer, self.text_tower.add_special_tokens)
@@ -253,8 +263,13 @@ class SentenceEncoder:
     get_embedding_dimension = get_sentence_embedding_dimension
 
     def __repr__(self) -> str:
+        routed = (
+            f"long_text_variant={self.long_text_variant!r} (from {self.text_tower.policy.long_from} tokens), "
+            if self.long_text_variant
+            else ""
+        )
         return (
-            f"SentenceEncoder({str(self.path)!r}, variant={self.variant!r}, "
+            f"SentenceEncoder({str(self.path)!r}, variant={self.variant!r}, {routed}"
             f"providers={[p[0] if isinstance(p, tuple) else p for p in self.providers]}, dim={self._dim})"
         )
 

@@ -124,7 +124,16 @@ VALIDATION = Obj(
     }
 )
 
-CPU_TIMING = Obj(required={"median_s": NUMBER}, optional={"items": int, "threads": int, "rounds": int})
+CPU_TIMING = Obj(
+    required={"median_s": NUMBER},
+    optional={
+        "items": int,
+        "threads": int,
+        "rounds": int,
+        "short_items_per_s": NUMBER,  # short queries, and long passages (st-export's length routing)
+        "long_items_per_s": NUMBER,
+    },
+)
 
 _VARIANT_FIELDS = {
     "precision": OneOf(("fp32", "fp16", "int8")),
@@ -157,7 +166,13 @@ TOWER = Obj(
         "variants": Map(VARIANT, nonempty=True),
     },
     # token_output: the graph's per-token output (token_embeddings [batch, sequence, hidden]), where it has one
-    optional={"tokenizer": TOKENIZER, "preprocessor": PREPROCESSOR, "token_output": str},
+    optional={
+        "tokenizer": TOKENIZER,
+        "preprocessor": PREPROCESSOR,
+        "token_output": str,
+        # the CPU default by width: batches narrower than long_from tokens on "short", wider ones on "long"
+        "cpu_routing": Obj(required={"short": str, "long": str, "long_from": int}),
+    },
 )
 
 EMBEDDING = Obj(

@@ -58,6 +58,8 @@ class TextTower:
         io_binding: bool | None = None,
         cuda_graphs: bool = False,
         dim: int | None = None,
+        long_variant: dict[str, Any] | None = None,
+        long_from: int | None = None,
     ):
         self.spec = tower
         if tower["tokenizer"].get("padding_side", "right") != "right":
@@ -87,6 +89,18 @@ class TextTower:
         )
         self.on_gpu = self.session.get_providers()[0] in _GPU_PROVIDERS
         self.policy = BatchPolicy.for_device(self.on_gpu, variant.get("cpu_batching"))
+        # Length routing (CPU): batches from policy.long_from tokens wide run on another exact graph, measured
+        # faster there at export, under that graph's own budget for long batches.
+        self.long_session = None
+        if long_variant is not None and not self.on_gpu:
+            self.long_session = make_session(
+                folder / long_variant["file"], providers, fallback_allowed, threads, session_options
+            )
+            long_budget = (long_variant.get("cpu_batching") or {}).get("long_tokens")
+            measured = {**(variant.get("cpu_batching") or {}), "long_tokens": long_budget}
+            if long_from is not None:
+                measured["long_from"] = long_from
+            self.policy = BatchPolicy.for_device(False, measured)
         self._oom_warned = False
         # Single texts get all-zero token type ids from the usual templates ("[CLS]:0 $A:0 [SEP]:0"); then a
         # batch without pairs skips reading them back per text (a third of the host work of a BERT batch).
@@ -98,6 +112,7 @@ class TextTower:
             if use_binding
             else SessionRunner(self.session, tower["output"])
         )
+        self.long_runner = SessionRunner(self.long_session, tower["output"]) if self.long_session else None
         declared = {i.name for i in self.session.get_inputs()}
         if declared != set(self.inputs):
             raise GraphLoadError(
@@ -229,7 +244,8 @@ class TextTower:
         for start, end, width in self.plan(lengths[order], batch_size or self.policy.auto_batch_size, max_length):
             idx = order[start:end]
             feeds = self.feeds(encodings, lengths, idx, width)
-            sentence, tokens = self.session.run([self.output, token_output], feeds)
+            session = self.long_session if self.long_session is not None and width >= self.policy.long_from else None
+            sentence, tokens = (session or self.session).run([self.output, token_output], feeds)
             for j, i in enumerate(idx):
                 keep = slice(0, int(lengths[i]))  # batches are padded on the right
                 item = {name: feeds[name][j, keep].copy() for name in feeds}
@@ -285,8 +301,11 @@ class TextTower:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run one batch; on device out-of-memory, run it in halves (and say so once)."""
+        runner = self.runner
+        if self.long_runner is not None and next(iter(feeds.values())).shape[1] >= self.policy.long_from:
+            runner = self.long_runner
         try:
-            return self.runner(feeds)
+            return runner(feeds)
         except Exception as exc:  # onnxruntime raises untyped errors; only OOM is handled here
             rows = next(iter(feeds.values())).shape[0]
             if not self.on_gpu or rows < 2 or not is_out_of_memory(exc):

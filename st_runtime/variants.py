@@ -84,3 +84,20 @@ def choose_variant(
         )
     name = min(candidates)[-1]
     return name, variants[name]
+
+
+def length_routing(
+    tower: dict[str, Any], requested: str | None, providers
+) -> tuple[str, dict[str, Any], str, dict[str, Any], int] | None:
+    """The default on the CPU when st-export measured that another exact variant is faster on long texts
+    (``cpu_routing``): (short variant, its spec, long variant, its spec, long_from). None when a variant was
+    asked for, off the CPU, or without such a measurement."""
+    routing = tower.get("cpu_routing")
+    provider = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    if routing is None or requested is not None or provider != "CPUExecutionProvider":
+        return None
+    variants = tower["variants"]
+    names = (routing["short"], routing["long"])
+    if not all(n in variants and variants[n]["status"] == "passed" and variants[n].get("exact", True) for n in names):
+        return None
+    return names[0], variants[names[0]], names[1], variants[names[1]], int(routing["long_from"])

@@ -289,3 +289,35 @@ def test_each_cpu_variant_gets_its_measured_batch_budget(zoo):
         assert set(batching["measured_items_per_s"]["short"]) == {str(b) for b in SHORT_BUDGETS}
         policy = SentenceEncoder(out, variant=name).text_tower.policy
         assert policy.budget(8) == batching["short_tokens"]
+
+
+def test_length_routing_runs_wide_batches_on_the_long_text_variant(zoo, tmp_path):
+    """cpu_routing (written by st-export when another exact graph is measurably faster on long texts): the
+    default runs batches from long_from tokens wide on that graph, narrower ones on the short-text graph; results
+    stay those of sentence-transformers. An explicit variant is never routed."""
+    import shutil
+
+    from helpers import TEXTS, assert_parity
+
+    from st_runtime import SentenceEncoder
+
+    src, out = zoo.model("bert"), zoo.export("bert")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "short_items_per_s" in manifest["towers"]["text"]["variants"]["fp32"]["cpu_timing"]
+    routed = tmp_path / "routed"
+    shutil.copytree(out, routed)
+    manifest["towers"]["text"]["cpu_routing"] = {"short": "fp32", "long": "opt", "long_from": 16}
+    (routed / "manifest.json").write_text(json.dumps(manifest))
+    enc = SentenceEncoder(routed)
+    assert (enc.variant, enc.long_text_variant) == ("fp32", "opt") and "long_text_variant='opt'" in repr(enc)
+    widths = {"short": [], "long": []}
+    for key, runner in (("short", enc.text_tower.runner), ("long", enc.text_tower.long_runner)):
+        real = runner.session.run
+        runner.session.run = lambda names, feeds, _real=real, _k=key: (
+            widths[_k].append(feeds["input_ids"].shape[1]) or _real(names, feeds)
+        )
+    got = enc.encode(TEXTS, batch_size=2)
+    assert widths["short"] and widths["long"]
+    assert max(widths["short"]) < 16 <= min(widths["long"])
+    assert_parity(zoo.reference(src).encode(TEXTS), got)
+    assert SentenceEncoder(routed, variant="fp32").long_text_variant is None
