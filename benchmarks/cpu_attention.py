@@ -96,9 +96,8 @@ def main(argv=None) -> int:
                 for n, ts in times.items()
             }
             for n, r in results[workload].items():
-                print(
-                    f"{workload:9} {n:42} {r['items_per_s']:8.1f}/s {r['ratio_to_fp32']:5.2f}x cos {r['min_cosine_to_fp32']:.7f}"
-                )
+                rate, ratio, cos_min = r["items_per_s"], r["ratio_to_fp32"], r["min_cosine_to_fp32"]
+                print(f"{workload:9} {n:42} {rate:8.1f}/s {ratio:5.2f}x cos {cos_min:.7f}")
     if args.json:
         args.json.write_text(
             json.dumps({"machine": machine(), "model": str(args.folder), "results": results}, indent=2)
