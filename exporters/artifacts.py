@@ -67,6 +67,7 @@ def write_tokenizer(st_model, path: Path) -> dict[str, Any]:
         "max_seq_length": st_model.max_seq_length,
         "do_lower_case": bool(getattr(st_model[0], "do_lower_case", False)),
         "truncation_side": hf_tok.truncation_side,
+        "padding_side": hf_tok.padding_side,
         "pad_token_id": hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0,
         "model_input_names": list(hf_tok.model_input_names),
     }

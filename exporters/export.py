@@ -68,10 +68,19 @@ def _as_users_load_it(st_model, spec, path: Path, trust_remote_code: bool, log: 
             "loading it again as the reference"
         )
         reference = _load_st(path, trust_remote_code, None, type(st_model).__name__)
-        if spec.patcher is not None:  # the reference runs what was traced: patched, with the same length
-            spec.patcher(reference)
+        _adjust(reference, spec)  # the reference runs what was traced: adjusted, with the same length
         reference.max_seq_length = st_model.max_seq_length
         return reference
+
+
+def _adjust(st_model, spec) -> None:
+    """What the family spec changes on a loaded model before it is traced (and on its reference): the tokenizer's
+    padding side where the spec names one, then the family's patcher."""
+    tokenizer = getattr(st_model[0], "tokenizer", None)
+    if spec.padding_side is not None and tokenizer is not None:
+        tokenizer.padding_side = spec.padding_side
+    if spec.patcher is not None:
+        spec.patcher(st_model)
 
 
 @dataclass
@@ -217,8 +226,7 @@ def _load(run: ExportRun) -> None:
     run.log(f"Loading {resolved.source} ({run.model_type}, origin: {resolved.origin})")
     run.st_model = _load_st(resolved.local_path, run.trust_remote_code, run.spec.attn_implementation, run.kind)
     run.desc = describe(run.st_model, run.model_type, run.modules_json, run.kind)
-    if run.spec.patcher is not None:
-        run.spec.patcher(run.st_model)
+    _adjust(run.st_model, run.spec)
     prepare_for_tracing(run.st_model, run.desc)
     _cap_unlimited_length(run)
     run.output.parent.mkdir(parents=True, exist_ok=True)
@@ -257,8 +265,6 @@ def _trace(run: ExportRun) -> None:
     if text is not None:
         if run.capped_at is not None:
             text["capped_at_positions"] = run.capped_at
-        if run.spec.padding_side != "right":
-            text["padding_side"] = run.spec.padding_side
     st_model, resolved, desc = run.st_model, run.resolved, run.desc
     run.manifest = {
         "format_version": FORMAT_VERSION,
@@ -331,6 +337,10 @@ def _build_variants(run: ExportRun) -> None:
         fp32_path = tmp / tower["variants"]["fp32"]["file"]
         used_external = tower["variants"]["fp32"]["external_data"]
         ctx = BuildContext(tmp, tname, tower, fp32_path, hf_config, run.spec, run.log, manifest)
+        left_out = dict(run.spec.variants_left_out)
+        for name in [v for v in run.wanted if v in left_out]:
+            run.log(f"{tname} {name}: not built for {run.spec.family} models: {left_out[name]}.")
+            run.rejected[name] = {"status": "failed", "error": f"not built: {left_out[name]}"}
         for name in [v for v in run.wanted if v != "fp32" and v in run.spec.variants]:
             if manifest["task"] not in PLANS[name].tasks:
                 run.log(f"{tname} {name}: not built for {manifest['task']} models yet")

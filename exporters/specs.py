@@ -67,8 +67,11 @@ class TextEncoderSpec:
     # a tokenizer that declares no length limit is capped at max_position_embeddings minus this.
     position_offset: int = 0
     # Which side batches are padded on (decoder models pool their last token and pad on the left); recorded in
-    # the manifest for the runtime.
-    padding_side: str = "right"
+    # the manifest for the runtime. None: the side the model's own tokenizer pads on (what sentence-transformers
+    # does); a side named here is set on the loaded tokenizer, so the reference pads on it too.
+    padding_side: str | None = None
+    # (variant, reason) for variants this family is not given, said in the log and the manifest when asked for.
+    variants_left_out: tuple[tuple[str, str], ...] = ()
     # Called with the loaded sentence-transformers model before tracing, for families whose modules need
     # adjusting to trace (None: none do yet).
     patcher: Callable[[Any], None] | None = None
@@ -334,5 +337,84 @@ register(
         needs_pooling=False,  # the module itself gives sentence_embedding
         add_special_tokens=False,
         traced_input_module=_static_embedding_as_padded_mean,
+    )
+)
+register(
+    TextEncoderSpec(
+        family="qwen3",
+        model_types=("qwen3",),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type=None,
+        examples=("Qwen/Qwen3-Embedding-0.6B", "Qwen/Qwen3-Embedding-4B", "Qwen/Qwen3-Embedding-8B"),
+        # pooling (lasttoken) and Normalize are the model's own modules; its tokenizer pads on the left and
+        # appends <|endoftext|>, both recorded in the manifest and tokenizer.json
+        padding_side="left",
+        variants=("int8", "fp16"),
+        variants_left_out=(
+            (
+                "opt",
+                "onnxruntime's transformer optimizer has no Qwen3 fusion (onnxruntime issue 25083): it fuses none of "
+                "its attention (grouped-query heads, q/k RMSNorm, rotary positions), so an opt graph would be the "
+                "fp32 graph again",
+            ),
+        ),
+    )
+)
+
+
+def _gemma3_masks_for_tracing(st_model) -> None:
+    """Gemma 3 with bidirectional attention (EmbeddingGemma) builds its attention masks with torch.vmap over
+    custom mask functions, which the TorchScript tracer cannot follow. While tracing (only then), the masks are
+    built here from the 2-D attention mask with plain index arithmetic and handed to the model as the per-layer-type
+    dict its forward accepts: full attention sees every real token, sliding attention the real tokens less than
+    ``config.sliding_window`` positions away (transformers' bidirectional window, already halved by the config).
+    Outside tracing the model runs as loaded, so validation compares the traced masks with transformers' own."""
+    import torch
+
+    auto = st_model[0].auto_model
+    config = auto.config
+    if not getattr(config, "use_bidirectional_attention", False):
+        return  # causal Gemma 3 masks trace as they are
+    original = auto.forward
+
+    def forward(*args, attention_mask=None, **kwargs):
+        if torch.jit.is_tracing() and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            keep = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, kv]
+            pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+            near = ((pos[:, None] - pos[None, :]).abs() < config.sliding_window)[None, None]  # [1, 1, q, kv]
+            lowest = torch.finfo(auto.dtype).min
+            zero = torch.zeros((), dtype=auto.dtype)
+            everywhere = keep & torch.ones_like(near)
+            attention_mask = {
+                "full_attention": torch.where(everywhere, zero, lowest),
+                "sliding_attention": torch.where(keep & near, zero, lowest),
+            }
+        return original(*args, attention_mask=attention_mask, **kwargs)
+
+    auto.forward = forward
+
+
+register(
+    TextEncoderSpec(
+        family="gemma3",
+        patcher=_gemma3_masks_for_tracing,
+        model_types=("gemma3_text",),
+        inputs=("input_ids", "attention_mask"),
+        ort_optimizer_type=None,
+        examples=("google/embeddinggemma-300m",),
+        variants=("int8",),
+        variants_left_out=(
+            (
+                "opt",
+                "onnxruntime's transformer optimizer has no Gemma 3 fusion (it fuses none of its attention: "
+                "grouped-query heads, q/k RMSNorm, rotary positions, sliding windows)",
+            ),
+            (
+                "fp16",
+                "Gemma 3's activations overflow float16 (its model card: EmbeddingGemma does not support float16, "
+                "use float32 or bfloat16; other runtimes report NaN); an overflow depends on the text, so passing the "
+                "battery would not show that a graph is safe",
+            ),
+        ),
     )
 )

@@ -131,13 +131,20 @@ def build_feeds(
     inputs: list[str],
     pad_id: int,
     zero_types: bool = False,
+    padding_side: str = "right",
 ) -> dict[str, np.ndarray]:
     """The padded [rows, width] int64 arrays of the tokenized items ``idx`` for the graph's ``inputs``; built
-    with one pass over their token ids (each row's tokens fill a prefix of it, so a boolean mask scatters the
-    concatenation in place). ``zero_types``: the token type ids are known to be all zero (single texts), so
-    they are not read back per item."""
+    with one pass over their token ids (each row's tokens fill a prefix of it, or with ``padding_side="left"``
+    a suffix, as decoder models such as Qwen3-Embedding pad; either way a boolean mask scatters the
+    concatenation in place, row by row in order). ``zero_types``: the token type ids are known to be all zero
+    (single texts), so they are not read back per item."""
     lens = lengths[idx]
-    mask = np.arange(width) < lens[:, None]
+    if padding_side == "left":
+        mask = np.arange(width) >= width - lens[:, None]
+    elif padding_side == "right":
+        mask = np.arange(width) < lens[:, None]
+    else:
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     total = int(lens.sum())
     ids = np.full((len(idx), width), pad_id, dtype=np.int64)
     ids[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].ids for i in idx), dtype=np.int64, count=total)

@@ -62,11 +62,8 @@ class TextTower:
         long_from: int | None = None,
     ):
         self.spec = tower
-        if tower["tokenizer"].get("padding_side", "right") != "right":
-            raise GraphLoadError(
-                f"{folder}: the model pads on the {tower['tokenizer']['padding_side']}, which this "
-                "st-runtime does not do yet. Upgrade st-runtime."
-            )
+        # the side sentence-transformers pads the model's batches on (Qwen3-Embedding: left, for its last token)
+        self.padding_side: str = tower["tokenizer"].get("padding_side", "right")
         self.max_seq_length: int | None = tower["tokenizer"].get("max_seq_length")
         self._truncation_side = tower["tokenizer"].get("truncation_side", "right")
         # False for models whose input module tokenizes without special tokens (StaticEmbedding)
@@ -258,7 +255,7 @@ class TextTower:
         self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int, zero_types: bool = False
     ) -> dict[str, np.ndarray]:
         """The graph's padded input arrays for the tokenized items ``idx`` (see batching.build_feeds)."""
-        return build_feeds(encodings, lengths, idx, width, self.inputs, self.pad_id, zero_types)
+        return build_feeds(encodings, lengths, idx, width, self.inputs, self.pad_id, zero_types, self.padding_side)
 
     def plan(self, lengths: np.ndarray, batch_size: int, max_length: int | None) -> list[tuple[int, int, int]]:
         """(start, end, padded width) batches over items sorted by decreasing ``lengths``."""

@@ -743,6 +743,139 @@ def static_to_hub_layout(src: Path, dst: Path, model2vec_keys: bool = False) -> 
     return dst
 
 
+# ---------------------------------------------------------------------------------------------- decoder families
+QWEN3_PROMPTS = {
+    "query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+    "document": "",
+}
+GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}
+
+
+def _qwen3_tokenizer(padding_side: str = "left"):
+    """Qwen3-Embedding's tokenizer in small: byte-level BPE (trained here) behind Qwen2Tokenizer's pre-tokenizer,
+    a post-processor that appends <|endoftext|> (as Qwen3-Embedding's tokenizer.json does), which is also the
+    pad token, and padding on the left."""
+    import transformers as tr
+    from tokenizers import processors
+
+    vocab, merges = _byte_level_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tok = tr.Qwen2Tokenizer(
+        vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side=padding_side
+    )
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A:0 <|endoftext|>:0",
+        pair="$A:0 <|endoftext|>:0 $B:1 <|endoftext|>:1",
+        special_tokens=[("<|endoftext|>", eot)],
+    )
+    return tok
+
+
+def _gemma_tokenizer():
+    """EmbeddingGemma's tokenizer in small: a sentencepiece-style BPE with byte fallback (trained here) behind
+    GemmaTokenizer, adding <bos> and <eos>; <pad> 0, <eos> 1, <bos> 2 as in Gemma 3."""
+    import transformers as tr
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from exporters.battery import battery
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=specials + byte_tokens, show_progress=False)
+    tok.train_from_iterator([t for _, t in battery()] * 3, trainer)
+    d = json.loads(tok.to_str())
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in d["model"]["merges"]]
+    return tr.GemmaTokenizer(
+        vocab=d["model"]["vocab"], merges=merges, add_bos_token=True, add_eos_token=True, padding_side="right"
+    )
+
+
+def build_tiny_qwen3(out: Path, padding_side: str = "left") -> Path:
+    """Qwen3-Embedding in small: a random Qwen3Model (causal attention, grouped-query heads, q/k RMSNorm) +
+    Pooling(lasttoken) + Normalize, with its query instruction prompt, saved by sentence-transformers."""
+    import torch
+    import transformers as tr
+    from sentence_transformers import SentenceTransformer, models
+
+    hf_dir = out.parent / f"{out.name}-hf"
+    tok = _qwen3_tokenizer(padding_side)
+    torch.manual_seed(2024)
+    cfg = tr.Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    tr.Qwen3Model(cfg).save_pretrained(str(hf_dir))
+    tok.save_pretrained(str(hf_dir))
+    mods = [
+        models.Transformer(str(hf_dir), max_seq_length=MAX_SEQ),
+        models.Pooling(HIDDEN, pooling_mode="lasttoken"),
+        models.Normalize(),
+    ]
+    st = SentenceTransformer(modules=mods, device="cpu", prompts=QWEN3_PROMPTS)
+    st.save(str(out))
+    shutil.rmtree(hf_dir)
+    return out
+
+
+GEMMA_SLIDING_WINDOW = 24  # transformers keeps (24 // 2) + 1 = 13 with bidirectional attention: below MAX_SEQ
+
+
+def build_tiny_gemma(out: Path) -> Path:
+    """EmbeddingGemma in small: a random Gemma3TextModel with bidirectional attention and sliding-window layers
+    (window shorter than max_seq_length, longer than the tracing texts) + Pooling(mean) + Dense + Dense (no bias,
+    identity) + Normalize, with its query and document prompts, saved by sentence-transformers."""
+    import torch
+    import transformers as tr
+    from sentence_transformers import SentenceTransformer, models
+
+    hf_dir = out.parent / f"{out.name}-hf"
+    tok = _gemma_tokenizer()
+    torch.manual_seed(3031)
+    cfg = tr.Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        max_position_embeddings=128,
+        sliding_window=GEMMA_SLIDING_WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        use_bidirectional_attention=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    tr.Gemma3TextModel(cfg).save_pretrained(str(hf_dir))
+    tok.save_pretrained(str(hf_dir))
+    torch.manual_seed(3032)
+    mods = [
+        models.Transformer(str(hf_dir), max_seq_length=MAX_SEQ),
+        models.Pooling(HIDDEN, pooling_mode="mean"),
+        models.Dense(HIDDEN, 4 * HIDDEN, bias=False, activation_function=torch.nn.Identity()),
+        models.Dense(4 * HIDDEN, HIDDEN, bias=False, activation_function=torch.nn.Identity()),
+        models.Normalize(),
+    ]
+    st = SentenceTransformer(modules=mods, device="cpu", prompts=GEMMA_PROMPTS)
+    st.save(str(out))
+    shutil.rmtree(hf_dir)
+    return out
+
+
 # registry family -> how its tiny model is built (build_tiny for the architecture grid, a builder otherwise)
 # roberta and albert are built by build_tiny but kept out of the pooling grid (tested in test_families).
 EXTRA_ARCHITECTURES = ("roberta", "albert")
@@ -751,6 +884,8 @@ TINY_FAMILIES = {
     "clip": "build_tiny_clip",
     "word-embeddings": "build_tiny_glove",
     "static-embedding": "build_tiny_static",
+    "qwen3": "build_tiny_qwen3",
+    "gemma3": "build_tiny_gemma",
 }
 
 
