@@ -7,7 +7,8 @@ records for people (a variant's build details, the model's modules.json) are fre
 
 Format 1 (one Hugging Face text tower) and format 2 (image towers, tokenizer "kind" and "pairs") share this
 schema: what format 2 added is optional. A model ``task`` (embedding, cross-encoder, sparse-embedding) names
-the key that describes its output; a runtime that predates a task refuses it by this schema.
+the key that describes its output; a runtime that predates a task refuses it by this schema. A tokenizer
+``padding_side`` says where batches are padded (decoder models such as Qwen3-Embedding pad on the left).
 """
 
 from __future__ import annotations

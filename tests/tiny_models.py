@@ -812,7 +812,8 @@ def build_tiny_qwen3(out: Path, padding_side: str = "left") -> Path:
         num_key_value_heads=2,
         head_dim=8,
         max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
+        # no pad_token_id (as Qwen3's config): <|endoftext|> pads, and also ends every text, so its embedding
+        # row must not be the zero row nn.Embedding gives a padding_idx
         eos_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
     )

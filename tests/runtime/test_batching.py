@@ -321,3 +321,35 @@ def test_measured_budgets_apply_per_width_class():
     default = BatchPolicy.for_device(False)
     assert default.budget(10) == default.budget(500) == CPU_BATCH_TOKENS
     assert BatchPolicy.for_device(True, {"short_tokens": 1}).budget(10) > 1  # GPUs keep their own policy
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_feeds_pad_on_the_side_the_manifest_names(tiny_bert, tmp_path, side):
+    """A manifest with padding_side "left" (Qwen3-Embedding's tokenizer) gets its pad ids and attention-mask zeros
+    first in every row, in st_runtime's tokenize and in the batches encode builds; "right" (the default) last."""
+    import json
+    import shutil
+
+    from st_runtime.batching import build_feeds
+
+    folder = shutil.copytree(tiny_bert[1], tmp_path / "export")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["towers"]["text"]["tokenizer"]["padding_side"] = side
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    enc = SentenceEncoder(folder)
+    assert enc.text_tower.padding_side == side
+    texts = ["a", "How big is London", "London has 9,787,426 inhabitants at the 2011 census."]
+    feeds = enc.tokenize(texts)
+    alone = [enc.tokenize([t])["input_ids"][0] for t in texts]
+    width = feeds["input_ids"].shape[1]
+    for row, mask, ids in zip(feeds["input_ids"], feeds["attention_mask"], alone):
+        n = len(ids)
+        real = slice(width - n, width) if side == "left" else slice(0, n)
+        pads = slice(0, width - n) if side == "left" else slice(n, width)
+        assert (row[real] == ids).all() and mask[real].all()
+        assert (row[pads] == enc.text_tower.pad_id).all() and not mask[pads].any()
+    assert (feeds["token_type_ids"][feeds["attention_mask"] == 0] == 0).all()
+    encodings = enc.text_tower.tokenize(texts)
+    lengths = np.array([len(e) for e in encodings])
+    with pytest.raises(ValueError, match="padding_side must be"):
+        build_feeds(encodings, lengths, np.arange(3), width, ["input_ids"], 0, padding_side="middle")
