@@ -50,6 +50,50 @@ def externalize(path: Path, model=None) -> Path:
     return data
 
 
+def gather_external_data(path: Path, min_bytes: int = 1024) -> Path:
+    """Put every weight of the graph in ``path`` into ``<file>.data``, one tensor at a time: the weights the
+    exporter already spilled to files of their own (torch writes each tensor of a graph over 2 GB to its own file
+    next to it) are copied over and removed, and weights still inside the graph are moved out. Unlike
+    :func:`externalize`, the weights are never all in memory at once, so this runs while the torch model is
+    still loaded without holding the model's weights twice."""
+    import onnx
+    from onnx import TensorProto, external_data_helper
+
+    from .memory import graph_tensors
+
+    model = onnx.load(str(path), load_external_data=False)
+    data = path.with_name(path.name + ".data")
+    spilled: set[Path] = set()
+    with open(data, "wb") as out:
+        for tensor in graph_tensors(model.graph):
+            if tensor.data_location == TensorProto.EXTERNAL:
+                info = external_data_helper.ExternalDataInfo(tensor)
+                source = path.parent / info.location
+                if source.resolve() == data.resolve():
+                    raise ExportError(f"{path}: a weight already points into {data.name}; cannot gather it again.")
+                with open(source, "rb") as f:
+                    f.seek(info.offset or 0)
+                    raw = f.read(info.length) if info.length else f.read()
+                spilled.add(source)
+                tensor.ClearField("external_data")
+                tensor.ClearField("data_location")
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
+                raw = tensor.raw_data
+                tensor.ClearField("raw_data")
+            else:
+                continue
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data.name), ("offset", out.tell()), ("length", len(raw))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            out.write(raw)
+            del raw
+    onnx.save_model(model, str(path))
+    for source in spilled:
+        source.unlink()
+    return data
+
+
 def write_tokenizer(st_model, path: Path) -> dict[str, Any]:
     from tokenizers import Tokenizer
 

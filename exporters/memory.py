@@ -64,7 +64,7 @@ def run_in_child(function: str, kwargs: dict[str, Any], workdir: Path) -> Any:
 
 
 # ----------------------------------------------------------------------------- weights kept on disk
-def _tensors(graph) -> Iterator[Any]:
+def graph_tensors(graph) -> Iterator[Any]:
     """Every TensorProto of a graph and its subgraphs (initializers, tensor attributes)."""
     from onnx import AttributeProto
 
@@ -76,10 +76,10 @@ def _tensors(graph) -> Iterator[Any]:
             elif attr.type == AttributeProto.TENSORS:
                 yield from attr.tensors
             elif attr.type == AttributeProto.GRAPH:
-                yield from _tensors(attr.g)
+                yield from graph_tensors(attr.g)
             elif attr.type == AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _tensors(g)
+                    yield from graph_tensors(g)
 
 
 def weights_to_disk(src: Path, data_file: str, min_bytes: int = 65536):
@@ -114,7 +114,7 @@ def weights_from_disk(model, data_file: str) -> None:
     from onnx import TensorProto, external_data_helper
 
     with open(data_file, "rb") as f:
-        for tensor in _tensors(model.graph):
+        for tensor in graph_tensors(model.graph):
             if tensor.data_location != TensorProto.EXTERNAL:
                 continue
             info = external_data_helper.ExternalDataInfo(tensor)

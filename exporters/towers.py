@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .artifacts import EXTERNAL_DATA_THRESHOLD, externalize, variant_entry, write_tokenizer
+from .artifacts import EXTERNAL_DATA_THRESHOLD, gather_external_data, variant_entry, write_tokenizer
 from .errors import ExportError, UnsupportedModelError
 from .specs import TextEncoderSpec, TowerSpec
 
@@ -182,7 +182,6 @@ def trace_tower(
     returns, [batch, sequence, ...]; ``first`` replaces the input module in the graph (see ``_graph_module``), and
     ``sample`` gives the tracing inputs (default: the model's own preprocessing of a few texts or images). Returns
     whether the weights went to external data."""
-    import onnx
     import torch
 
     if sample is None:
@@ -219,13 +218,18 @@ def trace_tower(
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
-    use_external = external_data if external_data is not None else path.stat().st_size >= EXTERNAL_DATA_THRESHOLD
-    if use_external:
-        model = onnx.load(str(path))
-        for f in path.parent.iterdir():  # torch may already have spilled weights next to the graph
-            if f != path and f.is_file() and f.name not in before:
-                f.unlink()
-        externalize(path, model)
+    # torch writes each weight of a graph over 2 GB to a file of its own next to it
+    spilled = [f.name for f in path.parent.iterdir() if f != path and f.is_file() and f.name not in before]
+    if spilled and external_data is False:
+        raise ExportError(
+            f"the {tower.name} tower's graph is over protobuf's 2 GB limit, so its weights must be stored as ONNX "
+            "external data; call export_model with external_data=None (the default) or True."
+        )
+    use_external = (
+        external_data if external_data is not None else bool(spilled) or path.stat().st_size >= EXTERNAL_DATA_THRESHOLD
+    )
+    if use_external:  # one tensor at a time: the torch model is still loaded here
+        gather_external_data(path)
     return use_external
 
 

@@ -97,3 +97,25 @@ def test_data_file_missing_from_manifest_is_a_manifest_error(copy):
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ManifestError, match="model_opt.onnx.data"):
         SentenceEncoder(copy, variant="opt")
+
+
+def test_weights_spilled_to_one_file_each_are_gathered_into_one(zoo, tmp_path):
+    """torch writes each weight of a graph over 2 GB to its own file; st-export gathers them into model.onnx.data
+    one tensor at a time (the torch model is still loaded then) and removes them."""
+    import onnx
+    import onnxruntime as ort
+
+    from exporters.artifacts import gather_external_data
+
+    graph = zoo.export("bert", variants=()) / "model.onnx"
+    path = tmp_path / "model.onnx"
+    onnx.save_model(onnx.load(str(graph)), str(path), save_as_external_data=True, all_tensors_to_one_file=False)
+    spilled = sorted(p.name for p in tmp_path.iterdir() if p != path)
+    assert len(spilled) > 5
+    gather_external_data(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert path.stat().st_size < 100_000 < (tmp_path / "model.onnx.data").stat().st_size
+    feeds = {"input_ids": np.array([[101, 2054, 102]]), "attention_mask": np.ones((1, 3), dtype=np.int64)}
+    feeds["token_type_ids"] = np.zeros((1, 3), dtype=np.int64)
+    want = ort.InferenceSession(str(graph)).run(None, feeds)[0]
+    np.testing.assert_array_equal(ort.InferenceSession(str(path)).run(None, feeds)[0], want)
