@@ -38,13 +38,31 @@ def run_all(sess, feeds: Feeds, names: list[str] | None = None) -> list[list[np.
     return [sess.run(names, f) for f in feeds]
 
 
+# Scratch graphs at or above this size keep their weights in ``<file>.data`` (protobuf's limit is 2 GiB).
+LARGE_GRAPH_BYTES = 1_800_000_000
+
+
+def save_graph(model: ModelProto, path: Path) -> None:
+    """Save a scratch graph; one of a model over 2 GB (Qwen3-Embedding-0.6B in fp32) with its weights in
+    ``<file>.data``. The weights then leave ``model`` for that file (a later save of it, in the same folder, refers
+    to them there)."""
+    import onnx
+
+    if model.ByteSize() < LARGE_GRAPH_BYTES:
+        onnx.save(model, str(path))
+        return
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
+    )
+
+
 def save_for_quantizer(model: ModelProto, workdir: Path) -> tuple[Path, list[str]]:
     """Write ``model`` where :func:`quantize` reads it (the caller may then drop the model): the file, and the
     names of the outlier side products, which stay in fp32."""
     import onnx
 
     src = workdir / "int8-src.onnx"
-    onnx.save(model, str(src))
+    save_graph(model, src)
     return src, [n.name for n in model.graph.node if n.name.endswith(OUTLIER_SUFFIX)]
 
 
@@ -174,9 +192,9 @@ def build_int8(
     n_matmuls = len(matmuls)
     base_path = workdir / "int8-base.onnx"
     ref_path = workdir / "int8-ref.onnx"
-    onnx.save(base, str(base_path))
+    save_graph(base, base_path)
     base.graph.output.extend(float_outputs(base, act_names))  # on the graph itself: no copy of the weights
-    onnx.save(base, str(ref_path))
+    save_graph(base, ref_path)
     base = matmuls = None
     release_memory()
     try:
@@ -240,9 +258,10 @@ def build_int8(
                 f"min agreement {cal_min:.4f}, mean {cal_mean:.5f}"
             )
             step *= 2
-    finally:  # the scratch graphs never stay in the export folder, also when calibration fails
-        base_path.unlink(missing_ok=True)
-        (workdir / "int8-src.onnx").unlink(missing_ok=True)
+    finally:  # the scratch graphs (and their weights) never stay in the export folder, also when calibration fails
+        for scratch in (base_path, workdir / "int8-src.onnx"):
+            scratch.unlink(missing_ok=True)
+            scratch.with_name(scratch.name + ".data").unlink(missing_ok=True)
     onnx.save(quantized, str(dst))
     return {
         "method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",

@@ -193,3 +193,30 @@ def test_gemma_bidirectional_and_sliding_window_are_exercised(decoders, referenc
     with torch.no_grad():
         states = ref_model[0](feats)["token_embeddings"]
     assert not torch.allclose(states[0, 1], states[1, 1])
+
+
+def test_int8_of_a_graph_with_external_data(decoders, tmp_path, monkeypatch):
+    """int8 of a model over 2 GB (Qwen3-Embedding-0.6B in fp32): its scratch graphs keep their weights as
+    external data too (forced here on the tiny model), and none of them stays in the export."""
+    from exporters import export_model
+    from exporters.int8 import build
+
+    monkeypatch.setattr(build, "LARGE_GRAPH_BYTES", 0)
+    src = decoders["qwen3"][0]
+    out = export_model(str(src), output=tmp_path / "ext", external_data=True, variants=["int8"], log=print)
+    manifest = json.loads((out / "manifest.json").read_text())
+    int8 = manifest["towers"]["text"]["variants"]["int8"]
+    assert int8["status"] == "passed" and int8["external_data"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+        "model.onnx.data",
+        "model_int8.onnx",
+        "model_int8.onnx.data",
+        "tokenizer.json",
+    ]
+    assert_parity(
+        SentenceEncoder(decoders["qwen3"][1], variant="int8").encode(TEXTS),
+        SentenceEncoder(out, variant="int8").encode(TEXTS),
+        0.999,
+    )
