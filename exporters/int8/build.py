@@ -59,7 +59,6 @@ def save_graph(model: ModelProto, path: Path) -> None:
 def save_for_quantizer(model: ModelProto, workdir: Path) -> tuple[Path, list[str]]:
     """Write ``model`` where :func:`quantize` reads it (the caller may then drop the model): the file, and the
     names of the outlier side products, which stay in fp32."""
-    import onnx
 
     src = workdir / "int8-src.onnx"
     save_graph(model, src)
