@@ -244,7 +244,10 @@ class TextTower:
             session = self.long_session if self.long_session is not None and width >= self.policy.long_from else None
             sentence, tokens = (session or self.session).run([self.output, token_output], feeds)
             for j, i in enumerate(idx):
-                keep = slice(0, int(lengths[i]))  # batches are padded on the right
+                n = int(lengths[i])
+                # the text's own rows: sentence-transformers keeps a left-padded text's pads (up to its last token),
+                # which depend on its batch company; here a text gives the same rows in any batch
+                keep = slice(width - n, width) if self.padding_side == "left" else slice(0, n)
                 item = {name: feeds[name][j, keep].copy() for name in feeds}
                 item["token_embeddings"] = np.asarray(tokens[j, keep], dtype=np.float32)
                 item["sentence_embedding"] = np.asarray(sentence[j], dtype=np.float32)

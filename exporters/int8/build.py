@@ -47,8 +47,13 @@ def save_graph(model: ModelProto, path: Path) -> None:
     ``<file>.data``. The weights then leave ``model`` for that file (a later save of it, in the same folder, refers
     to them there)."""
     import onnx
+    from google.protobuf.message import EncodeError
 
-    if model.ByteSize() < LARGE_GRAPH_BYTES:
+    try:
+        small = model.ByteSize() < LARGE_GRAPH_BYTES
+    except EncodeError:  # protobuf cannot even size a message over 2 GB
+        small = False
+    if small:
         onnx.save(model, str(path))
         return
     onnx.save_model(

@@ -136,6 +136,11 @@ def test_left_padded_mixed_batch_equals_batch_of_one(decoders):
     batch = enc.text_tower.runner(feeds)
     alone = np.stack([enc.encode(t) for t in DECODER_TEXTS])
     assert_parity(alone, batch)
+    # token embeddings: each text's own rows (not its left pads), as alone
+    tokens = enc.encode(DECODER_TEXTS, output_value="token_embeddings", batch_size=len(DECODER_TEXTS))
+    for text, rows, n in zip(DECODER_TEXTS, tokens, lengths):
+        assert rows.shape[0] == n
+        np.testing.assert_allclose(rows, enc.encode([text], output_value="token_embeddings")[0], atol=1e-4)
 
 
 def test_prompts_and_truncate_dim(decoders, references):
