@@ -385,6 +385,7 @@ def bench_model(
     def summary() -> dict:
         out = {
             "model": Path(model).name,
+            **({"random_weights": True} if Path(model).name.startswith("random-") else {}),
             "source": source,
             "published_queries_per_s": dict(zip(("gpu", "cpu"), PUBLISHED.get(Path(model).name, (None, None)))),
             "workloads": {k: len(v) for k, v in corpus.items()},
@@ -507,7 +508,13 @@ def plot(all_results: list[dict], path: Path, title: str = "") -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+")
+    p.add_argument("models", nargs="*")
+    p.add_argument(
+        "--random-weights",
+        default="",
+        help="comma-separated random-weight models at real shapes (benchmarks/random_shapes.py: modernbert-base, "
+        "qwen3-0.6b, embeddinggemma-300m), built and exported on first use; their results say so",
+    )
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None, help="threads for both (default: physical cores)")
     p.add_argument("--rounds", type=int, default=5)
@@ -585,6 +592,13 @@ def main(argv=None) -> int:
                 p.error(f"unknown workload {workload!r}; choose from {','.join(texts)}")
             # the generated corpus keeps its old workload names, so earlier results compare
             corpus[workload if name == "generated" else f"{name} {workload}"] = texts[workload]
+    models = list(args.models)
+    if args.random_weights:
+        from benchmarks.random_shapes import ensure_random
+
+        models += [str(ensure_random(n)) for n in args.random_weights.split(",") if n]
+    if not models:
+        p.error("name at least one model, or --random-weights")
     peers = resolve_peers(args, peer_systems)
     out = {
         "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -613,7 +627,7 @@ def main(argv=None) -> int:
                 done = out["models"] + ([partial] if partial else [])
                 args.json.write_text(json.dumps({**out, "models": done}, indent=2))
 
-        for model in args.models:
+        for model in models:
             res = bench_model(
                 model,
                 args.provider,
