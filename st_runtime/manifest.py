@@ -28,7 +28,11 @@ from .schema import SchemaError, check_manifest
 # 2: towers other than text (CLIP's "image" with its "preprocessor"), tokenizer "kind" ("hf" or "whitespace")
 #    and "pairs". A version-1 reader would misread these (image paths embedded as text, a whitespace vocabulary
 #    parsed as tokenizer.json), so it must refuse them. Version-1 manifests read as before.
-FORMAT_VERSION = 2
+# 3: model tasks other than embedding (cross-encoder "scores", sparse-embedding "sparse"), the text tower's
+#    token_output, the tokenizer's padding_side and add_special_tokens (decoder and static models), and each
+#    variant's measured cpu_batching and the tower's cpu_routing. A version-2 reader would refuse these keys as
+#    unknown and advise re-exporting, where upgrading st-runtime is the fix; the version says so first.
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 
 

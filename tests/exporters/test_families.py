@@ -363,12 +363,14 @@ def test_bert_weights_with_xlm_r_tokenizer(zoo):
 
 
 def test_manifest_format_version_marks_new_fields(zoo_families):
-    """Readers of format 1 would misread image towers and whitespace tokenizers; such manifests say 2."""
+    """Readers of format 1 would misread image towers and whitespace tokenizers (format 2), readers of format 2
+    refuse tasks, token outputs and measured batch policies (format 3) as unknown keys: new exports say 3, so an
+    older st-runtime asks to be upgraded."""
     from st_runtime.manifest import FORMAT_VERSION
 
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
     for out in (zoo_families.clip()[1], zoo_families.glove()[1]):
-        assert json.loads((out / "manifest.json").read_text())["format_version"] == 2
+        assert json.loads((out / "manifest.json").read_text())["format_version"] == 3
 
 
 def test_format_1_manifest_still_reads(zoo, tmp_path):
