@@ -888,6 +888,12 @@ TINY_FAMILIES = {
     "qwen3": "build_tiny_qwen3",
     "gemma3": "build_tiny_gemma",
 }
+# Each model kind st-export exports (exporters.st_model.EXPORTABLE_KINDS) and the builder of its tiny models.
+TINY_KINDS = {
+    "SentenceTransformer": "build_tiny",
+    "CrossEncoder": "build_tiny_cross_encoder",
+    "SparseEncoder": "build_tiny_sparse_encoder",
+}
 
 
 def build_tiny_other_kinds(out: Path) -> dict[str, Path]:

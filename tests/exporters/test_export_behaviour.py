@@ -32,6 +32,17 @@ def test_every_registered_architecture_has_a_tiny_parity_model():
     } == families
 
 
+def test_every_exportable_model_kind_has_a_tiny_model():
+    """A new kind (task) without a tiny model saved by sentence-transformers fails here."""
+    from tiny_models import TINY_KINDS
+
+    from exporters.st_model import EXPORTABLE_KINDS
+
+    assert set(EXPORTABLE_KINDS) == set(TINY_KINDS)
+    for kind, builder in TINY_KINDS.items():
+        assert callable(getattr(tiny_models, builder)), kind
+
+
 def test_registry_refuses_duplicates_and_is_read_only():
     with pytest.raises(ValueError, match="registered twice"):
         specs.register(specs.TextEncoderSpec(family="x", model_types=("bert",), inputs=("input_ids",)))
