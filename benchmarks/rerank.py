@@ -114,14 +114,14 @@ def make_minilm_reranker(output: Path) -> Path:
     manifest = json.loads((minilm / "manifest.json").read_text())
     src = manifest["source"]["model"]
     src = src if Path(src).is_dir() else bundled_path(manifest)
+    ce_dir = output.parent / f"{output.name}-src"  # kept: the benchmark loads sentence-transformers from it
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         model = tr.AutoModelForSequenceClassification.from_pretrained(src, num_labels=1)
         model.save_pretrained(tmp)
         tr.AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
-        ce_dir = Path(tmp) / "cross-encoder"
         STCrossEncoder(tmp, device="cpu", max_length=512).save(str(ce_dir))
-        return export_model(str(ce_dir), output=output)
+    return export_model(str(ce_dir), output=output)
 
 
 def main(argv=None) -> int:
