@@ -146,12 +146,21 @@ class CrossEncoder:
         """The model's default activation applied to ``logits`` (what ``predict`` returns by default)."""
         return ACTIVATIONS[self.default_activation](np.asarray(logits, dtype=np.float32))
 
-    def logits(self, sentence_pairs, batch_size: int | None = None) -> np.ndarray:
+    def logits(
+        self, sentence_pairs, batch_size: int | None = None, show_progress_bar: bool | None = None
+    ) -> np.ndarray:
         """The classifier's raw output, [n, num_labels] float32, for a list of (query, document) pairs."""
+        from .encoder import progress_bar
+
         pairs, _ = _pairs(sentence_pairs)
         out = np.empty((len(pairs), self.num_labels), dtype=np.float32)
-        if pairs:
-            self.text_tower.embed(prepare(pairs, None), batch_size, out)
+        bar = progress_bar(show_progress_bar, len(pairs))
+        try:
+            if pairs:
+                self.text_tower.embed(prepare(pairs, None), batch_size, out, None, bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
         return out
 
     def predict(
@@ -173,7 +182,7 @@ class CrossEncoder:
         ):
             raise ValueError(f"batch_size must be a positive integer or None (automatic), got {batch_size!r}.")
         pairs, singular = _pairs(sentence_pairs)
-        scores = self._activation(activation_fn)(self.logits(pairs, batch_size))
+        scores = self._activation(activation_fn)(self.logits(pairs, batch_size, show_progress_bar))
         if apply_softmax and scores.ndim == 2 and scores.shape[1] > 1:
             scores = _softmax(scores)
         if self.num_labels == 1:
@@ -206,7 +215,7 @@ class CrossEncoder:
         documents = list(documents)
         scores = self.predict(
             [(query, d) for d in documents], batch_size=batch_size, activation_fn=activation_fn,
-            apply_softmax=apply_softmax,
+            apply_softmax=apply_softmax, show_progress_bar=show_progress_bar,
         )  # fmt: skip
         order = np.argsort(-np.asarray(scores), kind="stable")
         if top_k is not None:

@@ -26,7 +26,7 @@ from .variants import choose_variant, describe_value, length_routing, warn_if_in
 logger = logging.getLogger(__name__)
 
 
-def _progress_bar(show: bool | None, total: int):
+def progress_bar(show: bool | None, total: int):
     """A tqdm bar over ``total`` texts, or None. ``show=None``: when the st_runtime logger is at INFO or DEBUG
     (sentence-transformers' rule for its own logger)."""
     if show is None:
@@ -389,7 +389,7 @@ class SentenceEncoder:
             outputs = self._token_outputs(items, kinds, batch_size, max_length, output_value, precision, truncate_dim)
             return outputs[0] if singular else outputs
         out = np.empty((len(items), self._dim), dtype=np.float32)
-        bar = _progress_bar(show_progress_bar, len(items))
+        bar = progress_bar(show_progress_bar, len(items))
         try:
             progress = bar.update if bar is not None else None
             if items and kinds is not None:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .encoder import SentenceEncoder, _progress_bar
+from .encoder import SentenceEncoder, progress_bar
 from .inputs import classify, prepare
 
 
@@ -144,7 +144,7 @@ class SparseEncoder(SentenceEncoder):
             items = [prompt_text + it for it in items]
         items = prepare(items, self._cutter)
         out = _SparseRows(len(items), k)
-        bar = _progress_bar(show_progress_bar, len(items))
+        bar = progress_bar(show_progress_bar, len(items))
         try:
             if items:
                 self.text_tower.embed(items, batch_size, out, max_length, bar.update if bar is not None else None)

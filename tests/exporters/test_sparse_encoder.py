@@ -138,3 +138,24 @@ def test_bad_input_and_the_wrong_class_are_refused(exported):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["towers"]["text"]["variants"]["fp32"]["validation"]["active_set_mismatches"] == 0
     assert "opt" in manifest["towers"]["text"]["variants"]
+
+
+def test_progress_bars_of_the_other_model_kinds(exported, capsys):
+    """show_progress_bar draws a tqdm bar over the inputs for SparseEncoder.encode and CrossEncoder.predict too."""
+    pytest.importorskip("tqdm")
+    from tiny_models import build_tiny_cross_encoder
+
+    from exporters import export_model
+    from st_runtime import CrossEncoder, SparseEncoder
+
+    _src, out = exported(CASES[0])
+    SparseEncoder(out).encode(TEXTS, show_progress_bar=True)
+    assert f"{len(TEXTS)}/{len(TEXTS)}" in capsys.readouterr().err
+    root = out.parent
+    ce = export_model(str(build_tiny_cross_encoder(root / "ce-src", "bert")), output=root / "ce", variants=[],
+                      log=lambda _m: None)  # fmt: skip
+    capsys.readouterr()
+    CrossEncoder(ce).predict([("q", t) for t in TEXTS], show_progress_bar=True)
+    assert f"{len(TEXTS)}/{len(TEXTS)}" in capsys.readouterr().err
+    CrossEncoder(ce).predict([("q", "a")])
+    assert "1/1" not in capsys.readouterr().err
