@@ -64,10 +64,11 @@ def test_static_parity_on_tricky_text(zoo_families, kwargs):
     ref = _ref(src, TRICKY)
     got = enc.encode(TRICKY)
     assert_parity(ref, got)
-    np.testing.assert_allclose(got, ref, atol=1e-6)
-    np.testing.assert_allclose(enc.encode(TRICKY, batch_size=1), ref, atol=1e-6)  # each text alone
-    np.testing.assert_allclose(np.stack([enc.encode(t) for t in TRICKY]), ref, atol=1e-6)  # batches of one, 1-D
-    np.testing.assert_allclose(enc.encode(TEXTS, batch_size=4), _ref(src, TEXTS), atol=1e-6)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(enc.encode(TRICKY, batch_size=1), ref, rtol=1e-5, atol=1e-6)  # each text alone
+    one_by_one = np.stack([enc.encode(t) for t in TRICKY])  # batches of one, 1-D
+    np.testing.assert_allclose(one_by_one, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(enc.encode(TEXTS, batch_size=4), _ref(src, TEXTS), rtol=1e-5, atol=1e-6)
     if "dense" not in kwargs:  # the empty text is all zeros in sentence-transformers (an empty bag), normalized or not
         assert not ref[0].any() and not got[0].any()
 
@@ -138,8 +139,8 @@ def test_static_hub_layouts(zoo_families, tmp_path, model2vec_keys):
     hub = static_to_hub_layout(src, tmp_path / "hub", model2vec_keys=model2vec_keys)
     hub_out = export_model(str(hub), output=tmp_path / "onnx", log=lambda _m: None)
     ref = _ref(hub, TRICKY)
-    np.testing.assert_allclose(SentenceEncoder(hub_out).encode(TRICKY), ref, atol=1e-6)
-    np.testing.assert_allclose(SentenceEncoder(out).encode(TRICKY), ref, atol=1e-6)
+    np.testing.assert_allclose(SentenceEncoder(hub_out).encode(TRICKY), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(SentenceEncoder(out).encode(TRICKY), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_static_long_text_cut_counts_tokens_without_special_tokens(zoo_families):
@@ -158,7 +159,7 @@ def test_static_long_text_cut_counts_tokens_without_special_tokens(zoo_families)
     assert len(enc.tokenizer.encode(text[:cut_at], add_special_tokens=False).ids) == n - 1
     assert LongTextCutter(enc.tokenizer, add_special_tokens=True).cut(text) == text[:cut_at]  # the wrong count cuts
     assert enc._cutter.cut(text) == text
-    np.testing.assert_allclose(enc.encode([text]), _ref(src, [text]), atol=1e-6)
+    np.testing.assert_allclose(enc.encode([text]), _ref(src, [text]), rtol=1e-5, atol=1e-6)
 
 
 def test_static_embedding_with_other_bag_settings_is_refused(zoo_families):
