@@ -38,7 +38,9 @@ def _fastest(times: dict[int, list[float]]) -> int:
 
 def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[str], None], rounds: int = 5) -> None:
     """Time each passed CPU variant of an embedding model's text tower at the budgets of the grid, on short
-    queries and on long passages (budgets alternating within each round), and record the fastest per class."""
+    queries and on long passages, and record the fastest budget per class (``cpu_batching``) and the variant's rate
+    there (``cpu_timing``). Variants and budgets alternate within each round, so the rates of different variants
+    are comparable: ``route_by_length`` reads them."""
     from dataclasses import replace
 
     from st_runtime import SentenceEncoder
@@ -46,82 +48,67 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
     tower = manifest["towers"].get("text")
     if tower is None or manifest.get("task", "embedding") != "embedding":
         return
-    work = _workloads()
-    for name, variant in tower["variants"].items():
-        if variant["status"] != "passed" or "CPUExecutionProvider" not in variant["providers"]:
-            continue
-        enc = SentenceEncoder(folder, providers="cpu", variant=name)
-        text = enc.text_tower
-        base = text.policy
-        chosen: dict[str, Any] = {"long_from": LONG_FROM}
-        measured: dict[str, dict[str, float]] = {}
-        for cls, budgets in (("short", SHORT_BUDGETS), ("long", LONG_BUDGETS)):
-            texts = work[cls]
-            widths = [len(e) for e in text.tokenize(texts)]
-            if cls == "long" and max(widths) < LONG_FROM:
-                continue  # the model truncates below the long class (tiny test models): nothing to measure
-            times: dict[int, list[float]] = {b: [] for b in budgets}
+    names = [
+        n for n, v in tower["variants"].items() if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]
+    ]
+    if not names:
+        return
+    encoders = {n: SentenceEncoder(folder, providers="cpu", variant=n) for n in names}
+    bases = {n: e.text_tower.policy for n, e in encoders.items()}
+    chosen: dict[str, dict[str, Any]] = {n: {"long_from": LONG_FROM, "measured_items_per_s": {}} for n in names}
+    for cls, budgets in (("short", SHORT_BUDGETS), ("long", LONG_BUDGETS)):
+        texts = _workloads()[cls]
+        if cls == "long" and max(len(e) for e in encoders[names[0]].text_tower.tokenize(texts)) < LONG_FROM:
+            continue  # the model truncates below the long class (tiny test models): nothing to measure
+        runs = [(n, b) for n in names for b in budgets]
+        times: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
+        for enc in encoders.values():
             enc.encode(texts[:32])  # warm-up
-            for r in range(rounds):
-                order = list(budgets[r % len(budgets) :] + budgets[: r % len(budgets)])
-                for b in order:
-                    text.policy = replace(base, max_batch_tokens=b, long_batch_tokens=None)
-                    t = time.perf_counter()
-                    enc.encode(texts)
-                    times[b].append(time.perf_counter() - t)
-            text.policy = base
-            chosen[f"{cls}_tokens"] = _fastest(times)
-            measured[cls] = {str(b): round(len(texts) / statistics.median(ts), 1) for b, ts in times.items()}
-        chosen["measured_items_per_s"] = measured
-        variant["cpu_batching"] = chosen
+        for r in range(rounds):
+            for n, b in runs[r % len(runs) :] + runs[: r % len(runs)]:
+                text = encoders[n].text_tower
+                text.policy = replace(bases[n], max_batch_tokens=b, long_batch_tokens=None)
+                t = time.perf_counter()
+                encoders[n].encode(texts)
+                times[(n, b)].append(time.perf_counter() - t)
+        for n in names:
+            encoders[n].text_tower.policy = bases[n]
+            best = _fastest({b: times[(n, b)] for b in budgets})
+            chosen[n][f"{cls}_tokens"] = best
+            chosen[n]["measured_items_per_s"][cls] = {
+                str(b): round(len(texts) / statistics.median(times[(n, b)]), 1) for b in budgets
+            }
+            timing = tower["variants"][n].setdefault("cpu_timing", {"median_s": 0.0})
+            timing[f"{cls}_items_per_s"] = chosen[n]["measured_items_per_s"][cls][str(best)]
+    for n in names:
+        tower["variants"][n]["cpu_batching"] = chosen[n]
         log(
-            f"CPU batching of {name}: {chosen.get('short_tokens')} tokens per batch of short texts, "
-            f"{chosen.get('long_tokens', '-')} of long ones"
+            f"CPU batching of {n}: {chosen[n].get('short_tokens')} tokens per batch of short texts, "
+            f"{chosen[n].get('long_tokens', '-')} of long ones"
         )
 
 
-def route_by_length(manifest: dict[str, Any], folder: Path, log: Callable[[str], None], rounds: int = 5) -> None:
-    """Time every passed exact CPU variant of an embedding model on short queries and on long passages
-    (alternating within each round, each under its own measured batch budgets), record the rates in its
-    cpu_timing, and where the fastest on long texts is another variant than the fastest on short ones, and beats
-    it there by more than MARGIN, record ``cpu_routing`` on the tower: the runtime's default then runs batches
-    narrower than ``long_from`` tokens on one graph and wider ones on the other (both within fp32 accuracy)."""
-    from st_runtime import SentenceEncoder
-
+def route_by_length(manifest: dict[str, Any], log: Callable[[str], None]) -> None:
+    """From the rates measure_cpu_batching recorded (each variant at its own budgets): where the fastest exact
+    variant on long texts is another than the fastest on short ones, and beats it there by more than MARGIN,
+    record ``cpu_routing`` on the tower: the runtime's default then runs batches narrower than ``long_from``
+    tokens on one graph and wider ones on the other (both within fp32 accuracy)."""
     tower = manifest["towers"].get("text")
-    if tower is None or manifest.get("task", "embedding") != "embedding":
+    if tower is None:
         return
-    exact = [
-        n
+    rates = {
+        n: v["cpu_timing"]
         for n, v in tower["variants"].items()
-        if v["status"] == "passed" and v.get("exact", True) and "CPUExecutionProvider" in v["providers"]
-    ]
-    if len(exact) < 2:
+        if v["status"] == "passed"
+        and v.get("exact", True)
+        and "long_items_per_s" in v.get("cpu_timing", {})
+        and "short_items_per_s" in v.get("cpu_timing", {})
+    }
+    if len(rates) < 2:
         return
-    encoders = {n: SentenceEncoder(folder, providers="cpu", variant=n) for n in exact}
-    rates: dict[str, dict[str, float]] = {n: {} for n in exact}
-    for cls, texts in _workloads().items():
-        if cls == "long" and max(len(e) for e in encoders[exact[0]].text_tower.tokenize(texts)) < LONG_FROM:
-            continue
-        times: dict[str, list[float]] = {n: [] for n in exact}
-        for enc in encoders.values():
-            enc.encode(texts[:32])
-        for r in range(rounds):
-            for n in exact[r % len(exact) :] + exact[: r % len(exact)]:
-                t = time.perf_counter()
-                encoders[n].encode(texts)
-                times[n].append(time.perf_counter() - t)
-        for n, ts in times.items():
-            rates[n][cls] = len(texts) / statistics.median(ts)
-    for n in exact:
-        timing = tower["variants"][n].setdefault("cpu_timing", {"median_s": 0.0})
-        for cls, rate in rates[n].items():
-            timing[f"{cls}_items_per_s"] = round(rate, 1)
-    if not all("long" in r for r in rates.values()):
-        return
-    short = max(exact, key=lambda n: rates[n]["short"])
-    long = max(exact, key=lambda n: rates[n]["long"])
-    if long != short and rates[long]["long"] > rates[short]["long"] * (1 + MARGIN):
+    short = max(rates, key=lambda n: rates[n]["short_items_per_s"])
+    long = max(rates, key=lambda n: rates[n]["long_items_per_s"])
+    if long != short and rates[long]["long_items_per_s"] > rates[short]["long_items_per_s"] * (1 + MARGIN):
         tower["cpu_routing"] = {"short": short, "long": long, "long_from": LONG_FROM}
         log(f"CPU routing: batches under {LONG_FROM} tokens on {short}, wider ones on {long}")
     else:

@@ -241,8 +241,9 @@ class TextTower:
         for start, end, width in self.plan(lengths[order], batch_size or self.policy.auto_batch_size, max_length):
             idx = order[start:end]
             feeds = self.feeds(encodings, lengths, idx, width)
-            session = self.long_session if self.long_session is not None and width >= self.policy.long_from else None
-            sentence, tokens = (session or self.session).run([self.output, token_output], feeds)
+            sentence, tokens = self._routed(width, self.session, self.long_session).run(
+                [self.output, token_output], feeds
+            )
             for j, i in enumerate(idx):
                 n = int(lengths[i])
                 # the text's own rows: sentence-transformers keeps a left-padded text's pads (up to its last token),
@@ -253,6 +254,10 @@ class TextTower:
                 item["sentence_embedding"] = np.asarray(sentence[j], dtype=np.float32)
                 results[i] = item
         return results
+
+    def _routed(self, width: int, short, long):
+        """``long`` for a batch this wide under length routing (see __init__), else ``short``."""
+        return long if long is not None and width >= self.policy.long_from else short
 
     def feeds(
         self, encodings, lengths: np.ndarray, idx: np.ndarray, width: int, zero_types: bool = False
@@ -301,9 +306,7 @@ class TextTower:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run one batch; on device out-of-memory, run it in halves (and say so once)."""
-        runner = self.runner
-        if self.long_runner is not None and next(iter(feeds.values())).shape[1] >= self.policy.long_from:
-            runner = self.long_runner
+        runner = self._routed(next(iter(feeds.values())).shape[1], self.runner, self.long_runner)
         try:
             return runner(feeds)
         except Exception as exc:  # onnxruntime raises untyped errors; only OOM is handled here
