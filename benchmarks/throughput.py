@@ -610,8 +610,8 @@ def main(argv=None) -> int:
             "every system"
             if args.batch_size
             else "null: each system's own default (sentence-transformers and its ONNX backend 32, "
-            "fastembed 256, st_runtime a budget of 2048 tokens per CPU batch, 1024 texts and "
-            "131072 tokens per GPU batch)"
+            "fastembed 256, st_runtime on the CPU the token budgets per batch its export measured for each "
+            "variant (cpu_batching; 2048 tokens without them), 1024 texts and 131072 tokens per GPU batch)"
         ),
         "machine": machine(args.provider),
         "peers": peers,
