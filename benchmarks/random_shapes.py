@@ -52,6 +52,22 @@ SHAPES: dict[str, tuple[str, dict, str, list[tuple[int, int]], str, str]] = {
         "left",
         "Qwen/Qwen3-Embedding-0.6B",
     ),
+    "bge-m3": (
+        "xlm-roberta",
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            vocab_size=250002,
+            max_position_embeddings=8194,
+            type_vocab_size=1,
+        ),
+        "cls",
+        [],
+        "right",
+        "BAAI/bge-m3 (dense output; XLM-R large)",
+    ),
     "embeddinggemma-300m": (
         "gemma3_text",
         dict(

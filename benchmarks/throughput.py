@@ -513,7 +513,7 @@ def main(argv=None) -> int:
         "--random-weights",
         default="",
         help="comma-separated random-weight models at real shapes (benchmarks/random_shapes.py: modernbert-base, "
-        "qwen3-0.6b, embeddinggemma-300m), built and exported on first use; their results say so",
+        "qwen3-0.6b, embeddinggemma-300m, bge-m3), built and exported on first use; their results say so",
     )
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None, help="threads for both (default: physical cores)")

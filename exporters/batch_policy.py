@@ -18,6 +18,11 @@ SHORT_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 LONG_BUDGETS = (512, 1024, 2048, 4096, 8192)
 # another budget must beat the default by this much to replace it: smaller differences are this VM's noise
 MARGIN = 0.05
+# The most seconds the budget grid may take per length class, and the fewest rounds worth timing. On a large model
+# (Qwen3-Embedding-0.6B: a round of the short grid alone takes minutes on 2 cores) the grid is skipped and the default
+# budget stays: there compute dominates a batch, and the budget matters least.
+GRID_SECONDS = 150.0
+MIN_ROUNDS = 3
 
 
 def _workloads() -> dict[str, list[str]]:
@@ -62,9 +67,20 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
             continue  # the model truncates below the long class (tiny test models): nothing to measure
         runs = [(n, b) for n in names for b in budgets]
         times: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
+        one_round = 0.0  # estimated from the warm-up (which includes onnxruntime's first-run set-up: an overestimate)
         for enc in encoders.values():
-            enc.encode(texts[:32])  # warm-up
-        for r in range(rounds):
+            t = time.perf_counter()
+            enc.encode(texts[:32])
+            one_round += (time.perf_counter() - t) * len(texts) / min(32, len(texts)) * len(budgets)
+        fit = min(rounds, int(GRID_SECONDS // one_round)) if one_round > 0 else rounds
+        if fit < MIN_ROUNDS:
+            log(
+                f"CPU batching of {cls} texts not measured: one round of the budget grid would take about "
+                f"{one_round:.0f} s on this model (at most {GRID_SECONDS:.0f} s go to it); the default "
+                f"{CPU_BATCH_TOKENS}-token budget stays"
+            )
+            continue
+        for r in range(fit):
             for n, b in runs[r % len(runs) :] + runs[: r % len(runs)]:
                 text = encoders[n].text_tower
                 text.policy = replace(bases[n], max_batch_tokens=b, long_batch_tokens=None)
@@ -81,6 +97,8 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
             timing = tower["variants"][n].setdefault("cpu_timing", {"median_s": 0.0})
             timing[f"{cls}_items_per_s"] = chosen[n]["measured_items_per_s"][cls][str(best)]
     for n in names:
+        if "short_tokens" not in chosen[n] and "long_tokens" not in chosen[n]:
+            continue  # nothing measured: the runtime keeps its default budget
         tower["variants"][n]["cpu_batching"] = chosen[n]
         log(
             f"CPU batching of {n}: {chosen[n].get('short_tokens')} tokens per batch of short texts, "

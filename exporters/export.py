@@ -150,6 +150,10 @@ def _validate_variant(
     )
 
 
+# The most seconds the variants' CPU timing should take (a 0.6B model's warm-up alone takes a minute on 2 cores).
+TIMING_SECONDS = 120.0
+
+
 def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[[str], None], rounds: int = 5) -> None:
     """Time every passed CPU variant of the text tower on the same mixed workload, so the runtime can pick
     the fastest one measured rather than guessed (on this CPU, fused graphs are not always faster: onnxruntime
@@ -173,8 +177,12 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     if not encoders:
         return
     times: dict[str, list[float]] = {name: [] for name in encoders}
+    one_round = 0.0
     for _n, run in encoders.values():
-        run()  # warm-up
+        t = time.perf_counter()
+        run()  # warm-up, and the round's cost: a large model gets fewer rounds (at least one)
+        one_round += time.perf_counter() - t
+    rounds = max(1, min(rounds, int(TIMING_SECONDS // one_round))) if one_round > 0 else rounds
     names = list(encoders)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # a different variant goes first each round

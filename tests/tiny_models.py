@@ -929,3 +929,40 @@ def build_tiny_other_kinds(out: Path) -> dict[str, Path]:
     SparseEncoder(modules=csr, device="cpu").save(str(paths["csr"]))
     shutil.rmtree(mlm_dir)
     return paths
+
+
+# A wide XLM-R: XLM-R large's vocabulary (bge-m3, 250,002 rows) at a width that puts the model over protobuf's
+# 2 GiB limit with one layer, so its graph must be written with external data.
+WIDE_XLMR_VOCAB = 250_002
+WIDE_XLMR_HIDDEN = 2176
+
+
+def build_wide_xlmr(out: Path) -> Path:
+    """bge-m3's layout (XLM-R, CLS pooling, Normalize) with random weights in a one-layer model whose fp32 weights
+    (2.2 GB, almost all of it the embedding table) exceed 2 GiB; the tokenizer is the Unigram one trained here, so
+    most rows are never looked up, as in a real multilingual model on English text."""
+    import torch
+    import transformers as tr
+    from sentence_transformers import SentenceTransformer, models
+
+    tok = _hf_tokenizer("xlm-roberta")
+    torch.manual_seed(2176)
+    cfg = tr.XLMRobertaConfig(
+        vocab_size=WIDE_XLMR_VOCAB,
+        pad_token_id=tok.pad_token_id,
+        hidden_size=WIDE_XLMR_HIDDEN,
+        num_hidden_layers=1,
+        num_attention_heads=16,
+        intermediate_size=256,
+        max_position_embeddings=MAX_SEQ + 2,
+        type_vocab_size=1,
+    )
+    hf_dir = out.parent / f"{out.name}-hf"
+    model = tr.XLMRobertaModel(cfg, add_pooling_layer=False)
+    model.save_pretrained(str(hf_dir))
+    del model
+    tok.save_pretrained(str(hf_dir))
+    mods = [models.Transformer(str(hf_dir), max_seq_length=MAX_SEQ), models.Pooling(WIDE_XLMR_HIDDEN, "cls")]
+    SentenceTransformer(modules=[*mods, models.Normalize()], device="cpu").save(str(out))
+    shutil.rmtree(hf_dir)
+    return out
