@@ -66,7 +66,8 @@ def test_graph_weights_are_external_data_over_the_protobuf_limit(wide):
         for f in (graph, f"{graph}.data"):
             assert m["files"][f] == file_record(out / f)
     # no per-tensor files left behind by torch's exporter: only the graphs, their data, tokenizer and manifest
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("model")) == ["manifest.json", "tokenizer.json"]
+    others = sorted(p.name for p in out.iterdir() if not p.name.startswith("model"))
+    assert others == ["manifest.json", "tokenizer.json"]
 
 
 def test_loads_and_matches_sentence_transformers(wide, zoo):
