@@ -50,6 +50,9 @@ def externalize(path: Path, model=None) -> Path:
     return data
 
 
+COPY_BYTES = 64 << 20
+
+
 def gather_external_data(path: Path, min_bytes: int = 1024) -> Path:
     """Put every weight of the graph in ``path`` into ``<file>.data``, one tensor at a time: the weights the
     exporter already spilled to files of their own (torch writes each tensor of a graph over 2 GB to its own file
@@ -66,28 +69,33 @@ def gather_external_data(path: Path, min_bytes: int = 1024) -> Path:
     spilled: set[Path] = set()
     with open(data, "wb") as out:
         for tensor in graph_tensors(model.graph):
+            offset = out.tell()
             if tensor.data_location == TensorProto.EXTERNAL:
                 info = external_data_helper.ExternalDataInfo(tensor)
                 source = path.parent / info.location
                 if source.resolve() == data.resolve():
                     raise ExportError(f"{path}: a weight already points into {data.name}; cannot gather it again.")
-                with open(source, "rb") as f:
+                with open(source, "rb") as f:  # in pieces: one tensor can be most of the model (an embedding)
                     f.seek(info.offset or 0)
-                    raw = f.read(info.length) if info.length else f.read()
+                    left = int(info.length) if info.length else None
+                    while left is None or left > 0:
+                        piece = f.read(COPY_BYTES if left is None else min(COPY_BYTES, left))
+                        if not piece:
+                            break
+                        out.write(piece)
+                        left = None if left is None else left - len(piece)
                 spilled.add(source)
                 tensor.ClearField("external_data")
                 tensor.ClearField("data_location")
             elif tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
-                raw = tensor.raw_data
+                out.write(tensor.raw_data)
                 tensor.ClearField("raw_data")
             else:
                 continue
             tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data.name), ("offset", out.tell()), ("length", len(raw))):
+            for key, value in (("location", data.name), ("offset", offset), ("length", out.tell() - offset)):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, str(value)
-            out.write(raw)
-            del raw
     onnx.save_model(model, str(path))
     for source in spilled:
         source.unlink()

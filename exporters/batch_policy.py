@@ -23,6 +23,8 @@ MARGIN = 0.05
 # budget stays: there compute dominates a batch, and the budget matters least.
 GRID_SECONDS = 150.0
 MIN_ROUNDS = 3
+# Variants whose graphs hold more than this between them are timed one at a time (see timing_groups).
+TOGETHER_BYTES = 1 << 30
 
 
 def _workloads() -> dict[str, list[str]]:
@@ -46,9 +48,9 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
     queries and on long passages, and record the fastest budget per class (``cpu_batching``) and the variant's rate
     there (``cpu_timing``). Variants and budgets alternate within each round, so the rates of different variants
     are comparable: ``route_by_length`` reads them."""
-    from dataclasses import replace
-
     from st_runtime import SentenceEncoder
+
+    from .memory import release_memory
 
     tower = manifest["towers"].get("text")
     if tower is None or manifest.get("task", "embedding") != "embedding":
@@ -58,9 +60,38 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
     ]
     if not names:
         return
-    encoders = {n: SentenceEncoder(folder, providers="cpu", variant=n) for n in names}
-    bases = {n: e.text_tower.policy for n, e in encoders.items()}
     chosen: dict[str, dict[str, Any]] = {n: {"long_from": LONG_FROM, "measured_items_per_s": {}} for n in names}
+    for group in timing_groups(tower, folder, names):
+        encoders = {n: SentenceEncoder(folder, providers="cpu", variant=n) for n in group}
+        _measure_group(encoders, tower, chosen, rounds, log)
+        del encoders
+        release_memory()
+    for n in names:
+        if "short_tokens" not in chosen[n] and "long_tokens" not in chosen[n]:
+            continue  # nothing measured: the runtime keeps its default budget
+        tower["variants"][n]["cpu_batching"] = chosen[n]
+        log(
+            f"CPU batching of {n}: {chosen[n].get('short_tokens')} tokens per batch of short texts, "
+            f"{chosen[n].get('long_tokens', '-')} of long ones"
+        )
+
+
+def timing_groups(tower: dict[str, Any], folder: Path, names: list[str]) -> list[list[str]]:
+    """The variants timed together (alternating within each round, so a burst of load from elsewhere hits them
+    alike): all of them, unless their graphs hold more than TOGETHER_BYTES between them; then one at a time, so
+    the timing never holds a large model's weights twice (fp32 and int8 of Qwen3-Embedding-0.6B: 3.3 GB)."""
+    size = 0
+    for n in names:
+        graph = folder / tower["variants"][n]["file"]
+        size += sum(p.stat().st_size for p in (graph, graph.with_name(graph.name + ".data")) if p.exists())
+    return [names] if size <= TOGETHER_BYTES else [[n] for n in names]
+
+
+def _measure_group(encoders: dict[str, Any], tower: dict[str, Any], chosen: dict, rounds: int, log) -> None:
+    from dataclasses import replace
+
+    names = list(encoders)
+    bases = {n: e.text_tower.policy for n, e in encoders.items()}
     for cls, budgets in (("short", SHORT_BUDGETS), ("long", LONG_BUDGETS)):
         texts = _workloads()[cls]
         if cls == "long" and max(len(e) for e in encoders[names[0]].text_tower.tokenize(texts)) < LONG_FROM:
@@ -96,14 +127,6 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
             }
             timing = tower["variants"][n].setdefault("cpu_timing", {"median_s": 0.0})
             timing[f"{cls}_items_per_s"] = chosen[n]["measured_items_per_s"][cls][str(best)]
-    for n in names:
-        if "short_tokens" not in chosen[n] and "long_tokens" not in chosen[n]:
-            continue  # nothing measured: the runtime keeps its default budget
-        tower["variants"][n]["cpu_batching"] = chosen[n]
-        log(
-            f"CPU batching of {n}: {chosen[n].get('short_tokens')} tokens per batch of short texts, "
-            f"{chosen[n].get('long_tokens', '-')} of long ones"
-        )
 
 
 def route_by_length(manifest: dict[str, Any], log: Callable[[str], None]) -> None:

@@ -158,45 +158,54 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     """Time every passed CPU variant of the text tower on the same mixed workload, so the runtime can pick
     the fastest one measured rather than guessed (on this CPU, fused graphs are not always faster: onnxruntime
     applies its own CPU fusions to the plain graph at load). Variants alternate within each round, so a burst
-    of load from elsewhere hits them alike; the median round counts."""
+    of load from elsewhere hits them alike; the median round counts. Variants of a large model are timed one
+    at a time (batch_policy.timing_groups), so their graphs are never loaded together."""
     import time
 
     from st_runtime.providers import physical_cores
 
+    from .batch_policy import timing_groups
     from .tasks import TASKS
 
     tower = manifest["towers"].get("text")
     if tower is None:
         return
     workload = TASKS[manifest.get("task", "embedding")].timing
-    encoders = {
-        name: workload(folder, name)
+    names = [
+        name
         for name, v in tower["variants"].items()
         if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]
-    }
-    if not encoders:
+    ]
+    if not names:
         return
-    times: dict[str, list[float]] = {name: [] for name in encoders}
-    one_round = 0.0
-    for _n, run in encoders.values():
-        t = time.perf_counter()
-        run()  # warm-up, and the round's cost: a large model gets fewer rounds (at least one)
-        one_round += time.perf_counter() - t
-    rounds = max(1, min(rounds, int(TIMING_SECONDS // one_round))) if one_round > 0 else rounds
-    names = list(encoders)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # a different variant goes first each round
+    items: dict[str, int] = {}
+    timed: dict[str, float] = {}
+    n_rounds: dict[str, int] = {}
+    for group in timing_groups(tower, folder, names):
+        encoders = {name: workload(folder, name) for name in group}
+        times: dict[str, list[float]] = {name: [] for name in group}
+        one_round = 0.0
+        for _n, run in encoders.values():
             t = time.perf_counter()
-            encoders[name][1]()
-            times[name].append(time.perf_counter() - t)
-    timed = {}
-    for name, ts in times.items():
-        timed[name] = sorted(ts)[len(ts) // 2]
+            run()  # warm-up, and the round's cost: a large model gets fewer rounds (at least one)
+            one_round += time.perf_counter() - t
+        fit = max(1, min(rounds, int(TIMING_SECONDS // one_round))) if one_round > 0 else rounds
+        for r in range(fit):
+            for name in group[r % len(group) :] + group[: r % len(group)]:  # a different variant first each round
+                t = time.perf_counter()
+                encoders[name][1]()
+                times[name].append(time.perf_counter() - t)
+        for name, ts in times.items():
+            timed[name] = sorted(ts)[len(ts) // 2]
+            items[name] = encoders[name][0]
+            n_rounds[name] = fit
+        del encoders
+        release_memory()
+    for name in names:
         tower["variants"][name].setdefault("cpu_timing", {}).update(  # beside measure_cpu_batching's rates
-            items=encoders[name][0], median_s=timed[name], threads=physical_cores(), rounds=rounds
+            items=items[name], median_s=timed[name], threads=physical_cores(), rounds=n_rounds[name]
         )
-    if timed:
-        log("CPU timing (items/s): " + ", ".join(f"{n} {encoders[n][0] / t:.0f}" for n, t in timed.items()))
+    log("CPU timing (items/s): " + ", ".join(f"{n} {items[n] / t:.0f}" for n, t in timed.items()))
 
 
 def _resolve(run: ExportRun) -> None:
@@ -368,7 +377,11 @@ def _build_variants(run: ExportRun) -> None:
                         f.unlink()
                 continue
             written = [path]
-            if used_external:
+            data = path.with_name(path.name + ".data")
+            if data.exists():  # the builder wrote the graph with external data itself (int8 of a large graph)
+                written.append(data)
+                info["external_data"] = True
+            elif used_external:
                 written.append(externalize(path))
                 info["external_data"] = True
             for f in written:

@@ -321,7 +321,7 @@ def _build_int8_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
             agreement=agreement,
         )
     finally:  # the calibration's scratch graphs never stay in the export, also when it fails
-        for scratch in [*ctx.folder.glob("int8-*.onnx"), *ctx.folder.glob("int8-*.onnx.data")]:
+        for scratch in ctx.folder.glob("int8-*"):
             scratch.unlink()
 
 

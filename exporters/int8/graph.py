@@ -3,13 +3,17 @@ except where they say otherwise."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto, ValueInfoProto
     from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from .weights import Weights
 
 
 def as_onnx_model(model: ModelProto | OnnxModel) -> OnnxModel:
@@ -56,22 +60,70 @@ def fold_constant_identities(model: OnnxModel) -> None:
     )
 
 
-def constants(model: OnnxModel) -> dict[str, np.ndarray]:
-    """Initializers, Constant nodes, and Identity nodes of either (the exporter shares equal tensors that way)."""
-    from onnx import numpy_helper
+class Constants(Mapping):
+    """The graph's constant tensors by name: initializers, Constant nodes, and Identity nodes of either (the exporter
+    shares equal tensors that way). Values are read when asked for, one at a time (through ``weights``, or inline),
+    never all at once: the int8 build rewrites graphs whose weights stay on disk."""
 
-    graph = model.graph()
-    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        elif node.op_type == "Identity" and node.input[0] in out:
-            out[node.output[0]] = out[node.input[0]]
-    return out
+    def __init__(self, model: OnnxModel, weights: Weights | None = None):
+        from .weights import Weights
+
+        graph = model.graph()
+        self._weights = weights if weights is not None else Weights(model.model, Path("."), None)
+        self._inits = {i.name: i for i in graph.initializer}
+        self._nodes: dict[str, Any] = {}
+        for node in graph.node:
+            if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+                self._nodes[node.output[0]] = node.attribute[0].t
+        self._alias: dict[str, str] = {}
+        for node in graph.node:
+            if node.op_type == "Identity" and (node.input[0] in self._inits or node.input[0] in self._nodes):
+                self._alias[node.output[0]] = node.input[0]
+            elif node.op_type == "Identity" and node.input[0] in self._alias:
+                self._alias[node.output[0]] = self._alias[node.input[0]]
+
+    def _source(self, name: str) -> str:
+        return self._alias.get(name, name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        name = self._source(name)
+        return name in self._inits or name in self._nodes
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        name = self._source(name)
+        if name in self._inits:
+            return self._weights.read_proto(self._inits[name])
+        if name in self._nodes:
+            return numpy_helper.to_array(self._nodes[name])
+        raise KeyError(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        name = self._source(name)
+        tensor = self._inits.get(name) or self._nodes.get(name)
+        if tensor is None:
+            raise KeyError(name)
+        return tuple(tensor.dims)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._inits
+        yield from self._nodes
+        yield from self._alias
+
+    def __len__(self) -> int:
+        return len(self._inits) + len(self._nodes) + len(self._alias)
+
+
+def constants(model: OnnxModel, weights: Weights | None = None) -> Constants:
+    """:class:`Constants` of ``model``."""
+    return Constants(model, weights)
 
 
 def bias_add(
-    model: OnnxModel, node: NodeProto, consumers: dict[str, list], consts: dict[str, np.ndarray]
+    model: OnnxModel, node: NodeProto, consumers: dict[str, list], consts: Constants
 ) -> tuple[NodeProto, str] | None:
     """The Add that adds a constant 1-D bias to ``node``'s output, when it is that output's only consumer (and
     the output is no graph output), and the bias's name. ``consumers``: ``model.input_name_to_nodes()``."""
@@ -80,7 +132,7 @@ def bias_add(
         return None
     add = users[0]
     other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-    if other not in consts or consts[other].ndim != 1:
+    if other not in consts or len(consts.shape(other)) != 1:
         return None
     return add, other
 

@@ -4,11 +4,13 @@ product (OutlierChannels, applied by SmoothQuant). onnxruntime's quantizer does 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .graph import (
+    Constants,
     as_onnx_model,
     bias_add,
     constants,
@@ -17,6 +19,7 @@ from .graph import (
     name_nodes,
     splice_nodes,
 )
+from .weights import Weights
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto
@@ -45,11 +48,13 @@ class SiblingMatMulMerge:
     (attention's query, key and value projections), become one MatMul + Add + Split: one larger GEMM and, in
     int8, one quantization of the shared activation. Exact up to fp32 summation order."""
 
-    def apply(self, model: ModelProto | OnnxModel) -> int:
-        """Rewrite ``model`` in place; returns how many groups were merged."""
+    def apply(self, model: ModelProto | OnnxModel, weights: Weights | None = None) -> int:
+        """Rewrite ``model`` in place; returns how many groups were merged. ``weights``: where its weights are read
+        from and the merged ones written to (default: inline in the graph)."""
         from onnx import helper, numpy_helper
 
         model = as_onnx_model(model)
+        weights = weights if weights is not None else Weights(model.model, Path("."), None)
         try:
             opset = model.get_opset_version()
         except RuntimeError:  # no default-domain opset
@@ -58,7 +63,7 @@ class SiblingMatMulMerge:
             return 0  # Split takes its sizes as an input from opset 13
         name_nodes(model)
         fold_constant_identities(model)
-        consts = constants(model)
+        consts = constants(model, weights)
         consumers = model.input_name_to_nodes(exclude_subgraphs=True)
         groups: dict[str, list] = {}
         for node in weighted_matmuls(model):
@@ -71,19 +76,17 @@ class SiblingMatMulMerge:
         for x, members in groups.items():
             if len(members) < 2:
                 continue
-            weights = [consts[m.input[1]] for m, _, _ in members]
-            biases = [consts[b] for _, _, b in members]
-            if len({w.shape[0] for w in weights}) != 1 or any(
-                b.shape[0] != w.shape[1] for w, b in zip(weights, biases)
-            ):
+            shapes = [consts.shape(m.input[1]) for m, _, _ in members]
+            bias_shapes = [consts.shape(b) for _, _, b in members]
+            if len({w[0] for w in shapes}) != 1 or any(b[0] != w[1] for w, b in zip(shapes, bias_shapes)):
                 continue
             base = f"{members[0][0].name}/merged"
             key = tuple(m.input[1] for m, _, _ in members) + tuple(b for _, _, b in members)
             if key not in made:
                 made[key] = base
-                model.add_initializer(numpy_helper.from_array(np.concatenate(weights, 1), f"{base}/weight"))
-                model.add_initializer(numpy_helper.from_array(np.concatenate(biases, 0), f"{base}/bias"))
-                sizes = np.array([w.shape[1] for w in weights], np.int64)
+                weights.add(np.concatenate([consts[m.input[1]] for m, _, _ in members], 1), f"{base}/weight")
+                weights.add(np.concatenate([consts[b] for _, _, b in members], 0), f"{base}/bias")
+                sizes = np.array([w[1] for w in shapes], np.int64)
                 model.add_initializer(numpy_helper.from_array(sizes, f"{base}/sizes"))
             tensors = made[key]
             replace[members[0][0].name] = [
@@ -131,18 +134,14 @@ class OutlierChannels:
         return []
 
     @staticmethod
-    def add_weights(model: OnnxModel, wname: str, weight: np.ndarray, channels: list[int]) -> None:
+    def add_weights(weights: Weights, wname: str, weight: np.ndarray, channels: list[int]) -> None:
         """The channels' indices and their rows of the (unscaled) weight ``wname``, as initializers."""
-        from onnx import numpy_helper
-
-        model.add_initializer(numpy_helper.from_array(np.array(channels, np.int64), f"{wname}/outlier_channels"))
-        model.add_initializer(
-            numpy_helper.from_array(weight[channels, :].astype(np.float32), f"{wname}/outlier_weight")
-        )
+        weights.add(np.array(channels, np.int64), f"{wname}/outlier_channels")
+        weights.add(weight[channels, :].astype(np.float32), f"{wname}/outlier_weight")
 
     @staticmethod
     def decompose(
-        model: OnnxModel, node: NodeProto, consumers: dict[str, list], consts: dict[str, np.ndarray]
+        model: OnnxModel, node: NodeProto, consumers: dict[str, list], consts: Constants
     ) -> tuple[list[NodeProto], str, NodeProto]:
         """The fp32 side product of MatMul ``node`` (nodes to go before it), and the Add that adds it back
         after the node's bias Add, or after the node itself, whose output it takes over: (side-product nodes,
@@ -187,14 +186,16 @@ class SmoothQuant:
         s[amax == 0] = 1.0
         return s
 
-    def apply(self, model: ModelProto | OnnxModel) -> int:
-        """Rewrite ``model`` in place; returns how many MatMuls had outlier channels taken out."""
-        from onnx import helper, numpy_helper
+    def apply(self, model: ModelProto | OnnxModel, weights: Weights | None = None) -> int:
+        """Rewrite ``model`` in place; returns how many MatMuls had outlier channels taken out. ``weights``: where
+        its weights are read from and the scaled ones written to, one at a time (default: inline in the graph)."""
+        from onnx import helper
 
         model = as_onnx_model(model)
+        weights = weights if weights is not None else Weights(model.model, Path("."), None)
         name_nodes(model)
         fold_constant_identities(model)
-        consts = constants(model)
+        consts = constants(model, weights)
         consumers = model.input_name_to_nodes(exclude_subgraphs=True)
         targets = [n for n in weighted_matmuls(model) if n.input[0] in self.amax]
         uses: dict[str, list[str]] = {}
@@ -213,10 +214,11 @@ class SmoothQuant:
             if out:
                 inv[out] = 0.0
                 scaled[out, :] = 0.0
-                self.outliers.add_weights(model, wname, w, out)
-            model.add_initializer(numpy_helper.from_array(scaled, f"{wname}/smoothed"))
-            model.add_initializer(numpy_helper.from_array(inv, f"{wname}/smooth_scale"))
+                self.outliers.add_weights(weights, wname, w, out)
+            weights.add(scaled, f"{wname}/smoothed")
+            weights.add(inv, f"{wname}/smooth_scale")
             channels[wname] = out
+            del w, scaled
         before: dict[str, list] = {}
         after: dict[str, list] = {}
         decomposed = 0

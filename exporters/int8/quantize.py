@@ -1,0 +1,142 @@
+"""Dynamic int8 quantization of a graph's MatMuls, one weight at a time: the graph onnxruntime's
+``quantize_dynamic(per_channel=True, weight_type=QInt8, op_types_to_quantize=["MatMul"])`` writes, node for node
+and byte for byte (tests/exporters/test_int8_stream.py compares them), without its memory: onnxruntime's quantizer
+loads the whole model, keeps a float copy of every weight it quantizes and serializes the result in memory
+(6.9 GB for Qwen3-Embedding-0.6B's 2.2 GB of weights). Here each weight is read from disk, quantized with
+onnxruntime's own per-channel routine and written to the output's data file before the next is read.
+
+The pattern, per MatMul(x, W) with a constant 2-D W: DynamicQuantizeLinear(x) (uint8, once per activation) ->
+MatMulInteger(x_q, W_q int8 per output channel, symmetric) -> Cast(float) -> Mul(x_scale * W_scale). onnxruntime
+fuses it into DynamicQuantizeMatMul when the session loads."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .graph import as_onnx_model, drop_unused_initializers
+from .rewrites import weighted_matmuls
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+    from .weights import Weights
+
+
+def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel (the last axis), symmetric int8 with onnxruntime's quant_utils: the quantized weight and
+    the float32 scales. Each channel goes through ``quantize_data`` as onnxruntime's per-channel quantizer calls it,
+    so the values are exactly its values."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    scales = np.empty(weight.shape[-1], np.float32)
+    quantized = np.empty(weight.shape, np.int8)
+    for i in range(weight.shape[-1]):
+        zero, scale, q = quantize_data(weight[..., i].flatten(), TensorProto.INT8, True, reduce_range=False)
+        if int(zero) != 0:
+            raise ValueError(f"symmetric int8 gave zero point {zero} for channel {i}")
+        scales[i] = scale
+        quantized[..., i] = np.asarray(q).reshape(weight.shape[:-1])
+    return quantized, scales
+
+
+def quantize_matmuls(model: ModelProto, weights: Weights, exclude: set[str] | frozenset[str] = frozenset()) -> int:
+    """Rewrite ``model`` in place: every MatMul with a constant 2-D weight (but those named in ``exclude``) in
+    dynamic int8; the float weights that no node reads any more are dropped. New initializers go through
+    ``weights`` (to its data file). Returns how many MatMuls were quantized."""
+    from onnx import TensorProto, helper
+
+    gemms_to_matmuls(model, weights)
+    targets = {n.name for n in weighted_matmuls(model) if n.name not in exclude}
+    activations: set[str] = set()
+    quantized_weights: set[str] = set()
+    nodes = []
+    count = 0
+    for node in model.graph.node:
+        if node.name not in targets:
+            nodes.append(node)
+            continue
+        x, w = node.input[0], node.input[1]
+        if x not in activations:  # one DynamicQuantizeLinear per activation, however many MatMuls read it
+            activations.add(x)
+            nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeLinear",
+                    [x],
+                    [f"{x}_quantized", f"{x}_scale", f"{x}_zero_point"],
+                    f"{x}_QuantizeLinear",
+                )
+            )
+        if w not in quantized_weights:
+            quantized_weights.add(w)
+            q, scales = quantize_weight(weights.read(w))
+            weights.add(q, f"{w}_quantized")
+            n_out = q.shape[-1]
+            model.graph.initializer.extend(
+                [
+                    helper.make_tensor(f"{w}_scale", TensorProto.FLOAT, [n_out], scales.tolist()),
+                    helper.make_tensor(f"{w}_zero_point", TensorProto.INT8, [n_out], [0] * n_out),
+                ]
+            )
+            del q
+        name = f"{node.name}_quant"
+        product = f"{node.output[0]}_output_quantized"
+        nodes += [
+            helper.make_node(
+                "MatMulInteger",
+                [f"{x}_quantized", f"{w}_quantized", f"{x}_zero_point", f"{w}_zero_point"],
+                [product],
+                name,
+            ),
+            helper.make_node("Cast", [product], [f"{product}_cast_output"], f"{product}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{x}_scale", f"{w}_scale"], [f"{name}_scales_mul:0"], f"{name}_scales_mul"),
+            helper.make_node(
+                "Mul",
+                [f"{product}_cast_output", f"{name}_scales_mul:0"],
+                [node.output[0]],
+                f"{name}_output_scale_mul",
+            ),
+        ]
+        count += 1
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
+    drop_unused_initializers(as_onnx_model(model))
+    return count
+
+
+def gemms_to_matmuls(model: ModelProto, weights: Weights) -> None:
+    """onnxruntime's dynamic quantizer first rewrites each Gemm (alpha = beta = 1, A not transposed) of the main
+    graph as MatMul (+ Add of C), with a constant transposed B stored transposed; the same here, names included."""
+    from onnx import helper
+
+    nodes = []
+    transposed: dict[str, str] = {}
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type != "Gemm"
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+            or attrs.get("transA", 0)
+        ):
+            nodes.append(node)
+            continue
+        b = node.input[1]
+        if attrs.get("transB", 0):
+            if b in weights:
+                if b not in transposed:
+                    transposed[b] = f"{b}_Transposed"
+                    weights.add(weights.read(b).T, transposed[b])
+                b = transposed[b]
+            else:
+                nodes.append(helper.make_node("Transpose", [b], [f"{b}_Transposed"], f"{node.name}_Transpose"))
+                b = f"{b}_Transposed"
+        biased = len(node.input) > 2
+        out = node.output[0] + ("_MatMul" if biased else "")
+        nodes.append(helper.make_node("MatMul", [node.input[0], b], [out], f"{node.name}_MatMul"))
+        if biased:
+            nodes.append(helper.make_node("Add", [out, node.input[2]], list(node.output), f"{node.name}_Add"))
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
