@@ -50,9 +50,6 @@ def externalize(path: Path, model=None) -> Path:
     return data
 
 
-COPY_BYTES = 64 << 20
-
-
 def gather_external_data(path: Path, min_bytes: int = 1024) -> Path:
     """Put every weight of the graph in ``path`` into ``<file>.data``, one tensor at a time: the weights the
     exporter already spilled to files of their own (torch writes each tensor of a graph over 2 GB to its own file
@@ -62,7 +59,7 @@ def gather_external_data(path: Path, min_bytes: int = 1024) -> Path:
     import onnx
     from onnx import TensorProto, external_data_helper
 
-    from .memory import graph_tensors
+    from .memory import copy_bytes, graph_tensors
 
     model = onnx.load(str(path), load_external_data=False)
     data = path.with_name(path.name + ".data")
@@ -75,15 +72,7 @@ def gather_external_data(path: Path, min_bytes: int = 1024) -> Path:
                 source = path.parent / info.location
                 if source.resolve() == data.resolve():
                     raise ExportError(f"{path}: a weight already points into {data.name}; cannot gather it again.")
-                with open(source, "rb") as f:  # in pieces: one tensor can be most of the model (an embedding)
-                    f.seek(info.offset or 0)
-                    left = int(info.length) if info.length else None
-                    while left is None or left > 0:
-                        piece = f.read(COPY_BYTES if left is None else min(COPY_BYTES, left))
-                        if not piece:
-                            break
-                        out.write(piece)
-                        left = None if left is None else left - len(piece)
+                copy_bytes(source, int(info.offset or 0), int(info.length) if info.length else None, out)
                 spilled.add(source)
                 tensor.ClearField("external_data")
                 tensor.ClearField("data_location")

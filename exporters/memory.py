@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +82,26 @@ def graph_tensors(graph) -> Iterator[Any]:
                     yield from graph_tensors(g)
 
 
+COPY_BYTES = 64 << 20
+
+
+def copy_bytes(source: Path, offset: int, length: int | None, out) -> int:
+    """Append ``length`` bytes of ``source`` from ``offset`` (all to its end when None) to the open file ``out``, in
+    pieces: one tensor can be most of a model (an embedding table). Returns the bytes copied."""
+    copied = 0
+    with open(source, "rb") as f:
+        f.seek(offset)
+        while length is None or copied < length:
+            piece = f.read(COPY_BYTES if length is None else min(COPY_BYTES, length - copied))
+            if not piece:
+                break
+            out.write(piece)
+            copied += len(piece)
+    if length is not None and copied != length:
+        raise ValueError(f"{source} ends {length - copied} bytes short of the tensor stored at offset {offset}")
+    return copied
+
+
 def weights_to_disk(src: Path, data_file: str, min_bytes: int = 65536):
     """The graph in ``src`` with every initializer of at least ``min_bytes`` moved to ``data_file`` (a path
     relative to the working directory) as ONNX external data. onnx.numpy_helper.to_array reads such a
@@ -125,65 +144,3 @@ def weights_from_disk(model, data_file: str) -> None:
             tensor.raw_data = f.read(info.length)
             tensor.ClearField("external_data")
             tensor.ClearField("data_location")
-
-
-# ----------------------------------------------------------------------------- the torch model while it is traced
-@contextmanager
-def weights_ready_to_trace(module) -> Iterator[None]:
-    """While ``module`` is traced: every ``nn.Linear`` holds its weight transposed ([in, out]) and multiplies by it
-    (the graph torch.onnx.export writes for a Linear anyway), and every other weight is a copy in
-    the process's own memory.
-
-    torch.onnx.export otherwise transposes each Linear weight by constant folding: a second copy of nearly all of a
-    transformer's weights, held beside the model until the graph is written (2.57 GiB of anonymous memory on top of
-    2.4 GiB of mapped checkpoint for Qwen3-Embedding-0.6B's 2.22 GiB of weights). transformers maps the checkpoint
-    into memory, and the pages the trace reads stay resident while any weight refers to the map; once every weight
-    is a copy, the map is closed, so the weights are resident once. Weights are transposed one at a time; a weight
-    tied to another module (an MLM head's decoder) keeps its layout. On exit the Linears are transposed back: the
-    values are those the model was loaded with, bit for bit, for the reference outputs computed from it."""
-    import torch
-
-    owners: dict[int, int] = {}
-    for sub in module.modules():
-        for p in list(sub._parameters.values()) + list(sub._buffers.values()):
-            if p is not None:
-                owners[id(p)] = owners.get(id(p), 0) + 1
-    linears = [
-        m
-        for m in module.modules()
-        if type(m) is torch.nn.Linear
-        and owners.get(id(m.weight), 0) == 1
-        and not torch.nn.utils.parametrize.is_parametrized(m)
-        and "forward" not in m.__dict__
-    ]
-    done: set[int] = set()
-    patched: list = []
-    with torch.no_grad():
-        try:
-            for m in linears:
-                m.weight.data = m.weight.data.t().contiguous()
-                m.forward = _transposed_linear_forward.__get__(m)
-                patched.append(m)
-                done.add(id(m.weight))
-            for sub in module.modules():
-                for p in list(sub._parameters.values()) + list(sub._buffers.values()):
-                    if p is not None and id(p) not in done:
-                        p.data = p.data.clone()
-                        done.add(id(p))
-            release_memory()
-            yield
-        finally:
-            for m in patched:
-                del m.forward
-                m.weight.data = m.weight.data.t().contiguous()
-
-
-def _transposed_linear_forward(self, x):
-    """What torch.onnx.export writes for a Linear (Gemm for a 2-D input with a bias, else MatMul then Add(bias,
-    product)), reading the transposed weight directly: the same graph, without the folded transpose."""
-    import torch
-
-    if x.dim() == 2 and self.bias is not None:
-        return torch.addmm(self.bias, x, self.weight)
-    y = torch.matmul(x, self.weight)
-    return y if self.bias is None else self.bias + y

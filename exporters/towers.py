@@ -16,7 +16,6 @@ from typing import Any
 
 from .artifacts import EXTERNAL_DATA_THRESHOLD, gather_external_data, variant_entry, write_tokenizer
 from .errors import ExportError, UnsupportedModelError
-from .memory import weights_ready_to_trace
 from .specs import TextEncoderSpec, TowerSpec
 
 _TRACE_TEXTS = ["a short text", "a noticeably longer text so that the batch needs padding"]
@@ -206,11 +205,10 @@ def trace_tower(
     for name in extra:
         dynamic_axes[name] = {0: "batch", 1: "sequence"}
     before = {f.name for f in path.parent.iterdir()}
-    graph_module = _graph_module(st_model, input_names, dict(tower.features), output, extra, first)
-    with torch.no_grad(), warnings.catch_warnings(), weights_ready_to_trace(graph_module):
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph_module,
+            _graph_module(st_model, input_names, dict(tower.features), output, extra, first),
             args,
             str(path),
             dynamo=False,

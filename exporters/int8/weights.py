@@ -100,9 +100,9 @@ def save_self_contained(model: ModelProto, folder: Path, path: Path, external: b
     weight of 1 KB or more goes to ``<path>.data``, copied one tensor at a time; otherwise all inline (the graph
     must then be under 2 GB). Returns the files written."""
     import onnx
-    from onnx import TensorProto
+    from onnx import TensorProto, external_data_helper, helper
 
-    from ..memory import graph_tensors
+    from ..memory import copy_bytes, graph_tensors
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # the structure (external weights are references)
@@ -118,19 +118,20 @@ def save_self_contained(model: ModelProto, folder: Path, path: Path, external: b
     data_name = path.name + ".data"
     with open(path.with_name(data_name), "wb") as out:
         for tensor in graph_tensors(copy.graph):
+            offset = out.tell()
             if tensor.data_location == TensorProto.EXTERNAL:
-                raw = read_tensor(tensor, folder).tobytes()
+                info = external_data_helper.ExternalDataInfo(tensor)
+                size = int(np.prod(tensor.dims)) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+                copy_bytes(Path(folder) / info.location, int(info.offset or 0), size, out)
                 tensor.ClearField("external_data")
             elif tensor.HasField("raw_data") and len(tensor.raw_data) >= 1024:
-                raw = tensor.raw_data
+                out.write(tensor.raw_data)
                 tensor.ClearField("raw_data")
             else:
                 continue
             tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", out.tell()), ("length", len(raw))):
+            for key, value in (("location", data_name), ("offset", offset), ("length", out.tell() - offset)):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, str(value)
-            out.write(raw)
-            del raw
     onnx.save_model(copy, str(path))
     return [path, path.with_name(data_name)]
