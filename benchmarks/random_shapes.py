@@ -61,7 +61,9 @@ SHAPES: dict[str, tuple[str, dict, str, list[tuple[int, int]], str, str]] = {
             intermediate_size=4096,
             vocab_size=250002,
             max_position_embeddings=8194,
-            type_vocab_size=1,
+            # XLM-R has one token type; 2 here because the stand-in WordPiece tokenizer marks a pair's second text
+            # with type 1 (the export validates text pairs): one more 1024-wide row, no change to the compute
+            type_vocab_size=2,
         ),
         "cls",
         [],
