@@ -61,9 +61,7 @@ SHAPES: dict[str, tuple[str, dict, str, list[tuple[int, int]], str, str]] = {
             intermediate_size=4096,
             vocab_size=250002,
             max_position_embeddings=8194,
-            # XLM-R has one token type; 2 here because the stand-in WordPiece tokenizer marks a pair's second text
-            # with type 1 (the export validates text pairs): one more 1024-wide row, no change to the compute
-            type_vocab_size=2,
+            type_vocab_size=1,
         ),
         "cls",
         [],
@@ -113,6 +111,12 @@ def build(name: str, out: Path, max_seq_length: int = 512) -> Path:
     config = tr.AutoConfig.for_model(model_type, pad_token_id=tok.pad_token_id, **cfg)
     tr.AutoModel.from_config(config).save_pretrained(str(hf))
     tok.save_pretrained(str(hf))
+    # the stand-in WordPiece tokenizer gives no token_type_ids, as the real models' tokenizers (XLM-R's, which
+    # has one token type, would otherwise get a pair's second text as type 1); the attribute alone is not saved
+    cfg_path = hf / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg["model_input_names"] = ["input_ids", "attention_mask"]
+    cfg_path.write_text(json.dumps(tok_cfg, indent=2))
     mods = [models.Transformer(str(hf), max_seq_length=max_seq_length)]
     mods.append(models.Pooling(cfg["hidden_size"], pooling_mode=pooling))
     for i, (a, b) in enumerate(dense):

@@ -154,6 +154,9 @@ def _build_opt_here(
     from onnxruntime.transformers.optimizer import optimize_model
 
     info: dict[str, Any] = {}
+    # a graph stored with external data (over 2 GB: XLM-R large) is written the same way, its weights copied from
+    # the scratch file in pieces; protobuf cannot serialize it whole
+    external = Path(src).with_name(Path(src).name + ".data").exists()
     if attention_fusion is not None:
         if attention_fusion != "relative_bias":
             raise ValueError(f"unknown attention fusion {attention_fusion!r}")
@@ -176,8 +179,13 @@ def _build_opt_here(
     )
     model.shape_infer_helper = None  # its copy of the graph
     release_memory()
-    weights_from_disk(model.model, weights)
-    model.save_model_to_file(dst)
+    if external:
+        from .int8.weights import save_self_contained
+
+        save_self_contained(model.model, Path("."), Path(dst), external=True)
+    else:
+        weights_from_disk(model.model, weights)
+        model.save_model_to_file(dst)
     info["optimizer"] = f"onnxruntime.transformers.optimizer(model_type={optimizer_type or 'bert'!r})"
     info["fused_operators"] = fused_operator_counts(model.model)
     return info
