@@ -100,7 +100,8 @@ def measure(source: str, variants: list[str], out: Path, interval: float = 0.01)
     steps: list[dict] = []
     for i, (t0, message) in enumerate(marks):
         t1 = marks[i + 1][0] if i + 1 < len(marks) else float("inf")
-        inside = [s for s in samples if t0 <= s[0] < t1]
+        # a step shorter than the sampling interval gets the sample just before its end
+        inside = [s for s in samples if t0 <= s[0] < t1] or [s for s in samples if s[0] < t1][-1:]
         if inside:
             steps.append(
                 {
@@ -121,6 +122,7 @@ def measure(source: str, variants: list[str], out: Path, interval: float = 0.01)
         "peak_anon_gib": round(max(s[2] for s in samples) / 2**30, 2),
         "start_anon_gib": round(max((s[2] for s in before), default=0) / 2**30, 2),
         "steps": steps,
+        "log": lines,
     }
 
 

@@ -169,9 +169,25 @@ def _build_opt_here(
         release_memory()
         src = dst
     weights = "weights.bin"
+    if external:  # the structure, its weights read from a copy of the data file in the working directory
+        import shutil
+
+        from onnx import TensorProto
+
+        from .memory import graph_tensors
+
+        structure = onnx.load(str(src), load_external_data=False)
+        shutil.copyfile(Path(src).with_name(Path(src).name + ".data"), weights)
+        for tensor in graph_tensors(structure.graph):
+            if tensor.data_location == TensorProto.EXTERNAL:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = weights
+    else:
+        structure = weights_to_disk(Path(src), weights)
     # opt_level=0: only the portable python fusions; onnxruntime applies its own at session load.
     model = optimize_model(
-        weights_to_disk(Path(src), weights),
+        structure,
         model_type=optimizer_type or "bert",
         num_heads=num_heads,
         hidden_size=hidden_size,
