@@ -50,7 +50,7 @@ def externalize(path: Path, model=None) -> Path:
     return data
 
 
-def gather_external_data(path: Path, min_bytes: int = 1024) -> Path:
+def gather_external_data(path: Path) -> Path:
     """Put every weight of the graph in ``path`` into ``<file>.data``, one tensor at a time: the weights the
     exporter already spilled to files of their own (torch writes each tensor of a graph over 2 GB to its own file
     next to it) are copied over and removed, and weights still inside the graph are moved out. Unlike
@@ -59,33 +59,19 @@ def gather_external_data(path: Path, min_bytes: int = 1024) -> Path:
     import onnx
     from onnx import TensorProto, external_data_helper
 
-    from .memory import copy_bytes, graph_tensors
+    from .int8.weights import save_self_contained
+    from .memory import graph_tensors
 
     model = onnx.load(str(path), load_external_data=False)
     data = path.with_name(path.name + ".data")
     spilled: set[Path] = set()
-    with open(data, "wb") as out:
-        for tensor in graph_tensors(model.graph):
-            offset = out.tell()
-            if tensor.data_location == TensorProto.EXTERNAL:
-                info = external_data_helper.ExternalDataInfo(tensor)
-                source = path.parent / info.location
-                if source.resolve() == data.resolve():
-                    raise ExportError(f"{path}: a weight already points into {data.name}; cannot gather it again.")
-                copy_bytes(source, int(info.offset or 0), int(info.length) if info.length else None, out)
-                spilled.add(source)
-                tensor.ClearField("external_data")
-                tensor.ClearField("data_location")
-            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
-                out.write(tensor.raw_data)
-                tensor.ClearField("raw_data")
-            else:
-                continue
-            tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data.name), ("offset", offset), ("length", out.tell() - offset)):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, str(value)
-    onnx.save_model(model, str(path))
+    for tensor in graph_tensors(model.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            source = path.parent / external_data_helper.ExternalDataInfo(tensor).location
+            if source.resolve() == data.resolve():
+                raise ExportError(f"{path}: a weight already points into {data.name}; cannot gather it again.")
+            spilled.add(source)
+    save_self_contained(model, path.parent, path, external=True)
     for source in spilled:
         source.unlink()
     return data

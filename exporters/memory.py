@@ -33,7 +33,7 @@ def run_in_child(function: str, kwargs: dict[str, Any], workdir: Path) -> Any:
     """``module:function(**kwargs)`` in a fresh Python process, its working directory a scratch folder made
     (and removed) under ``workdir``, and its JSON-able result. The exporter's process holds the torch stack,
     the references and the tokenizers; a graph rewrite that needs several transient copies of the weights
-    (onnxruntime's optimizer, its quantizer) then adds only its own peak, and all of it is returned to the
+    (onnxruntime's optimizer) then adds only its own peak, and all of it is returned to the
     system when the child exits. This very package is imported, wherever it was imported from here."""
     module, name = function.split(":")
     package_root = str(Path(__file__).resolve().parents[1])
@@ -85,21 +85,18 @@ def graph_tensors(graph) -> Iterator[Any]:
 COPY_BYTES = 64 << 20
 
 
-def copy_bytes(source: Path, offset: int, length: int | None, out) -> int:
-    """Append ``length`` bytes of ``source`` from ``offset`` (all to its end when None) to the open file ``out``, in
-    pieces: one tensor can be most of a model (an embedding table). Returns the bytes copied."""
+def copy_bytes(source: Path, offset: int, length: int, out) -> None:
+    """Append ``length`` bytes of ``source`` from ``offset`` to the open file ``out``, in pieces: one tensor can be
+    most of a model (an embedding table)."""
     copied = 0
     with open(source, "rb") as f:
         f.seek(offset)
-        while length is None or copied < length:
-            piece = f.read(COPY_BYTES if length is None else min(COPY_BYTES, length - copied))
+        while copied < length:
+            piece = f.read(min(COPY_BYTES, length - copied))
             if not piece:
-                break
+                raise ValueError(f"{source} ends {length - copied} bytes short of the tensor stored at offset {offset}")
             out.write(piece)
             copied += len(piece)
-    if length is not None and copied != length:
-        raise ValueError(f"{source} ends {length - copied} bytes short of the tensor stored at offset {offset}")
-    return copied
 
 
 def weights_to_disk(src: Path, data_file: str, min_bytes: int = 65536):

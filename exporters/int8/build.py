@@ -22,7 +22,7 @@ from ..validate import cosines
 from .graph import as_onnx_model, float_outputs, fold_constant_identities, name_nodes
 from .quantize import quantize_matmuls
 from .rewrites import OutlierChannels, SiblingMatMulMerge, SmoothQuant, weighted_matmuls
-from .weights import Weights, save_self_contained, save_structure
+from .weights import Weights, save_self_contained
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -55,8 +55,10 @@ def _structure_copy(model: ModelProto) -> ModelProto:
 
 def _session_of(model: ModelProto, folder: Path, name: str):
     """A session of a structure-only graph: saved as ``folder/name`` beside the data files it refers to."""
+    import onnx
+
     path = folder / name
-    save_structure(model, path)
+    onnx.save_model(model, str(path))  # the structure; its weights stay in the data files next to it
     try:
         return session(path)
     finally:

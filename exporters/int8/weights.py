@@ -87,14 +87,6 @@ def read_tensor(tensor: TensorProto, folder: Path) -> np.ndarray:
     return data.reshape(tuple(tensor.dims))
 
 
-def save_structure(model: ModelProto, path: Path) -> None:
-    """Save a graph whose large weights are external data in files next to ``path`` (their locations are relative
-    to its folder): only the structure is written."""
-    import onnx
-
-    onnx.save_model(model, str(path))
-
-
 def save_self_contained(model: ModelProto, folder: Path, path: Path, external: bool) -> list[Path]:
     """Write ``model`` (its external data relative to ``folder``) to ``path`` on its own: with ``external``, every
     weight of 1 KB or more goes to ``<path>.data``, copied one tensor at a time; otherwise all inline (the graph
