@@ -5,7 +5,9 @@ __version__ = "0.1.0"
 from . import errors, util
 from .cross_encoder import CrossEncoder
 from .encoder import SentenceEncoder, SentenceTransformer
+from .kinds import load
 from .manifest import FORMAT_VERSION
+from .model import Model
 from .sparse import SparseEmbedding, SparseEncoder
 
 __all__ = [
@@ -17,5 +19,7 @@ __all__ = [
     "errors",
     "util",
     "FORMAT_VERSION",
+    "Model",
     "__version__",
+    "load",
 ]

@@ -170,19 +170,3 @@ def graph_files(folder: str | os.PathLike, manifest: dict[str, Any], variant: di
             f"{graph + '.data'!r} is listed under 'files'. Re-export the model with `st-export`."
         )
     return names
-
-
-# The st_runtime class that runs each manifest task.
-CLASS_FOR_TASK = {"embedding": "SentenceEncoder", "cross-encoder": "CrossEncoder", "sparse-embedding": "SparseEncoder"}
-
-
-def check_task(path: Path, manifest: dict[str, Any], expected: str) -> None:
-    """Refuse a folder holding another kind of model than the class loading it runs, naming the right class."""
-    from .errors import ModelKindError
-
-    task = manifest.get("task", "embedding")
-    if task != expected:
-        raise ModelKindError(
-            f"{path} holds a {task} model, not a{'n' if expected[0] in 'aeiou' else ''} {expected} model: load it "
-            f"with st_runtime.{CLASS_FOR_TASK.get(task, task)}."
-        )

@@ -14,6 +14,7 @@ the key that describes its output; a runtime that predates a task refuses it by 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 NUMBER = (int, float)
@@ -186,8 +187,8 @@ EMBEDDING = Obj(
     },
 )
 
-# each task, and the manifest key describing its output (required for that task)
-TASK_OUTPUT = {"embedding": "embedding", "cross-encoder": "scores", "sparse-embedding": "sparse"}
+# the task of a manifest without "task" (formats 1 and 2 held embedding models only)
+DEFAULT_TASK = "embedding"
 
 SCORES = Obj(
     required={"num_labels": int, "activation": OneOf(("identity", "sigmoid", "softmax"))},
@@ -213,10 +214,11 @@ MANIFEST = Obj(
         "files": Map(FILE),
     },
     optional={
-        "task": OneOf(tuple(TASK_OUTPUT)),  # absent: embedding (formats 1 and 2)
-        "embedding": EMBEDDING,  # required for the embedding task
-        "scores": SCORES,  # required for the cross-encoder task
-        "sparse": SPARSE,  # required for the sparse-embedding task
+        "task": str,  # one of the registered kinds (st_runtime.kinds); absent: DEFAULT_TASK
+        # the output blocks: each kind requires its own (st_runtime.kinds declares which)
+        "embedding": EMBEDDING,
+        "scores": SCORES,
+        "sparse": SPARSE,
         "source": Obj(optional={"model": str, "revision": Nullable(str), "origin": str, "modules": List(FREE)}),
         "architecture": Obj(optional={"model_type": str, "family": str}),
         "prompts": Map(str),
@@ -325,11 +327,20 @@ def check(spec: Any, value: Any, path: str = "") -> None:
         check(spec.optional[key], item, f"{prefix}{key}")
 
 
-def check_manifest(manifest: Any) -> None:
-    """The whole manifest against the schema, then what one key's value says about another's."""
-    check(MANIFEST, manifest)
-    task = manifest.get("task", "embedding")
-    needed = TASK_OUTPUT[task]
+def check_manifest(manifest: Any, kinds: Mapping[str, tuple[str, Any]] | None = None) -> None:
+    """The whole manifest against the schema, then what one key's value says about another's. ``kinds``: each
+    task's output block key and its schema (default: the kinds registered in :mod:`st_runtime.kinds`)."""
+    if kinds is None:
+        from .kinds import output_blocks  # the registry imports this module's block schemas
+
+        kinds = output_blocks()
+    blocks = {key: spec for key, spec in kinds.values()}
+    top = Obj(MANIFEST.required, {**MANIFEST.optional, **blocks})
+    check(top, manifest)
+    task = manifest.get("task", DEFAULT_TASK)
+    if task not in kinds:
+        raise SchemaError("task", f"{task!r} is not a model kind this st-runtime knows ({', '.join(sorted(kinds))})")
+    needed = kinds[task][0]
     if needed not in manifest:
         raise SchemaError(needed, f"missing (a required key for the {task} task)")
     files = manifest["files"]

@@ -14,25 +14,15 @@ afterwards, as sentence-transformers applies it.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from .encoder import SentenceEncoder, progress_bar
-from .inputs import classify, prepare
+from . import kinds
+from .kinds.sparse import SparseEmbedding, SparseKind, sparsify
+from .model import Model, QueryDocumentMixin
 
-
-class SparseEmbedding(NamedTuple):
-    """One text's sparse embedding: the active vocabulary ids in increasing order (int32) and their weights
-    (float32). Unpacks as ``indices, values = embedding``."""
-
-    indices: np.ndarray
-    values: np.ndarray
-
-    def to_dense(self, dimension: int) -> np.ndarray:
-        row = np.zeros(dimension, dtype=np.float32)
-        row[self.indices] = self.values
-        return row
+__all__ = ["SparseEmbedding", "SparseEncoder", "sparsify"]
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -40,62 +30,21 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
 
 
-def sparsify(rows: np.ndarray, max_active_dims: int | None) -> list[SparseEmbedding]:
-    """Each row's non-zero entries, keeping the ``max_active_dims`` largest by magnitude (sentence-transformers'
-    select_max_active_dims: top-k of |x|, zeros never kept)."""
-    rows = np.asarray(rows, dtype=np.float32)
-    if max_active_dims is not None and max_active_dims < rows.shape[1]:
-        over = np.count_nonzero(rows, axis=1) > max_active_dims
-        if over.any():
-            rows = rows.copy()
-            sub = rows[over]
-            drop = np.argpartition(-np.abs(sub), max_active_dims - 1, axis=1)[:, max_active_dims:]
-            np.put_along_axis(sub, drop, 0.0, axis=1)
-            rows[over] = sub
-    r, c = np.nonzero(rows)
-    values = rows[r, c]
-    bounds = np.searchsorted(r, np.arange(rows.shape[0] + 1))
-    cols = c.astype(np.int32)
-    return [SparseEmbedding(cols[a:b], values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-class _SparseRows:
-    """Where the text tower writes its [batch, vocabulary] outputs (``out[idx] = rows``, ``out[a:b]``): each row
-    is reduced to its active entries at once, so a large call never holds its dense rows."""
-
-    def __init__(self, n: int, max_active_dims: int | None, slots: list | None = None, offset: int = 0):
-        self.slots: list[SparseEmbedding | None] = slots if slots is not None else [None] * n
-        self.n, self.k, self.offset = n, max_active_dims, offset
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, s: slice) -> _SparseRows:
-        start, stop, step = s.indices(self.n)
-        if step != 1:
-            raise ValueError("_SparseRows takes contiguous slices only")
-        return _SparseRows(stop - start, self.k, self.slots, self.offset + start)
-
-    def __setitem__(self, idx, rows: np.ndarray) -> None:
-        for i, emb in zip(np.asarray(idx).reshape(-1), sparsify(rows, self.k)):
-            self.slots[self.offset + int(i)] = emb
-
-
-class SparseEncoder(SentenceEncoder):
+class SparseEncoder(QueryDocumentMixin, Model):
     """Drop-in for ``sentence_transformers.SparseEncoder`` at inference time (SPLADE models): ``encode``,
     ``encode_query``, ``encode_document``, ``decode`` and ``similarity``.
 
-    Args: as :class:`SentenceEncoder` (``model_path`` a folder written by ``st-export`` from a SparseEncoder).
+    Args: see :class:`st_runtime.model.Model` (``model_path`` a folder written by ``st-export`` from a
+    SparseEncoder).
     """
 
-    _TASK = "sparse-embedding"
-    _OUTPUT = "sparse"
+    kind = kinds.get(SparseKind.task)
 
     def __init__(self, model_path, *args, **kwargs):
         super().__init__(model_path, *args, **kwargs)
-        sparse = self.manifest["sparse"]
-        self.max_active_dims: int | None = sparse.get("max_active_dims")
-        self.similarity_fn_name = sparse.get("similarity_fn_name") or "dot"
+        self._dim = self.kind.width(self)
+        self.max_active_dims: int | None = self.spec.output.get("max_active_dims")
+        self.similarity_fn_name: str = self.spec.output.get("similarity_fn_name") or "dot"
 
     def __repr__(self) -> str:
         return (
@@ -128,34 +77,16 @@ class SparseEncoder(SentenceEncoder):
         """
         if kwargs:
             raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
-        self._check_device(device)
-        _check_positive("batch_size", batch_size)
+        self.check_device(device)
         _check_positive("max_active_dims", max_active_dims)
-        k = max_active_dims if max_active_dims is not None else self.max_active_dims
-        max_length = self._max_seq_length if max_seq_length is None else self._check_max_seq_length(max_seq_length)
-        items, _kinds, singular = classify(sentences)
-        pair = next((i for i, it in enumerate(items) if not isinstance(it, str)), None)
-        if pair is not None:
-            from .errors import UnsupportedInputError
-
-            raise UnsupportedInputError(f"input {pair} is not a string; a sparse encoder embeds single texts.")
-        prompt_text = self._resolve_prompt(prompt, prompt_name)
-        if prompt_text:
-            items = [prompt_text + it for it in items]
-        items = prepare(items, self._cutter)
-        out = _SparseRows(len(items), k)
-        bar = progress_bar(show_progress_bar, len(items))
-        try:
-            if items:
-                self.text_tower.embed(items, batch_size, out, max_length, bar.update if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
-        result: list[SparseEmbedding] = out.slots  # type: ignore[assignment]
+        max_length = self.call_max_length(max_seq_length)
+        prepared = self.kind.prepare(self, sentences, prompt, prompt_name, max_length=max_length)
+        rows = self.run(prepared, batch_size, show_progress_bar)
+        result = self.kind.finish(self, rows, max_active_dims)
         if not convert_to_sparse_tensor:
             dense = self.to_dense(result)
-            return dense[0] if singular else dense
-        return result[0] if singular else result
+            return dense[0] if prepared.singular else dense
+        return result[0] if prepared.singular else result
 
     def to_dense(self, embeddings) -> np.ndarray:
         """Dense float32 rows [n, vocabulary] of SparseEmbeddings (one gives a 1-D row)."""

@@ -7,10 +7,10 @@ import copy
 import functools
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -21,11 +21,15 @@ from .errors import GraphLoadError, ManifestError
 from .runners import BoundRunner, SessionRunner, is_out_of_memory
 from .session import make_session
 
+if TYPE_CHECKING:
+    from .model import SessionConfig
+    from .spec import TowerSpec
+
 INT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def load_tokenizer(folder: Path, info: dict[str, Any]):
+def load_tokenizer(folder: Path, info: Mapping[str, Any]):
     """The text tower's tokenizer: a tokenizers.Tokenizer (kind "hf", the default) or the word-embedding
     models' WhitespaceTokenizer (kind "whitespace"), which offers the same encode_batch interface."""
     kind = info.get("kind", "hf")
@@ -49,32 +53,28 @@ class TextTower:
     def __init__(
         self,
         folder: Path,
-        tower: dict[str, Any],
+        tower: TowerSpec,
         variant: dict[str, Any],
-        providers,
-        fallback_allowed,
-        threads: int,
-        session_options: ort.SessionOptions | None,
-        io_binding: bool | None = None,
-        cuda_graphs: bool = False,
+        config: SessionConfig,
         dim: int | None = None,
         long_variant: dict[str, Any] | None = None,
         long_from: int | None = None,
     ):
         self.spec = tower
-        # the side sentence-transformers pads the model's batches on (Qwen3-Embedding: left, for its last token)
-        self.padding_side: str = tower["tokenizer"].get("padding_side", "right")
-        self.max_seq_length: int | None = tower["tokenizer"].get("max_seq_length")
-        self._truncation_side = tower["tokenizer"].get("truncation_side", "right")
-        # False for models whose input module tokenizes without special tokens (StaticEmbedding)
-        self.add_special_tokens: bool = tower["tokenizer"].get("add_special_tokens", True)
-        base = load_tokenizer(folder, tower["tokenizer"])
+        tok = tower.tokenizer
+        if tok is None:
+            raise GraphLoadError(f"text tower {tower.name!r} has no tokenizer; re-export the model with `st-export`.")
+        self.padding_side: str = tok.padding_side
+        self.max_seq_length: int | None = tok.max_seq_length
+        self._truncation_side = tok.truncation_side
+        self.add_special_tokens: bool = tok.add_special_tokens
+        base = load_tokenizer(folder, tok.raw)
         base.no_padding()
         self._tokenizers = {self.max_seq_length: self._truncating(base, self.max_seq_length)}
         self._tokenizers_lock = threading.Lock()
-        self.pad_id = int(tower["tokenizer"].get("pad_token_id") or 0)
-        self.inputs = list(tower["inputs"])
-        self.output = tower["output"]
+        self.pad_id = tok.pad_token_id
+        self.inputs = list(tower.inputs)
+        self.output = tower.output
         unknown = [i for i in self.inputs if i not in INT_INPUTS]
         if unknown:
             raise GraphLoadError(
@@ -82,34 +82,29 @@ class TextTower:
                 f"(it knows {list(INT_INPUTS)}). Upgrade st-runtime."
             )
         self.session = make_session(
-            folder / variant["file"], providers, fallback_allowed, threads, session_options, cuda_graphs=cuda_graphs
+            folder / variant["file"],
+            config.providers,
+            config.fallback_allowed,
+            config.threads,
+            config.session_options,
+            cuda_graphs=config.cuda_graphs,
         )
         self.on_gpu = self.session.get_providers()[0] in _GPU_PROVIDERS
         self.policy = BatchPolicy.for_device(self.on_gpu, variant.get("cpu_batching"))
-        # Length routing (CPU): batches from policy.long_from tokens wide run on another exact graph, measured
-        # faster there at export, under that graph's own budget for long batches.
-        self.long_session = None
-        if long_variant is not None and not self.on_gpu:
-            self.long_session = make_session(
-                folder / long_variant["file"], providers, fallback_allowed, threads, session_options
-            )
-            long_budget = (long_variant.get("cpu_batching") or {}).get("long_tokens")
-            measured = {**(variant.get("cpu_batching") or {}), "long_tokens": long_budget}
-            if long_from is not None:
-                measured["long_from"] = long_from
-            self.policy = BatchPolicy.for_device(False, measured)
+        self._load_long_variant(folder, config, variant, long_variant, long_from)
         self._oom_warned = False
         # Single texts get all-zero token type ids from the usual templates ("[CLS]:0 $A:0 [SEP]:0"); then a
         # batch without pairs skips reading them back per text (a third of the host work of a BERT batch).
         self.single_types_zero = "token_type_ids" in self.inputs and not any(self.tokenizer.encode("a").type_ids)
-        self.cuda_graphs = cuda_graphs
-        use_binding = self.on_gpu or cuda_graphs if io_binding is None else io_binding  # False: refused earlier
+        self.cuda_graphs = config.cuda_graphs
+        io_binding = config.io_binding
+        use_binding = self.on_gpu or self.cuda_graphs if io_binding is None else io_binding  # False: refused earlier
         self.runner = (
-            BoundRunner(self.session, tower["output"], "cuda" if self.on_gpu else "cpu", graphs=cuda_graphs, dim=dim)
+            BoundRunner(self.session, tower.output, "cuda" if self.on_gpu else "cpu", graphs=self.cuda_graphs, dim=dim)
             if use_binding
-            else SessionRunner(self.session, tower["output"])
+            else SessionRunner(self.session, tower.output)
         )
-        self.long_runner = SessionRunner(self.long_session, tower["output"]) if self.long_session else None
+        self.long_runner = SessionRunner(self.long_session, tower.output) if self.long_session else None
         declared = {i.name for i in self.session.get_inputs()}
         if declared != set(self.inputs):
             raise GraphLoadError(
@@ -119,6 +114,22 @@ class TextTower:
         # builds the next batch's arrays (and on a GPU tokenizes the next chunk) while a batch runs; one pool
         # for the tower's lifetime, shared by concurrent calls (their jobs never wait on each other)
         self._prefetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="st-prefetch")
+
+    def _load_long_variant(self, folder, config, variant, long_variant, long_from) -> None:
+        """Length routing (CPU): batches from policy.long_from tokens wide run on another exact graph, measured
+        faster there at export, under that graph's own budget for long batches."""
+        self.long_session = None
+        if long_variant is None or self.on_gpu:
+            return
+        self.long_session = make_session(
+            folder / long_variant["file"], config.providers, config.fallback_allowed, config.threads,
+            config.session_options,
+        )  # fmt: skip
+        long_budget = (long_variant.get("cpu_batching") or {}).get("long_tokens")
+        measured = {**(variant.get("cpu_batching") or {}), "long_tokens": long_budget}
+        if long_from is not None:
+            measured["long_from"] = long_from
+        self.policy = BatchPolicy.for_device(False, measured)
 
     @property
     def tokenizer(self):
@@ -227,7 +238,7 @@ class TextTower:
         """Per item, its token embeddings without padding ([tokens, hidden]), its sentence embedding and its graph
         inputs (input_ids, attention_mask, ...), in input order: what sentence-transformers' encode gives with
         output_value="token_embeddings" or None. Needs a graph with the per-token output (``token_output``)."""
-        token_output = self.spec.get("token_output")
+        token_output = self.spec.token_output
         if token_output is None:
             raise GraphLoadError(
                 "this export's graph returns sentence embeddings only; export the model again with this "

@@ -1,0 +1,93 @@
+"""The registry of model kinds: the one place that knows which kinds exist.
+
+Each kind lives in its own module here (embedding, cross_encoder, sparse) and registers itself with
+:func:`register`. A kind from another package registers itself the same way when imported, or through the entry
+point group ``st_runtime.kinds`` (each entry a module that registers its kinds), which is read the first time a
+manifest names a task no registered kind runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ModelKindError
+from .base import Kind, Prepared, Route
+
+__all__ = ["Kind", "Prepared", "Route", "get", "kind_of", "load", "output_blocks", "public_class", "register"]
+
+_KINDS: dict[str, Kind] = {}
+_ENTRY_POINTS_READ = False
+
+
+def register(kind_cls: type[Kind]) -> type[Kind]:
+    """Class decorator: register a kind under its task. A second kind for the same task is refused."""
+    if kind_cls.task in _KINDS:
+        raise ValueError(f"a model kind for task {kind_cls.task!r} is already registered: {_KINDS[kind_cls.task]!r}")
+    _KINDS[kind_cls.task] = kind_cls()
+    return kind_cls
+
+
+def unregister(task: str) -> None:
+    """Remove a registered kind (for tests of kinds defined on the fly)."""
+    _KINDS.pop(task, None)
+
+
+def _read_entry_points() -> None:
+    global _ENTRY_POINTS_READ
+    if _ENTRY_POINTS_READ:
+        return
+    _ENTRY_POINTS_READ = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="st_runtime.kinds"):
+        ep.load()
+
+
+def get(task: str) -> Kind:
+    """The kind registered for a manifest task."""
+    if task not in _KINDS:
+        _read_entry_points()
+    kind = _KINDS.get(task)
+    if kind is None:
+        raise ModelKindError(
+            f"no model kind {task!r} is known to this st-runtime (known: {', '.join(sorted(_KINDS))}). Upgrade "
+            "st-runtime, or install the package that provides the kind."
+        )
+    return kind
+
+
+def all_kinds() -> Mapping[str, Kind]:
+    return dict(_KINDS)
+
+
+def output_blocks() -> dict[str, tuple[str, Any]]:
+    """Each registered task's output block key and schema (what the manifest schema checks)."""
+    _read_entry_points()
+    return {task: (k.output, k.output_schema) for task, k in _KINDS.items()}
+
+
+def public_class(kind: Kind) -> type:
+    module, _, name = kind.public_class.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def kind_of(folder: str | os.PathLike) -> Kind:
+    """The kind of an exported folder (its manifest's task)."""
+    from ..manifest import load_manifest
+    from ..schema import DEFAULT_TASK
+
+    return get(load_manifest(folder).get("task", DEFAULT_TASK))
+
+
+def load(model_path: str | os.PathLike, **kwargs: Any):
+    """The public class for the model in ``model_path`` (SentenceEncoder, CrossEncoder, SparseEncoder, ... as
+    its manifest says), loaded with ``kwargs`` (the load arguments every class takes: providers, device,
+    threads, variant, verify_checksums, session_options, io_binding, cuda_graphs)."""
+    return public_class(kind_of(model_path))(model_path, **kwargs)
+
+
+# the built-in kinds register themselves
+from . import cross_encoder, embedding, sparse  # noqa: E402

@@ -1,0 +1,111 @@
+"""Rerankers: sentence_transformers.CrossEncoder (one graph from a (query, document) pair to the classifier's
+logits; the activation runs here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import UnsupportedInputError
+from ..inputs import prepare
+from ..schema import SCORES
+from . import register
+from .base import Kind, Prepared, Route
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda x: x,
+    "sigmoid": _sigmoid,
+    "softmax": softmax,
+}
+
+
+def activation(default: str, activation_fn: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The activation a call asks for: None (the model's), a name, torch's module (by class name) or a callable."""
+    if activation_fn is None:
+        return ACTIVATIONS[default]
+    if isinstance(activation_fn, str):
+        if activation_fn not in ACTIVATIONS:
+            raise ValueError(f"activation_fn {activation_fn!r} is unknown; choose from {sorted(ACTIVATIONS)}")
+        return ACTIVATIONS[activation_fn]
+    name = type(activation_fn).__name__.lower()  # torch.nn.Sigmoid() / Identity() / Softmax(), if passed
+    if name in ACTIVATIONS:
+        return ACTIVATIONS[name]
+    if callable(activation_fn):
+        return lambda x: np.asarray(activation_fn(x), dtype=np.float32)
+    raise ValueError(f"activation_fn must be None, a name in {sorted(ACTIVATIONS)} or a callable")
+
+
+def _is_pair(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(s, str) for s in x)
+
+
+def pairs_of(sentence_pairs: Any) -> tuple[list[tuple[str, str]], bool]:
+    """(pairs, whether one pair was passed), each checked."""
+    if _is_pair(sentence_pairs):
+        return [(sentence_pairs[0], sentence_pairs[1])], True
+    if isinstance(sentence_pairs, (str, bytes, dict)) or sentence_pairs is None:
+        raise UnsupportedInputError(
+            f"predict expects a [query, document] pair or a list of them, got {type(sentence_pairs).__name__}"
+        )
+    pairs = []
+    for i, item in enumerate(sentence_pairs):
+        if not _is_pair(item):
+            raise UnsupportedInputError(
+                f"pair {i} is {type(item).__name__} ({item!r:.60}); each item must be a [query, document] pair of "
+                "strings"
+            )
+        pairs.append((item[0], item[1]))
+    return pairs, False
+
+
+@register
+class CrossEncoderKind(Kind):
+    task = "cross-encoder"
+    output = "scores"
+    output_schema = SCORES
+    reproduces = "sentence_transformers.CrossEncoder"
+    public_class = "st_runtime.cross_encoder:CrossEncoder"
+    routes = (Route("/rerank", "st_runtime.serve.handlers:tei_rerank"),)
+
+    def prepare(
+        self,
+        model: Model,
+        inputs: Any,
+        max_length: int | None = None,
+        direction: str | None = None,
+        strict: bool = False,
+    ) -> Prepared:
+        pairs, singular = pairs_of(inputs)
+        return Prepared(prepare(pairs, None), max_length, direction, strict, singular=singular)
+
+    def finish(
+        self, model: Model, rows: np.ndarray, activation_fn: Any = None, apply_softmax: bool = False
+    ) -> np.ndarray:
+        """Scores [n, num_labels] after the activation (and softmax over the labels, when asked)."""
+        scores = activation(model.spec.output["activation"], activation_fn)(rows)
+        if apply_softmax and scores.ndim == 2 and scores.shape[1] > 1:
+            scores = softmax(scores)
+        return scores
+
+    def warm_up(self, model: Model) -> None:
+        model.run(self.prepare(model, [(w, w) for w in self.warmup_texts]))
+
+    def describe(self, model: Model) -> dict[str, Any]:
+        labels = model.spec.output.get("labels") or []
+        return {"reranker": {"id2label": {str(i): label for i, label in enumerate(labels)}}}

@@ -1,0 +1,114 @@
+"""Dense embeddings: sentence_transformers.SentenceTransformer (text, and images for CLIP models)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import util
+from ..errors import UnsupportedInputError
+from ..inputs import IMAGE, classify
+from ..schema import EMBEDDING
+from . import register
+from .base import Kind, Prepared, Route
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+# encode's precisions, as sentence-transformers' quantize_embeddings gives them
+QUANTIZED = ("float32", "int8", "uint8", "binary", "ubinary")
+
+_HANDLERS = "st_runtime.serve.handlers"
+
+
+@register
+class EmbeddingKind(Kind):
+    task = "embedding"
+    output = "embedding"
+    output_schema = EMBEDDING
+    reproduces = "sentence_transformers.SentenceTransformer"
+    public_class = "st_runtime.encoder:SentenceEncoder"
+    routes = (
+        Route("/v1/embeddings", f"{_HANDLERS}:openai_embeddings", "openai"),
+        Route("/embeddings", f"{_HANDLERS}:openai_embeddings", "openai"),
+        Route("/embed", f"{_HANDLERS}:tei_embed"),
+    )
+    bulk = True
+
+    def prepare(
+        self,
+        model: Model,
+        inputs: Any,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        max_length: int | None = None,
+        direction: str | None = None,
+        strict: bool = False,
+    ) -> Prepared:
+        """Texts (strings, or [text, text_pair] pairs where the model takes pairs) and, for a model with an image
+        tower, images; the prompt goes before every text (sentence-transformers applies none to images)."""
+        images = model.takes_images
+        items, kinds, singular = classify(inputs, images=images)
+        if not (model.spec.towers["text"].tokenizer and model.spec.towers["text"].tokenizer.pairs):
+            pair = next((i for i, it in enumerate(items) if isinstance(it, tuple)), None)
+            if pair is not None:
+                raise UnsupportedInputError(
+                    f"input {pair} is a [text, text_pair] pair, but this model ({model.spec.family}) embeds single "
+                    "texts: sentence-transformers does not accept pairs for it either, so pairs were not validated "
+                    "at export. Pass single strings."
+                )
+        items = model.prepare_texts(items, model.resolve_prompt(prompt, prompt_name), kinds if images else None)
+        image_index = [i for i, k in enumerate(kinds) if k == IMAGE] if images else []
+        if image_index:
+            at = set(image_index)
+            texts = [it for i, it in enumerate(items) if i not in at]
+            return Prepared(
+                texts, max_length, direction, strict, [items[i] for i in image_index], image_index, singular
+            )
+        return Prepared(items, max_length, direction, strict, singular=singular)
+
+    def finish(
+        self,
+        model: Model,
+        rows: np.ndarray,
+        truncate_dim: int | None = None,
+        normalize: bool = False,
+        precision: str = "float32",
+        ranges: np.ndarray | None = None,
+        calibration_embeddings: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Matryoshka cut, then L2 normalization, then quantization, as sentence-transformers orders them."""
+        out = rows
+        if truncate_dim is not None:
+            out = np.ascontiguousarray(out[:, :truncate_dim])
+        if normalize:
+            out = util.normalize_embeddings(out).astype(np.float32, copy=False)
+        if precision != "float32":  # as sentence-transformers' quantize_embeddings, ranges from this call's rows
+            if ranges is None and precision in ("int8", "uint8"):
+                ranges = util.calibration_ranges(out if calibration_embeddings is None else calibration_embeddings)
+            out = util.quantize_embeddings(out, precision, ranges)
+        return out
+
+    def check_options(self, model: Model, truncate_dim: Any, precision: Any) -> None:
+        dim = self.width(model)
+        if truncate_dim is not None and (not isinstance(truncate_dim, int) or not 0 < truncate_dim <= dim):
+            raise ValueError(f"truncate_dim must be an integer in 1..{dim}, got {truncate_dim!r}.")
+        if precision not in QUANTIZED:
+            raise ValueError(f"precision {precision!r} is not supported; valid choices: {list(QUANTIZED)}.")
+
+    def normalized(self, model: Model) -> bool:
+        """Whether the graph's rows are already unit vectors (the model ends in Normalize)."""
+        return bool(model.spec.output.get("normalized"))
+
+    def bulk_encode(
+        self, model: Model, texts: list[str], normalize: bool = False, prompt_name: str | None = None
+    ) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.bulk_width(model)), np.float32)
+        rows = model.run(self.prepare(model, list(texts), prompt_name=prompt_name))
+        return self.finish(model, rows, normalize=normalize)
+
+    def describe(self, model: Model) -> dict[str, Any]:
+        pooling = (model.spec.output.get("pooling") or {}).get("modes") or ["none"]
+        return {"embedding": {"pooling": "+".join(pooling)}}
