@@ -11,15 +11,15 @@ from .model import Model
 from .sparse import SparseEmbedding, SparseEncoder
 
 __all__ = [
+    "FORMAT_VERSION",
     "CrossEncoder",
+    "Model",
     "SentenceEncoder",
     "SentenceTransformer",
     "SparseEmbedding",
     "SparseEncoder",
-    "errors",
-    "util",
-    "FORMAT_VERSION",
-    "Model",
     "__version__",
+    "errors",
     "load",
+    "util",
 ]

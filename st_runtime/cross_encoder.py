@@ -9,7 +9,7 @@ import numpy as np
 
 from . import kinds
 from .errors import UnsupportedInputError
-from .kinds.cross_encoder import ACTIVATIONS, CrossEncoderKind, pairs_of
+from .kinds.cross_encoder import ACTIVATIONS, CrossEncoderKind
 from .model import Model
 
 __all__ = ["ACTIVATIONS", "CrossEncoder"]

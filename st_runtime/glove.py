@@ -22,7 +22,7 @@ from .errors import ManifestError, UnsupportedInputError
 class WordEncoding:
     """What ``tokenizers.Encoding`` offers the text tower: ids, type_ids and attention_mask."""
 
-    __slots__ = ("ids", "type_ids", "attention_mask")
+    __slots__ = ("attention_mask", "ids", "type_ids")
 
     def __init__(self, ids: list[int]):
         self.ids = ids

@@ -118,7 +118,7 @@ def _center_crop(chw: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     if top >= 0 and bottom <= h and left >= 0 and right <= w:
         return chw[..., top:bottom, left:right]
     new_h, new_w = max(crop_h, h), max(crop_w, w)
-    padded = np.zeros(chw.shape[:-2] + (new_h, new_w), dtype=chw.dtype)
+    padded = np.zeros((*chw.shape[:-2], new_h, new_w), dtype=chw.dtype)
     top_pad, left_pad = ceil((new_h - h) / 2), ceil((new_w - w) / 2)
     padded[..., top_pad : top_pad + h, left_pad : left_pad + w] = chw
     top, bottom, left, right = top + top_pad, bottom + top_pad, left + left_pad, right + left_pad

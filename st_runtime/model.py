@@ -327,9 +327,11 @@ class Model:
             return self.prompts.get(self.default_prompt_name)
         return None
 
-    def prepare_texts(self, items: list, prompt: str | None = None, kinds_: list[str] | None = None) -> list:
-        """Text items with the prompt prepended (to the first text of a pair), surrogates repaired and very long
-        texts cut exactly; items whose ``kinds_`` entry is not "text" (images) are left alone."""
+    def prepare_texts(
+        self, items: list, prompt: str | None = None, kinds_: list[str] | None = None, cut: bool = True
+    ) -> list:
+        """Text items with the prompt prepended (to the first text of a pair), surrogates repaired and (``cut``)
+        very long texts cut exactly; items whose ``kinds_`` entry is not "text" (images) are left alone."""
         if prompt:
             items = [
                 it
@@ -339,7 +341,7 @@ class Model:
                 else (prompt + it[0], it[1])
                 for i, it in enumerate(items)
             ]
-        return prepare(items, self._cutter, kinds_)
+        return prepare(items, self._cutter if cut else None, kinds_)
 
     def tokenize(self, texts) -> dict[str, np.ndarray]:
         """The text tower's inputs for ``texts`` (strings or [text, text_pair] pairs), as
@@ -367,7 +369,9 @@ class Model:
             if not prepared.images:
                 return kind.split(rows, 0, len(prepared.texts))
             if not self.takes_images:
-                raise UnsupportedInputError(f"{self.path} takes text only; input {prepared.image_index[0]} is an image.")
+                raise UnsupportedInputError(
+                    f"{self.path} takes text only; input {prepared.image_index[0]} is an image."
+                )
             image_rows = kind.new_rows(self, len(prepared.images))
             self._tower("image").embed(prepared.images, batch_size, image_rows)
             if update is not None:

@@ -54,7 +54,7 @@ class EmbedBatch:
         normalize: bool = False,
         prompt_name: str | None = None,
     ):
-        from .encoder import SentenceEncoder
+        from .kinds import bulk_kind, load
 
         if providers is None:
             try:
@@ -66,21 +66,18 @@ class EmbedBatch:
                 pass
         self.column = column
         self.output_column = output_column
-        self.encoder = SentenceEncoder(
-            model_dir, providers=providers, threads=threads or _actor_cpus(), variant=variant
-        )
-        self.kwargs = {"normalize_embeddings": normalize, "prompt_name": prompt_name}
+        self.kind = bulk_kind(model_dir)
+        self.model = load(model_dir, providers=providers, threads=threads or _actor_cpus(), variant=variant)
+        self.kwargs = {"normalize": normalize, "prompt_name": prompt_name}
 
     def describe(self) -> dict[str, Any]:
-        """The variant, dimension and threads this actor's encoder runs with."""
-        enc = self.encoder
-        return {"variant": enc.variant, "dimension": enc.get_sentence_embedding_dimension(), "threads": enc.threads}
+        """The variant, row width and threads this actor's model runs with."""
+        m = self.model
+        return {"variant": m.variant, "dimension": self.kind.bulk_width(m, **self.kwargs), "threads": m.threads}
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """[len(texts), dim] float32 embeddings."""
-        if not texts:
-            return np.zeros((0, self.encoder.get_sentence_embedding_dimension()), np.float32)
-        return self.encoder.encode(list(texts), **self.kwargs)
+        """[len(texts), width] float32 rows (the kind's bulk rows: embeddings for an embedding model)."""
+        return self.kind.bulk_encode(self.model, list(texts), **self.kwargs)
 
     def __call__(self, batch):
         """A batch as Ray Data gives it (a dict of numpy arrays, a pandas DataFrame or a pyarrow Table); the

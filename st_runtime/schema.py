@@ -13,8 +13,8 @@ the key that describes its output; a runtime that predates a task refuses it by 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 NUMBER = (int, float)
@@ -278,42 +278,44 @@ def _is(value: Any, types: Any) -> bool:
     return isinstance(value, types)
 
 
-def check(spec: Any, value: Any, path: str = "") -> None:
-    """Raise SchemaError at the first part of ``value`` that does not fit ``spec``."""
-    if isinstance(spec, FreeForm):
+def _check_nullable(spec: Nullable, value: Any, path: str) -> None:
+    if value is None:
         return
-    if isinstance(spec, Nullable):
-        if value is not None:
-            try:
-                check(spec.spec, value, path)
-            except SchemaError as exc:
-                if exc.path != path:
-                    raise
-                raise SchemaError(path, f"expected {_type_name(spec)}, found {_found(value)}") from None
-        return
-    if isinstance(spec, OneOf):
-        if value not in spec.values or isinstance(value, bool) != any(isinstance(v, bool) for v in spec.values):
-            raise SchemaError(path, f"expected {_type_name(spec)}, found {_found(value)}")
-        return
-    if isinstance(spec, (type, tuple)):
-        if not _is(value, spec):
-            raise SchemaError(path, f"expected {_type_name(spec)}, found {_found(value)}")
-        return
-    if isinstance(spec, List):
-        if not isinstance(value, list):
-            raise SchemaError(path, f"expected a list, found {_found(value)}")
-        for i, item in enumerate(value):
-            check(spec.item, item, f"{path}[{i}]")
-        return
-    if not isinstance(value, dict):
-        raise SchemaError(path, f"expected an object, found {_found(value)}")
+    try:
+        check(spec.spec, value, path)
+    except SchemaError as exc:
+        if exc.path != path:
+            raise
+        raise SchemaError(path, f"expected {_type_name(spec)}, found {_found(value)}") from None
+
+
+def _check_one_of(spec: OneOf, value: Any, path: str) -> None:
+    if value not in spec.values or isinstance(value, bool) != any(isinstance(v, bool) for v in spec.values):
+        raise SchemaError(path, f"expected {_type_name(spec)}, found {_found(value)}")
+
+
+def _check_type(spec: type | tuple, value: Any, path: str) -> None:
+    if not _is(value, spec):
+        raise SchemaError(path, f"expected {_type_name(spec)}, found {_found(value)}")
+
+
+def _check_list(spec: List, value: Any, path: str) -> None:
+    if not isinstance(value, list):
+        raise SchemaError(path, f"expected a list, found {_found(value)}")
+    for i, item in enumerate(value):
+        check(spec.item, item, f"{path}[{i}]")
+
+
+def _check_map(spec: Map, value: dict, path: str) -> None:
+    if spec.nonempty and not value:
+        raise SchemaError(path, "expected at least one entry, found none")
     prefix = f"{path}." if path else ""
-    if isinstance(spec, Map):
-        if spec.nonempty and not value:
-            raise SchemaError(path, "expected at least one entry, found none")
-        for key, item in value.items():
-            check(spec.value, item, f"{prefix}{key}")
-        return
+    for key, item in value.items():
+        check(spec.value, item, f"{prefix}{key}")
+
+
+def _check_obj(spec: Obj, value: dict, path: str) -> None:
+    prefix = f"{path}." if path else ""
     for key, sub in spec.required.items():
         if key not in value:
             raise SchemaError(f"{prefix}{key}", "missing (a required key)")
@@ -325,6 +327,25 @@ def check(spec: Any, value: Any, path: str = "") -> None:
             known = sorted({*spec.required, *spec.optional})
             raise SchemaError(f"{prefix}{key}", f"unknown key (known here: {', '.join(known)})")
         check(spec.optional[key], item, f"{prefix}{key}")
+
+
+def check(spec: Any, value: Any, path: str = "") -> None:
+    """Raise SchemaError at the first part of ``value`` that does not fit ``spec``."""
+    if isinstance(spec, FreeForm):
+        return
+    if isinstance(spec, Nullable):
+        return _check_nullable(spec, value, path)
+    if isinstance(spec, OneOf):
+        return _check_one_of(spec, value, path)
+    if isinstance(spec, (type, tuple)):
+        return _check_type(spec, value, path)
+    if isinstance(spec, List):
+        return _check_list(spec, value, path)
+    if not isinstance(value, dict):
+        raise SchemaError(path, f"expected an object, found {_found(value)}")
+    if isinstance(spec, Map):
+        return _check_map(spec, value, path)
+    return _check_obj(spec, value, path)
 
 
 def check_manifest(manifest: Any, kinds: Mapping[str, tuple[str, Any]] | None = None) -> None:

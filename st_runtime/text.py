@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from .batching import BatchPolicy, build_feeds, graph_width, plan_batches

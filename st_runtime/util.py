@@ -7,17 +7,17 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = [
-    "normalize_embeddings",
+    "SIMILARITY_FUNCTIONS",
+    "calibration_ranges",
     "cos_sim",
     "dot_score",
     "euclidean_sim",
     "manhattan_sim",
+    "normalize_embeddings",
     "pairwise_cos_sim",
     "pairwise_dot_score",
-    "semantic_search",
-    "SIMILARITY_FUNCTIONS",
-    "calibration_ranges",
     "quantize_embeddings",
+    "semantic_search",
 ]
 
 

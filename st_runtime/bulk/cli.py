@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         source = Source(spec.input, spec.column, spec.id_column)
-        if args.ray is None:
-            record = _run_local(spec, source, args, log)
-        else:
-            record = _run_ray(spec, source, args, log)
+        record = _run_local(spec, source, args, log) if args.ray is None else _run_ray(spec, source, args, log)
     except (StRuntimeError, InputError, ValueError) as exc:
         print(f"st-embed: {exc}", file=sys.stderr)
         return 1
@@ -114,13 +111,14 @@ def _progress(source, spec, args):
 
 
 def _run_local(spec, source, args, log):
-    from ..encoder import SentenceEncoder
+    from ..kinds import bulk_kind, load
     from . import job
 
-    encoder = SentenceEncoder(spec.model_dir, threads=spec.threads, variant=spec.variant)
-    output = job.Output(spec, source, encoder.variant, encoder.get_sentence_embedding_dimension())
-    submit, result = job.iter_local(encoder, spec)
-    spec.extra = {"mode": "local", "threads": encoder.threads}
+    kind = bulk_kind(spec.model_dir)
+    model = load(spec.model_dir, threads=spec.threads, variant=spec.variant)
+    output = job.Output(spec, source, model.variant, kind.bulk_width(model))
+    submit, result = job.iter_local(model, spec)
+    spec.extra = {"mode": "local", "threads": model.threads}
     with _bar(source, spec, args) as bar:
         return job.run(spec, source, output, submit, result, window=1, progress=bar, log=log)
 
@@ -142,16 +140,11 @@ def _run_ray(spec, source, args, log):
         import ray
     except ImportError:
         raise ValueError("--ray needs ray: pip install 'st-runtime[ray]'") from None
-    from ..errors import ModelKindError
-    from ..manifest import load_manifest
+    from ..kinds import bulk_kind
     from ..ray import EmbedBatch
     from . import job
 
-    manifest = load_manifest(spec.model_dir)
-    if manifest.get("task", "embedding") != "embedding":
-        raise ModelKindError(
-            f"{spec.model_dir} holds a {manifest['task']} model; st-embed embeds with embedding models"
-        )
+    bulk_kind(spec.model_dir)  # refuses a kind without fixed-width rows before Ray starts
     if args.ray == "local":
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
@@ -167,7 +160,7 @@ def _run_ray(spec, source, args, log):
         kwargs = {"variant": spec.variant, "normalize": spec.normalize, "prompt_name": spec.prompt_name}
         actors = [actor_cls.remote(model_dir, **kwargs) for _ in range(workers)]
         described = ray.get([a.describe.remote() for a in actors])
-        output = job.Output(spec, source, described[0]["variant"], int(manifest["embedding"]["dimension"]))
+        output = job.Output(spec, source, described[0]["variant"], described[0]["dimension"])
         turn = iter(range(1 << 62))
 
         def submit(texts):

@@ -285,19 +285,15 @@ def run(
 
 
 def encode_kwargs(spec: JobSpec) -> dict[str, Any]:
-    return {"normalize_embeddings": spec.normalize, "prompt_name": spec.prompt_name}
+    """The options of the kind's bulk_encode that a job sets."""
+    return {"normalize": spec.normalize, "prompt_name": spec.prompt_name}
 
 
-def iter_local(encoder, spec: JobSpec) -> tuple[Callable, Callable]:
+def iter_local(model, spec: JobSpec) -> tuple[Callable, Callable]:
+    """(submit, result) over a model loaded in this process: its kind's fixed-width rows per chunk of texts."""
     kwargs = encode_kwargs(spec)
 
     def submit(texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, encoder.get_sentence_embedding_dimension()), np.float32)
-        return encoder.encode(texts, **kwargs)
+        return model.kind.bulk_encode(model, texts, **kwargs)
 
     return submit, lambda handle: handle
-
-
-def open_source(spec: JobSpec) -> Source:
-    return Source(spec.input, spec.column, spec.id_column)

@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 
 from ..errors import StRuntimeError
 
-KINDS = ("parquet", "jsonl", "csv", "text")
 _SUFFIXES = {
     ".parquet": "parquet",
     ".pq": "parquet",

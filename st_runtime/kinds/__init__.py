@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ModelKindError
 from .base import Kind, Prepared, Route
 
-__all__ = ["Kind", "Prepared", "Route", "get", "kind_of", "load", "output_blocks", "public_class", "register"]
+__all__ = ["Kind", "Prepared", "Route", "bulk_kind", "get", "kind_of", "load", "output_blocks", "public_class", "register"]
 
 _KINDS: dict[str, Kind] = {}
 _ENTRY_POINTS_READ = False
@@ -82,6 +82,18 @@ def kind_of(folder: str | os.PathLike) -> Kind:
     return get(load_manifest(folder).get("task", DEFAULT_TASK))
 
 
+def bulk_kind(folder: str | os.PathLike) -> Kind:
+    """The kind of ``folder`` when st-embed and Ray can write its rows (fixed-width vectors), else a typed error."""
+    kind = kind_of(folder)
+    if not kind.bulk:
+        able = sorted(task for task, k in _KINDS.items() if k.bulk)
+        raise ModelKindError(
+            f"{folder} holds a {kind.task} model; st-embed and st_runtime.ray write one fixed-width vector per row, "
+            f"which models of the kinds {', '.join(able)} give. Use the model's own class in process instead."
+        )
+    return kind
+
+
 def load(model_path: str | os.PathLike, **kwargs: Any):
     """The public class for the model in ``model_path`` (SentenceEncoder, CrossEncoder, SparseEncoder, ... as
     its manifest says), loaded with ``kwargs`` (the load arguments every class takes: providers, device,
@@ -90,4 +102,4 @@ def load(model_path: str | os.PathLike, **kwargs: Any):
 
 
 # the built-in kinds register themselves
-from . import cross_encoder, embedding, sparse  # noqa: E402
+from . import cross_encoder, embedding, sparse  # noqa: E402, F401

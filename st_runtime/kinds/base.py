@@ -48,6 +48,12 @@ class Route:
         return getattr(importlib.import_module(module), name)
 
 
+def cuts(strict: bool, direction: str | None) -> bool:
+    """Whether very long texts may be cut before tokenizing (inputs.LongTextCutter: exact for truncation on the
+    right only); a strict call counts every token, so it tokenizes texts whole."""
+    return not strict and direction in (None, "right")
+
+
 @dataclass(eq=False)
 class Prepared:
     """One call's inputs ready for the text tower (and image tower): the output of ``Kind.prepare``.

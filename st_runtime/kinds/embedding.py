@@ -12,6 +12,7 @@ from ..inputs import IMAGE, classify
 from ..schema import EMBEDDING
 from . import register
 from .base import Kind, Prepared, Route
+from .base import cuts as _cuts
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -58,7 +59,9 @@ class EmbeddingKind(Kind):
                     "texts: sentence-transformers does not accept pairs for it either, so pairs were not validated "
                     "at export. Pass single strings."
                 )
-        items = model.prepare_texts(items, model.resolve_prompt(prompt, prompt_name), kinds if images else None)
+        items = model.prepare_texts(
+            items, model.resolve_prompt(prompt, prompt_name), kinds if images else None, cut=_cuts(strict, direction)
+        )
         image_index = [i for i, k in enumerate(kinds) if k == IMAGE] if images else []
         if image_index:
             at = set(image_index)

@@ -4,6 +4,7 @@ in process or in the server, holds dense [n, vocabulary] rows."""
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..inputs import classify
 from ..schema import SPARSE
 from . import register
 from .base import Kind, Prepared, Route
+from .base import cuts as _cuts
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -47,7 +49,7 @@ def sparsify(rows: np.ndarray, max_active_dims: int | None) -> list[SparseEmbedd
     values = rows[r, c]
     bounds = np.searchsorted(r, np.arange(rows.shape[0] + 1))
     cols = c.astype(np.int32)
-    return [SparseEmbedding(cols[a:b], values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [SparseEmbedding(cols[a:b], values[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def keep_largest(emb: SparseEmbedding, k: int | None) -> SparseEmbedding:
@@ -112,7 +114,7 @@ class SparseKind(Kind):
         pair = next((i for i, it in enumerate(items) if not isinstance(it, str)), None)
         if pair is not None:
             raise UnsupportedInputError(f"input {pair} is not a string; a sparse encoder embeds single texts.")
-        texts = model.prepare_texts(items, model.resolve_prompt(prompt, prompt_name))
+        texts = model.prepare_texts(items, model.resolve_prompt(prompt, prompt_name), cut=_cuts(strict, direction))
         return Prepared(texts, max_length, direction, strict, singular=singular)
 
     def finish(

@@ -20,6 +20,7 @@ This module needs no web framework; ``st_runtime.serve.app`` puts HTTP in front 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -30,32 +31,18 @@ from typing import Any
 
 import numpy as np
 
+from ..kinds import Prepared
+from .errors import RequestError
+
+__all__ = ["Batcher", "Job", "RequestError"]
+
 logger = logging.getLogger("st_runtime.serve")
-
-
-class RequestError(Exception):
-    """A request the server refuses or could not answer: an HTTP status, a message that names the field, and
-    TEI's error type ("Validation", "Tokenizer", "Overloaded", "Backend", "Unhealthy", ...)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        error_type: str = "Validation",
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_type = error_type
-        self.param = param
-        self.headers = headers or {}
 
 
 @dataclass(eq=False)
 class Job:
-    """One request's texts (prompts applied, surrogates repaired) and how to tokenize them.
+    """One request's texts (a kind's prepared texts: prompts applied, surrogates repaired) and how to tokenize
+    them.
 
     ``max_length``: tokens kept per text (None: the model's max_seq_length); ``direction``: the truncation
     side (None: the model's); ``strict``: refuse a text over ``max_length`` instead of truncating it (413).
@@ -67,7 +54,7 @@ class Job:
     max_length: int | None = None
     direction: str | None = None
     strict: bool = False
-    pairs: bool = False  # texts are (query, document) pairs, for a cross-encoder
+    pairs: bool = False  # some texts are (text, text_pair) tuples (their token type ids are read back)
     images: list[Any] = field(default_factory=list)
     cancelled: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
@@ -81,6 +68,26 @@ class Job:
     def size(self) -> int:
         return len(self.texts) + len(self.images)
 
+    @classmethod
+    def parts(cls, prepared: Prepared, loop: asyncio.AbstractEventLoop) -> list[Job]:
+        """The jobs of one prepared call: its texts, and its images (which run on their own)."""
+        jobs = []
+        if prepared.texts or not prepared.images:
+            jobs.append(
+                cls(
+                    prepared.texts,
+                    loop,
+                    loop.create_future(),
+                    prepared.max_length,
+                    prepared.direction,
+                    prepared.strict,
+                    prepared.pairs,
+                )
+            )
+        if prepared.images:
+            jobs.append(cls([], loop, loop.create_future(), images=prepared.images))
+        return jobs
+
 
 def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
     if future.done():  # the request was cancelled (client gone, server stopping)
@@ -92,33 +99,30 @@ def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | 
 
 
 def _settle(job: Job, result: Any = None, error: BaseException | None = None) -> None:
-    try:
+    with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody is waiting any more
         job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
-    except RuntimeError:  # the event loop is closed: nobody is waiting any more
-        pass
 
 
 class Batcher:
-    """The two-thread pipeline above, for one ``SentenceEncoder``.
+    """The two-thread pipeline above, for one model of any kind (its kind makes and splits the rows).
 
     ``on_batch(rows, tokens, seconds)`` is called after each batch runs (metrics)."""
 
     def __init__(
         self,
-        encoder,
+        model,
         name: str,
         max_batch_tokens: int = 16384,
         on_batch: Callable[[int, int, float], None] | None = None,
     ):
         if max_batch_tokens <= 0:
             raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
-        self.encoder = encoder
-        self.tower = encoder.text_tower
+        self.model = model
+        self.kind = model.kind
+        self.tower = model.text_tower
         self.name = name
         self.max_batch_tokens = int(max_batch_tokens)
-        # columns per row: the embedding dimension, or a cross-encoder's labels
-        dim_of = getattr(encoder, "get_sentence_embedding_dimension", None)
-        self.dim = dim_of() if dim_of is not None else encoder.num_labels
+        self.dim = self.kind.width(model)  # columns of a graph output row
         self._on_batch = on_batch
         self._raw: deque[Job] = deque()
         self._ready: deque[Job] = deque()
@@ -135,7 +139,7 @@ class Batcher:
 
     # ------------------------------------------------------------------ public
     def submit(self, job: Job) -> None:
-        """Queue a job; its future gets (embeddings [n, dim] float32, tokens per text [n] int) or an error."""
+        """Queue a job; its future gets (its kind's rows, tokens per text [n] int) or an error."""
         if self._stopping:
             raise RequestError(503, "the server is shutting down", "Unhealthy")
         if job.images:  # image towers take no tokens: straight to inference
@@ -264,21 +268,7 @@ class Batcher:
             for job in jobs:
                 job.queue_s = max(0.0, t0 - job.enqueued - job.tokenize_s)
             try:
-                if jobs[0].images:
-                    job = jobs[0]
-                    out = np.asarray(self.encoder.encode(job.images), dtype=np.float32)
-                    results = [(out, np.zeros(len(job.images), dtype=np.int64))]
-                    tokens = 0
-                else:
-                    encodings = [e for j in jobs for e in j.encodings]
-                    out = np.empty((len(encodings), self.dim), dtype=np.float32)
-                    pairs = any(j.pairs for j in jobs)
-                    self.tower.embed_encoded(encodings, out, max_length=self.tower.max_seq_length, pairs=pairs)
-                    results, start = [], 0
-                    for job in jobs:
-                        results.append((out[start : start + len(job.texts)], job.tokens))
-                        start += len(job.texts)
-                    tokens = sum(int(j.tokens.sum()) for j in jobs)
+                results, tokens = self._run_jobs(jobs)
             except Exception as exc:  # onnxruntime's errors are untyped; this batch fails, the server goes on
                 logger.exception("inference failed for a batch of %d requests", len(jobs))
                 error = RequestError(500, f"inference failed: {type(exc).__name__}: {exc}", "Backend")
@@ -291,3 +281,20 @@ class Batcher:
                 _settle(job, result)
             if self._on_batch is not None:
                 self._on_batch(sum(j.size for j in jobs), tokens, elapsed)
+
+    def _run_jobs(self, jobs: list[Job]) -> tuple[list[tuple[Any, np.ndarray]], int]:
+        """Run the taken jobs as one shared set of batches: per job (its rows, its tokens per text)."""
+        if jobs[0].images:
+            job = jobs[0]
+            index = list(range(len(job.images)))
+            rows = self.model.run(Prepared([], images=job.images, image_index=index))
+            return [(rows, np.zeros(len(job.images), dtype=np.int64))], 0
+        encodings = [e for j in jobs for e in j.encodings]
+        out = self.kind.new_rows(self.model, len(encodings))
+        pairs = any(j.pairs for j in jobs)
+        self.tower.embed_encoded(encodings, out, max_length=self.tower.max_seq_length, pairs=pairs)
+        results, start = [], 0
+        for job in jobs:
+            results.append((self.kind.split(out, start, start + len(job.texts)), job.tokens))
+            start += len(job.texts)
+        return results, sum(int(j.tokens.sum()) for j in jobs)

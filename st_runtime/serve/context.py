@@ -1,0 +1,94 @@
+"""What a route handler gets: the request's typed body, its model, and ``run`` (the kind protocol's batches, shared
+with other requests through the model's batcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from starlette.requests import Request
+
+from ..errors import StRuntimeError
+from ..kinds import Prepared
+from .batcher import Job
+from .errors import RequestError
+from .registry import ServedModel, ServerState
+from .requests import Body
+
+T = TypeVar("T")
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _run_job(request: Request, model: ServedModel, job: Job) -> tuple[Any, np.ndarray]:
+    """Queue ``job`` and wait for its rows; a client that disconnects meanwhile has its items dropped."""
+    model.batcher.submit(job)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+
+    def client_left(task: asyncio.Task) -> None:
+        if not task.cancelled() and not job.future.done():
+            job.cancelled = True  # the batcher skips it wherever it is
+            job.future.cancel()
+
+    watcher.add_done_callback(client_left)
+    try:
+        return await job.future
+    except asyncio.CancelledError:
+        if job.cancelled:
+            raise RequestError(499, "the client closed the connection", "Cancelled") from None
+        job.cancelled = True  # the handler itself was cancelled (server shutting down)
+        raise
+    finally:
+        watcher.cancel()
+
+
+@dataclass
+class Call:
+    """One request to a kind's route."""
+
+    request: Request
+    state: ServerState
+    model: ServedModel
+    body: Body
+
+    def parse(self, request_type: type[T]) -> T:
+        """The body as ``request_type`` (a class of st_runtime.serve.requests, or a kind's own)."""
+        return request_type.parse(self.body, self.model)  # type: ignore[attr-defined]
+
+    @property
+    def kind(self):
+        return self.model.kind
+
+    def prepare(self, inputs: Any, **options: Any) -> Prepared:
+        """The kind's ``prepare``; its refusals of the inputs are the client's mistakes (422)."""
+        try:
+            return self.kind.prepare(self.model.model, inputs, **options)
+        except (StRuntimeError, ValueError, TypeError) as exc:
+            raise RequestError(422, str(exc)) from None
+
+    def finish(self, rows: Any, **options: Any) -> Any:
+        return self.kind.finish(self.model.model, rows, **options)
+
+    async def run(self, prepared: Prepared) -> tuple[Any, np.ndarray]:
+        """The kind's rows for the prepared inputs (in input order) and the tokens of each."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        jobs = Job.parts(prepared, loop)
+        results = [await _run_job(self.request, self.model, job) for job in jobs]
+        total = time.perf_counter() - t0
+        for job in jobs:
+            self.state.metrics.observe_job(self.model.name, job, total)
+        if len(jobs) == 1:
+            return results[0]
+        (text_rows, text_tokens), (image_rows, _) = results
+        tokens = np.zeros(prepared.size, dtype=np.int64)
+        tokens[prepared.text_index()] = text_tokens
+        return self.kind.merge(self.model.model, prepared, text_rows, image_rows), tokens

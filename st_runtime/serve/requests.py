@@ -1,0 +1,243 @@
+"""Typed request bodies of st-serve's routes: each route's fields parsed and checked in one place, with every
+422 message made here. The handlers receive these objects, never the raw JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import RequestError
+
+if TYPE_CHECKING:
+    from .registry import ServedModel
+
+_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+
+
+def _kinds(kinds: type | tuple) -> tuple:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+class Body:
+    """A request's JSON object, read field by field."""
+
+    def __init__(self, data: dict[str, Any], max_items: int):
+        self.data = data
+        self.max_items = max_items
+
+    def get(self, name: str, kinds: type | tuple, default: Any = None) -> Any:
+        """Field ``name`` of one of ``kinds`` (absent or null: ``default``); true/false is not an integer."""
+        value = self.data.get(name, default)
+        if value is None:
+            return default
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _kinds(kinds)):
+            what = " or ".join(_NAMES.get(k, k.__name__) for k in _kinds(kinds))
+            raise RequestError(422, f"'{name}' must be {what}, got {type(value).__name__}", param=name)
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None, fold_case: bool = False) -> str | None:
+        value = self.get(name, str)
+        if value is None:
+            return default
+        key = value.lower() if fold_case else value
+        if key not in choices:
+            shown = " or ".join(repr(c.capitalize() if fold_case else c) for c in choices)
+            raise RequestError(422, f"'{name}' must be {shown}, got {value!r}", param=name)
+        return key
+
+    def required_text(self, name: str) -> str:
+        value = self.data.get(name)
+        if not isinstance(value, str):
+            raise RequestError(422, f"'{name}' must be a string, got {type(value).__name__}", param=name)
+        return value
+
+    def inputs(self, key: str) -> tuple[list[str], bool]:
+        """The request's inputs as a list of strings (and whether one bare string was sent)."""
+        if key not in self.data:
+            raise RequestError(422, f"'{key}' is required: a string or a list of strings", param=key)
+        value = self.data[key]
+        if isinstance(value, str):
+            return [value], True
+        if not isinstance(value, list):
+            raise RequestError(
+                422, f"'{key}' must be a string or a list of strings, got {type(value).__name__}", param=key
+            )
+        if not value:
+            raise RequestError(422, f"'{key}' is an empty list; send at least one input", param=key)
+        if len(value) > self.max_items:
+            raise RequestError(
+                413,
+                f"'{key}' has {len(value)} items, over this server's --max-client-batch-size of {self.max_items}; "
+                "split the request",
+                "Validation",
+                key,
+            )
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                hint = " (token arrays are not accepted: send the text)" if isinstance(item, (int, list)) else ""
+                raise RequestError(422, f"'{key}[{i}]' must be a string, got {type(item).__name__}{hint}", param=key)
+        return value, False
+
+    def dimensions(self, model: ServedModel) -> int | None:
+        dims = self.get("dimensions", int)
+        if dims is not None and not 0 < dims <= model.dim:
+            raise RequestError(
+                422,
+                f"'dimensions' must be between 1 and {model.dim} (the model's dimension), got {dims}",
+                param="dimensions",
+            )
+        return dims
+
+    def prompt(self, model: ServedModel) -> str | None:
+        """The prompt text ``prompt_name`` names (None: the model's default prompt applies)."""
+        name = self.get("prompt_name", str)
+        if name is None:
+            return None
+        prompts = model.prompts
+        if name not in prompts:
+            raise RequestError(
+                422, f"'prompt_name' {name!r} is not one of the model's prompts {sorted(prompts)}", param="prompt_name"
+            )
+        return prompts[name]
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How a route's texts are tokenized: ``truncate`` (false: over-long texts are refused with 413),
+    ``truncation_direction`` ("Right" or "Left") and ``prompt_name``."""
+
+    strict: bool
+    direction: str | None
+    prompt: str | None
+
+    @classmethod
+    def parse(cls, body: Body, model: ServedModel, prompts: bool = True) -> TextOptions:
+        truncate = body.get("truncate", bool, True)
+        direction = body.choice("truncation_direction", ("right", "left"), None, fold_case=True)
+        return cls(not truncate, direction, body.prompt(model) if prompts else None)
+
+    def prepare_args(self) -> dict[str, Any]:
+        return {"strict": self.strict, "direction": self.direction}
+
+
+def decode_image(uri: str, index: int, key: str):
+    """A ``data:image/...;base64,`` input as a PIL image (422 when it is not one)."""
+    header, _, payload = uri.partition(",")
+    if ";base64" not in header:
+        raise RequestError(
+            422, f"'{key}[{index}]': an image must be a base64 data URI (data:image/png;base64,...)", param=key
+        )
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(422, f"'{key}[{index}]': the image's base64 does not decode ({exc})", param=key) from None
+    try:
+        from PIL import Image
+    except ImportError:
+        raise RequestError(
+            422,
+            "this server cannot decode images: Pillow is not installed (pip install 'st-runtime[image]')",
+            param=key,
+        ) from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except Exception as exc:  # Pillow raises many types for a broken file
+        raise RequestError(422, f"'{key}[{index}]' is not an image Pillow can read: {exc}", param=key) from None
+    return image
+
+
+def with_images(items: list[str], model: ServedModel, key: str) -> list[Any]:
+    """Inputs with their data-URI images decoded, for a model with an image tower (others: unchanged)."""
+    if not model.model.takes_images:
+        return items
+    return [decode_image(t, i, key) if t.startswith("data:image/") else t for i, t in enumerate(items)]
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    """OpenAI's ``POST /v1/embeddings``: input, encoding_format ("float" or "base64"), dimensions; st-serve's
+    prompt_name, truncate, truncation_direction."""
+
+    inputs: list[Any]
+    encoding_format: str
+    dimensions: int | None
+    text: TextOptions
+
+    @classmethod
+    def parse(cls, body: Body, model: ServedModel) -> EmbeddingsRequest:
+        items, _ = body.inputs("input")
+        fmt = body.choice("encoding_format", ("float", "base64"), "float")
+        dims = body.dimensions(model)
+        return cls(with_images(items, model, "input"), fmt or "float", dims, TextOptions.parse(body, model))
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """TEI's ``POST /embed``: inputs, normalize (default true), dimensions, truncate, truncation_direction,
+    prompt_name."""
+
+    inputs: list[Any]
+    normalize: bool
+    dimensions: int | None
+    text: TextOptions
+
+    @classmethod
+    def parse(cls, body: Body, model: ServedModel) -> EmbedRequest:
+        items, _ = body.inputs("inputs")
+        normalize = body.get("normalize", bool, True)
+        dims = body.dimensions(model)
+        return cls(with_images(items, model, "inputs"), normalize, dims, TextOptions.parse(body, model))
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """TEI's ``POST /rerank``: query, texts, raw_scores, return_text, truncate, truncation_direction."""
+
+    query: str
+    texts: list[str]
+    raw_scores: bool
+    return_text: bool
+    text: TextOptions
+
+    @classmethod
+    def parse(cls, body: Body, model: ServedModel) -> RerankRequest:
+        query = body.required_text("query")
+        texts, _ = body.inputs("texts")
+        raw = body.get("raw_scores", bool, False)
+        return_text = body.get("return_text", bool, False)
+        return cls(query, texts, raw, return_text, TextOptions.parse(body, model, prompts=False))
+
+
+@dataclass(frozen=True)
+class SparseRequest:
+    """TEI's ``POST /embed_sparse``: inputs, truncate, truncation_direction, prompt_name."""
+
+    inputs: list[str]
+    text: TextOptions
+
+    @classmethod
+    def parse(cls, body: Body, model: ServedModel) -> SparseRequest:
+        items, _ = body.inputs("inputs")
+        return cls(items, TextOptions.parse(body, model))
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """TEI's ``POST /tokenize``: inputs, add_special_tokens (default: as the model), prompt_name."""
+
+    inputs: list[str]
+    add_special_tokens: bool
+    prompt: str | None
+
+    @classmethod
+    def parse(cls, body: Body, model: ServedModel) -> TokenizeRequest:
+        items, _ = body.inputs("inputs")
+        special = body.get("add_special_tokens", bool, model.model.text_tower.add_special_tokens)
+        prompt = body.prompt(model)
+        if prompt is None and model.model.default_prompt_name:
+            prompt = model.prompts.get(model.model.default_prompt_name)
+        return cls(items, special, prompt)
