@@ -263,11 +263,10 @@ def calibration_feeds(folder: Path, input_names: list[str], task: str = "embeddi
     through the runtime's own length-sorted batching (int8 activation ranges are per batch, so batch
     company matters as much as the text). A cross-encoder is calibrated on (query, passage) pairs."""
     import st_runtime
-    from st_runtime.manifest import CLASS_FOR_TASK
 
     from .battery import CALIBRATION
 
-    text = getattr(st_runtime, CLASS_FOR_TASK[task])(folder, variant="fp32").text_tower
+    text = st_runtime.load(folder, variant="fp32").text_tower
     items: list = list(CALIBRATION)
     if task == "cross-encoder":
         queries = [t for t in CALIBRATION if len(t) < 60][:6]

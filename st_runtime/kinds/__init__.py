@@ -16,7 +16,18 @@ from typing import Any
 from ..errors import ModelKindError
 from .base import Kind, Prepared, Route
 
-__all__ = ["Kind", "Prepared", "Route", "bulk_kind", "get", "kind_of", "load", "output_blocks", "public_class", "register"]
+__all__ = [
+    "Kind",
+    "Prepared",
+    "Route",
+    "bulk_kind",
+    "get",
+    "kind_of",
+    "load",
+    "output_blocks",
+    "public_class",
+    "register",
+]
 
 _KINDS: dict[str, Kind] = {}
 _ENTRY_POINTS_READ = False
