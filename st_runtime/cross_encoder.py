@@ -64,7 +64,7 @@ class CrossEncoder(Model):
         ``apply_softmax`` applies softmax over the labels afterwards (models with more than one label)."""
         prepared = self.kind.prepare(self, sentence_pairs)
         rows = self.run(prepared, batch_size, show_progress_bar)
-        scores = self.kind.finish(self, rows, activation_fn, apply_softmax)
+        scores = self.kind.finish(self, rows, activation_fn=activation_fn, apply_softmax=apply_softmax)
         if self.num_labels == 1:
             scores = scores[:, 0]
         if prepared.singular:

@@ -84,13 +84,19 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         self.kind.check_options(self, truncate_dim, precision)
         max_length = self.call_max_length(max_seq_length)
-        prepared = self.kind.prepare(self, sentences, prompt, prompt_name, max_length=max_length)
+        prepared = self.kind.prepare(self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
         if output_value != "sentence_embedding":
             outputs = self._token_outputs(prepared, batch_size, output_value, precision, truncate_dim)
             return outputs[0] if prepared.singular else outputs
         rows = self.run(prepared, batch_size, show_progress_bar)
         out = self.kind.finish(
-            self, rows, truncate_dim, normalize_embeddings, precision, ranges, calibration_embeddings
+            self,
+            rows,
+            truncate_dim=truncate_dim,
+            normalize=normalize_embeddings,
+            precision=precision,
+            ranges=ranges,
+            calibration_embeddings=calibration_embeddings,
         )
         if prepared.singular:
             return out[0]

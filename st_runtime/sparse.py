@@ -80,9 +80,9 @@ class SparseEncoder(QueryDocumentMixin, Model):
         self.check_device(device)
         _check_positive("max_active_dims", max_active_dims)
         max_length = self.call_max_length(max_seq_length)
-        prepared = self.kind.prepare(self, sentences, prompt, prompt_name, max_length=max_length)
+        prepared = self.kind.prepare(self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
         rows = self.run(prepared, batch_size, show_progress_bar)
-        result = self.kind.finish(self, rows, max_active_dims)
+        result = self.kind.finish(self, rows, max_active_dims=max_active_dims)
         if not convert_to_sparse_tensor:
             dense = self.to_dense(result)
             return dense[0] if prepared.singular else dense
