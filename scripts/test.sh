@@ -10,6 +10,7 @@ if [ -x ../shared/tools/get-real-models ]; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy st_runtime
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 # The runtime's own tests once more on the slim install (numpy, onnxruntime, tokenizers; no torch, no
 # transformers): they run on the committed fixtures in tests/fixtures.

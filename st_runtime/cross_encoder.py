@@ -23,7 +23,7 @@ class CrossEncoder(Model):
     session_options, io_binding, cuda_graphs, device).
     """
 
-    kind = kinds.get(CrossEncoderKind.task)
+    kind = kinds.instance(CrossEncoderKind)
 
     def __init__(self, model_path, *args, **kwargs):
         super().__init__(model_path, *args, **kwargs)

@@ -20,7 +20,7 @@ class SentenceEncoder(QueryDocumentMixin, Model):
     session_options, io_binding, cuda_graphs, device).
     """
 
-    kind = kinds.get(EmbeddingKind.task)
+    kind = kinds.instance(EmbeddingKind)
 
     def __init__(self, model_path, *args, **kwargs):
         super().__init__(model_path, *args, **kwargs)
@@ -73,16 +73,7 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         ``max_seq_length`` (an st_runtime extension) truncates this call's texts at fewer tokens than the
         encoder's ``max_seq_length``, without changing it for other calls or threads.
         """
-        if kwargs:
-            raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
-        self.check_device(device)
-        if output_value not in ("sentence_embedding", "token_embeddings", None):
-            raise ValueError(
-                f"output_value {output_value!r} is not supported; choose 'sentence_embedding', 'token_embeddings' "
-                "or None."
-            )
-        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
-        self.kind.check_options(self, truncate_dim, precision)
+        truncate_dim = self._check_encode(kwargs, device, output_value, truncate_dim, precision)
         max_length = self.call_max_length(max_seq_length)
         prepared = self.kind.prepare(self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
         if output_value != "sentence_embedding":
@@ -100,9 +91,21 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         )
         if prepared.singular:
             return out[0]
-        if not convert_to_numpy and not convert_to_tensor:
-            return list(out)
-        return out
+        return out if convert_to_numpy or convert_to_tensor else list(out)
+
+    def _check_encode(self, kwargs, device, output_value, truncate_dim, precision) -> int | None:
+        """encode's argument checks, before any work; the call's truncate_dim."""
+        if kwargs:
+            raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
+        self.check_device(device)
+        if output_value not in ("sentence_embedding", "token_embeddings", None):
+            raise ValueError(
+                f"output_value {output_value!r} is not supported; choose 'sentence_embedding', 'token_embeddings' "
+                "or None."
+            )
+        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        self.kind.check_options(self, truncate_dim, precision)
+        return truncate_dim
 
     def _token_outputs(self, prepared, batch_size, output_value, precision, truncate_dim) -> list:
         """encode(output_value="token_embeddings"): each text's token embeddings [tokens, hidden] without padding;

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class WhitespaceTokenizer:
         self._max_length: int | None = None
 
     @classmethod
-    def from_manifest(cls, folder: Path, info: dict[str, Any]) -> WhitespaceTokenizer:
+    def from_manifest(cls, folder: Path, info: Mapping[str, Any]) -> WhitespaceTokenizer:
         path = Path(folder) / info["file"]
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

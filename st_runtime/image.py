@@ -17,6 +17,7 @@ import base64
 import io
 import os
 import sys
+from collections.abc import Mapping
 from math import ceil
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def preprocess(items: list, cfg: dict[str, Any]) -> np.ndarray:
 class ImageTower:
     """Image preprocessing + the image graph of one tower."""
 
-    def __init__(self, tower: dict[str, Any], session):
+    def __init__(self, tower: Mapping[str, Any], session):
         self.spec = tower
         self.preprocessor = dict(tower["preprocessor"])
         if self.preprocessor.get("kind") != "clip":

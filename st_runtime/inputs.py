@@ -105,6 +105,7 @@ def prepare(items: list[Any], cutter: LongTextCutter | None, kinds: list[str] | 
     for i, item in enumerate(items):
         if kinds is not None and kinds[i] != "text":
             continue
+        new: Any
         if isinstance(item, str):
             new = repair_surrogates(item)
             if cutter is not None:

@@ -236,7 +236,7 @@ class BoundRunner(SessionRunner):
         rows = next(iter(feeds.values())).shape[0]
         if self.graphs and self.graphs_taken < self.MAX_GRAPHS:
             self.graphs_taken += 1
-            graph_id = self.graphs_taken
+            graph_id: int | None = self.graphs_taken
         else:  # kept among the MAX_SLOTS most recent uncaptured shapes
             uncaptured = [k for k, v in self.slots.items() if v.graph_id is None or v.graph_id < 0]
             if len(uncaptured) >= self.MAX_SLOTS:

@@ -38,7 +38,7 @@ class SparseEncoder(QueryDocumentMixin, Model):
     SparseEncoder).
     """
 
-    kind = kinds.get(SparseKind.task)
+    kind = kinds.instance(SparseKind)
 
     def __init__(self, model_path, *args, **kwargs):
         super().__init__(model_path, *args, **kwargs)

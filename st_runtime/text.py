@@ -69,7 +69,8 @@ class TextTower:
         self.add_special_tokens: bool = tok.add_special_tokens
         base = load_tokenizer(folder, tok.raw)
         base.no_padding()
-        self._tokenizers = {self.max_seq_length: self._truncating(base, self.max_seq_length)}
+        # by truncation length, or (length, side) for the side other than the model's
+        self._tokenizers: dict[Any, Any] = {self.max_seq_length: self._truncating(base, self.max_seq_length)}
         self._tokenizers_lock = threading.Lock()
         self.pad_id = tok.pad_token_id
         self.inputs = list(tower.inputs)
@@ -96,14 +97,7 @@ class TextTower:
         # batch without pairs skips reading them back per text (a third of the host work of a BERT batch).
         self.single_types_zero = "token_type_ids" in self.inputs and not any(self.tokenizer.encode("a").type_ids)
         self.cuda_graphs = config.cuda_graphs
-        io_binding = config.io_binding
-        use_binding = self.on_gpu or self.cuda_graphs if io_binding is None else io_binding  # False: refused earlier
-        self.runner = (
-            BoundRunner(self.session, tower.output, "cuda" if self.on_gpu else "cpu", graphs=self.cuda_graphs, dim=dim)
-            if use_binding
-            else SessionRunner(self.session, tower.output)
-        )
-        self.long_runner = SessionRunner(self.long_session, tower.output) if self.long_session else None
+        self._make_runners(config.io_binding, dim)
         declared = {i.name for i in self.session.get_inputs()}
         if declared != set(self.inputs):
             raise GraphLoadError(
@@ -113,6 +107,16 @@ class TextTower:
         # builds the next batch's arrays (and on a GPU tokenizes the next chunk) while a batch runs; one pool
         # for the tower's lifetime, shared by concurrent calls (their jobs never wait on each other)
         self._prefetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="st-prefetch")
+
+    def _make_runners(self, io_binding: bool | None, dim: int | None) -> None:
+        use_binding = self.on_gpu or self.cuda_graphs if io_binding is None else io_binding  # False: refused earlier
+        device = "cuda" if self.on_gpu else "cpu"
+        self.runner = (
+            BoundRunner(self.session, self.output, device, graphs=self.cuda_graphs, dim=dim)
+            if use_binding
+            else SessionRunner(self.session, self.output)
+        )
+        self.long_runner = SessionRunner(self.long_session, self.output) if self.long_session else None
 
     def _load_long_variant(self, folder, config, variant, long_variant, long_from) -> None:
         """Length routing (CPU): batches from policy.long_from tokens wide run on another exact graph, measured

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
 
 
 def choose_variant(
-    path: Path, manifest: dict[str, Any], tower: dict[str, Any], requested: str | None, providers
+    path: Path, manifest: Mapping[str, Any], tower: Mapping[str, Any], requested: str | None, providers
 ) -> tuple[str, dict[str, Any]]:
     """Default: the fastest variant within fp32 accuracy that passed its gate for the provider.
     "fastest": the fastest that passed its gate (int8 on CPU, fp16 on CUDA). A name: that variant."""
@@ -87,7 +88,7 @@ def choose_variant(
 
 
 def length_routing(
-    tower: dict[str, Any], requested: str | None, providers
+    tower: Mapping[str, Any], requested: str | None, providers
 ) -> tuple[str, dict[str, Any], str, dict[str, Any], int] | None:
     """The default on the CPU when st-export measured that another exact variant is faster on long texts
     (``cpu_routing``): (short variant, its spec, long variant, its spec, long_from). None when a variant was

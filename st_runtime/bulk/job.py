@@ -92,9 +92,10 @@ class Output:
             raise ValueError(
                 f"precision {spec.precision!r} packs 8 dimensions a byte; the dimension {dim} is not a multiple of 8"
             )
+        self.model_path = str(Path(spec.model_dir).resolve())
         self.settings = {
             "format": 1,
-            "model": {"path": str(Path(spec.model_dir).resolve()), "manifest_sha256": _manifest_sha(spec.model_dir)},
+            "model": {"path": self.model_path, "manifest_sha256": _manifest_sha(spec.model_dir)},
             "variant": variant,
             "precision": spec.precision,
             "normalize": spec.normalize,
@@ -216,7 +217,7 @@ def check_chunk(chunk: Chunk, skip_invalid: bool) -> np.ndarray:
 
 
 def valid_texts(chunk: Chunk, valid: np.ndarray) -> list[str]:
-    return [t for t, ok in zip(chunk.texts, valid) if ok]
+    return [t for t, ok in zip(chunk.texts, valid) if ok and t is not None]
 
 
 def run(
@@ -269,7 +270,7 @@ def run(
         invalid_rows += emb_col.null_count
     record = {
         "st_runtime": __version__,
-        "model": output.settings["model"]["path"],
+        "model": output.model_path,
         "variant": output.settings["variant"],
         "precision": spec.precision,
         "normalize": spec.normalize,

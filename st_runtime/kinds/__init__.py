@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ModelKindError
 from .base import Kind, Prepared, Route
@@ -22,6 +22,7 @@ __all__ = [
     "Route",
     "bulk_kind",
     "get",
+    "instance",
     "kind_of",
     "load",
     "output_blocks",
@@ -67,6 +68,17 @@ def get(task: str) -> Kind:
             f"no model kind {task!r} is known to this st-runtime (known: {', '.join(sorted(_KINDS))}). Upgrade "
             "st-runtime, or install the package that provides the kind."
         )
+    return kind
+
+
+K = TypeVar("K", bound=Kind)
+
+
+def instance(kind_cls: type[K]) -> K:
+    """The registered instance of ``kind_cls`` (what a public class declares as its ``kind``)."""
+    kind = get(kind_cls.task)
+    if not isinstance(kind, kind_cls):
+        raise TypeError(f"the kind registered for {kind_cls.task!r} is {kind!r}, not a {kind_cls.__name__}")
     return kind
 
 

@@ -125,17 +125,19 @@ class Kind:
         return out
 
     # ------------------------------------------------------------------ the protocol
-    def prepare(self, model: Model, inputs: Any, **options: Any) -> Prepared:
+    # The protocol's steps take keyword options of the kind's own (``*args: Any, **options: Any`` here: each
+    # kind declares its own keywords).
+    def prepare(self, model: Model, inputs: Any, *args: Any, **options: Any) -> Prepared:
         raise NotImplementedError
 
-    def finish(self, model: Model, rows: Any, **options: Any) -> Any:
+    def finish(self, model: Model, rows: Any, *args: Any, **options: Any) -> Any:
         raise NotImplementedError
 
-    def bulk_encode(self, model: Model, texts: list[str], **options: Any) -> np.ndarray:
+    def bulk_encode(self, model: Model, texts: list[str], *args: Any, **options: Any) -> np.ndarray:
         """Fixed-width float32 rows for st-embed and Ray (kinds with ``bulk = True``)."""
         raise NotImplementedError
 
-    def bulk_width(self, model: Model, **options: Any) -> int:
+    def bulk_width(self, model: Model, *args: Any, **options: Any) -> int:
         """Columns ``bulk_encode`` writes."""
         return self.width(model)
 

@@ -198,8 +198,8 @@ def _endpoint(state: ServerState, entry: RouteEntry) -> Callable[[Request], Awai
             return error_response(entry.dialect, RequestError(422, str(err)))
         except Exception as exc:  # a bug: answer 500 and keep serving
             logger.exception("error in %s", entry.path)
-            err = RequestError(500, f"internal error: {type(exc).__name__}: {exc}", "Backend")
-            return error_response(entry.dialect, err)
+            bug = RequestError(500, f"internal error: {type(exc).__name__}: {exc}", "Backend")
+            return error_response(entry.dialect, bug)
         finally:
             counter.labels(route=entry.path, status=str(status)).inc()
 

@@ -289,12 +289,15 @@ class Batcher:
             index = list(range(len(job.images)))
             rows = self.model.run(Prepared([], images=job.images, image_index=index))
             return [(rows, np.zeros(len(job.images), dtype=np.int64))], 0
-        encodings = [e for j in jobs for e in j.encodings]
+        encodings = [e for j in jobs for e in (j.encodings or ())]
         out = self.kind.new_rows(self.model, len(encodings))
         pairs = any(j.pairs for j in jobs)
         self.tower.embed_encoded(encodings, out, max_length=self.tower.max_seq_length, pairs=pairs)
-        results, start = [], 0
+        results: list[tuple[Any, np.ndarray]] = []
+        start, tokens = 0, 0
         for job in jobs:
-            results.append((self.kind.split(out, start, start + len(job.texts)), job.tokens))
+            counts = job.tokens if job.tokens is not None else np.zeros(len(job.texts), dtype=np.int64)
+            results.append((self.kind.split(out, start, start + len(job.texts)), counts))
             start += len(job.texts)
-        return results, sum(int(j.tokens.sum()) for j in jobs)
+            tokens += int(counts.sum())
+        return results, tokens

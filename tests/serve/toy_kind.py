@@ -31,7 +31,7 @@ class L1Kind(EmbeddingKind):
 
 
 class L1Encoder(SentenceEncoder):
-    kind = kinds.get(TASK)
+    kind = kinds.instance(L1Kind)
 
 
 async def embed_l1(call):
