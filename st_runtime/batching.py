@@ -8,20 +8,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# GPU batches (batch_size=None): up to 1024 texts and 131,072 padded tokens. Measured on an H200 with
-# all-MiniLM-L6-v2 fp16 (benchmarks/results/gpu-h200-*.json): short queries ran fastest at 1024 per batch
-# (104k/s end to end against 58k/s at the earlier default of 128 and 83-86k/s at 2048-4096), and passages of
-# about 160 tokens were flat from 128 to 1024 per batch (15.5-16.1k/s) and slower at 2048 (12.1k/s).
+# GPU batches (batch_size=None): up to 1024 texts and 131,072 padded tokens: large enough to keep the device
+# busy on short queries, small enough that long passages do not slow down (the sweep that chose them is
+# benchmarks/gpu_sweep.py; its results and the README's GPU section give the figures).
 GPU_BATCH_SIZE = 1024
 GPU_BATCH_TOKENS = 131072
 # CPU batches: up to 2048 tokens (items x padded width), where long texts run faster in small batches
-# (measured on a 2-core EPYC: 200-token passages 39/s at 8 per batch, 31/s at 32); short queries then go
-# 100+ to a batch, faster than 32.
+# (their activations stay in cache); short queries then go 100+ to a batch. st-export measures better budgets
+# per variant where it can (cpu_batching).
 CPU_BATCH_SIZE = 1024
 CPU_BATCH_TOKENS = 2048
 # Batches at least this wide are "long" for the batch budgets st-export measures per variant (cpu_batching).
 LONG_FROM = 64
-# GPU: texts tokenized per chunk while the device runs the previous chunk (+20% on short queries, H200)
+# GPU: texts tokenized per chunk while the device runs the previous chunk (tokenization overlaps device work)
 GPU_TOKENIZE_CHUNK = 4096
 
 

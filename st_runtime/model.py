@@ -178,9 +178,13 @@ class Model:
         """Refuse a folder holding another kind of model than this class runs, naming the right class."""
         if self.spec.task != self.kind.task:
             other = kinds.get(self.spec.task)
-            article = "an" if self.kind.task[0] in "aeiou" else "a"
+
+            def article(word: str) -> str:
+                return "an" if word[0] in "aeiou" else "a"
+
             raise ModelKindError(
-                f"{self.path} holds a {self.spec.task} model, not {article} {self.kind.task} model: load it with "
+                f"{self.path} holds {article(self.spec.task)} {self.spec.task} model, not "
+                f"{article(self.kind.task)} {self.kind.task} model: load it with "
                 f"st_runtime.{other.public_class.partition(':')[2]} (or st_runtime.load, which picks the class)."
             )
 

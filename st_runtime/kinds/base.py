@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..inputs import TEXT
+
 if TYPE_CHECKING:
     from ..model import Model
 
@@ -129,6 +131,31 @@ class Kind:
     # kind declares its own keywords).
     def prepare(self, model: Model, inputs: Any, *args: Any, **options: Any) -> Prepared:
         raise NotImplementedError
+
+    def text_call(
+        self,
+        model: Model,
+        items: list,
+        singular: bool,
+        kinds: list[str] | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        max_length: int | None = None,
+        direction: str | None = None,
+        strict: bool = False,
+    ) -> Prepared:
+        """The Prepared call of checked text items (and images, where ``kinds`` marks some): the prompt (or the
+        named one, or the model's default) before each text, surrogates repaired, very long texts cut exactly
+        where the call truncates on the right."""
+        items = model.prepare_texts(
+            items, model.resolve_prompt(prompt, prompt_name), kinds, cut=cuts(strict, direction)
+        )
+        image_index = [i for i, k in enumerate(kinds) if k != TEXT] if kinds else []
+        if not image_index:
+            return Prepared(items, max_length, direction, strict, singular=singular)
+        at = set(image_index)
+        texts = [it for i, it in enumerate(items) if i not in at]
+        return Prepared(texts, max_length, direction, strict, [items[i] for i in image_index], image_index, singular)
 
     def finish(self, model: Model, rows: Any, *args: Any, **options: Any) -> Any:
         raise NotImplementedError

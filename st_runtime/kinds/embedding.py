@@ -8,11 +8,10 @@ import numpy as np
 
 from .. import util
 from ..errors import UnsupportedInputError
-from ..inputs import IMAGE, classify
+from ..inputs import classify
 from ..schema import EMBEDDING
 from . import register
 from .base import Kind, Prepared, Route
-from .base import cuts as _cuts
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -37,21 +36,14 @@ class EmbeddingKind(Kind):
     )
     bulk = True
 
-    def prepare(
-        self,
-        model: Model,
-        inputs: Any,
-        prompt: str | None = None,
-        prompt_name: str | None = None,
-        max_length: int | None = None,
-        direction: str | None = None,
-        strict: bool = False,
-    ) -> Prepared:
+    def prepare(self, model: Model, inputs: Any, **options: Any) -> Prepared:
         """Texts (strings, or [text, text_pair] pairs where the model takes pairs) and, for a model with an image
-        tower, images; the prompt goes before every text (sentence-transformers applies none to images)."""
+        tower, images; the prompt goes before every text (sentence-transformers applies none to images).
+        ``options``: those of :meth:`Kind.text_call` (prompt, prompt_name, max_length, direction, strict)."""
         images = model.takes_images
         items, kinds, singular = classify(inputs, images=images)
-        if not (model.spec.towers["text"].tokenizer and model.spec.towers["text"].tokenizer.pairs):
+        tokenizer = model.spec.towers["text"].tokenizer
+        if not (tokenizer and tokenizer.pairs):
             pair = next((i for i, it in enumerate(items) if isinstance(it, tuple)), None)
             if pair is not None:
                 raise UnsupportedInputError(
@@ -59,17 +51,7 @@ class EmbeddingKind(Kind):
                     "texts: sentence-transformers does not accept pairs for it either, so pairs were not validated "
                     "at export. Pass single strings."
                 )
-        items = model.prepare_texts(
-            items, model.resolve_prompt(prompt, prompt_name), kinds if images else None, cut=_cuts(strict, direction)
-        )
-        image_index = [i for i, k in enumerate(kinds) if k == IMAGE] if images else []
-        if image_index:
-            at = set(image_index)
-            texts = [it for i, it in enumerate(items) if i not in at]
-            return Prepared(
-                texts, max_length, direction, strict, [items[i] for i in image_index], image_index, singular
-            )
-        return Prepared(items, max_length, direction, strict, singular=singular)
+        return self.text_call(model, items, singular, kinds if images else None, **options)
 
     def finish(
         self,

@@ -14,7 +14,6 @@ from ..inputs import classify
 from ..schema import SPARSE
 from . import register
 from .base import Kind, Prepared, Route
-from .base import cuts as _cuts
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -100,22 +99,13 @@ class SparseKind(Kind):
     def split(self, rows: SparseRows, start: int, end: int) -> list[SparseEmbedding]:
         return rows[start:end].embeddings()
 
-    def prepare(
-        self,
-        model: Model,
-        inputs: Any,
-        prompt: str | None = None,
-        prompt_name: str | None = None,
-        max_length: int | None = None,
-        direction: str | None = None,
-        strict: bool = False,
-    ) -> Prepared:
+    def prepare(self, model: Model, inputs: Any, **options: Any) -> Prepared:
+        """Single texts; ``options``: those of :meth:`Kind.text_call` (prompt, prompt_name, max_length, ...)."""
         items, _kinds, singular = classify(inputs)
         pair = next((i for i, it in enumerate(items) if not isinstance(it, str)), None)
         if pair is not None:
             raise UnsupportedInputError(f"input {pair} is not a string; a sparse encoder embeds single texts.")
-        texts = model.prepare_texts(items, model.resolve_prompt(prompt, prompt_name), cut=_cuts(strict, direction))
-        return Prepared(texts, max_length, direction, strict, singular=singular)
+        return self.text_call(model, items, singular, **options)
 
     def finish(
         self, model: Model, rows: list[SparseEmbedding], max_active_dims: int | None = None

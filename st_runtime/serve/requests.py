@@ -158,39 +158,45 @@ def with_images(items: list[str], model: ServedModel, key: str) -> list[Any]:
 
 
 @dataclass(frozen=True)
-class EmbeddingsRequest:
-    """OpenAI's ``POST /v1/embeddings``: input, encoding_format ("float" or "base64"), dimensions; st-serve's
-    prompt_name, truncate, truncation_direction."""
+class VectorsRequest:
+    """The fields the embedding routes share: the inputs (images decoded for an image tower), ``dimensions``
+    (a Matryoshka cut) and the text options."""
 
     inputs: list[Any]
-    encoding_format: str
     dimensions: int | None
     text: TextOptions
 
-    @classmethod
-    def parse(cls, body: Body, model: ServedModel) -> EmbeddingsRequest:
-        items, _ = body.inputs("input")
-        fmt = body.choice("encoding_format", ("float", "base64"), "float")
+    @staticmethod
+    def common(body: Body, model: ServedModel, key: str) -> tuple[list[Any], int | None, TextOptions]:
+        items, _ = body.inputs(key)
         dims = body.dimensions(model)
-        return cls(with_images(items, model, "input"), fmt or "float", dims, TextOptions.parse(body, model))
+        return with_images(items, model, key), dims, TextOptions.parse(body, model)
 
 
 @dataclass(frozen=True)
-class EmbedRequest:
+class EmbeddingsRequest(VectorsRequest):
+    """OpenAI's ``POST /v1/embeddings``: input, encoding_format ("float" or "base64"), dimensions; st-serve's
+    prompt_name, truncate, truncation_direction."""
+
+    encoding_format: str = "float"
+
+    @classmethod
+    def parse(cls, body: Body, model: ServedModel) -> EmbeddingsRequest:
+        fmt = body.choice("encoding_format", ("float", "base64"), "float")
+        return cls(*cls.common(body, model, "input"), encoding_format=fmt or "float")
+
+
+@dataclass(frozen=True)
+class EmbedRequest(VectorsRequest):
     """TEI's ``POST /embed``: inputs, normalize (default true), dimensions, truncate, truncation_direction,
     prompt_name."""
 
-    inputs: list[Any]
-    normalize: bool
-    dimensions: int | None
-    text: TextOptions
+    normalize: bool = True
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> EmbedRequest:
-        items, _ = body.inputs("inputs")
         normalize = body.get("normalize", bool, True)
-        dims = body.dimensions(model)
-        return cls(with_images(items, model, "inputs"), normalize, dims, TextOptions.parse(body, model))
+        return cls(*cls.common(body, model, "inputs"), normalize=normalize)
 
 
 @dataclass(frozen=True)
