@@ -37,6 +37,7 @@ from .sources import Chunk, InputError, Source
 
 SETTINGS = "_st_embed.json"
 SUCCESS = "_SUCCESS"
+COLUMN = "embedding"  # the output column of the vectors
 RECORD = "_run.json"  # "_" and "." names are skipped by pyarrow/Spark readers of the folder
 _PRECISION_TYPES = {
     "float32": pa.float32(),
@@ -107,7 +108,7 @@ class Output:
             "input": source.fingerprint(),
         }
         self.ranges: np.ndarray | None = None
-        fields = [pa.field("embedding", pa.list_(_PRECISION_TYPES[spec.precision], self.width))]
+        fields = [pa.field(COLUMN, pa.list_(_PRECISION_TYPES[spec.precision], self.width))]
         if spec.id_column is not None:
             fields.insert(0, pa.field(spec.id_column, source.id_type or pa.null()))
         self.schema = pa.schema(fields)
@@ -185,7 +186,7 @@ class Output:
         if self.spec.id_column is not None:
             ids = chunk.ids if chunk.ids is not None else pa.nulls(n)
             if not self._id_type_known:
-                schema = pa.schema([pa.field(self.spec.id_column, ids.type), self.schema.field("embedding")])
+                schema = pa.schema([pa.field(self.spec.id_column, ids.type), self.schema.field(COLUMN)])
                 self.schema, self._id_type_known = schema, True
             arrays.insert(0, ids.cast(schema.field(0).type))
         table = pa.Table.from_arrays(arrays, schema=schema)
@@ -264,11 +265,21 @@ def run(
             drain_one()
     while in_flight:
         drain_one()
-    # invalid rows of parts written by an earlier run are counted from those parts
-    for j in range(done_parts):
-        emb_col = pq.read_table(output.dir / part_name(j), columns=["embedding"]).column(0)
-        invalid_rows += emb_col.null_count
-    record = {
+    record = _record(spec, output, rows, invalid_rows + _earlier_invalid(output, done_parts), max(k, 1))
+    record.update(seconds_this_run=round(time.perf_counter() - t0, 3), resumed_after_parts=done_parts, **spec.extra)
+    output.finish(record)
+    return record
+
+
+def _earlier_invalid(output: Output, done_parts: int) -> int:
+    """Invalid rows of the parts an earlier run wrote (counted from those parts)."""
+    return sum(
+        pq.read_table(output.dir / part_name(j), columns=[COLUMN]).column(0).null_count for j in range(done_parts)
+    )
+
+
+def _record(spec: JobSpec, output: Output, rows: int, invalid_rows: int, parts: int) -> dict[str, Any]:
+    return {
         "st_runtime": __version__,
         "model": output.model_path,
         "variant": output.settings["variant"],
@@ -276,13 +287,8 @@ def run(
         "normalize": spec.normalize,
         "rows": rows,
         "invalid_rows": invalid_rows,
-        "parts": max(k, 1),
-        "seconds_this_run": round(time.perf_counter() - t0, 3),
-        "resumed_after_parts": done_parts,
-        **spec.extra,
+        "parts": parts,
     }
-    output.finish(record)
-    return record
 
 
 def encode_kwargs(spec: JobSpec) -> dict[str, Any]:

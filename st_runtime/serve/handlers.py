@@ -15,6 +15,8 @@ from .errors import RequestError
 from .registry import ServedModel, ServerState
 from .requests import EmbeddingsRequest, EmbedRequest, RerankRequest, SparseRequest, TokenizeRequest
 
+OPENAI_OBJECT = "embedding"  # the "object" of each item of OpenAI's embeddings response
+
 
 async def openai_embeddings(call: Call) -> Any:
     req = call.parse(EmbeddingsRequest)
@@ -29,7 +31,7 @@ async def openai_embeddings(call: Call) -> Any:
     n_tokens = int(tokens.sum())
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "data": [{"object": OPENAI_OBJECT, "index": i, "embedding": v} for i, v in enumerate(vectors)],
         "model": call.model.name,
         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
     }

@@ -152,3 +152,24 @@ def test_the_wrong_class_for_a_folder_says_which_to_use(exported, tiny_bert):
         ours.predict([("a", "b"), "just a string"])
     with pytest.raises(UnsupportedInputError):
         ours.predict("a string")
+
+
+def test_load_picks_the_class_and_every_kind_takes_the_same_load_arguments(exported, tiny_bert):
+    """st_runtime.load returns the folder's class; CrossEncoder takes device= and cuda_graphs= as the others do."""
+    import inspect
+
+    import st_runtime
+    from st_runtime import CrossEncoder, SentenceEncoder, SparseEncoder
+    from st_runtime.model import Model
+
+    _, out = exported("bert")
+    model = st_runtime.load(out, device="cpu", cuda_graphs=False, threads=1, variant="fp32")
+    assert type(model) is CrossEncoder and model.device == "cpu" and model.variant == "fp32"
+    np.testing.assert_array_equal(model.predict(PAIRS), CrossEncoder(out, variant="fp32").predict(PAIRS))
+    assert type(st_runtime.load(tiny_bert[1])) is SentenceEncoder
+    with pytest.raises(ValueError, match="either device"):
+        CrossEncoder(out, device="cpu", providers="cpu")
+    expected = list(inspect.signature(Model.__init__).parameters)
+    for cls in (SentenceEncoder, CrossEncoder, SparseEncoder):
+        assert issubclass(cls, Model) and cls.kind.public_class.endswith(f":{cls.__name__}")
+    assert "device" in expected and "cuda_graphs" in expected

@@ -92,7 +92,7 @@ def test_single_text_query_document_decode_and_similarity(exported):
     ref, ours = reference(src), SparseEncoder(out)
     one = ours.encode("How big is London")
     assert isinstance(one, SparseEmbedding)
-    indices, values = one  # a documented (indices, values) pair
+    indices, _values = one  # a documented (indices, values) pair
     assert_same_sparse(dense(ref, ["How big is London"])[0], one.to_dense(ours.get_embedding_dimension()))
     assert ours.encode("a", convert_to_sparse_tensor=False).shape == (ours.get_embedding_dimension(),)
     np.testing.assert_array_equal(
@@ -133,7 +133,7 @@ def test_bad_input_and_the_wrong_class_are_refused(exported):
         ours.encode(["a"], normalize_embeddings=True)
     assert ours.encode([]) == []
     for cls in (SentenceEncoder, CrossEncoder):
-        with pytest.raises(ModelKindError, match="st_runtime.SparseEncoder"):
+        with pytest.raises(ModelKindError, match=r"st_runtime\.SparseEncoder"):
             cls(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["towers"]["text"]["variants"]["fp32"]["validation"]["active_set_mismatches"] == 0
@@ -159,3 +159,24 @@ def test_progress_bars_of_the_other_model_kinds(exported, capsys):
     assert f"{len(TEXTS)}/{len(TEXTS)}" in capsys.readouterr().err
     CrossEncoder(ce).predict([("q", "a")])
     assert "1/1" not in capsys.readouterr().err
+
+
+def test_load_gives_a_sparse_encoder_whose_rows_stay_sparse(exported):
+    """st_runtime.load picks SparseEncoder; the kind's rows are SparseEmbeddings from the graph on (no dense
+    [n, vocabulary] rows in between), and max_active_dims keeps the largest weights as the dense path does."""
+    import st_runtime
+    from st_runtime import SparseEncoder
+    from st_runtime.kinds.sparse import SparseRows
+
+    _src, out = exported(CASES[0])
+    model = st_runtime.load(out, device="cpu")
+    assert type(model) is SparseEncoder
+    texts = ["a", "The quick brown fox jumps over the lazy dog.", "sparse " * 40]
+    rows = model.kind.new_rows(model, len(texts))
+    assert isinstance(rows, SparseRows)
+    full = model.encode(texts, convert_to_sparse_tensor=False)
+    for k in (1, 3, 10):
+        for emb, dense_row in zip(model.encode(texts, max_active_dims=k), full):
+            assert len(emb.indices) == min(k, np.count_nonzero(dense_row))
+            kept = np.sort(np.abs(dense_row))[::-1][: len(emb.indices)]
+            np.testing.assert_array_equal(np.sort(np.abs(emb.values))[::-1], kept)

@@ -1,0 +1,106 @@
+"""The house rules of the runtime, checked on its source: kinds are named only by the kinds registry and the schema,
+modules and functions stay small, and no import circle forms."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from st_runtime.kinds import all_kinds
+
+PACKAGE = Path(__file__).resolve().parents[2] / "st_runtime"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def _kind_literals(tree: ast.Module, names: set[str]) -> list[int]:
+    """Lines where a kind's name is compared with, used as a key or index, or passed as a value: a branch on a
+    kind. Docstrings and messages (f-strings) do not count."""
+    found = []
+    for node in ast.walk(tree):
+        consts: list[ast.expr] = []
+        if isinstance(node, ast.Compare):
+            consts = [node.left, *node.comparators]
+        elif isinstance(node, ast.Subscript):
+            consts = [node.slice]
+        elif isinstance(node, ast.Dict):
+            consts = [k for k in node.keys if k is not None]
+        elif isinstance(node, ast.Call):
+            consts = [*node.args, *(k.value for k in node.keywords)]
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            consts = list(node.elts)
+        found += [c.lineno for c in consts if isinstance(c, ast.Constant) and c.value in names]
+    return found
+
+
+def test_only_the_registry_and_the_schema_name_a_kind():
+    names = set(all_kinds())
+    assert {"embedding", "cross-encoder", "sparse-embedding"} <= names
+    allowed = {PACKAGE / "schema.py", *(PACKAGE / "kinds").glob("*.py")}
+    offenders = {
+        str(p.relative_to(PACKAGE)): lines
+        for p in MODULES
+        if p not in allowed and (lines := _kind_literals(_tree(p), names))
+    }
+    assert not offenders, f"kind names outside st_runtime/kinds and schema.py: {offenders}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_functions_stay_small(path):
+    lines = path.read_text(encoding="utf-8").count("\n")
+    assert lines <= 400, f"{path.name} has {lines} lines (at most 400)"
+    long = [
+        f"{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for n in ast.walk(_tree(path))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60
+    ]
+    assert not long, f"{path.name}: functions over 60 lines: {long}"
+
+
+def _imports(path: Path) -> set[str]:
+    """st_runtime modules imported at module level (imports inside functions run later and cannot circle)."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in _tree(path).body:
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            out |= {base} | {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return {m.removesuffix(".__init__") for m in out if m.startswith("st_runtime")}
+
+
+def test_no_import_circle():
+    graph = {}
+    for p in MODULES:
+        name = ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = _imports(p)
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    # a package importing its own submodules (kinds/__init__ registering the built-in kinds) is not a circle
+    graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    seen: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        seen[m] = 1
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if seen.get(d) == 1:
+                raise AssertionError("import circle: " + " -> ".join([*stack[stack.index(d) :], d]))
+            if d not in seen:
+                visit(d)
+        stack.pop()
+        seen[m] = 2
+
+    for m in sorted(graph):
+        if m not in seen:
+            visit(m)
