@@ -49,13 +49,25 @@ def file_record(path: str | os.PathLike) -> dict[str, Any]:
     return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
 
 
+def read_spec(manifest: dict[str, Any]):
+    """The typed view (st_runtime.spec.ModelSpec) of a manifest that passed the schema check."""
+    from .kinds import get
+    from .schema import DEFAULT_TASK
+    from .spec import ModelSpec
+
+    return ModelSpec.from_dict(manifest, get(manifest.get("task", DEFAULT_TASK)).output)
+
+
 def dump_manifest(manifest: dict[str, Any], folder: str | os.PathLike) -> Path:
     """Write ``manifest.json`` into ``folder`` (through a temporary file and a rename), after checking it
-    against the schema: a manifest the runtime would refuse is never written."""
+    against the schema and building the runtime's typed view of it: a manifest the runtime would refuse is never
+    written."""
     path = Path(folder) / MANIFEST_NAME
     text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     try:
-        check_manifest(json.loads(text))  # as it will be read (tuples become lists)
+        as_read = json.loads(text)  # as it will be read (tuples become lists)
+        check_manifest(as_read)
+        read_spec(as_read)
     except SchemaError as exc:
         raise ValueError(
             f"st-export built a manifest that does not fit the schema ({exc}); this is a bug in "

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from . import kinds
 from .errors import GraphLoadError, ModelKindError, UnsupportedInputError
 from .inputs import LongTextCutter, classify, prepare
-from .manifest import graph_files, load_manifest, verify_files
+from .manifest import graph_files, load_manifest, read_spec, verify_files
 from .providers import device_name, device_providers, resolve_providers, resolve_threads
 from .session import make_session, with_cuda_graphs
 from .spec import ModelSpec, TowerSpec
@@ -155,7 +155,7 @@ class Model:
     ):
         self.path = Path(model_path)
         self.manifest: dict[str, Any] = load_manifest(self.path)
-        self.spec = ModelSpec.from_dict(self.manifest, self.kind.output)
+        self.spec: ModelSpec = read_spec(self.manifest)
         self._check_kind()
         self.config = SessionConfig.build(providers, device, threads, session_options, io_binding, cuda_graphs)
         self.threads = self.config.threads
