@@ -14,6 +14,8 @@ from typing import Any
 
 from st_runtime.batching import CPU_BATCH_TOKENS, LONG_FROM
 
+from .tasks import TASKS
+
 SHORT_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 LONG_BUDGETS = (512, 1024, 2048, 4096, 8192)
 # another budget must beat the default by this much to replace it: smaller differences are this VM's noise
@@ -53,7 +55,7 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
     from .memory import release_memory
 
     tower = manifest["towers"].get("text")
-    if tower is None or manifest.get("task", "embedding") != "embedding":
+    if tower is None or not TASKS[manifest["task"]].batch_budgets:
         return
     names = [
         n for n, v in tower["variants"].items() if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]
