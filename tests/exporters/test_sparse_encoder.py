@@ -92,7 +92,7 @@ def test_single_text_query_document_decode_and_similarity(exported):
     ref, ours = reference(src), SparseEncoder(out)
     one = ours.encode("How big is London")
     assert isinstance(one, SparseEmbedding)
-    indices, values = one  # a documented (indices, values) pair
+    indices, _values = one  # a documented (indices, values) pair
     assert_same_sparse(dense(ref, ["How big is London"])[0], one.to_dense(ours.get_embedding_dimension()))
     assert ours.encode("a", convert_to_sparse_tensor=False).shape == (ours.get_embedding_dimension(),)
     np.testing.assert_array_equal(
@@ -133,7 +133,7 @@ def test_bad_input_and_the_wrong_class_are_refused(exported):
         ours.encode(["a"], normalize_embeddings=True)
     assert ours.encode([]) == []
     for cls in (SentenceEncoder, CrossEncoder):
-        with pytest.raises(ModelKindError, match="st_runtime.SparseEncoder"):
+        with pytest.raises(ModelKindError, match=r"st_runtime.SparseEncoder"):
             cls(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["towers"]["text"]["variants"]["fp32"]["validation"]["active_set_mismatches"] == 0
