@@ -168,22 +168,7 @@ def _build_opt_here(
         release_memory()
         src = dst
     weights = "weights.bin"
-    if external:  # the structure, its weights read from a copy of the data file in the working directory
-        import shutil
-
-        from onnx import TensorProto
-
-        from .memory import graph_tensors
-
-        structure = onnx.load(str(src), load_external_data=False)
-        shutil.copyfile(Path(src).with_name(Path(src).name + ".data"), weights)
-        for tensor in graph_tensors(structure.graph):
-            if tensor.data_location == TensorProto.EXTERNAL:
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = weights
-    else:
-        structure = weights_to_disk(Path(src), weights)
+    structure = _external_structure(Path(src), weights) if external else weights_to_disk(Path(src), weights)
     # opt_level=0: only the portable python fusions; onnxruntime applies its own at session load.
     model = optimize_model(
         structure,
@@ -204,6 +189,26 @@ def _build_opt_here(
     info["optimizer"] = f"onnxruntime.transformers.optimizer(model_type={optimizer_type or 'bert'!r})"
     info["fused_operators"] = fused_operator_counts(model.model)
     return info
+
+
+def _external_structure(src: Path, weights: str):
+    """The structure of ``src``, a graph stored with external data, its weights read from a copy of the data file
+    at ``weights`` (in the working directory)."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto
+
+    from .memory import graph_tensors
+
+    structure = onnx.load(str(src), load_external_data=False)
+    shutil.copyfile(src.with_name(src.name + ".data"), weights)
+    for tensor in graph_tensors(structure.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = weights
+    return structure
 
 
 # ----------------------------------------------------------------------------- fp16
