@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-# (reference outputs, int8 graph's outputs) -> per-row agreement, 1 where identical
-Agreement = Callable[[np.ndarray, np.ndarray], np.ndarray]
+if TYPE_CHECKING:
+    from .int8.build import Agreement
 
 
 @dataclass(frozen=True)
