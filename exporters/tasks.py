@@ -40,7 +40,9 @@ class Task:
     plain_default: bool = False
     pairs: bool = False  # takes (query, document) pairs: traced, validated, calibrated and timed on them
     text_pairs: bool = True  # the tokenizer is recorded as taking text pairs where the family does
-    batch_budgets: bool = False  # the export measures the CPU batch-token budgets (batch_policy) on its encode()
+    # (folder, variant) -> the st_runtime model whose CPU batch-token budgets the export measures (batch_policy:
+    # its encode() and text_tower's policy); None: the runtime's default budget stays
+    batch_grid: Callable[[Path, str], Any] | None = None
     variants_left_out: dict[str, str] = field(default_factory=dict)  # variant -> why it is not built
 
 
@@ -79,10 +81,14 @@ def _texts():
 
 
 def _time_embedding(folder: Path, variant: str):
+    enc, texts = _embedding_on_cpu(folder, variant), _texts()
+    return len(texts), lambda: enc.encode(texts)
+
+
+def _embedding_on_cpu(folder: Path, variant: str):
     from st_runtime import SentenceEncoder
 
-    enc, texts = SentenceEncoder(folder, providers="cpu", variant=variant), _texts()
-    return len(texts), lambda: enc.encode(texts)
+    return SentenceEncoder(folder, providers="cpu", variant=variant)
 
 
 def _time_cross_encoder(folder: Path, variant: str):
@@ -171,7 +177,7 @@ TASKS = {
             calibration=_calibration_texts,
             int8_gate=_cosine_gate,
             loads_as="mean pooling, as sentence_transformers.SentenceTransformer loads it",
-            batch_budgets=True,
+            batch_grid=_embedding_on_cpu,
         ),
         Task(
             name="cross-encoder",
