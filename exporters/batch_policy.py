@@ -14,6 +14,8 @@ from typing import Any
 
 from st_runtime.batching import CPU_BATCH_TOKENS, LONG_FROM
 
+from .tasks import TASKS
+
 SHORT_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 LONG_BUDGETS = (512, 1024, 2048, 4096, 8192)
 # another budget must beat the default by this much to replace it: smaller differences are this VM's noise
@@ -44,16 +46,16 @@ def _fastest(times: dict[int, list[float]]) -> int:
 
 
 def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[str], None], rounds: int = 5) -> None:
-    """Time each passed CPU variant of an embedding model's text tower at the budgets of the grid, on short
-    queries and on long passages, and record the fastest budget per class (``cpu_batching``) and the variant's rate
-    there (``cpu_timing``). Variants and budgets alternate within each round, so the rates of different variants
-    are comparable: ``route_by_length`` reads them."""
-    from st_runtime import SentenceEncoder
-
+    """Time each passed CPU variant of the text tower at the budgets of the grid, on short queries and on long
+    passages, and record the fastest budget per class (``cpu_batching``) and the variant's rate there
+    (``cpu_timing``). Only a task with a ``batch_grid`` (an embedding model's) is measured. Variants and budgets
+    alternate within each round, so the rates of different variants are comparable: ``route_by_length`` reads
+    them."""
     from .memory import release_memory
 
     tower = manifest["towers"].get("text")
-    if tower is None or manifest.get("task", "embedding") != "embedding":
+    runtime = TASKS[manifest["task"]].batch_grid
+    if tower is None or runtime is None:
         return
     names = [
         n for n, v in tower["variants"].items() if v["status"] == "passed" and "CPUExecutionProvider" in v["providers"]
@@ -62,7 +64,7 @@ def measure_cpu_batching(manifest: dict[str, Any], folder: Path, log: Callable[[
         return
     chosen: dict[str, dict[str, Any]] = {n: {"long_from": LONG_FROM, "measured_items_per_s": {}} for n in names}
     for group in timing_groups(tower, folder, names):
-        encoders = {n: SentenceEncoder(folder, providers="cpu", variant=n) for n in group}
+        encoders = {n: runtime(folder, n) for n in group}
         _measure_group(encoders, tower, chosen, rounds, log)
         del encoders
         release_memory()

@@ -1,4 +1,4 @@
-"""Command line: st-export NAME_OR_PATH [-o DIR] [--revision REV] [--trust-remote-code]."""
+"""Command line: st-export NAME_OR_PATH [-o DIR] [--revision REV] [--trust-remote-code] [--kind KIND]."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .errors import ExportError
+from .tasks import TASKS
 
 # the modules of the [export] extra, which a runtime-only install lacks
 EXPORT_STACK = ("torch", "transformers", "sentence_transformers", "onnx", "huggingface_hub")
@@ -34,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-remote-code",
         action="store_true",
         help="allow models whose repository ships custom Python code (it is executed)",
+    )
+    p.add_argument(
+        "--kind",
+        choices=list(TASKS),
+        default=None,
+        help="the kind of model to export it as (default: the class a sentence-transformers folder was saved as, "
+        "or what a plain Hugging Face folder's architecture leaves no doubt about). A plain *ForMaskedLM folder "
+        "needs it: sparse-embedding (SPLADE, as sentence_transformers.SparseEncoder loads it) or embedding (mean "
+        "pooling, as SentenceTransformer loads it)",
     )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--external-data", action="store_true", help="store weights as ONNX external data even under 2 GB")
@@ -78,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             external_data=True if args.external_data else None,
             variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None,
             log=log,
+            kind=args.kind,
         )
     except ExportError as exc:
         print(f"st-export: error: {exc}", file=sys.stderr)

@@ -25,3 +25,7 @@ class ValidationFailedError(ExportError):
     def __init__(self, message: str, report: dict):
         super().__init__(message)
         self.report = report
+
+
+class ModelKindError(ExportError):
+    """Which kind of model to export (st-export --kind) cannot be told from the folder, or --kind contradicts it."""

@@ -1,6 +1,7 @@
 """st-export as a pipeline of named steps: resolve, inspect, load, trace towers, write manifest, validate,
 build variants, time, place. Each step reads and extends one ExportRun; per-variant knowledge lives in the
-variant plans (variants.PLANS), per-architecture knowledge in the family registry (specs.py)."""
+variant plans (variants.PLANS), per-kind knowledge in the tasks (tasks.TASKS, the kind chosen by
+st_model.choose_task), per-architecture knowledge in the family registry (specs.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from .artifacts import cleanup_stale, externalize, place, variant_entry, version
 from .errors import ExportError, ValidationFailedError
 from .memory import release_memory
 from .resolve import ResolvedModel, resolve
-from .st_model import EXPORTABLE_KINDS, ModelDescription, describe, inspect_folder, model_kind, prepare_for_tracing
+from .st_model import ModelDescription, choose_task, describe, inspect_folder, prepare_for_tracing
+from .tasks import TASKS
 from .variants import PLANS, BuildContext
 
 DEFAULT_OPSET = 17
@@ -33,8 +35,8 @@ def default_variants() -> list[str]:
     return [name for name, plan in PLANS.items() if plan.unavailable_reason() is None]
 
 
-def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | None, kind: str = "SentenceTransformer"):
-    """The model as the sentence-transformers class it was saved as (SentenceTransformer or CrossEncoder)."""
+def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | None, st_class: str):
+    """The model as the sentence-transformers class ``st_class`` (the task's: Task.st_class)."""
     import sentence_transformers
 
     kwargs: dict[str, Any] = {"device": "cpu", "trust_remote_code": trust_remote_code}
@@ -42,7 +44,7 @@ def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | Non
         kwargs["model_kwargs"] = {"attn_implementation": attn_implementation}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        model = getattr(sentence_transformers, kind)(str(path), **kwargs)
+        model = getattr(sentence_transformers, st_class)(str(path), **kwargs)
     return model.eval()
 
 
@@ -62,7 +64,7 @@ def _as_users_load_it(st_model, spec, path: Path, trust_remote_code: bool, log: 
         if auto.config._attn_implementation != target:
             raise ValueError(f"still {auto.config._attn_implementation!r}")
         return st_model
-    except Exception as exc:  # noqa: BLE001 - any failure: the reference is loaded as users load it
+    except Exception as exc:  # any failure: the reference is loaded as users load it
         log(
             f"note: could not switch the loaded model to {target} attention ({type(exc).__name__}: {exc}); "
             "loading it again as the reference"
@@ -107,7 +109,8 @@ class ExportRun:
     capped_at: int | None = None
     hf_config: Any = None
     references: dict[str, Any] = field(default_factory=dict)
-    kind: str = "SentenceTransformer"  # the sentence-transformers class the model was saved as
+    kind: str | None = None  # st-export --kind: the task asked for (None: the folder's own)
+    task: str = ""  # the manifest task it is exported as (st_model.choose_task)
 
 
 def _validate_variant(
@@ -121,14 +124,13 @@ def _validate_variant(
     required: bool = True,
 ) -> bool:
     """Validate one variant of one tower through st_runtime itself and record the result in the manifest."""
-    from .tasks import TASKS
     from .towers import validation_items
 
     plan = PLANS[name]
     providers = "cuda" if "CPUExecutionProvider" not in plan.providers else "cpu"
     entry = manifest["towers"][tower]
-    task = TASKS[manifest.get("task", "embedding")]
-    report = task.check(reference, folder, providers, name, plan, validation_items(entry), manifest)
+    task = TASKS[manifest["task"]]
+    report = task.check(reference, folder, providers, name, plan, validation_items(entry, task), manifest)
     report["provider"] = providers
     variant = entry["variants"][name]
     variant["status"] = "passed" if report["passed"] else "failed"
@@ -165,12 +167,11 @@ def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[
     from st_runtime.providers import physical_cores
 
     from .batch_policy import timing_groups
-    from .tasks import TASKS
 
     tower = manifest["towers"].get("text")
     if tower is None:
         return
-    workload = TASKS[manifest.get("task", "embedding")].timing
+    workload = TASKS[manifest["task"]].timing
     names = [
         name
         for name, v in tower["variants"].items()
@@ -230,16 +231,17 @@ def _resolve(run: ExportRun) -> None:
 def _inspect(run: ExportRun) -> None:
     from .specs import spec_for
 
+    run.task = choose_task(run.resolved.local_path, run.kind)
     run.model_type, run.modules_json = inspect_folder(run.resolved.local_path, run.trust_remote_code)
-    run.kind = model_kind(run.resolved.local_path)
     run.spec = spec_for(run.model_type)
 
 
 def _load(run: ExportRun) -> None:
     resolved = run.resolved
     run.log(f"Loading {resolved.source} ({run.model_type}, origin: {resolved.origin})")
-    run.st_model = _load_st(resolved.local_path, run.trust_remote_code, run.spec.attn_implementation, run.kind)
-    run.desc = describe(run.st_model, run.model_type, run.modules_json, run.kind)
+    st_class = TASKS[run.task].st_class
+    run.st_model = _load_st(resolved.local_path, run.trust_remote_code, run.spec.attn_implementation, st_class)
+    run.desc = describe(run.st_model, run.model_type, run.modules_json, run.task)
     _adjust(run.st_model, run.spec)
     prepare_for_tracing(run.st_model, run.desc)
     _cap_unlimited_length(run)
@@ -276,9 +278,8 @@ def _trace(run: ExportRun) -> None:
 
     towers = build_towers(run.st_model, run.desc, run.tmp, run.opset, run.external_data, run.log)
     text = towers.get("text", {}).get("tokenizer")
-    if text is not None:
-        if run.capped_at is not None:
-            text["capped_at_positions"] = run.capped_at
+    if text is not None and run.capped_at is not None:
+        text["capped_at_positions"] = run.capped_at
     st_model, resolved, desc = run.st_model, run.resolved, run.desc
     run.manifest = {
         "format_version": FORMAT_VERSION,
@@ -290,7 +291,7 @@ def _trace(run: ExportRun) -> None:
             "modules": run.modules_json,
         },
         "architecture": {"model_type": run.model_type, "family": run.spec.family},
-        "task": EXPORTABLE_KINDS[run.kind],
+        "task": run.task,
         "towers": towers,
         "prompts": dict(st_model.prompts or {}),
         "default_prompt_name": st_model.default_prompt_name,
@@ -304,18 +305,8 @@ def _trace(run: ExportRun) -> None:
             "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         },
     }
-    if desc.scores is not None:
-        run.manifest["scores"] = desc.scores
-    elif desc.sparse is not None:
-        run.manifest["sparse"] = desc.sparse
-    else:
-        run.manifest["embedding"] = {
-            "dimension": int(st_model.get_embedding_dimension()),
-            "pooling": desc.pooling,
-            "dense": desc.dense,
-            "normalized": desc.normalized,
-            "similarity_fn_name": st_model.similarity_fn_name or "cosine",
-        }
+    block = TASKS[run.task].block
+    run.manifest[block] = getattr(desc, block)
 
 
 def _write_manifest(run: ExportRun) -> None:
@@ -325,7 +316,6 @@ def _write_manifest(run: ExportRun) -> None:
 
 
 def _validate(run: ExportRun) -> None:
-    from .tasks import TASKS
     from .towers import validation_items
 
     model = _as_users_load_it(run.st_model, run.spec, run.resolved.local_path, run.trust_remote_code, run.log)
@@ -333,9 +323,9 @@ def _validate(run: ExportRun) -> None:
     run.hf_config = getattr(getattr(model[0], "auto_model", None), "config", None)
     # sentence-transformers' outputs on each tower's battery, computed once: every variant is checked against
     # them after the torch model is freed (holding it while variants are built doubled the peak memory)
-    reference = TASKS[run.manifest["task"]].reference
+    task = TASKS[run.manifest["task"]]
     for tname, tower in run.manifest["towers"].items():
-        run.references[tname] = reference(model, [s for _, s in validation_items(tower)])
+        run.references[tname] = task.reference(model, [s for _, s in validation_items(tower, task)])
     del model
     release_memory()  # the torch model: variants are built and checked against the saved outputs
     for tname in run.manifest["towers"]:
@@ -343,59 +333,72 @@ def _validate(run: ExportRun) -> None:
 
 
 def _build_variants(run: ExportRun) -> None:
-    manifest, tmp = run.manifest, run.tmp
-    hf_config = run.hf_config
+    manifest = run.manifest
+    task = TASKS[manifest["task"]]
     for tname, tower in manifest["towers"].items():
         if tower["modality"] != "text":
             continue
-        fp32_path = tmp / tower["variants"]["fp32"]["file"]
-        used_external = tower["variants"]["fp32"]["external_data"]
-        ctx = BuildContext(tmp, tname, tower, fp32_path, hf_config, run.spec, run.log, manifest)
+        fp32_path = run.tmp / tower["variants"]["fp32"]["file"]
+        ctx = BuildContext(run.tmp, tname, tower, fp32_path, run.hf_config, run.spec, run.log, manifest)
         left_out = dict(run.spec.variants_left_out)
         for name in [v for v in run.wanted if v in left_out]:
             run.log(f"{tname} {name}: not built for {run.spec.family} models: {left_out[name]}.")
             run.rejected[name] = {"status": "failed", "error": f"not built: {left_out[name]}"}
         for name in [v for v in run.wanted if v != "fp32" and v in run.spec.variants]:
-            if manifest["task"] not in PLANS[name].tasks:
-                run.log(f"{tname} {name}: not built for {manifest['task']} models yet")
+            if name in task.variants_left_out:
+                run.log(f"{tname} {name}: not built for {task.name} models: {task.variants_left_out[name]}.")
                 continue
-            path = tmp / f"{fp32_path.stem}_{name}.onnx"
-            run.log(f"Building {name} variant of the {tname} tower")
-            try:
-                info = PLANS[name].build(ctx, path)
-                release_memory()  # what the build dropped, before its graph is loaded for validation
-            except Exception as exc:  # an optional variant that cannot be built is reported, not fatal
-                error = f"{type(exc).__name__}: {exc}"
-                run.log(f"{tname} {name}: could not be built ({error[:300]}); it is left out.")
-                run.rejected[name] = {
-                    "status": "failed",
-                    "error": error,
-                    "validation": {"summary": f"build failed: {error[:300]}"},
-                }
-                for f in (path, path.with_name(path.name + ".data")):
-                    if f.exists():
-                        f.unlink()
-                continue
-            written = [path]
-            data = path.with_name(path.name + ".data")
-            if data.exists():  # the builder wrote the graph with external data itself (int8 of a large graph)
-                written.append(data)
-                info["external_data"] = True
-            elif used_external:
-                written.append(externalize(path))
-                info["external_data"] = True
-            for f in written:
-                manifest["files"][f.name] = file_record(f)
-            tower["variants"][name] = variant_entry(name, path.name, info)
-            dump_manifest(manifest, tmp)
-            if not _validate_variant(
-                manifest, tmp, tname, name, run.references[tname], run.resolved.source, run.log, required=False
-            ):
-                run.rejected[name] = tower["variants"].pop(name)
-                for f in written:
-                    del manifest["files"][f.name]
-                    f.unlink()
+            _build_variant(run, ctx, name)
     manifest["export"]["rejected_variants"] = run.rejected
+
+
+def _build_variant(run: ExportRun, ctx: BuildContext, name: str) -> None:
+    """Build variant ``name`` of one tower, record its files in the manifest and validate it. A variant that
+    cannot be built, or does not pass, is left out and recorded in ``run.rejected``."""
+    path = ctx.folder / f"{ctx.fp32_path.stem}_{name}.onnx"
+    run.log(f"Building {name} variant of the {ctx.tower_name} tower")
+    try:
+        info = PLANS[name].build(ctx, path)
+        release_memory()  # what the build dropped, before its graph is loaded for validation
+    except Exception as exc:  # an optional variant that cannot be built is reported, not fatal
+        error = f"{type(exc).__name__}: {exc}"
+        run.log(f"{ctx.tower_name} {name}: could not be built ({error[:300]}); it is left out.")
+        run.rejected[name] = {
+            "status": "failed",
+            "error": error,
+            "validation": {"summary": f"build failed: {error[:300]}"},
+        }
+        for f in (path, path.with_name(path.name + ".data")):
+            if f.exists():
+                f.unlink()
+        return
+    written = _record_files(run.manifest, ctx.tower, path, info)
+    ctx.tower["variants"][name] = variant_entry(name, path.name, info)
+    dump_manifest(run.manifest, ctx.folder)
+    reference = run.references[ctx.tower_name]
+    if not _validate_variant(
+        run.manifest, ctx.folder, ctx.tower_name, name, reference, run.resolved.source, run.log, required=False
+    ):
+        run.rejected[name] = ctx.tower["variants"].pop(name)
+        for f in written:
+            del run.manifest["files"][f.name]
+            f.unlink()
+
+
+def _record_files(manifest: dict[str, Any], tower: dict[str, Any], path: Path, info: dict[str, Any]) -> list[Path]:
+    """The files of a built variant's graph, recorded in the manifest: its weights go to external data where the
+    builder wrote them so (int8 of a large graph) or the tower's fp32 graph keeps them so."""
+    written = [path]
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        written.append(data)
+        info["external_data"] = True
+    elif tower["variants"]["fp32"]["external_data"]:
+        written.append(externalize(path))
+        info["external_data"] = True
+    for f in written:
+        manifest["files"][f.name] = file_record(f)
+    return written
 
 
 def _time(run: ExportRun) -> None:
@@ -435,13 +438,21 @@ def export_model(
     external_data: bool | None = None,
     variants: list[str] | None = None,
     log: Callable[[str], None] = print,
+    kind: str | None = None,
 ) -> Path:
     """Export a sentence-transformers model to ``output`` (default ``exported_models/<name>``).
 
     ``variants``: graph variants to build besides the fp32 graph (which is always built and must pass):
     any of "opt", "int8", "fp16"; default :func:`default_variants`.
+
+    ``kind``: the manifest task to export the model as, "embedding", "cross-encoder" or "sparse-embedding"
+    (st-export --kind); default: the folder's own (:func:`exporters.st_model.choose_task`). A folder saved by
+    sentence-transformers keeps the class it was saved as, and a contradicting ``kind`` is refused. A plain Hugging
+    Face folder is exported as that kind's sentence-transformers class loads it (``sparse-embedding``:
+    ``SparseEncoder(folder)``, SPLADE; ``embedding``: ``SentenceTransformer(folder)``, mean pooling); a plain
+    ``*ForMaskedLM`` folder, which could be either, is refused unless ``kind`` says which.
     """
-    wanted = list(dict.fromkeys(["fp32"] + list(variants if variants is not None else default_variants())))
+    wanted = list(dict.fromkeys(["fp32", *(variants if variants is not None else default_variants())]))
     run = ExportRun(
         name_or_path,
         Path(output) if output is not None else None,
@@ -451,6 +462,7 @@ def export_model(
         external_data,
         wanted,
         log,
+        kind=kind,
     )
     # Objects that exist before the export are set aside from the garbage collector while it runs: each
     # release_memory then scans only what the export made (its torch model, graphs, arrays), not a long-lived

@@ -17,6 +17,7 @@ from typing import Any
 from .artifacts import EXTERNAL_DATA_THRESHOLD, gather_external_data, variant_entry, write_tokenizer
 from .errors import ExportError, UnsupportedModelError
 from .specs import TextEncoderSpec, TowerSpec
+from .tasks import TASKS, Task
 
 _TRACE_TEXTS = ["a short text", "a noticeably longer text so that the batch needs padding"]
 
@@ -102,7 +103,7 @@ def image_preprocessor_info(module) -> dict[str, Any]:
                 f"preprocessing supports {list(IMAGE_KEYS)} only."
             )
     size = info["size"] or {}
-    if info["do_resize"] and not ("shortest_edge" in size and len(size) == 1 or set(size) == {"height", "width"}):
+    if info["do_resize"] and not (("shortest_edge" in size and len(size) == 1) or set(size) == {"height", "width"}):
         raise UnsupportedModelError(
             f"image processor size {size} is not supported; st_runtime resizes to "
             "{'shortest_edge': n} or {'height': h, 'width': w}."
@@ -180,17 +181,12 @@ def trace_tower(
 ) -> bool:
     """Trace one tower into ``path``; ``extra`` names further per-token outputs (token_embeddings) the graph also
     returns, [batch, sequence, ...]; ``first`` replaces the input module in the graph (see ``_graph_module``), and
-    ``sample`` gives the tracing inputs (default: the model's own preprocessing of a few texts or images). Returns
-    whether the weights went to external data."""
+    ``sample`` gives the tracing inputs (default: :func:`trace_sample` of texts). Returns whether the weights went
+    to external data."""
     import torch
 
     if sample is None:
-        if tower.modality != "text":
-            sample = st_model.preprocess(sample_images())
-        elif output == "scores":  # a cross-encoder takes (query, document) pairs
-            sample = st_model.preprocess([(t, t) for t in _TRACE_TEXTS])
-        else:
-            sample = st_model.preprocess(_TRACE_TEXTS)
+        sample = trace_sample(st_model, tower)
     missing = [n for n in input_names if n not in sample]
     if missing:
         raise ExportError(
@@ -218,6 +214,23 @@ def trace_tower(
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
+    return _store_weights(path, before, external_data, tower)
+
+
+def trace_sample(st_model, tower: TowerSpec, pairs: bool = False) -> dict[str, Any]:
+    """The model's own preprocessing of a few texts (``pairs``: of (query, document) pairs), or for an image
+    tower of a few images: the inputs a tower is traced on."""
+    if tower.modality != "text":
+        return st_model.preprocess(sample_images())
+    if pairs:
+        return st_model.preprocess([(t, t) for t in _TRACE_TEXTS])
+    return st_model.preprocess(_TRACE_TEXTS)
+
+
+def _store_weights(path: Path, before: set[str], external_data: bool | None, tower: TowerSpec) -> bool:
+    """Whether the traced graph at ``path`` keeps its weights as external data, gathered into one file next to it
+    if so: as ``external_data`` asks, or (None) where the graph is too large to hold them. ``before``: the files
+    of its folder before tracing."""
     # torch writes each weight of a graph over 2 GB to a file of its own next to it
     spilled = [f.name for f in path.parent.iterdir() if f != path and f.is_file() and f.name not in before]
     if spilled and external_data is False:
@@ -239,9 +252,8 @@ def build_towers(
     """Trace every tower of ``desc.spec`` into ``folder`` and return manifest["towers"] (variants pending)."""
     spec: TextEncoderSpec = desc.spec
     towers: dict[str, dict[str, Any]] = {}
-    from .tasks import TASKS
-
-    output = TASKS[desc.task].output
+    task = TASKS[desc.task]
+    output = task.output
     for tower in spec.tower_specs():
         entry: dict[str, Any] = {"modality": tower.modality, "output": output}
         if tower.modality == "text":
@@ -251,8 +263,7 @@ def build_towers(
                 info = {"kind": "hf", **write_tokenizer(st_model, folder / "tokenizer.json")}
                 if info["max_seq_length"] is not None and info["max_seq_length"] >= 2**31:
                     info["max_seq_length"] = None  # "unlimited" (tokenizer without model_max_length): no truncation
-            # a sparse encoder embeds single texts (sentence-transformers' SparseEncoder is validated on them only)
-            info["pairs"] = spec.text_pairs and desc.sparse is None
+            info["pairs"] = spec.text_pairs and task.text_pairs
             if not spec.add_special_tokens:
                 info["add_special_tokens"] = False
             entry["tokenizer"] = info
@@ -269,10 +280,11 @@ def build_towers(
         extra = ("token_embeddings",) if tower.modality == "text" and desc.pooling is not None else ()
         if extra:
             entry["token_output"] = extra[0]
-        first = sample = None
         if spec.traced_input_module is not None and tower.modality == "text":
             first = spec.traced_input_module(st_model[0])
             sample = _runtime_sample(folder, entry["tokenizer"], input_names)
+        else:
+            first, sample = None, trace_sample(st_model, tower, task.pairs)
         log(f"Tracing {tower.graph_file} ({tower.name} tower, inputs {input_names}, opset {opset})")
         used_external = trace_tower(
             st_model, tower, input_names, folder / tower.graph_file, opset, external_data, output, extra, first, sample
@@ -302,14 +314,15 @@ def _runtime_sample(folder: Path, info: dict[str, Any], input_names: list[str]) 
     return {k: torch.from_numpy(v) for k, v in feeds.items()}
 
 
-def validation_items(tower: dict[str, Any]) -> list[tuple[str, Any]]:
+def validation_items(tower: dict[str, Any], task: Task) -> list[tuple[str, Any]]:
     """The battery a tower is validated on: text (and text pairs where the family takes them), images, or for a
-    cross-encoder (query, document) pairs: each query with every passage, and the pair battery."""
+    task that takes (query, document) pairs (a cross-encoder's), each query with every passage, and the pair
+    battery."""
     from .battery import battery, image_battery, pair_battery, rerank_battery
 
     if tower["modality"] == "image":
         return image_battery()
-    if tower["output"] == "scores":
+    if task.pairs:
         return rerank_battery() + pair_battery()
     items = battery()
     if tower["tokenizer"].get("pairs"):

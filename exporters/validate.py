@@ -147,20 +147,9 @@ def validate_scores(
             failures.append(
                 {"run": run, "index": int(i), "tag": tags[i], "text": _show(pairs[i]), "diff": float(diff[i])}
             )
-        groups: dict[str, list[int]] = {}
-        for i, (tag, pair) in enumerate(items):
-            if tag == "rerank":
-                groups.setdefault(pair[0], []).append(i)
-        for query, idx in groups.items():
-            scores = ref[idx, 0]
-            want = np.argsort(-scores, kind="stable")[:top_k]
-            have = np.argsort(-got[idx, 0], kind="stable")[:top_k]
-            # two documents whose reference scores are equal within rounding may swap places (a tie, not a change)
-            if any(a != b and abs(scores[a] - scores[b]) > tie for a, b in zip(want, have)):
-                ranking_identical = False
-                failures.append(
-                    {"run": run, "error": f"ranking for {query!r} differs: {have.tolist()} vs {want.tolist()}"}
-                )
+        rankings = _ranking_failures(items, ref, got, top_k, tie, run)
+        ranking_identical = ranking_identical and not rankings
+        failures += rankings
     report = {
         "gate_max_abs_diff": max_abs,
         "items": len(pairs),
@@ -176,6 +165,26 @@ def validate_scores(
         f"{'identical' if ranking_identical else 'DIFFERENT'} (gate: {max_abs}, identical top-{top_k})"
     )
     return report
+
+
+def _ranking_failures(
+    items: list[tuple[str, Any]], ref: np.ndarray, got: np.ndarray, top_k: int, tie: float, run: str
+) -> list[dict[str, Any]]:
+    """Each query of the "rerank" items (query-major) whose first ``top_k`` documents by ``got`` are not those by
+    ``ref`` in the same order, as a failure of ``run``; two documents whose reference scores are within ``tie``
+    may swap places (a tie, not a change)."""
+    groups: dict[str, list[int]] = {}
+    for i, (tag, pair) in enumerate(items):
+        if tag == "rerank":
+            groups.setdefault(pair[0], []).append(i)
+    failures = []
+    for query, idx in groups.items():
+        scores = ref[idx, 0]
+        want = np.argsort(-scores, kind="stable")[:top_k]
+        have = np.argsort(-got[idx, 0], kind="stable")[:top_k]
+        if any(a != b and abs(scores[a] - scores[b]) > tie for a, b in zip(want, have)):
+            failures.append({"run": run, "error": f"ranking for {query!r} differs: {have.tolist()} vs {want.tolist()}"})
+    return failures
 
 
 def reference_sparse(model, sentences: list[Any]) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 from .int8.build import build_int8
 from .int8.rewrites import merge_sibling_matmuls
 from .memory import release_memory, run_in_child, weights_from_disk, weights_to_disk
+from .tasks import TASKS
 
 __all__ = [
     "CPU",
@@ -58,8 +59,6 @@ class VariantPlan:
     max_score_diff: float = 1e-5
     # cross-encoders: each query's first documents that must rank as sentence-transformers ranks them
     top_k_identical: int = 10
-    # the manifest tasks this variant is built for (int8's calibration search scores embeddings by cosine)
-    tasks: tuple[str, ...] = ("embedding", "cross-encoder", "sparse-embedding")
 
     def build(self, ctx: BuildContext, dst: Path) -> dict[str, Any]:
         if self.builder is None:
@@ -169,22 +168,7 @@ def _build_opt_here(
         release_memory()
         src = dst
     weights = "weights.bin"
-    if external:  # the structure, its weights read from a copy of the data file in the working directory
-        import shutil
-
-        from onnx import TensorProto
-
-        from .memory import graph_tensors
-
-        structure = onnx.load(str(src), load_external_data=False)
-        shutil.copyfile(Path(src).with_name(Path(src).name + ".data"), weights)
-        for tensor in graph_tensors(structure.graph):
-            if tensor.data_location == TensorProto.EXTERNAL:
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = weights
-    else:
-        structure = weights_to_disk(Path(src), weights)
+    structure = _external_structure(Path(src), weights) if external else weights_to_disk(Path(src), weights)
     # opt_level=0: only the portable python fusions; onnxruntime applies its own at session load.
     model = optimize_model(
         structure,
@@ -205,6 +189,26 @@ def _build_opt_here(
     info["optimizer"] = f"onnxruntime.transformers.optimizer(model_type={optimizer_type or 'bert'!r})"
     info["fused_operators"] = fused_operator_counts(model.model)
     return info
+
+
+def _external_structure(src: Path, weights: str):
+    """The structure of ``src``, a graph stored with external data, its weights read from a copy of the data file
+    at ``weights`` (in the working directory)."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto
+
+    from .memory import graph_tensors
+
+    structure = onnx.load(str(src), load_external_data=False)
+    shutil.copyfile(src.with_name(src.name + ".data"), weights)
+    for tensor in graph_tensors(structure.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = weights
+    return structure
 
 
 # ----------------------------------------------------------------------------- fp16
@@ -259,19 +263,14 @@ def _unique_node_names(graph) -> None:
 
 # ----------------------------------------------------------------------------- plans
 def calibration_feeds(folder: Path, input_names: list[str], task: str = "embedding") -> list[dict[str, np.ndarray]]:
-    """int8 calibration inputs exactly as the runtime builds them: every text alone, and the whole set
-    through the runtime's own length-sorted batching (int8 activation ranges are per batch, so batch
-    company matters as much as the text). A cross-encoder is calibrated on (query, passage) pairs."""
+    """int8 calibration inputs exactly as the runtime builds them: every calibration input of the task
+    (Task.calibration: texts, or a cross-encoder's (query, passage) pairs) alone, and the whole set through the
+    runtime's own length-sorted batching (int8 activation ranges are per batch, so batch company matters as much
+    as the text). The export is loaded as st_runtime.load loads it, so the runtime's own kind feeds it."""
     import st_runtime
 
-    from .battery import CALIBRATION
-
     text = st_runtime.load(folder, variant="fp32").text_tower
-    items: list = list(CALIBRATION)
-    if task == "cross-encoder":
-        queries = [t for t in CALIBRATION if len(t) < 60][:6]
-        items = [(q, d) for q in queries for d in CALIBRATION[:: max(1, len(CALIBRATION) // 8)]]
-    encodings = text.tokenizer.encode_batch(items)
+    encodings = text.tokenizer.encode_batch(TASKS[task].calibration())
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
     feeds = [text.feeds(encodings, lengths, np.array([i]), int(n)) for i, n in enumerate(lengths)]
     order = np.argsort(-lengths, kind="stable")
@@ -279,20 +278,6 @@ def calibration_feeds(folder: Path, input_names: list[str], task: str = "embeddi
         if end - start > 1:
             feeds.append(text.feeds(encodings, lengths, order[start:end], width))
     return [{k: f[k] for k in input_names} for f in feeds]
-
-
-def _score_agreement(activation_name: str):
-    """1 - |score difference| after the model's activation, per row (the cross-encoder int8 gate's measure)."""
-    from st_runtime.cross_encoder import ACTIVATIONS
-
-    activation = ACTIVATIONS[activation_name]
-
-    def agreement(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
-        diff = np.abs(activation(ref).astype(np.float64) - activation(got)).max(axis=1)
-        return 1.0 - diff
-
-    agreement.__doc__ = f"1 - |score difference| after {activation_name}"
-    return agreement
 
 
 def _build_opt_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
@@ -324,13 +309,8 @@ def _build_opt_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
 
 
 def _build_int8_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
-    plan = PLANS["int8"]
-    task = ctx.manifest.get("task", "embedding")
-    if task == "cross-encoder":  # scores within max_score_diff, with the same margins as the cosine targets
-        agreement = _score_agreement(ctx.manifest["scores"]["activation"])
-        target_min, target_mean = 1 - 0.7 * plan.max_score_diff, 1 - 0.2 * plan.max_score_diff
-    else:
-        agreement, target_min, target_mean = None, plan.min_cosine + 0.003, plan.mean_cosine + 0.002
+    task = ctx.manifest["task"]
+    agreement, target_min, target_mean = TASKS[task].int8_gate(PLANS["int8"], ctx.manifest)
     try:
         return build_int8(
             ctx.fp32_path,
@@ -365,10 +345,9 @@ PLANS = {
         mean_cosine=0.995,
         exact=False,
         builder=_build_int8_variant,
-        # rerankers: scores within 0.01 after the activation and the same top-10 per query; sparse encoders
-        # are not offered int8 (quantization noise moves weights across zero, so the active set changes)
+        # rerankers: scores within 0.01 after the activation and the same top-10 per query (sparse encoders are
+        # not offered int8: tasks.TASKS' variants_left_out)
         max_score_diff=0.01,
-        tasks=("embedding", "cross-encoder"),
     ),
     "fp16": VariantPlan(
         "fp16",

@@ -10,6 +10,7 @@ from disk when a rewrite needs one, and each rewrite writes what it makes to a s
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 CPU = "CPUExecutionProvider"
 Feeds = list[dict[str, np.ndarray]]
+# (fp32's outputs, the int8 graph's) -> per-row agreement, 1 where identical
+Agreement = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def session(model_or_path):
@@ -77,7 +80,7 @@ def activation_ranges(
     # for a base-size model)
     outputs, amax = [], {}
     for feed in feeds:
-        got = sess.run([output] + names, feed)
+        got = sess.run([output, *names], feed)
         outputs.append(got[0])
         for name, value in zip(names, got[1:]):
             channel_max = np.abs(value.reshape(-1, value.shape[-1])).max(0)
@@ -123,7 +126,7 @@ def build_int8(
     workdir: Path,
     max_excluded: int | None = None,
     log: Callable[[str], None] = lambda _m: None,
-    agreement: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    agreement: Agreement | None = None,
 ) -> dict[str, Any]:
     """Dynamic int8 with per-channel weights from the plain fp32 graph (onnxruntime's own CPU fusions apply at
     load; its fused Attention would keep the query/key/value projections in fp32). Sibling projections are
@@ -136,83 +139,20 @@ def build_int8(
     Every scratch file is ``int8-*`` in the fp32 graph's folder (``workdir``); the caller removes them. ``dst`` is
     written on its own, with its weights in ``<dst>.data`` when the fp32 graph keeps its weights as external data
     (returned as ``external_data``)."""
-    import onnx
-    from onnx import TensorProto
-
-    from ..memory import graph_tensors
-
     folder = Path(src).parent
     if Path(workdir).resolve() != folder.resolve():
         raise ValueError(f"the int8 build works next to its fp32 graph: workdir {workdir} is not {folder}")
-    base = onnx.load(str(src), load_external_data=False)  # the structure; the weights stay on disk
-    external = any(t.data_location == TensorProto.EXTERNAL for t in graph_tensors(base.graph))
-    name_nodes(as_onnx_model(base))
-    fold_constant_identities(as_onnx_model(base))
+    base, external = _structure(Path(src))
     merged = SiblingMatMulMerge().apply(base, Weights(base, folder, "int8-merged.onnx.data"))
-    matmuls = weighted_matmuls(base)
-    n_matmuls = len(matmuls)
+    n_matmuls = len(weighted_matmuls(base))
     if max_excluded is None:
         max_excluded = n_matmuls // 2
-    act_names = sorted({n.input[0] for n in matmuls})
-    reference, amax = activation_ranges(base, folder, act_names, output, calibration_feeds)
-    release_memory()
-
-    def smoothed(alpha: float, gain: float | None) -> tuple[ModelProto, Weights, int]:
-        """The smoothed graph (structure), its scaled weights written to int8-smoothed.onnx.data."""
-        model = _structure_copy(base)
-        weights = Weights(model, folder, "int8-smoothed.onnx.data")
-        decomposed = SmoothQuant(amax, alpha, OutlierChannels(gain)).apply(model, weights)
-        return model, weights, decomposed
-
-    def quantized(model: ModelProto, exclude: list[str]) -> ModelProto:
-        """``model`` with its MatMuls (but ``exclude``) in int8, the int8 weights in int8-quantized.onnx.data."""
-        q = _structure_copy(model)
-        quantize_matmuls(q, Weights(q, folder, "int8-quantized.onnx.data"), set(exclude))
-        return q
-
-    def score(model: ModelProto) -> tuple[float, float]:
-        sess = _session_of(model, folder, "int8-try.onnx")
-        got = np.concatenate([r[0] for r in run_all(sess, calibration_feeds, [output])])
-        del sess
-        cos = (agreement or cosines)(reference, got)
-        return float(cos.min()), float(cos.mean())
-
-    def attempt(alpha: float, gain: float | None):
-        model, _weights, decomposed = smoothed(alpha, gain)
-        s = score(quantized(model, []))
-        release_memory()
-        log(
-            f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
-            f"min agreement {s[0]:.4f}, mean {s[1]:.5f}"
-        )
-        return s, alpha, gain, decomposed
-
-    # The most accurate of a small grid: smoothing strength first, then how many channels are taken out. Only
-    # scores are kept; the best is rebuilt.
-    best = None
-    for alpha, gain in CALIBRATION_GRID:
-        candidate = attempt(best[1] if alpha is None else alpha, gain)
-        if best is None or candidate[0] > best[0]:
-            best = candidate
-    (cal_min, cal_mean), alpha, gain, decomposed = best
-    smooth, smooth_weights, _ = smoothed(alpha, gain)
-    result = quantized(smooth, [])
-    excluded: list[str] = []
-    step = 1
-    while (cal_min < target_min or cal_mean < target_mean) and len(excluded) < max_excluded:
-        left = [n for n in weighted_matmuls(smooth) if n.name not in excluded]
-        if not left:
-            break
-        ranked = rank_by_noise(result, smooth_weights, folder, calibration_feeds, left)
-        chosen = ranked[: min(step, max_excluded - len(excluded))]
-        excluded += chosen
-        result = quantized(smooth, excluded)
-        cal_min, cal_mean = score(result)
-        log(
-            f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
-            f"min agreement {cal_min:.4f}, mean {cal_mean:.5f}"
-        )
-        step *= 2
+    calibration = Calibration.measure(base, folder, output, calibration_feeds, agreement, log)
+    scores, alpha, gain, decomposed = calibration.best_smoothing()
+    smooth, smooth_weights, _ = calibration.smoothed(alpha, gain)
+    result, excluded, (cal_min, cal_mean) = calibration.keep_in_fp32(
+        smooth, smooth_weights, scores, (target_min, target_mean), max_excluded
+    )
     save_self_contained(result, folder, Path(dst), external)
     return {
         "method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",
@@ -225,10 +165,127 @@ def build_int8(
         "outlier_decomposed_matmuls": decomposed,
         "fp32_matmuls": excluded,
         "int8_matmuls": n_matmuls - len(excluded),
-        "calibration": {
-            "texts": len(calibration_feeds),
-            "agreement": "cosine" if agreement is None else getattr(agreement, "__doc__", None) or "custom",
-            "min_cosine_vs_fp32" if agreement is None else "min_agreement_vs_fp32": cal_min,
-            "mean_cosine_vs_fp32" if agreement is None else "mean_agreement_vs_fp32": cal_mean,
-        },
+        "calibration": _calibration_record(len(calibration_feeds), agreement, cal_min, cal_mean),
     }
+
+
+def _structure(src: Path) -> tuple[ModelProto, bool]:
+    """The fp32 graph's structure (its weights stay on disk), every node named and constant Identity nodes
+    folded, and whether it keeps its weights as external data."""
+    import onnx
+    from onnx import TensorProto
+
+    from ..memory import graph_tensors
+
+    base = onnx.load(str(src), load_external_data=False)
+    external = any(t.data_location == TensorProto.EXTERNAL for t in graph_tensors(base.graph))
+    name_nodes(as_onnx_model(base))
+    fold_constant_identities(as_onnx_model(base))
+    return base, external
+
+
+def _calibration_record(n_feeds: int, agreement: Agreement | None, cal_min: float, cal_mean: float) -> dict:
+    """The manifest's account of the calibration: its inputs, its measure and what the int8 graph reached."""
+    measure = "cosine" if agreement is None else "agreement"
+    return {
+        "texts": n_feeds,
+        "agreement": "cosine" if agreement is None else getattr(agreement, "__doc__", None) or "custom",
+        f"min_{measure}_vs_fp32": cal_min,
+        f"mean_{measure}_vs_fp32": cal_mean,
+    }
+
+
+@dataclass
+class Calibration:
+    """The int8 calibration of one graph: ``base`` (its structure, weights in ``folder``), fp32's ``reference``
+    ``output`` on ``feeds``, and the per-channel maxima of each MatMul input (``amax``) that SmoothQuant scales
+    by. Each candidate graph is scored by ``agreement`` with the reference (default: cosine similarity)."""
+
+    base: ModelProto
+    folder: Path
+    output: str
+    feeds: Feeds
+    reference: np.ndarray
+    amax: dict[str, np.ndarray]
+    agreement: Agreement | None
+    log: Callable[[str], None]
+
+    @classmethod
+    def measure(cls, base, folder: Path, output: str, feeds: Feeds, agreement, log) -> Calibration:
+        act_names = sorted({n.input[0] for n in weighted_matmuls(base)})
+        reference, amax = activation_ranges(base, folder, act_names, output, feeds)
+        release_memory()
+        return cls(base, folder, output, feeds, reference, amax, agreement, log)
+
+    def smoothed(self, alpha: float, gain: float | None) -> tuple[ModelProto, Weights, int]:
+        """The smoothed graph (structure), its scaled weights written to int8-smoothed.onnx.data."""
+        model = _structure_copy(self.base)
+        weights = Weights(model, self.folder, "int8-smoothed.onnx.data")
+        decomposed = SmoothQuant(self.amax, alpha, OutlierChannels(gain)).apply(model, weights)
+        return model, weights, decomposed
+
+    def quantized(self, model: ModelProto, exclude: list[str]) -> ModelProto:
+        """``model`` with its MatMuls (but ``exclude``) in int8, the int8 weights in int8-quantized.onnx.data."""
+        q = _structure_copy(model)
+        quantize_matmuls(q, Weights(q, self.folder, "int8-quantized.onnx.data"), set(exclude))
+        return q
+
+    def score(self, model: ModelProto) -> tuple[float, float]:
+        """The minimum and mean agreement of ``model``'s output with the reference."""
+        sess = _session_of(model, self.folder, "int8-try.onnx")
+        got = np.concatenate([r[0] for r in run_all(sess, self.feeds, [self.output])])
+        del sess
+        cos = (self.agreement or cosines)(self.reference, got)
+        return float(cos.min()), float(cos.mean())
+
+    def attempt(self, alpha: float, gain: float | None):
+        model, _weights, decomposed = self.smoothed(alpha, gain)
+        s = self.score(self.quantized(model, []))
+        release_memory()
+        self.log(
+            f"  int8 calibration: smoothing alpha {alpha}, outlier channels taken out of {decomposed} MatMul(s): "
+            f"min agreement {s[0]:.4f}, mean {s[1]:.5f}"
+        )
+        return s, alpha, gain, decomposed
+
+    def best_smoothing(self) -> tuple[tuple[float, float], float, float | None, int]:
+        """The most accurate of a small grid: smoothing strength first, then how many channels are taken out:
+        its (min, mean) agreement, strength, outlier gain and decomposed MatMuls. Only scores are kept; the
+        caller rebuilds the best."""
+        best = None
+        for alpha, gain in CALIBRATION_GRID:
+            candidate = self.attempt(best[1] if alpha is None else alpha, gain)
+            if best is None or candidate[0] > best[0]:
+                best = candidate
+        return best
+
+    def keep_in_fp32(
+        self,
+        smooth: ModelProto,
+        smooth_weights: Weights,
+        scores: tuple[float, float],
+        targets: tuple[float, float],
+        max_excluded: int,
+    ) -> tuple[ModelProto, list[str], tuple[float, float]]:
+        """``smooth`` quantized, keeping MatMuls in fp32 (worst local signal-to-noise ratio first, doubling how many
+        each round) while its (min, mean) agreement ``scores`` are below ``targets`` and at most ``max_excluded``
+        are kept: the quantized graph, the MatMuls kept and its scores."""
+        (cal_min, cal_mean), (target_min, target_mean) = scores, targets
+        result = self.quantized(smooth, [])
+        excluded: list[str] = []
+        step = 1
+        while (cal_min < target_min or cal_mean < target_mean) and len(excluded) < max_excluded:
+            left = [n for n in weighted_matmuls(smooth) if n.name not in excluded]
+            if not left:
+                break
+            ranked = rank_by_noise(result, smooth_weights, self.folder, self.feeds, left)
+            chosen = ranked[: min(step, max_excluded - len(excluded))]
+            excluded += chosen
+            result = self.quantized(smooth, excluded)
+            cal_min, cal_mean = self.score(result)
+            self.log(
+                f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
+                f"min agreement {cal_min:.4f}, mean {cal_mean:.5f}"
+            )
+            step *= 2
+        return result, excluded, (cal_min, cal_mean)

@@ -173,12 +173,3 @@ def float_outputs(model: ModelProto, names: list[str]) -> list[ValueInfoProto]:
 
     have = {o.name for o in model.graph.output}
     return [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in have]
-
-
-def with_outputs(model: ModelProto, names: list[str]) -> ModelProto:
-    """A copy of the model that also outputs the tensors ``names``."""
-    import copy
-
-    m = copy.deepcopy(model)
-    m.graph.output.extend(float_outputs(m, names))
-    return m

@@ -46,7 +46,7 @@ def quantize_matmuls(model: ModelProto, weights: Weights, exclude: set[str] | fr
     """Rewrite ``model`` in place: every MatMul with a constant 2-D weight (but those named in ``exclude``) in
     dynamic int8; the float weights that no node reads any more are dropped. New initializers go through
     ``weights`` (to its data file). Returns how many MatMuls were quantized."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     gemms_to_matmuls(model, weights)
     targets = {n.name for n in weighted_matmuls(model) if n.name not in exclude}
@@ -71,39 +71,54 @@ def quantize_matmuls(model: ModelProto, weights: Weights, exclude: set[str] | fr
             )
         if w not in quantized_weights:
             quantized_weights.add(w)
-            q, scales = quantize_weight(weights.read(w))
-            weights.add(q, f"{w}_quantized")
-            n_out = q.shape[-1]
-            model.graph.initializer.extend(
-                [
-                    helper.make_tensor(f"{w}_scale", TensorProto.FLOAT, [n_out], scales.tolist()),
-                    helper.make_tensor(f"{w}_zero_point", TensorProto.INT8, [n_out], [0] * n_out),
-                ]
-            )
-            del q
-        name = f"{node.name}_quant"
-        product = f"{node.output[0]}_output_quantized"
-        nodes += [
-            helper.make_node(
-                "MatMulInteger",
-                [f"{x}_quantized", f"{w}_quantized", f"{x}_zero_point", f"{w}_zero_point"],
-                [product],
-                name,
-            ),
-            helper.make_node("Cast", [product], [f"{product}_cast_output"], f"{product}_cast", to=TensorProto.FLOAT),
-            helper.make_node("Mul", [f"{x}_scale", f"{w}_scale"], [f"{name}_scales_mul:0"], f"{name}_scales_mul"),
-            helper.make_node(
-                "Mul",
-                [f"{product}_cast_output", f"{name}_scales_mul:0"],
-                [node.output[0]],
-                f"{name}_output_scale_mul",
-            ),
-        ]
+            _add_quantized_weight(model, weights, w)
+        nodes += _integer_matmul(node, x, w)
         count += 1
     model.graph.ClearField("node")
     model.graph.node.extend(nodes)
     drop_unused_initializers(as_onnx_model(model))
     return count
+
+
+def _add_quantized_weight(model: ModelProto, weights: Weights, w: str) -> None:
+    """The weight ``w`` in int8 (``<w>_quantized``, through ``weights``), with its per-channel scales and zero
+    points as initializers of ``model``."""
+    from onnx import TensorProto, helper
+
+    q, scales = quantize_weight(weights.read(w))
+    weights.add(q, f"{w}_quantized")
+    n_out = q.shape[-1]
+    model.graph.initializer.extend(
+        [
+            helper.make_tensor(f"{w}_scale", TensorProto.FLOAT, [n_out], scales.tolist()),
+            helper.make_tensor(f"{w}_zero_point", TensorProto.INT8, [n_out], [0] * n_out),
+        ]
+    )
+
+
+def _integer_matmul(node, x: str, w: str) -> list:
+    """The nodes that compute MatMul ``node`` of activation ``x`` and weight ``w`` from their int8 forms:
+    MatMulInteger, then its cast to float times both scales, into the MatMul's own output."""
+    from onnx import TensorProto, helper
+
+    name = f"{node.name}_quant"
+    product = f"{node.output[0]}_output_quantized"
+    return [
+        helper.make_node(
+            "MatMulInteger",
+            [f"{x}_quantized", f"{w}_quantized", f"{x}_zero_point", f"{w}_zero_point"],
+            [product],
+            name,
+        ),
+        helper.make_node("Cast", [product], [f"{product}_cast_output"], f"{product}_cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [f"{x}_scale", f"{w}_scale"], [f"{name}_scales_mul:0"], f"{name}_scales_mul"),
+        helper.make_node(
+            "Mul",
+            [f"{product}_cast_output", f"{name}_scales_mul:0"],
+            [node.output[0]],
+            f"{name}_output_scale_mul",
+        ),
+    ]
 
 
 def gemms_to_matmuls(model: ModelProto, weights: Weights) -> None:

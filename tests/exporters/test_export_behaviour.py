@@ -94,7 +94,7 @@ def test_failed_validation_writes_nothing_and_keeps_previous_export(zoo, tmp_pat
 
     strict = dataclasses.replace(variants.PLANS["fp32"], min_cosine=1.5)  # no export can pass this
     monkeypatch.setitem(variants.PLANS, "fp32", strict)
-    with pytest.raises(errors.ValidationFailedError, match="gate: min 1.5") as info:
+    with pytest.raises(errors.ValidationFailedError, match=r"gate: min 1.5") as info:
         export.export_model(str(src), output=out, log=lambda _m: None)
     assert info.value.report["failures"]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
