@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,12 @@ from .resolve import ResolvedModel, resolve
 from .st_model import ModelDescription, choose_task, describe, inspect_folder, prepare_for_tracing
 from .tasks import TASKS
 from .variants import PLANS, BuildContext
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig
+
+    from .specs import TextEncoderSpec
 
 DEFAULT_OPSET = 17
 
@@ -100,14 +106,15 @@ class ExportRun:
     resolved: ResolvedModel | None = None
     model_type: str = ""
     modules_json: list[dict[str, Any]] = field(default_factory=list)
-    spec: Any = None
-    st_model: Any = None
+    spec: TextEncoderSpec | None = None  # the family's spec (exporters.specs)
+    # the loaded sentence-transformers model (SentenceTransformer, CrossEncoder or SparseEncoder)
+    st_model: torch.nn.Module | None = None
     desc: ModelDescription | None = None
     tmp: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, Any] = field(default_factory=dict)
     capped_at: int | None = None
-    hf_config: Any = None
+    hf_config: PretrainedConfig | None = None
     references: dict[str, Any] = field(default_factory=dict)
     kind: str | None = None  # st-export --kind: the task asked for (None: the folder's own)
     task: str = ""  # the manifest task it is exported as (st_model.choose_task)

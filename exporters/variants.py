@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,11 @@ from .int8.build import build_int8
 from .int8.rewrites import merge_sibling_matmuls
 from .memory import release_memory, run_in_child, weights_from_disk, weights_to_disk
 from .tasks import TASKS
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from .specs import TextEncoderSpec
 
 __all__ = [
     "CPU",
@@ -89,8 +94,8 @@ class BuildContext:
     tower_name: str
     tower: dict[str, Any]
     fp32_path: Path
-    hf_config: Any
-    spec: Any
+    hf_config: PretrainedConfig
+    spec: TextEncoderSpec
     log: Callable[[str], None]
     manifest: dict[str, Any] = field(default_factory=dict)
 
