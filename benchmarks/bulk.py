@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .throughput import ROOT, WORDS, machine
+from .common import ROOT, WORDS, machine
 
 
 def write_corpus(path: Path, rows: int, seed: int = 5) -> None:
@@ -123,7 +123,7 @@ def throughput(args, tmp: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .throughput import make_corpus
+    from .common import make_corpus
 
     passages = make_corpus(n_queries=0, n_passages=args.passages)["passages"]
     src = tmp / "passages.parquet"

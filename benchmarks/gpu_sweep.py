@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.throughput import bundled_path, machine, make_corpus
+from benchmarks.common import bundled_path, machine, make_corpus
 
 
 class GpuBusy:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import orjson
 
-from .throughput import ROOT, machine, make_corpus
+from .common import ROOT, machine, make_corpus
 
 PEER_PYTHON = ROOT / ".venv-serve-peers" / "bin" / "python"
 HUB_IDS = {
