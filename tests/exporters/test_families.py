@@ -122,7 +122,7 @@ def test_glove_legacy_hub_layout(zoo_families, tmp_path):
 
 def test_glove_refuses_pairs_with_a_typed_error(zoo_families):
     enc = SentenceEncoder(zoo_families.glove()[1])
-    with pytest.raises(UnsupportedInputError, match="input 1 is a .text, text_pair. pair.*word-embeddings"):
+    with pytest.raises(UnsupportedInputError, match=r"input 1 is a .text, text_pair. pair.*word-embeddings"):
         enc.encode(["London", ["London", "Paris"]])
     with pytest.raises(UnsupportedInputError, match="pairs are not supported"):  # the tokenizer itself refuses too
         enc.tokenizer.encode_batch([("London", "Paris")])
@@ -142,7 +142,7 @@ def test_word_embeddings_with_a_transformers_tokenizer_is_refused(zoo_families, 
     emb = models.WordEmbeddings(hf_tok, np_.zeros((len(hf_tok), 4), dtype=np_.float32))
     st = SentenceTransformer(modules=[emb, models.Pooling(4, pooling_mode="mean")], device="cpu")
     st.save(str(tmp_path / "m"))
-    with pytest.raises(errors.UnsupportedModelError, match="TransformersTokenizerWrapper.*WhitespaceTokenizer"):
+    with pytest.raises(errors.UnsupportedModelError, match=r"TransformersTokenizerWrapper.*WhitespaceTokenizer"):
         export_model(str(tmp_path / "m"), output=tmp_path / "out", log=lambda _m: None)
     assert not (tmp_path / "out").exists()
 
@@ -249,7 +249,7 @@ def test_clip_bad_image_inputs_are_typed(zoo_families):
     with pytest.raises(UnsupportedInputError, match="input 1"):
         enc.encode(["text", 3])
     # sentence-transformers 6 refuses text pairs for CLIP (ValueError); st_runtime refuses them with a typed error
-    with pytest.raises(UnsupportedInputError, match="pair.*clip"):
+    with pytest.raises(UnsupportedInputError, match=r"pair.*clip"):
         enc.encode([("a photo", "of a cat")])
 
 
