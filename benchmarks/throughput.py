@@ -463,6 +463,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
+    _add_peer_arguments(p)
+    return p
+
+
+def _add_peer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--peer-python",
         type=Path,
@@ -488,7 +493,6 @@ def _parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="seconds the peer worker may take to export and load its systems (default 3600)",
     )
-    return p
 
 
 def _peer_systems(p: argparse.ArgumentParser, args) -> list[str]:
