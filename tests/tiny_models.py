@@ -317,6 +317,7 @@ def _vocab_and_pad(tok) -> dict[str, int]:
 
 
 def _modernbert_ids(tok) -> dict[str, int]:
+    # [CLS] and [SEP] (ids after the BPE vocabulary) are also its bos and eos
     ids = {"cls_token_id": tok.cls_token_id, "sep_token_id": tok.sep_token_id}
     return {**_vocab_and_pad(tok), **ids, "bos_token_id": tok.cls_token_id, "eos_token_id": tok.sep_token_id}
 
