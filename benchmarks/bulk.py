@@ -17,6 +17,7 @@ also reported). Writes ``benchmarks/results/bulk-<host>.json`` (one key per mode
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import socket
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .throughput import ROOT, WORDS, machine
+from .common import ROOT, WORDS, machine
 
 
 def write_corpus(path: Path, rows: int, seed: int = 5) -> None:
@@ -43,12 +44,10 @@ def write_corpus(path: Path, rows: int, seed: int = 5) -> None:
 
 
 def rss_mb(pid: int) -> float | None:
-    try:
-        for line in open(f"/proc/{pid}/status"):
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-    except OSError:
-        return None
     return None
 
 
@@ -123,7 +122,7 @@ def throughput(args, tmp: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .throughput import make_corpus
+    from .common import make_corpus
 
     passages = make_corpus(n_queries=0, n_passages=args.passages)["passages"]
     src = tmp / "passages.parquet"

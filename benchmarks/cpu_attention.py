@@ -54,7 +54,7 @@ def build_mha(folder: Path, dst_folder: Path, heads: int, hidden: int) -> Path:
 
 
 def main(argv=None) -> int:
-    from benchmarks.throughput import docs_corpus, machine
+    from benchmarks.common import docs_corpus, machine
     from exporters.validate import cosines
     from st_runtime import SentenceEncoder
 

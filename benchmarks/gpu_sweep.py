@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.throughput import bundled_path, machine, make_corpus
+from benchmarks.common import bundled_path, machine, make_corpus
 
 
 class GpuBusy:
@@ -99,7 +99,7 @@ def timed(fn, texts, rounds: int, busy: GpuBusy) -> tuple[np.ndarray, list[float
     return first, times, busy.mean
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path)
     p.add_argument("--provider", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
@@ -122,274 +122,306 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=240.0, help="stop starting new systems after this long")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--png", type=Path, default=None)
-    args = p.parse_args(argv)
-    t_start = time.perf_counter()
-    gpu = args.provider == "cuda"
+    return p
 
-    import torch
-    from sentence_transformers import SentenceTransformer
 
-    from st_runtime import SentenceEncoder
+def sweep_plan(args) -> list[tuple[str, bool, set[str], list[int | None]]]:
+    """The st_runtime systems to measure: --configs, or the grid of variants x graphs x batch sizes, with
+    tokenization unpipelined once, for the first variant."""
+    sizes = [None] + [int(b) for b in args.batch_sizes.split(",") if b]
+    if args.configs:
+        return parse_configs(args.configs)
+    variants = [v for v in args.variants.split(",") if v]
+    return [
+        (v, graphs, flags, sizes)
+        for graphs in [g == "1" for g in args.graphs.split(",") if g]
+        for v in variants
+        for flags in (({""}, {"nopipe"}) if not graphs and v == variants[0] else ({""},))
+    ]
 
-    manifest = json.loads((args.folder / "manifest.json").read_text())
-    source = manifest["source"]["model"]
-    if manifest["source"]["origin"].startswith("bundled:") and not Path(source).is_dir():
-        source = bundled_path(manifest)
-    corpus = make_corpus(n_queries=args.queries, n_passages=args.passages)
-    busy = GpuBusy()
-    device = "cuda" if gpu else "cpu"
-    out = {
-        "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "model": args.folder.resolve().name,
-        "source": source,
-        "provider": args.provider,
-        "rounds": args.rounds,
-        "machine": machine(args.provider),
-        "workloads": {k: len(v) for k, v in corpus.items()},
-        "measure": "items/s = texts / median seconds of one encode call over the whole workload, end to end "
-        "(tokenization included); gpu_busy_pct = NVML utilization over the timed calls",
-        "tokenizer": {},
-        "sentence_transformers": {},
-        "st_runtime": [],
-        "device_only": {},
-        "skipped": [],
-    }
 
-    def save():
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+ROW_PRINTED = ("system", "pipelined_tokenization", "tokenize_chunk", "gil_switch_interval_s", "batch_size")
 
-    def over_budget(what: str, grace: float = 0.0) -> bool:
-        if time.perf_counter() - t_start > args.budget_s + grace:
-            out["skipped"].append(what)
+
+class Sweep:
+    """One run of the sweep: its arguments, the texts and sentence-transformers' embeddings of them, and the JSON
+    it writes (saved after every system)."""
+
+    def __init__(self, args, t_start: float):
+        self.args, self.t_start = args, t_start
+        self.gpu = args.provider == "cuda"
+        manifest = json.loads((args.folder / "manifest.json").read_text())
+        self.known = manifest["towers"]["text"]["variants"]
+        source = manifest["source"]["model"]
+        if manifest["source"]["origin"].startswith("bundled:") and not Path(source).is_dir():
+            source = bundled_path(manifest)
+        self.source = source
+        self.corpus = make_corpus(n_queries=args.queries, n_passages=args.passages)
+        self.busy = GpuBusy()
+        self.out = {
+            "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "model": args.folder.resolve().name,
+            "source": source,
+            "provider": args.provider,
+            "rounds": args.rounds,
+            "machine": machine(args.provider),
+            "workloads": {k: len(v) for k, v in self.corpus.items()},
+            "measure": "items/s = texts / median seconds of one encode call over the whole workload, end to end "
+            "(tokenization included); gpu_busy_pct = NVML utilization over the timed calls",
+            "tokenizer": {},
+            "sentence_transformers": {},
+            "st_runtime": [],
+            "device_only": {},
+            "skipped": [],
+        }
+        self.st = self.out["sentence_transformers"]
+        self.encoders: dict = {}
+
+    def save(self) -> None:
+        self.args.json.parent.mkdir(parents=True, exist_ok=True)
+        self.args.json.write_text(json.dumps(self.out, indent=2))
+
+    def over_budget(self, what: str, grace: float = 0.0) -> bool:
+        if time.perf_counter() - self.t_start > self.args.budget_s + grace:
+            self.out["skipped"].append(what)
             return True
         return False
 
-    # sentence-transformers, the reference: fp32 (and fp16 on CUDA) at each batch size
-    refs = {}
-    st_models = {"fp32": SentenceTransformer(source, device=device)}
-    if gpu:
-        st_models["fp16"] = SentenceTransformer(source, device=device).half()
-    for w, texts in corpus.items():
-        with torch.inference_mode():
-            refs[w] = st_models["fp32"].encode(texts, batch_size=256, convert_to_numpy=True)
-    st_workloads = [w for w in args.st_workloads.split(",") if w in corpus]
-    st = out["sentence_transformers"]
+    def figures(self, w: str, emb, ts: list[float], pct: float | None) -> dict:
+        """Speed and accuracy (to sentence-transformers fp32) of one system on workload ``w``."""
+        cos = cosines(self.refs[w], emb)
+        return {
+            "items_per_s": len(self.corpus[w]) / statistics.median(ts),
+            "all_s": ts,
+            "gpu_busy_pct": pct,
+            "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()),
+        }
 
-    def measure_st(batch_sizes: list[int], grace: float = 0.0) -> None:
-        for name, model in st_models.items():
-            if name not in args.st_precisions.split(","):
+    # ------------------------------------------------------------------------------ sentence-transformers
+    def load_references(self) -> None:
+        """sentence-transformers, the reference: fp32 (and fp16 on CUDA), and fp32's embeddings of every text."""
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        device = "cuda" if self.gpu else "cpu"
+        self.st_models = {"fp32": SentenceTransformer(self.source, device=device)}
+        if self.gpu:
+            self.st_models["fp16"] = SentenceTransformer(self.source, device=device).half()
+        self.refs = {}
+        for w, texts in self.corpus.items():
+            with torch.inference_mode():
+                self.refs[w] = self.st_models["fp32"].encode(texts, batch_size=256, convert_to_numpy=True)
+        self.st_workloads = [w for w in self.args.st_workloads.split(",") if w in self.corpus]
+
+    def measure_st(self, batch_sizes: list[int], grace: float = 0.0) -> None:
+        rounds = self.args.st_rounds or self.args.rounds
+        for name, model in self.st_models.items():
+            if name not in self.args.st_precisions.split(","):
                 continue
             for bs in batch_sizes:
-                if over_budget(f"sentence-transformers {name} batch {bs}", grace):
+                if self.over_budget(f"sentence-transformers {name} batch {bs}", grace):
                     continue
-                for w in st_workloads:
-                    texts = corpus[w]
+                for w in self.st_workloads:
                     emb, ts, pct = timed(
-                        lambda x, m=model, b=bs: m.encode(x, batch_size=b), texts, args.st_rounds or args.rounds, busy
+                        lambda x, m=model, b=bs: m.encode(x, batch_size=b), self.corpus[w], rounds, self.busy
                     )
-                    cos = cosines(refs[w], emb)
-                    st.setdefault(name, {}).setdefault(w, {})[str(bs)] = {
-                        "items_per_s": len(texts) / statistics.median(ts),
-                        "all_s": ts,
-                        "gpu_busy_pct": pct,
-                        "min_cosine": float(cos.min()),
-                        "mean_cosine": float(cos.mean()),
-                    }
-                save()
+                    self.st.setdefault(name, {}).setdefault(w, {})[str(bs)] = self.figures(w, emb, ts, pct)
+                self.save()
 
-    def st_rate(name: str, w: str, which: str) -> float | None:
-        rows = st.get(name, {}).get(w, {})
+    def st_rate(self, name: str, w: str, which: str) -> float | None:
+        rows = self.st.get(name, {}).get(w, {})
         if not rows:
             return None
-        return (
-            rows["32"]["items_per_s"]
-            if which == "default" and "32" in rows
-            else max(r["items_per_s"] for r in rows.values())
-        )
+        if which == "default" and "32" in rows:
+            return rows["32"]["items_per_s"]
+        return max(r["items_per_s"] for r in rows.values())
 
-    def add_ratios() -> None:
+    def add_ratios(self) -> None:
         """Ratios of every st_runtime row to sentence-transformers at its default batch and at its best one
         measured (recomputed as sentence-transformers' larger batches come in)."""
-        for row in out["st_runtime"]:
+        for row in self.out["st_runtime"]:
             for w, got in row.get("workloads", {}).items():
                 if "items_per_s" not in got:
                     continue
-                for n in st:
+                for n in self.st:
                     for which in ("default", "best"):
-                        if r := st_rate(n, w, which):
+                        if r := self.st_rate(n, w, which):
                             got[f"ratio_to_st_{n}_{which}"] = got["items_per_s"] / r
 
-    # sentence-transformers at its first batch size (its default) now; its larger ones after st_runtime's
-    # systems, so that a tight budget never leaves st_runtime unmeasured
-    st_sizes = [int(b) for b in args.st_batch_sizes.split(",") if b]
-    measure_st(st_sizes[:1])
+    # ------------------------------------------------------------------------------------------- st_runtime
+    def measure_tokenizer(self) -> None:
+        """The tokenizer alone, on all cores."""
+        from st_runtime import SentenceEncoder
 
-    # the tokenizer alone, on all cores
-    probe = SentenceEncoder(args.folder, providers=args.provider, variant="fp32" if not gpu else None)
-    tok = probe.tokenizer
-    for w, texts in corpus.items():
-        ts = []
-        for _ in range(args.rounds):
-            t = time.perf_counter()
-            enc = tok.encode_batch(texts)
-            ts.append(time.perf_counter() - t)
-        tokens = sum(len(e) for e in enc)
-        out["tokenizer"][w] = {
-            "texts_per_s": len(texts) / statistics.median(ts),
-            "tokens_per_text": tokens / len(texts),
-            "all_s": ts,
-        }
-    save()
-    del probe
+        probe = SentenceEncoder(
+            self.args.folder, providers=self.args.provider, variant="fp32" if not self.gpu else None
+        )
+        tok = probe.tokenizer
+        for w, texts in self.corpus.items():
+            ts = []
+            for _ in range(self.args.rounds):
+                t = time.perf_counter()
+                enc = tok.encode_batch(texts)
+                ts.append(time.perf_counter() - t)
+            tokens = sum(len(e) for e in enc)
+            self.out["tokenizer"][w] = {
+                "texts_per_s": len(texts) / statistics.median(ts),
+                "tokens_per_text": tokens / len(texts),
+                "all_s": ts,
+            }
+        self.save()
 
-    sizes = [None] + [int(b) for b in args.batch_sizes.split(",") if b]
-    if args.configs:
-        plan = parse_configs(args.configs)
-    else:  # the grid: variants x graphs x batch sizes; tokenization unpipelined once, for the first variant
-        variants = [v for v in args.variants.split(",") if v]
-        plan = [
-            (v, graphs, flags, sizes)
-            for graphs in [g == "1" for g in args.graphs.split(",") if g]
-            for v in variants
-            for flags in (({""}, {"nopipe"}) if not graphs and v == variants[0] else ({""},))
-        ]
-    known = manifest["towers"]["text"]["variants"]
-    encoders: dict[tuple[str, bool], SentenceEncoder] = {}
-    for v, graphs, flags, batch_sizes in plan:
-        pipeline = "nopipe" not in flags
-        if v not in known or (graphs and not gpu):
-            out["skipped"].append(f"{v} graphs={graphs}: not available here")
-            continue
-        label = f"{v}{' + CUDA graphs' if graphs else ''}"
-        if over_budget(label):
-            continue
-        if (v, graphs) not in encoders:
+    def encoder(self, v: str, graphs: bool, label: str):
+        """st_runtime's encoder of variant ``v`` (made once), or None when it cannot be made (recorded)."""
+        from st_runtime import SentenceEncoder
+
+        if (v, graphs) not in self.encoders:
             try:
-                encoders[(v, graphs)] = SentenceEncoder(
-                    args.folder, providers=args.provider, variant=v, cuda_graphs=graphs
+                self.encoders[(v, graphs)] = SentenceEncoder(
+                    self.args.folder, providers=self.args.provider, variant=v, cuda_graphs=graphs
                 )
             except Exception as exc:  # recorded, not hidden
-                out["st_runtime"].append({"system": label, "error": f"{type(exc).__name__}: {exc}"})
-                save()
-                continue
-        enc = encoders[(v, graphs)]
+                self.out["st_runtime"].append({"system": label, "error": f"{type(exc).__name__}: {exc}"})
+                self.save()
+                return None
+        return self.encoders[(v, graphs)]
+
+    def measure_system(self, v: str, graphs: bool, flags: set[str], batch_sizes: list[int | None]) -> None:
+        """One st_runtime system of the plan at each of its batch sizes."""
+        pipeline = "nopipe" not in flags
+        if v not in self.known or (graphs and not self.gpu):
+            self.out["skipped"].append(f"{v} graphs={graphs}: not available here")
+            return
+        label = f"{v}{' + CUDA graphs' if graphs else ''}"
+        if self.over_budget(label):
+            return
+        enc = self.encoder(v, graphs, label)
+        if enc is None:
+            return
         default_chunk = enc.text_tower.policy.pipeline_items(1)
         enc.text_tower.policy.pipeline_chunk = (16384 if "bigchunk" in flags else default_chunk) if pipeline else None
         switch = sys.getswitchinterval()
         if "switch" in flags:
             sys.setswitchinterval(1e-4)
         for bs in batch_sizes:
-            if over_budget(f"{label} batch {bs}"):
+            if self.over_budget(f"{label} batch {bs}"):
                 break
-            row = {
-                "system": label,
-                "variant": v,
-                "cuda_graphs": graphs,
-                "pipelined_tokenization": pipeline,
-                "tokenize_chunk": enc.text_tower.policy.pipeline_chunk,
-                "gil_switch_interval_s": sys.getswitchinterval(),
-                "batch_size": bs,
-                "workloads": {},
-            }
-            for w, texts in corpus.items():
-                try:
-                    emb, ts, pct = timed(lambda x, e=enc, b=bs: e.encode(x, batch_size=b), texts, args.rounds, busy)
-                except Exception as exc:
-                    row["workloads"][w] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
-                    continue
-                rate = len(texts) / statistics.median(ts)
-                cos = cosines(refs[w], emb)
-                row["workloads"][w] = {
-                    "items_per_s": rate,
-                    "all_s": ts,
-                    "gpu_busy_pct": pct,
-                    "min_cosine": float(cos.min()),
-                    "mean_cosine": float(cos.mean()),
-                }
-            out["st_runtime"].append(row)
-            add_ratios()
-            print(
-                json.dumps(
-                    {
-                        k: row[k]
-                        for k in (
-                            "system",
-                            "pipelined_tokenization",
-                            "tokenize_chunk",
-                            "gil_switch_interval_s",
-                            "batch_size",
-                        )
-                    }
-                ),
-                {w: round(r.get("items_per_s", 0)) for w, r in row["workloads"].items()},
-                flush=True,
-            )
-            save()
+            self.measure_row(enc, label, v, graphs, pipeline, bs)
         enc.text_tower.policy.pipeline_chunk = default_chunk
         sys.setswitchinterval(switch)
         if graphs:
-            out.setdefault("graphs_captured", {})[v] = {
+            self.out.setdefault("graphs_captured", {})[v] = {
                 "graphs": enc.text_tower.runner.graphs_taken,
                 "uncaptured": enc.text_tower.runner.uncaptured,
             }
-    encoders.clear()
 
-    # the graph alone on prebuilt feeds, for the fastest configuration on queries: the device-side ceiling
-    best = max(
-        (
-            r
-            for r in out["st_runtime"]
-            if "queries" in r.get("workloads", {}) and "items_per_s" in r["workloads"]["queries"]
-        ),
-        key=lambda r: r["workloads"]["queries"]["items_per_s"],
-        default=None,
-    )
-    if best is not None and not over_budget("device-only", grace=20.0):  # cheap, and it says what limits
-        enc = SentenceEncoder(
-            args.folder, providers=args.provider, variant=best["variant"], cuda_graphs=best["cuda_graphs"]
+    def measure_row(self, enc, label: str, v: str, graphs: bool, pipeline: bool, bs: int | None) -> None:
+        row = {
+            "system": label,
+            "variant": v,
+            "cuda_graphs": graphs,
+            "pipelined_tokenization": pipeline,
+            "tokenize_chunk": enc.text_tower.policy.pipeline_chunk,
+            "gil_switch_interval_s": sys.getswitchinterval(),
+            "batch_size": bs,
+            "workloads": {},
+        }
+        for w, texts in self.corpus.items():
+            try:
+                emb, ts, pct = timed(
+                    lambda x, e=enc, b=bs: e.encode(x, batch_size=b), texts, self.args.rounds, self.busy
+                )
+            except Exception as exc:
+                row["workloads"][w] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+                continue
+            row["workloads"][w] = self.figures(w, emb, ts, pct)
+        self.out["st_runtime"].append(row)
+        self.add_ratios()
+        print(
+            json.dumps({k: row[k] for k in ROW_PRINTED}),
+            {w: round(r.get("items_per_s", 0)) for w, r in row["workloads"].items()},
+            flush=True,
         )
-        text = enc.text_tower
-        for w, texts in corpus.items():
-            bs = best["batch_size"] or text.policy.auto_batch_size
-            t = time.perf_counter()
-            encodings = text.tokenizer.encode_batch(texts)
-            t_tok = time.perf_counter() - t
-            lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-            order = np.argsort(-lengths, kind="stable")
-            batches = text.plan(lengths[order], bs, text.max_seq_length)
-            t = time.perf_counter()
-            feeds = [text.feeds(encodings, lengths, order[s:e], wd) for s, e, wd in batches]
-            t_feeds = time.perf_counter() - t
-            for f in feeds:  # warm
-                text.runner(f)
-            ts = []
-            with busy:
-                for _ in range(args.rounds):
-                    t = time.perf_counter()
-                    for f in feeds:
-                        text.runner(f)
-                    ts.append(time.perf_counter() - t)
-            out["device_only"][w] = {
-                "system": best["system"],
-                "batch_size": bs,
-                "batches": len(batches),
-                "padded_tokens": int(sum((e - s) * wd for s, e, wd in batches)),
-                "graph_items_per_s": len(texts) / statistics.median(ts),
-                "gpu_busy_pct": busy.mean,
-                "tokenize_s": t_tok,
-                "build_feeds_s": t_feeds,
-                "graph_s": statistics.median(ts),
-            }
-        save()
-        del enc
-    measure_st(st_sizes[1:], grace=30.0)  # sentence-transformers' larger batches, where time is left
-    add_ratios()
-    out["elapsed_s"] = time.perf_counter() - t_start
-    save()
+        self.save()
+
+    # ------------------------------------------------------------------------------------------ device only
+    def device_only(self) -> None:
+        """The graph alone on prebuilt feeds, for the fastest configuration on queries: the device-side ceiling."""
+        from st_runtime import SentenceEncoder
+
+        best = max(
+            (
+                r
+                for r in self.out["st_runtime"]
+                if "queries" in r.get("workloads", {}) and "items_per_s" in r["workloads"]["queries"]
+            ),
+            key=lambda r: r["workloads"]["queries"]["items_per_s"],
+            default=None,
+        )
+        if best is None or self.over_budget("device-only", grace=20.0):  # cheap, and it says what limits
+            return
+        enc = SentenceEncoder(
+            self.args.folder, providers=self.args.provider, variant=best["variant"], cuda_graphs=best["cuda_graphs"]
+        )
+        for w, texts in self.corpus.items():
+            self.out["device_only"][w] = self.graph_alone(enc.text_tower, best, texts)
+        self.save()
+
+    def graph_alone(self, text, best: dict, texts: list[str]) -> dict:
+        bs = best["batch_size"] or text.policy.auto_batch_size
+        t = time.perf_counter()
+        encodings = text.tokenizer.encode_batch(texts)
+        t_tok = time.perf_counter() - t
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable")
+        batches = text.plan(lengths[order], bs, text.max_seq_length)
+        t = time.perf_counter()
+        feeds = [text.feeds(encodings, lengths, order[s:e], wd) for s, e, wd in batches]
+        t_feeds = time.perf_counter() - t
+        for f in feeds:  # warm
+            text.runner(f)
+        ts = []
+        with self.busy:
+            for _ in range(self.args.rounds):
+                t = time.perf_counter()
+                for f in feeds:
+                    text.runner(f)
+                ts.append(time.perf_counter() - t)
+        return {
+            "system": best["system"],
+            "batch_size": bs,
+            "batches": len(batches),
+            "padded_tokens": int(sum((e - s) * wd for s, e, wd in batches)),
+            "graph_items_per_s": len(texts) / statistics.median(ts),
+            "gpu_busy_pct": self.busy.mean,
+            "tokenize_s": t_tok,
+            "build_feeds_s": t_feeds,
+            "graph_s": statistics.median(ts),
+        }
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    t_start = time.perf_counter()
+    sweep = Sweep(args, t_start)
+    sweep.load_references()
+    # sentence-transformers at its first batch size (its default) now; its larger ones after st_runtime's
+    # systems, so that a tight budget never leaves st_runtime unmeasured
+    st_sizes = [int(b) for b in args.st_batch_sizes.split(",") if b]
+    sweep.measure_st(st_sizes[:1])
+    sweep.measure_tokenizer()
+    for v, graphs, flags, batch_sizes in sweep_plan(args):
+        sweep.measure_system(v, graphs, flags, batch_sizes)
+    sweep.encoders.clear()
+    sweep.device_only()
+    sweep.measure_st(st_sizes[1:], grace=30.0)  # sentence-transformers' larger batches, where time is left
+    sweep.add_ratios()
+    sweep.out["elapsed_s"] = time.perf_counter() - t_start
+    sweep.save()
     print(f"wrote {args.json}")
     if args.png:
-        plot(out, args.png)
+        plot(sweep.out, args.png)
     return 0
 
 

@@ -28,7 +28,7 @@ def rss_mb() -> float:
 
 
 def main(argv=None) -> int:
-    from benchmarks.throughput import make_corpus
+    from benchmarks.common import make_corpus
     from st_runtime import SentenceEncoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

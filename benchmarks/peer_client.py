@@ -6,6 +6,7 @@ tail of its stderr (which is kept in a log file, so a chatty export can never bl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -34,7 +35,7 @@ class PeerWorker:
     ):
         self.python = str(python)
         self.log_path = Path(log_path)
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open while the worker lives; close() closes it
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         try:
             self.proc = subprocess.Popen(
@@ -79,10 +80,8 @@ class PeerWorker:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
 
     def _read(self, timeout: float, what: str) -> dict:
         try:
@@ -138,10 +137,8 @@ class PeerWorker:
             pass
         finally:
             self.kill()
-            try:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-            except OSError:
-                pass
             self._log.close()
 
     def __enter__(self) -> PeerWorker:

@@ -23,6 +23,7 @@ Everything the libraries print goes to stderr: the protocol has stdout to itself
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import json
 import os
@@ -62,10 +63,8 @@ def versions() -> dict:
         "numpy",
         "onnx",
     ):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[d] = md.version(d)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

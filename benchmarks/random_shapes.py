@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import ROOT, export_source
 
 # name -> (model_type, config kwargs, pooling mode, dense layers [(in, out)], padding side, real model it mimics)
 SHAPES: dict[str, tuple[str, dict, str, list[tuple[int, int]], str, str]] = {
@@ -96,14 +96,8 @@ def build(name: str, out: Path, max_seq_length: int = 512) -> Path:
     import transformers as tr
     from sentence_transformers import SentenceTransformer, models
 
-    from benchmarks.throughput import bundled_path, ensure_export
-
     model_type, cfg, pooling, dense, padding_side, _real = SHAPES[name]
-    minilm = ensure_export("all-MiniLM-L6-v2")
-    manifest = json.loads((minilm / "manifest.json").read_text())
-    src = manifest["source"]["model"]
-    src = src if Path(src).is_dir() else bundled_path(manifest)
-    tok = tr.AutoTokenizer.from_pretrained(src)
+    tok = tr.AutoTokenizer.from_pretrained(export_source("all-MiniLM-L6-v2"))
     tok.model_input_names = ["input_ids", "attention_mask"]
     tok.padding_side = padding_side
     hf = out.parent / f"{out.name}-hf"

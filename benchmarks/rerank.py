@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = "sentence-transformers fp32"
+from benchmarks.common import REFERENCE, ROOT, export_source
 
 
 def workloads(corpus: dict[str, list[str]], queries: int = 64, passages: int = 100) -> dict[str, list[tuple]]:
@@ -100,20 +99,15 @@ def bench_reranker(
 
 def make_minilm_reranker(output: Path) -> Path:
     """A cross-encoder at ms-marco-MiniLM-L6-v2's shape (see the module docstring), exported to ``output``."""
-    import json
     import tempfile
 
     import torch
     import transformers as tr
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
-    from benchmarks.throughput import bundled_path, ensure_export
     from exporters import export_model
 
-    minilm = ensure_export("all-MiniLM-L6-v2")
-    manifest = json.loads((minilm / "manifest.json").read_text())
-    src = manifest["source"]["model"]
-    src = src if Path(src).is_dir() else bundled_path(manifest)
+    src = export_source("all-MiniLM-L6-v2")
     ce_dir = output.parent / f"{output.name}-src"  # kept: the benchmark loads sentence-transformers from it
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)

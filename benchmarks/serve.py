@@ -38,7 +38,7 @@ from pathlib import Path
 
 import orjson
 
-from .throughput import ROOT, machine, make_corpus
+from .common import ROOT, machine, make_corpus
 
 PEER_PYTHON = ROOT / ".venv-serve-peers" / "bin" / "python"
 HUB_IDS = {
@@ -71,7 +71,7 @@ def server_command(system: str, args, port: int) -> tuple[list[str], str, dict[s
         return f"{PEER_PYTHON} is missing: run `bash scripts/setup-serve-peers.sh`"
     if system == "plain-fastapi":
         argv = [str(PEER_PYTHON), "-m", "benchmarks.serve_peers.plain_fastapi", "--model", hub_id]
-        return argv + ["--port", str(port), "--threads", threads], "/v1/embeddings", env
+        return [*argv, "--port", str(port), "--threads", threads], "/v1/embeddings", env
     if system.startswith("infinity-"):
         infinity = PEER_PYTHON.parent / "infinity_emb"
         if not infinity.exists():
@@ -81,7 +81,7 @@ def server_command(system: str, args, port: int) -> tuple[list[str], str, dict[s
         argv += ["--no-bettertransformer", "--log-level", "warning"]
         env["DO_NOT_TRACK"] = "1"
         if system == "infinity-torch":
-            return argv + ["--model-id", hub_id], "/v1/embeddings", env
+            return [*argv, "--model-id", hub_id], "/v1/embeddings", env
         # the optimum engine loads offline only from the ONNX folder scripts/setup-serve-peers.sh writes, as
         # `--model-id .` from inside it, with mean pooling set (its default is CLS for this engine)
         folder = PEER_PYTHON.parent.parent / "models" / f"{args.model}-onnx"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.throughput import ROOT, machine, make_corpus
+from benchmarks.common import ROOT, machine, make_corpus
 
 
 def build_static(folder: Path, dim: int) -> Path:

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata as md
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -36,12 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import REFERENCE, ROOT, bundled_path, docs_corpus, ensure_export, machine, make_corpus
 from benchmarks.peer_client import PeerError, PeerWorker
 from benchmarks.peer_worker import LABELS as PEER_LABELS  # stdlib-only at module level
 
-ROOT = Path(__file__).resolve().parent.parent
-
-REFERENCE = "sentence-transformers fp32"
 HALF = "sentence-transformers fp16"  # CUDA only
 DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
@@ -56,83 +51,6 @@ PUBLISHED = {
     "all-distilroberta-v1": (4000, 350),
 }
 
-WORDS = """time year people way day man thing woman life child world school state family student group country
-problem hand part place case week company system program question work government number night point home water
-room mother area money story fact month lot right study book eye job word business issue side kind head house
-service friend father power hour game line end member law car city community name president team minute idea kid
-body information back parent face others level office door health person art war history party result change
-morning reason research girl guy moment air teacher force education foot boy age policy music market sense nation
-plan college interest death experience effect class control care field development role effort rate heart drug
-show leader light voice wife police mind price report decision son view relationship town road arm difference
-value building action model season society tax director position player record paper space ground form event
-official matter center couple site project activity star table need court oil situation cost industry figure
-street image phone data picture practice piece land product doctor wall patient worker news test movie north love
-support technology step baby computer type attention film tree source organization hair window evidence
-population truth song energy chance dog""".split()
-VERBS = (
-    "is was makes takes finds gives tells becomes leaves feels brings begins keeps holds writes stands hears "
-    "lets means sets meets runs pays sits speaks lies leads reads grows loses falls sends builds".split()
-)
-
-
-def make_corpus(seed: int = 13, n_queries: int = 2048, n_passages: int = 256) -> dict[str, list[str]]:
-    rng = random.Random(seed)
-
-    def sentence(lo: int, hi: int) -> str:
-        n = rng.randint(lo, hi)
-        words = [rng.choice(WORDS) if i % 4 != 2 else rng.choice(VERBS) for i in range(n)]
-        return " ".join(words).capitalize()
-
-    queries = [sentence(5, 11) + "?" for _ in range(n_queries)]
-    passages = [". ".join(sentence(10, 22) for _ in range(rng.randint(7, 12))) + "." for _ in range(n_passages)]
-    return {"queries": queries, "passages": passages}
-
-
-def docs_corpus(seed: int = 17, n_queries: int = 2048, n_passages: int = 256) -> dict[str, list[str]]:
-    """Real English text: the long descriptions (README text) that installed Python packages ship in their
-    METADATA, stripped of code blocks, tables, markup and links. Queries are sentences of 4-16 words, passages runs
-    of consecutive sentences of 80-160 words. Which packages are installed decides the text, so the JSON records
-    how many packages and sentences it came from."""
-    import importlib.metadata as md
-    import re
-
-    sentences: list[str] = []
-    paragraphs: list[list[str]] = []
-    for dist in sorted(md.distributions(), key=lambda d: (d.metadata.get("Name") or "").lower()):
-        body = dist.metadata.get_payload() or ""
-        if not isinstance(body, str) or len(body) < 500:
-            continue
-        body = re.sub(r"```.*?```", " ", body, flags=re.S)  # fenced code
-        body = re.sub(r"(?m)^(\s{4,}|\t|>>>|\.\.\s|\|).*$", " ", body)  # indented code, doctest, rst, tables
-        body = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", body)  # markdown links and images: their text
-        body = re.sub(r"https?://\S+|<[^>]+>|[`*_#=~^]+", " ", body)
-        for para in re.split(r"\n\s*\n", body):
-            words = para.split()
-            if len(words) < 6:
-                continue
-            sents = [x.strip() for x in re.split(r"(?<=[.!?])\s+", " ".join(words)) if len(x.split()) >= 4]
-            sents = [x for x in sents if sum(c.isalpha() for c in x) > 0.7 * len(x.replace(" ", ""))]
-            if sents:
-                paragraphs.append(sents)
-                sentences.extend(sents)
-    rng = random.Random(seed)
-    queries = [x for x in sentences if 4 <= len(x.split()) <= 16]
-    passages = []
-    for para in paragraphs:
-        run: list[str] = []
-        for sent in para:
-            run.append(sent)
-            if len(" ".join(run).split()) >= 80:
-                if len(" ".join(run).split()) <= 160:
-                    passages.append(" ".join(run))
-                run = []
-    if len(queries) < 50 or len(passages) < 20:
-        raise SystemExit(f"the docs corpus found too little text ({len(queries)} queries, {len(passages)} passages)")
-    return {
-        "queries": [rng.choice(queries) for _ in range(n_queries)],
-        "passages": [rng.choice(passages) for _ in range(n_passages)],
-    }
-
 
 def with_mix(corpus: dict[str, list[str]], seed: int = 3) -> dict[str, list[str]]:
     """The corpus plus "mix": 80% queries and 20% passages, shuffled into one call (all passages, 4x as many
@@ -144,64 +62,6 @@ def with_mix(corpus: dict[str, list[str]], seed: int = 3) -> dict[str, list[str]
 
 
 CORPORA = {"generated": make_corpus, "docs": docs_corpus}
-
-
-def machine(provider: str = "cpu") -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    vers = {}
-    for d in (
-        "torch",
-        "sentence-transformers",
-        "transformers",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "tokenizers",
-        "numpy",
-        "st-runtime",
-    ):
-        try:
-            vers[d] = md.version(d)
-        except md.PackageNotFoundError:
-            pass
-    import onnxruntime as ort
-
-    out = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": vers,
-        # the onnxruntime this process imports (a GPU machine may hold the CPU build too)
-        "onnxruntime_imported": {
-            "version": ort.__version__,
-            "file": ort.__file__,
-            "providers": ort.get_available_providers(),
-        },
-    }
-    if provider == "cuda":
-        import torch
-
-        out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible to torch"
-    return out
-
-
-def ensure_export(model: str) -> Path:
-    path = Path(model)
-    if (path / "manifest.json").is_file():
-        return path
-    path = ROOT / "exported_models" / model
-    if not (path / "manifest.json").is_file():
-        from exporters import export_model
-
-        export_model(model, output=path)
-    return path
 
 
 def _local(fn):
@@ -291,6 +151,169 @@ def start_peers(
     return worker, systems, report
 
 
+def reference_source(manifest: dict) -> str:
+    """Where sentence-transformers loads the exported model from: the bundled copy or the local folder the
+    manifest records, else the hub id (resolved through the local HF cache)."""
+    source = manifest["source"]["model"]
+    if manifest["source"]["origin"].startswith("bundled:") or Path(source).is_dir():
+        source = source if Path(source).is_dir() else bundled_path(manifest)
+    return source
+
+
+def _encoder_system(enc, bs: dict):
+    return _local(lambda x: enc.encode(x, **bs))
+
+
+def _optional_encoder(systems: dict, unavailable: dict, label: str, bs: dict, *args, **kwargs) -> None:
+    """st_runtime's SentenceEncoder(*args, **kwargs) as system ``label``, or why it could not be made."""
+    from st_runtime import SentenceEncoder
+
+    try:
+        enc = SentenceEncoder(*args, **kwargs)
+    except Exception as e:  # recorded in the results, not hidden: CUDA graphs and TensorRT are optional
+        unavailable[label] = f"{type(e).__name__}: {e}"
+    else:
+        systems[label] = _encoder_system(enc, bs)
+
+
+def local_systems(
+    folder: Path,
+    manifest: dict,
+    source: str,
+    provider: str,
+    threads: int,
+    bs: dict,
+    variants: list[str] | None,
+    cuda_graphs: bool,
+) -> tuple[dict, dict]:
+    """The systems of this process, in the order they run: sentence-transformers (fp32, and fp16 on CUDA), each
+    st_runtime variant (and with CUDA graphs), st_runtime on TensorRT; and {label: why} of those that could not be
+    made."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from st_runtime import SentenceEncoder
+
+    torch.set_num_threads(threads)
+    device = "cuda" if provider == "cuda" else "cpu"
+    st_model = SentenceTransformer(source, device=device)
+    systems = {REFERENCE: _local(lambda x: st_model.encode(x, **bs))}
+    if device == "cuda":
+        st_half = SentenceTransformer(source, device=device).half()
+        systems[HALF] = _local(lambda x: st_half.encode(x, **bs))
+    available = manifest["towers"]["text"]["variants"]
+    default = SentenceEncoder(folder, providers=provider).variant
+    unavailable: dict[str, str] = {}
+    for v in variants or sorted(available, key=lambda k: -available[k]["rank"]):
+        if v not in available:
+            continue
+        enc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v)
+        systems[f"st_runtime {v}" + (" (default)" if v == default else "")] = _encoder_system(enc, bs)
+        if device == "cuda" and cuda_graphs:
+            label = f"st_runtime {v} + CUDA graphs"
+            _optional_encoder(
+                systems,
+                unavailable,
+                label,
+                bs,
+                folder,
+                providers=provider,
+                threads=threads,
+                variant=v,
+                cuda_graphs=True,
+            )
+    if device == "cuda":
+        label = f"st_runtime {default} on TensorRT"
+        _optional_encoder(
+            systems, unavailable, label, bs, folder, providers="tensorrt", threads=threads, variant=default
+        )
+    return systems, unavailable
+
+
+class ModelRun:
+    """The systems measured on one model (the peers' among them, which may fail mid-run), and their results."""
+
+    def __init__(self, systems: dict, unavailable: dict, header: dict):
+        self.systems = systems
+        self.unavailable = unavailable
+        self.header = header
+        self.peer_keys: dict[str, str] = {}
+        self.peer_report: dict | None = None
+        self.results: dict[str, dict] = {}
+
+    def add_peers(self, peer_systems: dict, peer_report: dict) -> None:
+        self.peer_report = peer_report
+        for label, (key, fn) in peer_systems.items():
+            self.systems[label] = fn
+            self.peer_keys[label] = key
+
+    def fail(self, label: str, err: PeerError) -> None:
+        """A peer system that failed: out of the run, loudly, with the worker's error (all of them if it died)."""
+        gone = [label] if err.alive else [n for n in self.peer_keys if n in self.systems]
+        for name in gone:
+            self.systems.pop(name, None)
+            self.peer_report["failed"][name] = {"error": str(err)}
+            self.peer_report["systems"].pop(name, None)
+        print(f"peers: FAILED {', '.join(gone)}: {err}", flush=True)
+
+    def call(self, name: str, texts: list[str], workload: str, want: bool):
+        if name not in self.systems:  # a peer that failed earlier in this round
+            return None
+        try:
+            return self.systems[name](texts, workload, want)
+        except PeerError as e:
+            if name not in self.peer_keys:
+                raise
+            self.fail(name, e)
+            return None
+
+    def measure(self, workload: str, texts: list[str], rounds: int) -> None:
+        """Every system on one workload: a warm-up call that also gives its accuracy against sentence-transformers,
+        then ``rounds`` timed calls, systems alternating."""
+        from exporters.validate import cosines
+
+        ref = self.systems[REFERENCE](texts, workload, True)[0]
+        times: dict[str, list[float]] = {name: [] for name in self.systems}
+        accuracy = {}
+        for name in list(self.systems):
+            got = self.call(name, texts, workload, True)
+            if got is None:
+                continue
+            cos = cosines(ref, got[0])
+            accuracy[name] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+        for _ in range(rounds):
+            for name in list(self.systems):
+                got = self.call(name, texts, workload, False)
+                if got is not None:
+                    times[name].append(got[1])
+        self.results[workload] = self.figures(len(texts), times, accuracy)
+
+    def figures(self, n: int, times: dict[str, list[float]], accuracy: dict) -> dict:
+        base = statistics.median(times[REFERENCE])
+        half = statistics.median(times[HALF]) if HALF in times else None
+        return {
+            name: {
+                "items_per_s": n / statistics.median(ts),
+                "median_s": statistics.median(ts),
+                "all_s": ts,
+                "ratio_to_sentence_transformers": base / statistics.median(ts),
+                **({"ratio_to_sentence_transformers_fp16": half / statistics.median(ts)} if half else {}),
+                **accuracy[name],
+                **({"peer": True} if name in self.peer_keys else {}),
+            }
+            for name, ts in times.items()
+            if name in self.systems
+        }
+
+    def summary(self) -> dict:
+        out = {**self.header, "results": self.results}
+        if self.peer_report is not None:
+            out["peers"] = self.peer_report
+        if self.unavailable:
+            out["unavailable"] = self.unavailable
+        return out
+
+
 def bench_model(
     model: str,
     provider: str,
@@ -305,141 +328,39 @@ def bench_model(
     cuda_graphs: bool = True,
     progress=None,
 ) -> dict:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from exporters.validate import cosines
-    from st_runtime import SentenceEncoder
-
     folder = ensure_export(model)
     manifest = json.loads((folder / "manifest.json").read_text())
-    source = manifest["source"]["model"]
-    if manifest["source"]["origin"].startswith("bundled:") or Path(source).is_dir():
-        source = source if Path(source).is_dir() else bundled_path(manifest)
+    source = reference_source(manifest)
     if manifest.get("task") == "cross-encoder":  # a reranker: (query, passage) workloads against CrossEncoder
         from benchmarks.rerank import bench_reranker
 
         return bench_reranker(folder, manifest, source, threads, rounds, corpus, variants)
-    torch.set_num_threads(threads)
-    device = "cuda" if provider == "cuda" else "cpu"
-    st_model = SentenceTransformer(source, device=device)
     bs = {} if batch_size is None else {"batch_size": batch_size}  # None: each system's own default
-    systems = {REFERENCE: _local(lambda x: st_model.encode(x, **bs))}
-    if device == "cuda":
-        st_half = SentenceTransformer(source, device=device).half()
-        systems[HALF] = _local(lambda x: st_half.encode(x, **bs))
-    available = manifest["towers"]["text"]["variants"]
-    default = SentenceEncoder(folder, providers=provider).variant
-    unavailable = {}
-    for v in variants or sorted(available, key=lambda k: -available[k]["rank"]):
-        if v not in available:
-            continue
-        enc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v)
-        label = f"st_runtime {v}" + (" (default)" if v == default else "")
-        systems[label] = _local((lambda e: lambda x: e.encode(x, **bs))(enc))
-        if device == "cuda" and cuda_graphs:
-            try:
-                genc = SentenceEncoder(folder, providers=provider, threads=threads, variant=v, cuda_graphs=True)
-            except Exception as e:  # recorded in the results, not hidden: CUDA graphs are optional
-                unavailable[f"st_runtime {v} + CUDA graphs"] = f"{type(e).__name__}: {e}"
-            else:
-                systems[f"st_runtime {v} + CUDA graphs"] = _local((lambda e: lambda x: e.encode(x, **bs))(genc))
-    if device == "cuda":
-        try:
-            tenc = SentenceEncoder(folder, providers="tensorrt", threads=threads, variant=default)
-        except Exception as e:  # TensorRT needs its own libraries: why it did not run is recorded and printed
-            unavailable[f"st_runtime {default} on TensorRT"] = f"{type(e).__name__}: {e}"
-        else:
-            systems[f"st_runtime {default} on TensorRT"] = _local((lambda e: lambda x: e.encode(x, **bs))(tenc))
-    worker, peer_report, peer_keys = None, None, {}
+    systems, unavailable = local_systems(folder, manifest, source, provider, threads, bs, variants, cuda_graphs)
+    name = Path(model).name
+    header = {
+        "model": name,
+        **({"random_weights": True} if name.startswith("random-") else {}),
+        "source": source,
+        "published_queries_per_s": dict(zip(("gpu", "cpu"), PUBLISHED.get(name, (None, None)))),
+        "workloads": {k: len(v) for k, v in corpus.items()},
+    }
+    run = ModelRun(systems, unavailable, header)
+    worker = None
     if peers:
         worker, peer_systems, peer_report = start_peers(
             peers, folder, manifest, source, threads, batch_size, corpus_file, tmp
         )
-        for label, (key, fn) in peer_systems.items():
-            systems[label] = fn
-            peer_keys[label] = key
-
-    def fail(label: str, err: PeerError) -> None:
-        """A peer system that failed: out of the run, loudly, with the worker's error (all of them if it died)."""
-        gone = [label] if err.alive else [n for n in peer_keys if n in systems]
-        for name in gone:
-            systems.pop(name, None)
-            peer_report["failed"][name] = {"error": str(err)}
-            peer_report["systems"].pop(name, None)
-        print(f"peers: FAILED {', '.join(gone)}: {err}", flush=True)
-
-    def call(name: str, texts: list[str], workload: str, want: bool):
-        if name not in systems:  # a peer that failed earlier in this round
-            return None
-        try:
-            return systems[name](texts, workload, want)
-        except PeerError as e:
-            if name not in peer_keys:
-                raise
-            fail(name, e)
-            return None
-
-    results = {}
-
-    def summary() -> dict:
-        out = {
-            "model": Path(model).name,
-            **({"random_weights": True} if Path(model).name.startswith("random-") else {}),
-            "source": source,
-            "published_queries_per_s": dict(zip(("gpu", "cpu"), PUBLISHED.get(Path(model).name, (None, None)))),
-            "workloads": {k: len(v) for k, v in corpus.items()},
-            "results": results,
-        }
-        if peer_report is not None:
-            out["peers"] = peer_report
-        if unavailable:
-            out["unavailable"] = unavailable
-        return out
-
+        run.add_peers(peer_systems, peer_report)
     try:
         for workload, texts in corpus.items():
-            ref = systems[REFERENCE](texts, workload, True)[0]
-            times: dict[str, list[float]] = {name: [] for name in systems}
-            accuracy = {}
-            for name in list(systems):
-                got = call(name, texts, workload, True)  # warm-up, and accuracy against sentence-transformers
-                if got is None:
-                    continue
-                cos = cosines(ref, got[0])
-                accuracy[name] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
-            for _ in range(rounds):
-                for name in list(systems):
-                    got = call(name, texts, workload, False)
-                    if got is not None:
-                        times[name].append(got[1])
-            base = statistics.median(times[REFERENCE])
-            half = statistics.median(times[HALF]) if HALF in times else None
-            results[workload] = {
-                name: {
-                    "items_per_s": len(texts) / statistics.median(ts),
-                    "median_s": statistics.median(ts),
-                    "all_s": ts,
-                    "ratio_to_sentence_transformers": base / statistics.median(ts),
-                    **({"ratio_to_sentence_transformers_fp16": half / statistics.median(ts)} if half else {}),
-                    **accuracy[name],
-                    **({"peer": True} if name in peer_keys else {}),
-                }
-                for name, ts in times.items()
-                if name in systems
-            }
+            run.measure(workload, texts, rounds)
             if progress is not None:  # each finished workload is saved: a run cut short keeps its figures
-                progress(summary())
+                progress(run.summary())
     finally:
         if worker is not None:
             worker.close()
-    return summary()
-
-
-def bundled_path(manifest) -> str:
-    from exporters.resolve import _bundled_copy
-
-    return str(_bundled_copy(manifest["source"]["model"])[1])
+    return run.summary()
 
 
 def print_table(res: dict, provider: str) -> None:
@@ -506,7 +427,7 @@ def plot(all_results: list[dict], path: Path, title: str = "") -> bool:
     return True
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="*")
     p.add_argument(
@@ -542,6 +463,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
+    _add_peer_arguments(p)
+    return p
+
+
+def _add_peer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--peer-python",
         type=Path,
@@ -567,16 +493,20 @@ def main(argv=None) -> int:
         default=3600.0,
         help="seconds the peer worker may take to export and load its systems (default 3600)",
     )
-    args = p.parse_args(argv)
+
+
+def _peer_systems(p: argparse.ArgumentParser, args) -> list[str]:
     peer_systems = [k for k in args.peer_systems.split(",") if k]
     unknown = [k for k in peer_systems if k not in PEER_LABELS]
     if unknown:
         p.error(f"unknown --peer-systems {unknown}; choose from {','.join(PEER_LABELS)}")
     if args.peer_python is not None and not args.no_peers and not args.peer_python.is_file():
         p.error(f"--peer-python {args.peer_python}: no such file (bash scripts/setup-peers.sh makes .venv-peers)")
-    from st_runtime.providers import physical_cores
+    return peer_systems
 
-    threads = args.threads or physical_cores()
+
+def _workloads(p: argparse.ArgumentParser, args) -> dict[str, list[str]]:
+    """workload name -> texts, for every --corpora and --workloads asked for."""
     gpu = args.provider == "cuda"
     corpus = {}
     for name in args.corpora.split(","):
@@ -592,6 +522,10 @@ def main(argv=None) -> int:
                 p.error(f"unknown workload {workload!r}; choose from {','.join(texts)}")
             # the generated corpus keeps its old workload names, so earlier results compare
             corpus[workload if name == "generated" else f"{name} {workload}"] = texts[workload]
+    return corpus
+
+
+def _models(p: argparse.ArgumentParser, args) -> list[str]:
     models = list(args.models)
     if args.random_weights:
         from benchmarks.random_shapes import ensure_random
@@ -599,8 +533,11 @@ def main(argv=None) -> int:
         models += [str(ensure_random(n)) for n in args.random_weights.split(",") if n]
     if not models:
         p.error("name at least one model, or --random-weights")
-    peers = resolve_peers(args, peer_systems)
-    out = {
+    return models
+
+
+def _run_header(args, threads: int, peers: dict) -> dict:
+    return {
         "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "provider": args.provider,
         "threads": threads,
@@ -617,6 +554,10 @@ def main(argv=None) -> int:
         "peers": peers,
         "models": [],
     }
+
+
+def _bench_all(args, models: list[str], corpus: dict, threads: int, peers: dict, out: dict) -> None:
+    """Every model in turn; the JSON is written after each workload of each, so a run cut short keeps its figures."""
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
         corpus_file = Path(tmp) / "corpus.json"
         corpus_file.write_text(json.dumps(corpus))
@@ -645,6 +586,20 @@ def main(argv=None) -> int:
             print_table(res, args.provider)
             out["models"].append(res)
             save()
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    peer_systems = _peer_systems(p, args)
+    from st_runtime.providers import physical_cores
+
+    threads = args.threads or physical_cores()
+    corpus = _workloads(p, args)
+    models = _models(p, args)
+    peers = resolve_peers(args, peer_systems)
+    out = _run_header(args, threads, peers)
+    _bench_all(args, models, corpus, threads, peers, out)
     failed = {r["model"]: list(r["peers"]["failed"]) for r in out["models"] if (r.get("peers") or {}).get("failed")}
     if args.json:
         print(f"\nwrote {args.json}")

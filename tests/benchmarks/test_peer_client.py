@@ -42,13 +42,17 @@ def test_worker_dying_mid_request_and_garbage(tmp_path):
     script = fake(
         tmp_path, HELLO + "sys.stdin.readline()\nprint('Segfault-ish', file=sys.stderr)\nsys.exit(-9 % 256)\n"
     )
-    with PeerWorker(sys.executable, tmp_path / "log", script=script) as w:
-        with pytest.raises(PeerError, match=r"(?s)exited \(code 247\) during load.*Segfault-ish"):
-            w.request({"cmd": "load"}, timeout=30)
+    with (
+        PeerWorker(sys.executable, tmp_path / "log", script=script) as w,
+        pytest.raises(PeerError, match=r"(?s)exited \(code 247\) during load.*Segfault-ish"),
+    ):
+        w.request({"cmd": "load"}, timeout=30)
     script = fake(tmp_path, HELLO + "sys.stdin.readline()\nprint('not json', flush=True)\nsys.stdin.readline()\n")
-    with PeerWorker(sys.executable, tmp_path / "log2", script=script) as w:
-        with pytest.raises(PeerError, match="not JSON: 'not json"):
-            w.request({"cmd": "load"}, timeout=30)
+    with (
+        PeerWorker(sys.executable, tmp_path / "log2", script=script) as w,
+        pytest.raises(PeerError, match="not JSON: 'not json"),
+    ):
+        w.request({"cmd": "load"}, timeout=30)
 
 
 def test_real_worker_protocol_without_peer_packages(tmp_path):

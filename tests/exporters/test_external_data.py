@@ -95,7 +95,7 @@ def test_data_file_missing_from_manifest_is_a_manifest_error(copy):
     m = json.loads((copy / "manifest.json").read_text())
     del m["files"]["model_opt.onnx.data"]
     (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ManifestError, match=r"model_opt.onnx.data"):
+    with pytest.raises(ManifestError, match=r"model_opt\.onnx\.data"):
         SentenceEncoder(copy, variant="opt")
 
 

@@ -32,7 +32,7 @@ def test_missing_folder(tmp_path):
 
 
 def test_folder_without_manifest(tmp_path):
-    with pytest.raises(ModelFolderError, match="manifest.json"):
+    with pytest.raises(ModelFolderError, match=r"manifest\.json"):
         SentenceEncoder(tmp_path)
 
 
@@ -60,7 +60,7 @@ def test_manifest_missing_key(copy):
 
 def test_missing_tokenizer(copy):
     (copy / "tokenizer.json").unlink()
-    with pytest.raises(ArtifactMissingError, match="tokenizer.json"):
+    with pytest.raises(ArtifactMissingError, match=r"tokenizer\.json"):
         SentenceEncoder(copy)
 
 

@@ -294,7 +294,7 @@ def test_token_type_ids_of_pairs_and_of_templates_that_set_them_are_fed(tiny_ber
     enc = SentenceEncoder(tiny_bert[1])
     assert enc.text_tower.single_types_zero
     pair = (TEXTS[3], TEXTS[4])
-    mixed = enc.encode(TEXTS[:3] + [pair])
+    mixed = enc.encode([*TEXTS[:3], pair])
     np.testing.assert_allclose(mixed[:3], enc.encode(TEXTS[:3]), atol=2e-6)
     assert_parity(zoo.reference(tiny_bert[0]).encode([pair]), mixed[3:], 0.99999)
     copy = tmp_path / "types-one"

@@ -98,7 +98,7 @@ def test_classify_follows_sentence_transformers_rules(tmp_path):
 
     p = tmp_path / "x.PNG"
     Image.new("RGB", (4, 4)).save(p, format="PNG")
-    items, kinds, singular = classify(
+    _items, kinds, singular = classify(
         images=True,
         sentences=[
             "text",

@@ -84,9 +84,9 @@ def test_optional_keys_for_what_comes_next_are_accepted():
 
 def test_reader_and_writer_refuse_a_bad_manifest(tmp_path):
     bad = _edit(lambda m: m["towers"]["text"]["tokenizer"].update(truncation="left"))
-    with pytest.raises(ValueError, match="towers.text.tokenizer.truncation: unknown key"):
+    with pytest.raises(ValueError, match=r"towers\.text\.tokenizer\.truncation: unknown key"):
         dump_manifest(bad, tmp_path)
     assert not (tmp_path / "manifest.json").exists()
     (tmp_path / "manifest.json").write_text(json.dumps(bad))
-    with pytest.raises(ManifestError, match="towers.text.tokenizer.truncation: unknown key.*re-export"):
+    with pytest.raises(ManifestError, match=r"towers\.text\.tokenizer\.truncation: unknown key.*re-export"):
         load_manifest(tmp_path)
