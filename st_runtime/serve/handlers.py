@@ -31,7 +31,7 @@ async def openai_embeddings(call: Call) -> Any:
     n_tokens = int(tokens.sum())
     return {
         "object": "list",
-        "data": [{"object": OPENAI_OBJECT, "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "data": [dict(object=OPENAI_OBJECT, index=i, embedding=v) for i, v in enumerate(vectors)],
         "model": call.model.name,
         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
     }
