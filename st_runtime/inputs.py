@@ -366,9 +366,17 @@ class LongTextCutter:
         self.pattern = self.plan  # None when no shortcut applies (the attribute's older meaning)
         self._verified: dict[str, bool] = {}
 
+    @property
+    def max_length(self) -> int | None:
+        """The tokenizer's truncation length (the model's max_seq_length); None if it does not truncate."""
+        trunc = getattr(self.tokenizer, "truncation", None)
+        return int(trunc["max_length"]) if trunc else None
+
     def _limit(self) -> tuple[int, str] | None:
+        if self.plan is None:
+            return None
         trunc = self.tokenizer.truncation
-        if self.plan is None or not trunc:
+        if not trunc:
             return None
         return int(trunc["max_length"]), trunc.get("direction", "right")
 

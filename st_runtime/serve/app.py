@@ -37,6 +37,9 @@ from .. import __version__
 from ..inputs import LongTextCutter, prepare
 from ..util import normalize_embeddings
 from .batcher import Batcher, Job, RequestError
+from .guards import check_sizes, prepare_texts  # st-serve guards (hostile clients, huge texts)
+from .guards import read_json as _read_json  # the body: read once, with --body-timeout, before the slot
+from .limits import Limits
 from .metrics import Metrics
 
 logger = logging.getLogger("st_runtime.serve")
@@ -60,6 +63,7 @@ class ServeConfig:
     max_client_batch_size: int = 256
     payload_limit: int = 2_000_000
     api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)  # timeouts, connection and text limits (serve/limits.py)
 
 
 @dataclass
@@ -215,24 +219,6 @@ def _error_response(flavor: str, err: RequestError) -> Response:
     return _json(body, err.status, err.headers)
 
 
-async def _read_json(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the body has {declared} bytes, over the payload limit of {limit}", "PayloadTooLarge")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"the body is over the payload limit of {limit} bytes", "PayloadTooLarge")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(422, f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise RequestError(422, f"the body must be a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _field(data: dict, name: str, kinds: type | tuple, default: Any = None, what: str = "") -> Any:
     value = data.get(name, default)
     if value is None:
@@ -373,6 +359,7 @@ async def _embed(
             )
         direction = direction.lower()
     prompt = _prompt(data, model)
+    check_sizes(items, state.config.limits.max_input_chars, key)  # guards: --max-input-chars
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     image_idx = [i for i, t in enumerate(items) if t.startswith("data:image/")] if model.takes_images else []
@@ -384,8 +371,7 @@ async def _embed(
         texts = [prompt + t for t in items] if prompt and not pairs else items
         if text_idx is not None:
             texts = [texts[i] for i in text_idx]
-        cutter = model.cutter if truncate and direction in (None, "right") else None
-        texts = prepare(texts, cutter)
+        texts = await prepare_texts(texts, model.cutter, truncate, direction)  # guards: exact cuts, early 413
         jobs.append(Job(texts, loop, loop.create_future(), direction=direction, strict=not truncate, pairs=pairs))
     if image_idx:
         images = [_decode_image(items[i], i, key) for i in image_idx]
@@ -468,6 +454,7 @@ async def tei_tokenize(request: Request, state: ServerState) -> Response:
     items, _ = _inputs(data, "inputs", state.config.max_client_batch_size)
     special = _field(data, "add_special_tokens", bool, model.encoder.text_tower.add_special_tokens)
     prompt = _prompt(data, model)
+    check_sizes(items, state.config.limits.max_input_chars)  # guards: --max-input-chars
     texts = prepare([prompt + t for t in items] if prompt else items, None)
     tokenizer = model.encoder.text_tower.tokenizer_for(None)
     if not hasattr(tokenizer, "get_vocab_size"):
@@ -611,6 +598,8 @@ def _endpoint(state: ServerState, handler: Handler, route: str, flavor: str, lim
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             if limited:
+                # guards: the body is read (--body-timeout) and parsed before the request takes a slot
+                await _read_json(request, cfg.payload_limit, cfg.limits.body_timeout)
                 if state.in_flight >= cfg.max_concurrent_requests:
                     raise RequestError(
                         429,
