@@ -38,6 +38,7 @@ from ..inputs import LongTextCutter, prepare
 from ..util import normalize_embeddings
 from .batcher import Batcher, Job, RequestError
 from .guards import check_sizes, prepare_texts  # st-serve guards (hostile clients, huge texts)
+from .guards import client_left as _client_gone  # a 499, logged at INFO
 from .guards import read_json as _read_json  # the body: read once, with --body-timeout, before the slot
 from .limits import Limits
 from .metrics import Metrics
@@ -337,7 +338,7 @@ async def _run(request: Request, model: ServedModel, job: Job) -> tuple[np.ndarr
         return await job.future
     except asyncio.CancelledError:
         if job.cancelled:
-            raise RequestError(499, "the client closed the connection", "Cancelled") from None
+            raise _client_gone(request, "while its request was queued") from None  # guards: a 499, logged
         job.cancelled = True  # the handler itself was cancelled (server shutting down)
         raise
     finally:

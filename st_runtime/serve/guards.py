@@ -25,10 +25,12 @@ from starlette.requests import ClientDisconnect, Request
 
 from ..inputs import LongTextCutter, prepare
 from .batcher import RequestError
+from .limits import Throttled
 
 logger = logging.getLogger("st_runtime.serve")
 
 _PARSED = "st_serve.json"  # the parsed body, in the request's scope
+_log = Throttled()  # one INFO line per kind of event and second at most
 _INLINE_CHARS = 65536  # requests with more characters of text are prepared in a worker thread
 
 
@@ -65,16 +67,27 @@ async def read_body(request: Request, limit: int, timeout: float | None) -> byte
                 if len(body) > limit:
                     raise RequestError(413, f"the body is over the payload limit of {limit} bytes", "PayloadTooLarge")
     except TimeoutError:
-        logger.info("%s sent %d bytes of a body in %g s (--body-timeout): 408", _peer(request), len(body), timeout)
+        _log(
+            "body_timeout",
+            "%s sent %d bytes of a body in %g s (--body-timeout): 408",
+            _peer(request),
+            len(body),
+            timeout,
+        )
         raise RequestError(
             408,
             f"the request body did not arrive within {timeout:g} s (--body-timeout); {len(body)} bytes came",
             "Timeout",
         ) from None
     except ClientDisconnect:
-        logger.info("%s left after sending %d bytes of a body to %s", _peer(request), len(body), request.url.path)
-        raise RequestError(499, "the client closed the connection", "Cancelled") from None
+        raise client_left(request, f"after sending {len(body)} bytes of its body") from None
     return bytes(body)
+
+
+def client_left(request: Request, when: str) -> RequestError:
+    """The 499 for a client that closed its connection ``when``: logged at INFO (one line), never a 500."""
+    _log("client_left", "%s left %s to %s: 499", _peer(request), when, request.url.path)
+    return RequestError(499, "the client closed the connection", "Cancelled")
 
 
 async def read_json(request: Request, limit: int, timeout: float | None = None) -> dict[str, Any]:

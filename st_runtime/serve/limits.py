@@ -49,7 +49,7 @@ class Limits:
     max_input_chars: int = 1_000_000  # characters per input text (413)
 
 
-class _Throttled:
+class Throttled:
     """Logs one line per reason and second at most, with the count of the lines it held back."""
 
     def __init__(self, level: int = logging.INFO):
@@ -68,7 +68,7 @@ class _Throttled:
         logger.log(self.level, message + suffix, *args)
 
 
-_log = _Throttled()
+_log = Throttled()  # connection events; guards.py has its own for requests
 
 
 def _reply(status: int, reason: bytes, message: str, extra: bytes = b"") -> bytes:
