@@ -14,10 +14,11 @@ protocol with a few more timers and counters) adds, per connection:
   transport's buffer stays full) is dropped;
 * **close after an unread body**: a response sent before the request's body was read whole (413 from the
   declared length, 408, 401, ...) closes the connection, so the rest of the body is never parsed;
-* a **connection cap**: past ``max_connections`` open connections, a new connection closes the one idle for
-  longest (no request being handled: idle keep-alive, nothing sent yet, or a head still arriving), so idle
-  connections can never keep the server from answering, ``/health`` included; only when every connection
-  has a request in flight is the new one refused (503, ``Retry-After``).
+* a **connection cap**: past ``max_connections`` open connections, a new connection closes an idle one (no
+  request being handled): one that never completed a request (nothing sent yet, or a head still arriving)
+  if there is one, else the keep-alive connection idle for longest. So idle connections can never keep the
+  server from answering, ``/health`` included, and clients that were served keep their connections longest;
+  only when every connection has a request in flight is the new one refused (503, ``Retry-After``).
 
 The body timeout (``body_timeout``, 408) is the ASGI app's (``st_runtime.serve.guards``): a request takes its
 ``--max-concurrent-requests`` slot only once its body has arrived.
@@ -115,6 +116,7 @@ class _Guards:
         self._body_bytes = 0  # body bytes the parser passed on during the current data_received
         self._heads_done = 0  # heads completed during the current data_received
         self._idle_since = time.monotonic()
+        self._served = 0  # responses completed on this connection
         self._closing = False
         self._linger_timer: asyncio.TimerHandle | None = None
 
@@ -220,8 +222,8 @@ class _Guards:
         if len(open_) <= self.limits.max_connections:
             return
         idle = [c for c in open_ if c is not self and not c._busy()]
-        if idle:
-            victim = min(idle, key=lambda c: c._idle_since)
+        if idle:  # first those that never completed a request, then the keep-alive ones, longest idle first
+            victim = min(idle, key=lambda c: (c._served > 0, c._idle_since))
             _log("evicted", "%d connections open (--max-connections): closed the one idle longest", len(open_))
             victim._close("evicted")
             return
@@ -312,6 +314,7 @@ class _Guards:
 
     def on_response_complete(self) -> None:
         self._idle_since = time.monotonic()
+        self._served += 1
         super().on_response_complete()
 
 
