@@ -77,6 +77,11 @@ REMOVED = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\xad\u200b-\u200f\u202a-\u202e\u20
 # BertNormalizer(handle_chinese_chars=True)'s ideographs (all of its ranges; boundaries use the main block)
 CJK_ALL = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
 _CJK = "\u4e00-\u9fff"
+# exactly the ranges BertNormalizer isolates (boundaries)
+_CJK_BERT = (
+    "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f"
+    "\U0002b820-\U0002ceaf\uf900-\ufaff\U0002f800-\U0002fa1f"
+)
 _CJK_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF))
 # Grapheme_Cluster_Break=Prepend: such a character joins the next one (even a space) in a grapheme
 _PREPEND = (
@@ -84,6 +89,7 @@ _PREPEND = (
     "\U0001193f\U00011941\U00011a3a\U00011a84-\U00011a89\U00011d46\U00011f02"
 )
 _WORD_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Sm", "Sc", "Sk", "So"})
+# (Unassigned code points, "Cn", count as word characters too: the tokenizer keeps them, inside words.)
 
 
 # one byte per character, so that runs are found by bytes regexes over the codes (fast for any alphabet)
@@ -95,14 +101,28 @@ def word_characters() -> tuple[np.ndarray, np.ndarray]:
     """(word, marks): boolean masks over all code points of the non-ASCII letters, marks, numbers and symbols
     outside the CJK ranges (characters at which BertPreTokenizer never splits), and of the combining marks
     (which BertNormalizer deletes when it strips accents). Built once per process (0.2 s) from
-    ``unicodedata``; tests/runtime/test_inputs.py checks them against the installed tokenizers."""
+    ``unicodedata``; the tables built from them are checked against the tokenizer (see ``_wordpiece_table``)."""
+    word, marks, _, _ = _categories()
+    return word, marks
+
+
+@functools.lru_cache(maxsize=1)
+def _categories() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Masks over all code points: word characters and marks (as ``word_characters``, with the unassigned
+    code points), the format and private-use characters (which BertNormalizer's clean_text deletes), and the
+    non-ASCII punctuation (which BertPreTokenizer isolates). Candidates only: the table keeps what the
+    tokenizer confirms."""
     cats = [unicodedata.category(chr(cp)) for cp in range(0x110000)]
-    word = np.fromiter((c in _WORD_CATEGORIES for c in cats), dtype=bool, count=len(cats))
+    # unassigned code points (unassigned in the tokenizer's older tables too) are kept inside words
+    word = np.fromiter((c in _WORD_CATEGORIES or c == "Cn" for c in cats), dtype=bool, count=len(cats))
     marks = np.fromiter((c[0] == "M" for c in cats), dtype=bool, count=len(cats))
-    word[:0x80] = False
+    gone = np.fromiter((c in ("Cf", "Co") for c in cats), dtype=bool, count=len(cats))
+    punct = np.fromiter((c[0] == "P" for c in cats), dtype=bool, count=len(cats))
+    word[:0x80] = punct[:0x80] = gone[:0x80] = False
     for a, b in _CJK_RANGES:
         word[a : b + 1] = False
-    return word, marks & word
+    word[0x20000:] &= np.fromiter((c != "Cn" for c in cats[0x20000:]), dtype=bool)  # (checking those costs 1 s)
+    return word, marks & word, gone, punct
 
 
 def _mask(chars: str) -> np.ndarray:
@@ -231,11 +251,20 @@ class _Plan:
 
     @property
     def table(self) -> np.ndarray:
-        """A code byte per code point: WORD, REMOVE, SPACE, CUT or OTHER."""
+        """A code byte per code point: WORD, REMOVE, SPACE, CUT or OTHER (shared by the plans of tokenizers
+        with the same normalizer and added tokens)."""
         if self._table is None:
             with self._lock:
                 if self._table is None:
-                    self._table = _wordpiece_table(self)
+                    norm = self.tokenizer.normalizer
+                    key = (None if norm is None else norm.__getstate__(), self.contents, self.clean, self.strip)
+                    with _TABLES_LOCK:
+                        table = _TABLES.get(key)
+                        if table is None:
+                            table = _TABLES[key] = _wordpiece_table(self)
+                            while len(_TABLES) > 8:
+                                _TABLES.pop(next(iter(_TABLES)))
+                    self._table = table
         return self._table
 
     @functools.cached_property
@@ -249,41 +278,82 @@ class _Plan:
         return re.compile(WORD * (self.keep + 1) + WORD + b"*")
 
 
-def _splitting(tokenizer: Tokenizer, chars: list[str]) -> set[str]:
-    """Those of ``chars`` at which the tokenizer's normalizer and pre-tokenizer split a word (one pass)."""
+_TABLES: dict[tuple, np.ndarray] = {}  # code tables by (normalizer, added tokens, ...), the last 8 built
+_TABLES_LOCK = threading.Lock()
+
+
+def _splitting(tokenizer: Tokenizer, codepoints: np.ndarray) -> list[int]:
+    """Those of ``codepoints`` at which the tokenizer's normalizer and pre-tokenizer split a word: checked in
+    blocks (one string each), and located from the pieces' offsets where a block splits."""
     from tokenizers import PreTokenizedString
 
-    raw = "a" + "a".join(chars) + "a"
-    pts = PreTokenizedString(raw)
-    if tokenizer.normalizer is not None:
-        pts.normalize(tokenizer.normalizer.normalize)
-    tokenizer.pre_tokenizer.pre_tokenize(pts)
-    found = set()
-    for _, (a, b), _ in pts.get_splits(offset_referential="original", offset_type="char"):
-        found.update(raw[i] for i in (a - 1, a, b - 1, b) if 0 <= i < len(raw))
-    found.discard("a")
+    norm, pre = tokenizer.normalizer, tokenizer.pre_tokenizer
+    found: list[int] = []
+    for i in range(0, len(codepoints), 1 << 15):
+        block = np.asarray(codepoints[i : i + (1 << 15)], dtype=np.uint32).tobytes().decode("utf-32-le")
+        if len(pre.pre_tokenize_str(block if norm is None else norm.normalize_str(block))) == 1:
+            continue
+        pts = PreTokenizedString(block)
+        if norm is not None:
+            pts.normalize(norm.normalize)
+        pre.pre_tokenize(pts)
+        edges = set()
+        for _, (a, b), _ in pts.get_splits(offset_referential="original", offset_type="char"):
+            edges.update((a - 1, a, b - 1, b))
+        found.extend(ord(block[j]) for j in sorted(edges) if 0 <= j < len(block))
     return found
+
+
+def _deleted(norm, codepoints: np.ndarray) -> list[int]:
+    """Those of ``codepoints`` the normalizer deletes (checked in blocks; one by one where a block fails)."""
+    out: list[int] = []
+    for i in range(0, len(codepoints), 4096):
+        block = [chr(cp) for cp in codepoints[i : i + 4096]]
+        if norm.normalize_str("a" + "".join(block) + "b") == "ab":
+            out.extend(ord(c) for c in block)
+        else:
+            out.extend(ord(c) for c in block if norm.normalize_str(f"a{c}b") == "ab")
+    return out
+
+
+def _isolated(tokenizer: Tokenizer, codepoints: np.ndarray) -> list[int]:
+    """Those of ``codepoints`` that always make a word of their own (as BertPreTokenizer makes punctuation, and
+    BertNormalizer ideographs): checked in blocks, one by one where a block fails."""
+    norm, pre = tokenizer.normalizer, tokenizer.pre_tokenizer
+
+    def pieces(text: str) -> int:
+        return len(pre.pre_tokenize_str(text if norm is None else norm.normalize_str(text)))
+
+    out: list[int] = []
+    points = [int(cp) for cp in codepoints if unicodedata.combining(chr(cp)) == 0]
+    for i in range(0, len(points), 2048):
+        block = points[i : i + 2048]
+        if pieces("a" + "a".join(map(chr, block)) + "a") == 2 * len(block) + 1:
+            out.extend(block)
+        else:
+            out.extend(cp for cp in block if pieces(f"a{chr(cp)}b") == 3)
+    return out
 
 
 def _wordpiece_table(plan: _Plan) -> np.ndarray:
     tokenizer, norm = plan.tokenizer, plan.tokenizer.normalizer
-    word, marks = word_characters()
+    word, marks, gone, punct = _categories()
     word = word.copy()
-    word[[ord(c) for c in _splitting(tokenizer, [chr(cp) for cp in np.flatnonzero(word)])]] = False
+    word[_splitting(tokenizer, np.flatnonzero(word))] = False
     table = np.full(0x110000, ord(OTHER), dtype=np.uint8)
     table[word] = ord(WORD)
     table[[ord(c) for c in string.ascii_letters + string.digits]] = ord(WORD)
     table[_mask(WHITESPACE)] = ord(SPACE)
-    if plan.clean:  # deleted: these, and the marks when accents are stripped; without clean_text nothing is
+    if plan.clean:  # deleted: these (checked), and the marks when accents are stripped; without clean_text none
         removed = _mask(REMOVED)
-        if plan.strip:
-            deleted = [cp for cp in np.flatnonzero(marks) if norm.normalize_str(f"a{chr(cp)}b") == "ab"]
-            removed[deleted] = True
+        removed[_deleted(norm, np.flatnonzero((gone | marks) if plan.strip else gone))] = True
         table[removed] = ord(REMOVE)
-    # boundaries: ASCII punctuation that no added token contains (so no match can span it), and ideographs
+    # boundaries: punctuation that no added token contains (so that no match can span it), and ideographs
     table[[ord(c) for c in string.punctuation if c not in plan.contents]] = ord(CUT)
+    others = [cp for cp in np.flatnonzero(punct) if chr(cp) not in plan.contents]
+    table[_isolated(tokenizer, np.asarray(others, dtype=np.int64))] = ord(CUT)
     if plan.chinese:
-        table[_mask(_CJK)] = ord(CUT)
+        table[_isolated(tokenizer, np.flatnonzero(_mask(_CJK_BERT)))] = ord(CUT)
     return table
 
 
@@ -365,6 +435,11 @@ class LongTextCutter:
         self.plan = _plan(tokenizer)
         self.pattern = self.plan  # None when no shortcut applies (the attribute's older meaning)
         self._verified: dict[str, bool] = {}
+
+    @property
+    def threshold(self) -> int | None:
+        """Texts longer than this many characters may be shortened (None: none are)."""
+        return None if self._limit() is None else PRECUT_FACTOR * self._limit()[0]
 
     @property
     def max_length(self) -> int | None:

@@ -8,8 +8,8 @@ the texts are bounded (and shortened exactly) before they reach the tokenizer.
   request without one is read as JSON).
 * :func:`prepare_texts`: surrogates repaired; with ``truncate`` each long text shortened to one with the same
   kept tokens (``st_runtime.inputs.LongTextCutter``); without, a text proved over the model's limit from a
-  prefix is a 413 before the rest is tokenized. Texts over ``--max-input-chars`` are a 413. Large requests
-  are prepared off the event loop.
+  prefix is a 413 before the rest is tokenized. Texts over ``--max-input-chars`` are a 413. Requests with a
+  text to shorten, or large ones, are prepared off the event loop.
 
 Connection-level limits (head timeout and size, idle and open connections) are ``st_runtime.serve.limits``.
 """
@@ -145,8 +145,9 @@ def _prepared(items: list[Any], cutter: LongTextCutter, truncate: bool, directio
 async def prepare_texts(items: list[Any], cutter: LongTextCutter, truncate: bool, direction: str | None) -> list[Any]:
     """``items`` ready for the batcher: see the module docstring. Runs in a worker thread for large requests,
     so that the event loop keeps answering."""
-    chars = sum(len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in items)
-    if chars <= _INLINE_CHARS:
-        return _prepared(items, cutter, truncate, direction)
+    lengths = [len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in items]
+    threshold = cutter.threshold
+    if sum(lengths) <= _INLINE_CHARS and (threshold is None or max(lengths, default=0) <= threshold):
+        return _prepared(items, cutter, truncate, direction)  # nothing to shorten: no thread hop
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, _prepared, items, cutter, truncate, direction)

@@ -238,6 +238,16 @@ _PIECES = [
     "ﬁ",
     "¨",
     "\u0600",
+    "—",
+    "。",
+    "≠",
+    "\u0378",
+    "\u180e",
+    "\u2065",
+    "\U000e0080",
+    "\U0002a6e0",
+    "\U0002b820",
+    "\U00020000",
 ]
 _LONG = [
     "a" * 150,
@@ -252,6 +262,10 @@ _LONG = [
     "ab\x01" * 60,
     "\t\n" * 40,
     "東" * 50,
+    "—" * 60,
+    "\u0378" * 120,
+    "a\u0378" * 80,
+    "\U0002b820" * 110,
 ]
 _piece = st.sampled_from(_PIECES) | st.sampled_from(_LONG) | st.text(max_size=3)
 
@@ -260,7 +274,7 @@ def _ids(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(text).ids
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(parts=st.lists(_piece, min_size=20, max_size=400), max_len=st.integers(3, 24), seed=st.integers(0, 99))
 def test_shortcuts_keep_the_token_ids(family, parts, max_len, seed):
     _name, tok = family
@@ -341,6 +355,8 @@ HUGE = {
     "whitespace": lambda: "a" + " " * 5_000_000 + "b",
     "controls": lambda: "a" + "\x01" * 5_000_000 + "b",
     "marks": lambda: "e" + "\u0301" * 2_000_000,
+    "punctuation": lambda: "—" * 2_000_000,
+    "unassigned": lambda: "a\u0378" * 1_000_000,
 }
 
 
