@@ -50,3 +50,7 @@ class OpsetTooNewError(GraphLoadError):
 
 class ModelKindError(StRuntimeError, ValueError):
     """The folder holds another kind of model (an embedding model given to CrossEncoder, or the reverse)."""
+
+
+class InputTooLongError(StRuntimeError, ValueError):
+    """A text has more tokens than the model's limit, in a call that asked not to truncate."""

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import kinds
-from .errors import GraphLoadError, ModelKindError, UnsupportedInputError
+from .errors import GraphLoadError, InputTooLongError, ModelKindError, UnsupportedInputError
 from .inputs import LongTextCutter, classify, prepare
 from .manifest import graph_files, load_manifest, read_spec, verify_files
 from .providers import device_name, device_providers, resolve_providers, resolve_threads
@@ -332,10 +332,18 @@ class Model:
         return None
 
     def prepare_texts(
-        self, items: list, prompt: str | None = None, kinds_: list[str] | None = None, cut: bool = True
+        self,
+        items: list,
+        prompt: str | None = None,
+        kinds_: list[str] | None = None,
+        strict: bool = False,
+        direction: str | None = None,
     ) -> list:
-        """Text items with the prompt prepended (to the first text of a pair), surrogates repaired and (``cut``)
-        very long texts cut exactly; items whose ``kinds_`` entry is not "text" (images) are left alone."""
+        """Text items with the prompt prepended (to the first text of a pair) and surrogates repaired; very long
+        texts are cut exactly for truncation on ``direction`` (None: the model's side). ``strict`` (the call
+        refuses over-long texts instead of truncating): texts are kept whole, and one proved over the limit from
+        a prefix raises InputTooLongError before the rest is tokenized. Items whose ``kinds_`` entry is not
+        "text" (images) are left alone."""
         if prompt:
             items = [
                 it
@@ -345,7 +353,20 @@ class Model:
                 else (prompt + it[0], it[1])
                 for i, it in enumerate(items)
             ]
-        return prepare(items, self._cutter if cut else None, kinds_)
+        if not strict:
+            return prepare(items, self._cutter, kinds_, direction=direction)
+        items = list(prepare(items, None, kinds_))
+        limit = self._cutter.max_length
+        for i, item in enumerate(items):
+            if isinstance(item, str) and (kinds_ is None or kinds_[i] == "text"):
+                items[i], over = self._cutter.exceeds(item)
+                if over is not None:
+                    raise InputTooLongError(
+                        f"input {i} has more than {limit} tokens (its first {over} characters alone have more), over "
+                        f"the limit of {limit} tokens (the model's max_seq_length); shorten it, or send "
+                        f"truncate=true to keep the first {limit}."
+                    )
+        return items
 
     def tokenize(self, texts) -> dict[str, np.ndarray]:
         """The text tower's inputs for ``texts`` (strings or [text, text_pair] pairs), as

@@ -4,7 +4,9 @@
              [--precision float32|float16|int8|uint8|binary|ubinary] [--normalize] [--prompt-name NAME]
              [--chunk-rows 8192] [--ray [ADDRESS]] [--num-workers N] [--gpus-per-worker G]
 
-Rerunning the same command after a crash continues from the first incomplete part.
+Rerunning the same command after a crash continues from the first incomplete part (the parts written are
+checked first). Exit codes: 0 done, 1 a usage or input error, 2 an operating-system error (a read-only or full
+disk, permissions, a vanished file: one line names the path and the cause), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -84,10 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         source = Source(spec.input, spec.column, spec.id_column)
-        record = _run_local(spec, source, args, log) if args.ray is None else _run_ray(spec, source, args, log)
+        run = _run_local if args.ray is None else _run_ray
+        record = run(spec, source, args, log)
+    except job.StorageError as exc:  # read-only or full disk, permissions, a vanished input: what and where
+        print(f"st-embed: {exc}", file=sys.stderr)
+        return 2
     except (StRuntimeError, InputError, ValueError) as exc:
         print(f"st-embed: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # any other (opening the input or the model): one line, never a traceback
+        print(f"st-embed: {job.StorageError('use', exc.filename or '', exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("st-embed: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130

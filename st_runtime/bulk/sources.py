@@ -80,18 +80,13 @@ class Source:
             self.total_rows = total
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies the input for a resumed run: paths, sizes and modification times."""
+        """What identifies the input in the job's settings: its path, kind and files. Its content is identified
+        chunk by chunk (``st_runtime.bulk.job.chunk_digest``, in each part's footer), so that sizes and times
+        are not needed: an input edited in place is recognised even with both kept."""
         return {
             "path": str(self.path.resolve()),
             "kind": self.kind,
-            "files": [
-                {
-                    "name": str(f.relative_to(self.path)) if self.path.is_dir() else f.name,
-                    "bytes": f.stat().st_size,
-                    "mtime_ns": f.stat().st_mtime_ns,
-                }
-                for f in self.files
-            ],
+            "files": [str(f.relative_to(self.path)) if self.path.is_dir() else f.name for f in self.files],
         }
 
     def _check_columns(self, names: list[str], where: Path) -> None:

@@ -50,12 +50,6 @@ class Route:
         return getattr(importlib.import_module(module), name)
 
 
-def cuts(strict: bool, direction: str | None) -> bool:
-    """Whether very long texts may be cut before tokenizing (inputs.LongTextCutter: exact for truncation on the
-    right only); a strict call counts every token, so it tokenizes texts whole."""
-    return not strict and direction in (None, "right")
-
-
 @dataclass(eq=False)
 class Prepared:
     """One call's inputs ready for the text tower (and image tower): the output of ``Kind.prepare``.
@@ -146,10 +140,8 @@ class Kind:
     ) -> Prepared:
         """The Prepared call of checked text items (and images, where ``kinds`` marks some): the prompt (or the
         named one, or the model's default) before each text, surrogates repaired, very long texts cut exactly
-        where the call truncates on the right."""
-        items = model.prepare_texts(
-            items, model.resolve_prompt(prompt, prompt_name), kinds, cut=cuts(strict, direction)
-        )
+        (``strict``: kept whole, and refused early when provably too long; see Model.prepare_texts)."""
+        items = model.prepare_texts(items, model.resolve_prompt(prompt, prompt_name), kinds, strict, direction)
         image_index = [i for i, k in enumerate(kinds) if k != TEXT] if kinds else []
         if not image_index:
             return Prepared(items, max_length, direction, strict, singular=singular)

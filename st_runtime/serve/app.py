@@ -31,6 +31,7 @@ from ..errors import StRuntimeError
 from . import handlers
 from .context import Call
 from .errors import RequestError
+from .guards import read_json
 from .registry import OPENAI, TEI, ServeConfig, ServerState, kind_routes, load_models
 from .requests import Body
 
@@ -59,22 +60,10 @@ def error_response(dialect: str, err: RequestError) -> Response:
     return _json(body, err.status, err.headers)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the body has {declared} bytes, over the payload limit of {limit}", "PayloadTooLarge")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"the body is over the payload limit of {limit} bytes", "PayloadTooLarge")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(422, f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise RequestError(422, f"the body must be a JSON object, got {type(data).__name__}")
-    return data
+async def _body(request: Request, state: ServerState) -> dict[str, Any]:
+    """The request's JSON object, read with --payload-limit and --body-timeout (guards.read_json) before the
+    request takes a concurrency slot."""
+    return await read_json(request, state.config.payload_limit, state.config.limits.body_timeout)
 
 
 # ---------------------------------------------------------------------------------------------------- routes
@@ -95,10 +84,10 @@ def _model_route(path: str, dialect: str) -> Work:
     """A kind's route: the body names the model, the model's kind has the handler."""
 
     async def work(request: Request, state: ServerState) -> Any:
-        data = await read_json(request, state.config.payload_limit)
+        data = await _body(request, state)
         model = state.model(data.get("model"), dialect)
         handler = model.handler(path)
-        body = Body(data, state.config.max_client_batch_size)
+        body = Body(data, state.config)
         async with _slot(state):
             return await handler(Call(request, state, model, body))
 
@@ -106,10 +95,10 @@ def _model_route(path: str, dialect: str) -> Work:
 
 
 async def _tokenize(request: Request, state: ServerState) -> Any:
-    data = await read_json(request, state.config.payload_limit)
+    data = await _body(request, state)
     model = state.model(data.get("model"), TEI)
     async with _slot(state):
-        return await handlers.tokenize(Call(request, state, model, Body(data, state.config.max_client_batch_size)))
+        return await handlers.tokenize(Call(request, state, model, Body(data, state.config)))
 
 
 async def _info(request: Request, state: ServerState) -> Any:

@@ -13,7 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-from ..cli_args import positive_int
+from ..cli_args import positive_float, positive_int
+from .limits import Limits, ensure_file_descriptors, uvicorn_settings
 
 SERVE_EXTRA = "pip install 'st-runtime[serve]'"
 GRACE_S = 25  # uvicorn's wait for requests in flight after SIGTERM; the batchers then drain within the rest
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--payload-limit", type=positive_int, default=2_000_000, help="request body bytes before 413 (default 2000000)"
     )
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
+    _add_limits(p)
     p.add_argument(
         "--served-model-name",
         action="append",
@@ -56,52 +58,105 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        import uvicorn
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """What a misbehaving client can hold (st_runtime/serve/limits.py and guards.py)."""
+    d = Limits()
+    g = p.add_argument_group("limits on clients")
+    g.add_argument(
+        "--body-timeout",
+        type=positive_float,
+        default=d.body_timeout,
+        help=f"seconds to receive a request body, before 408 (default {d.body_timeout:g}); the request takes its "
+        "--max-concurrent-requests slot only once the body has arrived",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=positive_float,
+        default=d.header_timeout,
+        help=f"seconds to receive a request head, from the connection's opening or the head's first byte "
+        f"(default {d.header_timeout:g})",
+    )
+    g.add_argument(
+        "--keep-alive-timeout",
+        type=positive_float,
+        default=d.keep_alive_timeout,
+        help=f"idle seconds before a keep-alive connection is closed (default {d.keep_alive_timeout:g})",
+    )
+    g.add_argument(
+        "--write-timeout",
+        type=positive_float,
+        default=d.write_timeout,
+        help=f"seconds a client may read none of its response before it is dropped (default {d.write_timeout:g})",
+    )
+    g.add_argument(
+        "--max-header-bytes",
+        type=positive_int,
+        default=d.max_header_bytes,
+        help=f"request line and headers, before 431 (default {d.max_header_bytes})",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=d.max_connections,
+        help=f"open connections; past it the longest idle one is closed (default {d.max_connections})",
+    )
+    g.add_argument(
+        "--max-input-chars",
+        type=positive_int,
+        default=d.max_input_chars,
+        help=f"characters per input text, before 413 (default {d.max_input_chars})",
+    )
 
-        from .app import ServeConfig, create_app
-    except ImportError as exc:
-        print(f"st-serve: {exc.name or exc} is not installed; install the server extra: {SERVE_EXTRA}", file=sys.stderr)
-        return 2
+
+def _limits(args: argparse.Namespace) -> Limits:
+    connections = ensure_file_descriptors(args.max_connections)
+    if connections < args.max_connections:
+        logging.getLogger("st_runtime.serve").warning(
+            "--max-connections %d lowered to %d: the open-files limit (ulimit -n) allows no more",
+            args.max_connections,
+            connections,
+        )
+    return Limits(
+        body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_header_bytes=args.max_header_bytes,
+        max_connections=connections,
+        write_timeout=args.write_timeout,
+        max_input_chars=args.max_input_chars,
+    )
+
+
+class _Refused(Exception):
+    """A command-line mistake found before the server starts (exit 2)."""
+
+
+def _names(args: argparse.Namespace) -> list[str]:
+    """The served name of each folder; the cheap checks first, so a typo fails before the server starts."""
     from ..errors import StRuntimeError
     from ..manifest import load_manifest
 
     if args.served_model_name and len(args.served_model_name) != len(args.folders):
-        print(
-            f"st-serve: {len(args.served_model_name)} --served-model-name for {len(args.folders)} folders; "
-            "give one name per folder, in the same order",
-            file=sys.stderr,
+        raise _Refused(
+            f"{len(args.served_model_name)} --served-model-name for {len(args.folders)} folders; "
+            "give one name per folder, in the same order"
         )
-        return 2
     names = []
-    for i, folder in enumerate(args.folders):  # cheap checks first, so a typo fails before the server starts
+    for i, folder in enumerate(args.folders):
         try:
             manifest = load_manifest(folder)
         except StRuntimeError as exc:
-            print(f"st-serve: {exc}", file=sys.stderr)
-            return 2
+            raise _Refused(str(exc)) from None
         names.append(args.served_model_name[i] if args.served_model_name else manifest.get("name") or folder.name)
     if len(set(names)) != len(names):
-        print(f"st-serve: two folders have the same name {names}; set --served-model-name per folder", file=sys.stderr)
-        return 2
+        raise _Refused(f"two folders have the same name {names}; set --served-model-name per folder")
+    return names
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServeConfig(
-        folders=list(args.folders),
-        names=names,
-        providers=args.providers,
-        threads=args.threads,
-        variant=args.variant,
-        max_batch_tokens=args.max_batch_tokens,
-        max_concurrent_requests=args.max_concurrent_requests,
-        max_client_batch_size=args.max_client_batch_size,
-        payload_limit=args.payload_limit,
-        api_key=args.api_key,
-    )
+
+def _serve(args: argparse.Namespace, config, uvicorn, create_app) -> int:
+    """Run the server until SIGTERM or Ctrl-C: 0 after a clean shutdown, 1 if the models failed to load."""
     failure: list[str] = []
-    server: uvicorn.Server | None = None
+    server = None
 
     def on_load_failure(message: str) -> None:
         failure.append(message)
@@ -118,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             access_log=not args.no_access_log,
             timeout_graceful_shutdown=GRACE_S,
             lifespan="on",
+            **uvicorn_settings(config.limits, app.state.metrics.connection_event),
         )
     )
+    app.state.metrics.track_connections(lambda: len(server.server_state.connections))
     # uvicorn re-raises the signal that stopped it once it has shut down; after a clean shutdown that is
     # not an error, so the re-raised SIGTERM/SIGINT lands on a handler that does nothing and we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,6 +186,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"st-serve: {failure[0]}", file=sys.stderr)
         return 1
     return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from .app import ServeConfig, create_app
+    except ImportError as exc:
+        print(f"st-serve: {exc.name or exc} is not installed; install the server extra: {SERVE_EXTRA}", file=sys.stderr)
+        return 2
+    try:
+        names = _names(args)
+    except _Refused as exc:
+        print(f"st-serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(
+        folders=list(args.folders),
+        names=names,
+        providers=args.providers,
+        threads=args.threads,
+        variant=args.variant,
+        max_batch_tokens=args.max_batch_tokens,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_client_batch_size=args.max_client_batch_size,
+        payload_limit=args.payload_limit,
+        api_key=args.api_key,
+        limits=_limits(args),
+    )
+    return _serve(args, config, uvicorn, create_app)
 
 
 if __name__ == "__main__":

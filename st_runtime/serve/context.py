@@ -4,6 +4,7 @@ with other requests through the model's batcher)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -11,10 +12,12 @@ from typing import Any, TypeVar
 import numpy as np
 from starlette.requests import Request
 
-from ..errors import StRuntimeError
+from ..errors import InputTooLongError, StRuntimeError
+from ..inputs import PRECUT_FACTOR
 from ..kinds import Prepared
 from .batcher import Job
 from .errors import RequestError
+from .guards import client_left
 from .registry import ServedModel, ServerState
 from .requests import Body
 
@@ -33,21 +36,31 @@ async def _run_job(request: Request, model: ServedModel, job: Job) -> tuple[Any,
     model.batcher.submit(job)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
 
-    def client_left(task: asyncio.Task) -> None:
+    def on_disconnect(task: asyncio.Task) -> None:
         if not task.cancelled() and not job.future.done():
             job.cancelled = True  # the batcher skips it wherever it is
             job.future.cancel()
 
-    watcher.add_done_callback(client_left)
+    watcher.add_done_callback(on_disconnect)
     try:
         return await job.future
     except asyncio.CancelledError:
         if job.cancelled:
-            raise RequestError(499, "the client closed the connection", "Cancelled") from None
+            raise client_left(request, "while its request was queued") from None  # a 499, logged at INFO
         job.cancelled = True  # the handler itself was cancelled (server shutting down)
         raise
     finally:
         watcher.cancel()
+
+
+# requests with more characters of text than this, or a text long enough to be cut, are prepared off the loop
+_INLINE_CHARS = 65536
+
+
+def _large(inputs: Any, max_tokens: int | None) -> bool:
+    lengths = [len(t) if isinstance(t, str) else sum(len(x) for x in t if isinstance(x, str)) for t in inputs]
+    longest = PRECUT_FACTOR * max_tokens if max_tokens else _INLINE_CHARS
+    return sum(lengths) > _INLINE_CHARS or max(lengths, default=0) > min(longest, _INLINE_CHARS)
 
 
 @dataclass
@@ -67,10 +80,18 @@ class Call:
     def kind(self):
         return self.model.kind
 
-    def prepare(self, inputs: Any, **options: Any) -> Prepared:
-        """The kind's ``prepare``; its refusals of the inputs are the client's mistakes (422)."""
+    async def prepare(self, inputs: Any, **options: Any) -> Prepared:
+        """The kind's ``prepare``, in a worker thread when the inputs are large (cutting very long texts exactly
+        costs CPU time the event loop needs for other clients). A text proved over the model's limit when the
+        call does not truncate is a 413; other refusals of the inputs are the client's mistakes (422)."""
+        model = self.model.model
         try:
-            return self.kind.prepare(self.model.model, inputs, **options)
+            if not _large(inputs, model.text_tower.max_seq_length):
+                return self.kind.prepare(model, inputs, **options)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, functools.partial(self.kind.prepare, model, inputs, **options))
+        except InputTooLongError as exc:
+            raise RequestError(413, str(exc), "Validation", param="inputs") from None
         except (StRuntimeError, ValueError, TypeError) as exc:
             raise RequestError(422, str(exc)) from None
 

@@ -20,7 +20,7 @@ OPENAI_OBJECT = "embedding"  # the "object" of each item of OpenAI's embeddings 
 
 async def openai_embeddings(call: Call) -> Any:
     req = call.parse(EmbeddingsRequest)
-    rows, tokens = await call.run(call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
+    rows, tokens = await call.run(await call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
     # the model's own output is normalized when the model normalizes; a Matryoshka cut is normalized again then
     normalize = req.dimensions is not None and call.kind.normalized(call.model.model)
     emb = call.finish(rows, truncate_dim=req.dimensions, normalize=normalize)
@@ -39,7 +39,7 @@ async def openai_embeddings(call: Call) -> Any:
 
 async def tei_embed(call: Call) -> Any:
     req = call.parse(EmbedRequest)
-    rows, _tokens = await call.run(call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
+    rows, _tokens = await call.run(await call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
     normalized = call.kind.normalized(call.model.model)
     emb = call.finish(
         rows, truncate_dim=req.dimensions, normalize=req.normalize and (req.dimensions is not None or not normalized)
@@ -55,7 +55,7 @@ async def tei_rerank(call: Call) -> Any:
     model = call.model
     if model.dim != 1:
         raise RequestError(422, f"model {model.name!r} has {model.dim} labels; /rerank needs one")
-    logits, _tokens = await call.run(call.prepare([(req.query, t) for t in req.texts], **req.text.prepare_args()))
+    logits, _tokens = await call.run(await call.prepare([(req.query, t) for t in req.texts], **req.text.prepare_args()))
     scores = logits[:, 0] if req.raw_scores else call.finish(logits)[:, 0]
     return ranking(scores, req.texts if req.return_text else None, None, "index", "score")
 
@@ -64,7 +64,7 @@ async def tei_embed_sparse(call: Call) -> Any:
     """TEI's /embed_sparse: per input, its active entries [{"index", "value"}] in increasing index order (the
     model's own max_active_dims applies)."""
     req = call.parse(SparseRequest)
-    rows, _tokens = await call.run(call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
+    rows, _tokens = await call.run(await call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
     return [[{"index": int(i), "value": float(v)} for i, v in zip(e.indices, e.values)] for e in call.finish(rows)]
 
 

@@ -40,6 +40,18 @@ class Metrics:
             registry=r,
         )
         self.request_items = Histogram("st_request_items", "inputs per request", ["model"], buckets=_COUNTS, registry=r)
+        self.connections_closed = Counter(
+            "st_connections_closed",
+            "connections closed or refused by a limit (serve/limits.py), by reason",
+            ["reason"],
+            registry=r,
+        )
+
+    def connection_event(self, reason: str) -> None:
+        self.connections_closed.labels(reason=reason).inc()
+
+    def track_connections(self, count_fn) -> None:
+        Gauge("st_open_connections", "open HTTP connections", registry=self.registry).set_function(count_fn)
 
     def track_queue(self, model: str, size_fn) -> None:
         self.queue_size.labels(model=model).set_function(size_fn)

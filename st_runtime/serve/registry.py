@@ -13,6 +13,7 @@ from typing import Any
 from ..kinds import Kind, Route, all_kinds
 from .batcher import Batcher
 from .errors import RequestError
+from .limits import Limits
 from .metrics import Metrics
 
 logger = logging.getLogger("st_runtime.serve")
@@ -34,6 +35,7 @@ class ServeConfig:
     max_client_batch_size: int = 256
     payload_limit: int = 2_000_000
     api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)  # timeouts, connection and text limits (serve/limits.py)
 
 
 @dataclass

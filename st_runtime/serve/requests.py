@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import RequestError
+from .guards import check_sizes
 
 if TYPE_CHECKING:
-    from .registry import ServedModel
+    from .registry import ServeConfig, ServedModel
 
 _NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 
@@ -22,11 +23,13 @@ def _kinds(kinds: type | tuple) -> tuple:
 
 
 class Body:
-    """A request's JSON object, read field by field."""
+    """A request's JSON object, read field by field, under the server's limits (--max-client-batch-size,
+    --max-input-chars)."""
 
-    def __init__(self, data: dict[str, Any], max_items: int):
+    def __init__(self, data: dict[str, Any], config: ServeConfig):
         self.data = data
-        self.max_items = max_items
+        self.max_items = config.max_client_batch_size
+        self.max_chars = config.limits.max_input_chars
 
     def get(self, name: str, kinds: type | tuple, default: Any = None) -> Any:
         """Field ``name`` of one of ``kinds`` (absent or null: ``default``); true/false is not an integer."""
@@ -52,6 +55,7 @@ class Body:
         value = self.data.get(name)
         if not isinstance(value, str):
             raise RequestError(422, f"'{name}' must be a string, got {type(value).__name__}", param=name)
+        check_sizes([value], self.max_chars, name)
         return value
 
     def inputs(self, key: str) -> tuple[list[str], bool]:
@@ -60,6 +64,7 @@ class Body:
             raise RequestError(422, f"'{key}' is required: a string or a list of strings", param=key)
         value = self.data[key]
         if isinstance(value, str):
+            check_sizes([value], self.max_chars, key)
             return [value], True
         if not isinstance(value, list):
             raise RequestError(
@@ -79,6 +84,7 @@ class Body:
             if not isinstance(item, str):
                 hint = " (token arrays are not accepted: send the text)" if isinstance(item, (int, list)) else ""
                 raise RequestError(422, f"'{key}[{i}]' must be a string, got {type(item).__name__}{hint}", param=key)
+        check_sizes(value, self.max_chars, key)
         return value, False
 
     def dimensions(self, model: ServedModel) -> int | None:

@@ -37,6 +37,6 @@ class L1Encoder(SentenceEncoder):
 async def embed_l1(call):
     """POST /embed_l1 {"inputs"}: [{"embedding", "l1"}] per input."""
     req = call.parse(EmbedRequest)
-    rows, _tokens = await call.run(call.prepare(req.inputs, **req.text.prepare_args()))
+    rows, _tokens = await call.run(await call.prepare(req.inputs, **req.text.prepare_args()))
     out = call.finish(rows)
     return [{"embedding": row[:-1].tolist(), "l1": float(row[-1])} for row in out]
