@@ -8,7 +8,8 @@ import numpy as np
 from . import kinds, util
 from .errors import UnsupportedInputError
 from .kinds.embedding import QUANTIZED, EmbeddingKind
-from .model import Model, QueryDocumentMixin, check_batch_size, progress_bar
+from .model import Model, QueryDocumentMixin, check_batch_size
+from .progress import progress_bar
 
 __all__ = ["QUANTIZED", "SentenceEncoder", "SentenceTransformer", "progress_bar"]
 

@@ -7,9 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +18,7 @@ from . import kinds
 from .errors import GraphLoadError, InputTooLongError, ModelKindError, UnsupportedInputError
 from .inputs import LongTextCutter, classify, prepare
 from .manifest import graph_files, load_manifest, read_spec, verify_files
+from .progress import progress
 from .providers import device_name, device_providers, resolve_providers, resolve_threads
 from .session import make_session, with_cuda_graphs
 from .spec import ModelSpec, TowerSpec
@@ -28,36 +26,6 @@ from .text import TextTower
 from .variants import choose_variant, describe_value, length_routing, warn_if_int8_kernels_differ
 
 logger = logging.getLogger("st_runtime")
-
-
-def progress_bar(show: bool | None, total: int):
-    """A tqdm bar over ``total`` items, or None. ``show=None``: when the st_runtime logger is at INFO or DEBUG
-    (sentence-transformers' rule for its own logger)."""
-    if show is None:
-        show = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
-    if not show or total == 0:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        warnings.warn(
-            "show_progress_bar=True needs tqdm, which is not installed (pip install tqdm); encoding without a bar",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return None
-    return tqdm(total=total, desc="Encoding", unit="texts")
-
-
-@contextmanager
-def progress(show: bool | None, total: int) -> Iterator[Callable[[int], Any] | None]:
-    """``progress_bar`` as a context: yields its ``update`` (or None) and closes the bar on the way out."""
-    bar = progress_bar(show, total)
-    try:
-        yield bar.update if bar is not None else None
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def check_batch_size(batch_size: Any) -> int | None:

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="attr-defined,misc"
+# (the mixins below take their attributes from uvicorn's HttpToolsProtocol, which mypy cannot see through them)
 """Connection limits of st-serve: what a client that misbehaves on purpose can hold, and for how long.
 
 uvicorn times out only idle keep-alive connections (``timeout_keep_alive``, after a response), and its

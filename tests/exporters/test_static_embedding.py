@@ -147,11 +147,11 @@ def test_static_long_text_cut_counts_tokens_without_special_tokens(zoo_families,
     """The long-text shortcut (WordPiece tokenizers) must count tokens as the model tokenizes them, without
     [CLS]/[SEP]: a text whose prefix at the cut holds max_seq_length - 1 tokens (max_seq_length + 1 with special
     tokens) must not be cut there, or its last kept token would be lost."""
-    from st_runtime import inputs
     from st_runtime.inputs import PRECUT_FACTOR, LongTextCutter
+    from st_runtime.longtext import cutter
 
     # the cut alone (its compaction would shorten the over-long words below and leave nothing to cut)
-    monkeypatch.setattr(inputs, "_substitute", lambda text, codes, _matches, _replace: (text, codes))
+    monkeypatch.setattr(cutter, "_substitute", lambda text, codes, _matches, _replace: (text, codes))
 
     src, out = zoo_families.static()
     enc = SentenceEncoder(out)

@@ -1,4 +1,4 @@
-"""The long-text shortcuts (st_runtime.inputs.LongTextCutter) are exact: the cut, compacted or checked text gives
+"""The long-text shortcuts (st_runtime.longtext.LongTextCutter) are exact: the cut, compacted or checked text gives
 the token ids of the full text, for the fixtures' tokenizers and for tokenizers of the other families built here
 (Metaspace + Unigram, byte-level BPE, Qwen2's split, Whitespace + WordLevel); and they are cheap."""
 
@@ -13,17 +13,8 @@ import numpy as np
 import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from st_runtime.inputs import (
-    CUT,
-    PRECUT_FACTOR,
-    REMOVE,
-    SPACE,
-    WORD,
-    LongTextCutter,
-    character_codes,
-    prepare,
-    word_characters,
-)
+from st_runtime.inputs import PRECUT_FACTOR, LongTextCutter, prepare
+from st_runtime.longtext.chars import CUT, REMOVE, SPACE, WORD, character_codes, word_characters
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
