@@ -58,7 +58,7 @@ _INLINE_CHARS = 65536
 
 
 def _large(inputs: Any, max_tokens: int | None) -> bool:
-    lengths = [len(t) if isinstance(t, str) else sum(len(x) for x in t if isinstance(x, str)) for t in inputs]
+    lengths = [len(t) if isinstance(t, str) else sum(len(x) for x in t) if isinstance(t, tuple) else 0 for t in inputs]
     longest = PRECUT_FACTOR * max_tokens if max_tokens else _INLINE_CHARS
     return sum(lengths) > _INLINE_CHARS or max(lengths, default=0) > min(longest, _INLINE_CHARS)
 
