@@ -25,3 +25,11 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+def missing_extra(prog: str, exc: ImportError, extra: str) -> int:
+    """Say which optional dependency a command lacks and how to install it; the exit status (2)."""
+    import sys
+
+    print(f"{prog}: {exc.name or exc} is not installed; install the extra: {extra}", file=sys.stderr)
+    return 2

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli_args import positive_int
+from ..cli_args import missing_extra, positive_int
 from . import PRECISIONS
 
 EXTRA = "pip install 'st-runtime[bulk]'"
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import job
         from .sources import InputError, Source
     except ImportError as exc:
-        print(f"st-embed: {exc.name or exc} is not installed; install the bulk extra: {EXTRA}", file=sys.stderr)
-        return 2
+        return missing_extra("st-embed", exc, EXTRA)
     from ..errors import StRuntimeError
 
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"st-embed: {m}", file=sys.stderr))

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..cli_args import positive_float, positive_int
+from ..cli_args import missing_extra, positive_float, positive_int
 from .limits import Limits, ensure_file_descriptors, uvicorn_settings
 
 SERVE_EXTRA = "pip install 'st-runtime[serve]'"
@@ -58,54 +58,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the limits on clients: flag, type, Limits field, help ({} is the default)
+_LIMIT_FLAGS = (
+    (
+        "--body-timeout",
+        positive_float,
+        "body_timeout",
+        "seconds to receive a request body, before 408 (default {:g}); the request takes its "
+        "--max-concurrent-requests slot only once the body has arrived",
+    ),
+    (
+        "--header-timeout",
+        positive_float,
+        "header_timeout",
+        "seconds to receive a request head, from the connection's opening or the head's first byte (default {:g})",
+    ),
+    (
+        "--keep-alive-timeout",
+        positive_float,
+        "keep_alive_timeout",
+        "idle seconds before a keep-alive connection is closed (default {:g})",
+    ),
+    (
+        "--write-timeout",
+        positive_float,
+        "write_timeout",
+        "seconds a client may read none of its response before it is dropped (default {:g})",
+    ),
+    ("--max-header-bytes", positive_int, "max_header_bytes", "request line and headers, before 431 (default {})"),
+    (
+        "--max-connections",
+        positive_int,
+        "max_connections",
+        "open connections; past it the longest idle one is closed (default {})",
+    ),
+    ("--max-input-chars", positive_int, "max_input_chars", "characters per input text, before 413 (default {})"),
+)
+
+
 def _add_limits(p: argparse.ArgumentParser) -> None:
     """What a misbehaving client can hold (st_runtime/serve/limits.py and guards.py)."""
-    d = Limits()
+    defaults = Limits()
     g = p.add_argument_group("limits on clients")
-    g.add_argument(
-        "--body-timeout",
-        type=positive_float,
-        default=d.body_timeout,
-        help=f"seconds to receive a request body, before 408 (default {d.body_timeout:g}); the request takes its "
-        "--max-concurrent-requests slot only once the body has arrived",
-    )
-    g.add_argument(
-        "--header-timeout",
-        type=positive_float,
-        default=d.header_timeout,
-        help=f"seconds to receive a request head, from the connection's opening or the head's first byte "
-        f"(default {d.header_timeout:g})",
-    )
-    g.add_argument(
-        "--keep-alive-timeout",
-        type=positive_float,
-        default=d.keep_alive_timeout,
-        help=f"idle seconds before a keep-alive connection is closed (default {d.keep_alive_timeout:g})",
-    )
-    g.add_argument(
-        "--write-timeout",
-        type=positive_float,
-        default=d.write_timeout,
-        help=f"seconds a client may read none of its response before it is dropped (default {d.write_timeout:g})",
-    )
-    g.add_argument(
-        "--max-header-bytes",
-        type=positive_int,
-        default=d.max_header_bytes,
-        help=f"request line and headers, before 431 (default {d.max_header_bytes})",
-    )
-    g.add_argument(
-        "--max-connections",
-        type=positive_int,
-        default=d.max_connections,
-        help=f"open connections; past it the longest idle one is closed (default {d.max_connections})",
-    )
-    g.add_argument(
-        "--max-input-chars",
-        type=positive_int,
-        default=d.max_input_chars,
-        help=f"characters per input text, before 413 (default {d.max_input_chars})",
-    )
+    for flag, kind, field, text in _LIMIT_FLAGS:
+        default = getattr(defaults, field)
+        g.add_argument(flag, type=kind, default=default, help=text.format(default))
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -195,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .app import ServeConfig, create_app
     except ImportError as exc:
-        print(f"st-serve: {exc.name or exc} is not installed; install the server extra: {SERVE_EXTRA}", file=sys.stderr)
-        return 2
+        return missing_extra("st-serve", exc, SERVE_EXTRA)
     try:
         names = _names(args)
     except _Refused as exc:
