@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..cli_args import missing_extra, positive_float, positive_int
-from .limits import Limits, ensure_file_descriptors, uvicorn_settings
+from .limits import Limits, ensure_file_descriptors, steady_memory, uvicorn_settings
 
 SERVE_EXTRA = "pip install 'st-runtime[serve]'"
 GRACE_S = 25  # uvicorn's wait for requests in flight after SIGTERM; the batchers then drain within the rest
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"st-serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    steady_memory()  # large bodies go back to the system when freed (limits.py)
     config = ServeConfig(
         folders=list(args.folders),
         names=names,
