@@ -22,7 +22,31 @@ pacsv = pytest.importorskip("pyarrow.csv")
 from st_runtime import SentenceEncoder  # noqa: E402
 from st_runtime.bulk import embed_iter, quantize_embeddings  # noqa: E402
 
-WORDS = "the of and to in is was for on are with as by at from his her they this that London city river".split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "are",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "they",
+    "this",
+    "that",
+    "London",
+    "city",
+    "river",
+]
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:
@@ -156,7 +180,7 @@ def test_empty_input_gives_empty_output_with_the_schema(model, tmp_path):
 
 
 def test_jsonl_csv_and_text_inputs_agree(model, encoder, tmp_path):
-    texts = corpus(500, seed=5) + ['quotes " and, commas', "unicode: Москва 東京 😀"]
+    texts = [*corpus(500, seed=5), 'quotes " and, commas', "unicode: Москва 東京 😀"]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)))
     pacsv.write_csv(pa.table({"id": list(range(len(texts))), "text": texts}), tmp_path / "in.csv")
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")

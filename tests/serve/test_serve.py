@@ -264,7 +264,28 @@ def test_an_inference_failure_fails_that_batch_only(start_server, fixtures_dir, 
 
 # ------------------------------------------------------------------------------------------------ load
 def test_64_concurrent_clients_each_get_their_own_rows(served, local):
-    words = "the of and to in is was for on are with as by at from his her they this that".split()
+    words = [
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "was",
+        "for",
+        "on",
+        "are",
+        "with",
+        "as",
+        "by",
+        "at",
+        "from",
+        "his",
+        "her",
+        "they",
+        "this",
+        "that",
+    ]
     rng = random.Random(1)
     errors: list[str] = []
 
