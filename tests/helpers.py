@@ -9,6 +9,10 @@ import pytest
 HAVE_EXPORT = all(importlib.util.find_spec(m) for m in ("torch", "sentence_transformers", "onnx"))
 needs_export = pytest.mark.skipif(not HAVE_EXPORT, reason="needs the export extra: pip install 'st-runtime[export]'")
 
+# word lists that tests build random texts from (one line each: as list literals they would run a word a line)
+COMMON_WORDS = "the of and to in is was for on are with as by at from his her they this that".split()  # noqa: SIM905
+FOX_WORDS = "the quick brown fox jumps over a lazy dog".split()  # noqa: SIM905
+
 TEXTS = [
     "How big is London",
     "London has 9,787,426 inhabitants at the 2011 census.",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_parity
+from helpers import COMMON_WORDS, assert_parity
 
 pa = pytest.importorskip("pyarrow", reason="needs the bulk extra: pip install 'st-runtime[bulk]'")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -22,31 +22,7 @@ pacsv = pytest.importorskip("pyarrow.csv")
 from st_runtime import SentenceEncoder  # noqa: E402
 from st_runtime.bulk import embed_iter, quantize_embeddings  # noqa: E402
 
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "was",
-    "for",
-    "on",
-    "are",
-    "with",
-    "as",
-    "by",
-    "at",
-    "from",
-    "his",
-    "her",
-    "they",
-    "this",
-    "that",
-    "London",
-    "city",
-    "river",
-]
+WORDS = [*COMMON_WORDS, "London", "city", "river"]
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:

@@ -9,29 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from helpers import FOX_WORDS
 
 from st_runtime import SentenceEncoder
 
 
 def _texts(seed: int, n: int) -> list[str]:
     rng = random.Random(seed)
-    words = [
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "a",
-        "lazy",
-        "dog",
-        "London",
-        "東京",
-        "😀",
-        "naïve",
-        "census",
-        "river",
-    ]
+    words = [*FOX_WORDS, "London", "東京", "😀", "naïve", "census", "river"]
     return [" ".join(rng.choice(words) for _ in range(rng.choice([0, 1, 5, 20, 80]))) for _ in range(n)]
 
 

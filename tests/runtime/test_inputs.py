@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import assert_parity
+from helpers import FOX_WORDS, assert_parity
 
 from st_runtime import SentenceEncoder
 from st_runtime.errors import UnsupportedInputError
@@ -92,26 +92,8 @@ def _random_text(alphabet: list[str], sep: str, seed: int) -> str:
 
 
 _WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "lazy",
-    "dog",
-    "London",
-    "has",
-    "many",
-    "inhabitants",
-    "census",
-    "river",
-    "bridge",
-    "city",
-    "people",
-    "weather",
-    "lovely",
-    "today",
+    *(w for w in FOX_WORDS if w != "a"),
+    *"London has many inhabitants census river bridge city people weather lovely today".split(),  # noqa: SIM905
 ]
 _CJK_CHARS = list("東京は日本の首都です北京是中国的首都大阪名古屋")
 

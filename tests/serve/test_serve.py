@@ -12,7 +12,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from helpers import TEXTS, assert_parity
+from helpers import COMMON_WORDS, TEXTS, assert_parity
 
 from st_runtime import SentenceEncoder
 
@@ -264,28 +264,7 @@ def test_an_inference_failure_fails_that_batch_only(start_server, fixtures_dir, 
 
 # ------------------------------------------------------------------------------------------------ load
 def test_64_concurrent_clients_each_get_their_own_rows(served, local):
-    words = [
-        "the",
-        "of",
-        "and",
-        "to",
-        "in",
-        "is",
-        "was",
-        "for",
-        "on",
-        "are",
-        "with",
-        "as",
-        "by",
-        "at",
-        "from",
-        "his",
-        "her",
-        "they",
-        "this",
-        "that",
-    ]
+    words = COMMON_WORDS
     rng = random.Random(1)
     errors: list[str] = []
 
