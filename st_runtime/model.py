@@ -157,7 +157,7 @@ class Model:
             )
 
     def _choose_variant(self, tower: TowerSpec, requested: str | None) -> tuple[str, dict[str, Any]]:
-        return choose_variant(self.path, self.manifest, tower.raw, requested, self.providers)
+        return choose_variant(self.path, self.spec.rejected_variants, tower.raw, requested, self.providers)
 
     def _load_text_tower(self, variant: str | None) -> None:
         text = self.spec.towers.get("text")
@@ -357,7 +357,8 @@ class Model:
         rows = kind.new_rows(self, len(prepared.texts))
         with progress(show_progress_bar, prepared.size) as update:
             if prepared.texts:
-                max_length = self.call_max_length(prepared.max_length)
+                # the caller checked a max_length it set (call_max_length); None: the model's own
+                max_length = self._max_seq_length if prepared.max_length is None else prepared.max_length
                 self.text_tower.embed(prepared.texts, batch_size, rows, max_length, update)
             if not prepared.images:
                 return kind.split(rows, 0, len(prepared.texts))

@@ -35,7 +35,7 @@ def warn_if_int8_kernels_differ(vspec: dict[str, Any], path: Path) -> None:
 
 
 def choose_variant(
-    path: Path, manifest: Mapping[str, Any], tower: Mapping[str, Any], requested: str | None, providers
+    path: Path, rejected: Mapping[str, Any], tower: Mapping[str, Any], requested: str | None, providers
 ) -> tuple[str, dict[str, Any]]:
     """Default: the fastest variant within fp32 accuracy that passed its gate for the provider.
     "fastest": the fastest that passed its gate (int8 on CPU, fp16 on CUDA). A name: that variant."""
@@ -44,7 +44,6 @@ def choose_variant(
     passed = sorted(v for v, s in variants.items() if s["status"] == "passed")
     if requested is not None and requested != "fastest":
         if requested not in variants:
-            rejected = (manifest.get("export") or {}).get("rejected_variants") or {}
             if requested in rejected:
                 entry = rejected[requested]
                 if entry.get("error"):

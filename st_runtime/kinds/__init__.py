@@ -42,11 +42,6 @@ def register(kind_cls: type[Kind]) -> type[Kind]:
     return kind_cls
 
 
-def unregister(task: str) -> None:
-    """Remove a registered kind (for tests of kinds defined on the fly)."""
-    _KINDS.pop(task, None)
-
-
 def _read_entry_points() -> None:
     global _ENTRY_POINTS_READ
     if _ENTRY_POINTS_READ:

@@ -50,10 +50,6 @@ class ServedModel:
         return self.model.kind
 
     @property
-    def encoder(self) -> Any:
-        return self.model
-
-    @property
     def dim(self) -> int:
         return self.batcher.dim
 
