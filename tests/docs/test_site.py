@@ -4,6 +4,7 @@ and every page the site links to exists (mkdocs build --strict in scripts/test.s
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 from st_runtime import schema
@@ -54,3 +55,25 @@ def test_the_charts_the_speed_page_shows_exist():
     assert charts
     for name in charts:
         assert (ROOT / "benchmarks" / "results" / name).is_file(), name
+
+
+def _anchors(page: Path) -> set[str]:
+    """The heading anchors mkdocs' toc gives a page (lower case, punctuation dropped, spaces to hyphens)."""
+    out = set()
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", title)).strip("-"))
+    return out
+
+
+def test_readme_links_into_the_docs_resolve():
+    """README is read on GitHub, outside mkdocs' link check: its links to docs/ must name pages and headings."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\((docs/[^)#\s]+)(?:#([^)\s]+))?\)", readme)
+    assert len(links) >= 10
+    for target, anchor in links:
+        page = ROOT / target
+        assert page.is_file(), target
+        if anchor:
+            assert anchor in _anchors(page), f"{target}#{anchor}: no such heading"
