@@ -19,13 +19,22 @@ MARKER = "<!-- manifest-schema -->"
 
 
 def _schema_comments() -> dict[str, str]:
-    """Each key's trailing comment in schema.py (``"key": spec,  # comment``); a key commented twice keeps both."""
+    """Each key's comment in schema.py: trailing (``"key": spec,  # comment``) or on the lines just above the key;
+    a key commented in several places keeps every comment."""
     comments: dict[str, list[str]] = {}
-    text = (ROOT / "st_runtime" / "schema.py").read_text()
-    for match in re.finditer(r'^\s*"(\w+)":[^\n#]*#\s*(.+)$', text, flags=re.M):
-        key, comment = match.group(1), match.group(2).strip()
-        if comment not in comments.setdefault(key, []):
-            comments[key].append(comment)
+    above: list[str] = []
+    for line in (ROOT / "st_runtime" / "schema.py").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# ").strip())
+            continue
+        match = re.match(r'"(\w+)":[^#]*(?:#\s*(.+))?$', stripped)
+        if match:
+            found = [c for c in (" ".join(above), (match.group(2) or "").strip()) if c]
+            for comment in found:
+                if comment not in comments.setdefault(match.group(1), []):
+                    comments[match.group(1)].append(comment)
+        above = []
     return {k: "; ".join(v) for k, v in comments.items()}
 
 
@@ -33,7 +42,7 @@ def _type_text(spec: Any) -> str:
     from st_runtime import schema as s
 
     if isinstance(spec, tuple):
-        return " or ".join(_type_text(x) for x in spec)
+        return "number" if set(spec) == {int, float} else " or ".join(_type_text(x) for x in spec)
     if isinstance(spec, type):
         return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(spec, spec.__name__)
     if isinstance(spec, s.Obj):
@@ -84,6 +93,8 @@ def manifest_schema_markdown() -> str:
     blocks = kinds.output_blocks()
     rows: list[tuple] = []
     _rows(s.MANIFEST, "", True, comments, rows)
+    block_keys = {key for key, _ in blocks.values()}
+    rows = [r for r in rows if r[0].split(".")[0] not in block_keys]  # each kind's block has its own table below
     lines = [
         f"Generated from `st_runtime/schema.py` by st-runtime {st_runtime.__version__} "
         f"(manifest format {st_runtime.FORMAT_VERSION}). `<tower>`, `<variant>` and `<file>` stand for any name.",
@@ -93,7 +104,12 @@ def manifest_schema_markdown() -> str:
     ]
     lines += [f"| `{p}` | {'yes' if r else ''} | {t} | {c} |" for p, r, t, c in rows]
     tasks = ", ".join(f"`{t}`" for t in sorted(blocks))
-    lines += ["", f"`task` is one of the registered model kinds ({tasks}); absent, it means `{s.DEFAULT_TASK}`.", ""]
+    lines += [
+        "",
+        f"`task` is one of the registered model kinds ({tasks}); absent, it means `{s.DEFAULT_TASK}`. Each kind",
+        "requires its output block at the top level of the manifest:",
+        "",
+    ]
     for task, (key, spec) in sorted(blocks.items()):
         block: list[tuple] = []
         _rows(spec, key, True, comments, block)
