@@ -162,11 +162,13 @@ class SparseEncoder(QueryDocumentMixin, Model):
         return util.SIMILARITY_FUNCTIONS[self.similarity_fn_name](a, b)
 
     def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
+        """Embedding i of ``embeddings1`` against embedding i of ``embeddings2`` (SparseEmbeddings or dense rows)."""
         a = self.to_dense(self._rows(embeddings1)[0])
         b = self.to_dense(self._rows(embeddings2)[0])
         return np.array([self.similarity(x, y)[0, 0] for x, y in zip(a, b)], dtype=np.float32)
 
     def get_sentence_embedding_dimension(self) -> int:
+        """The vocabulary size: the width of a dense row, as in sentence-transformers."""
         return self._dim
 
     get_embedding_dimension = get_sentence_embedding_dimension
