@@ -36,7 +36,8 @@ class EmbedBatch:
     """Embeds ``column`` of each batch into ``output_column`` (a list of float32 vectors per row).
 
     Args:
-        model_dir: a folder written by st-export, readable on every node.
+        model_dir: a folder written by st-export, readable on every node; or a model name (hub id or short name),
+            which each node resolves into its own export cache (at ``revision``; st_runtime.hub), once per node.
         column: the text column. output_column: the column added (default "embedding").
         variant, providers: as ``SentenceEncoder``; providers default to "cuda" when Ray gave the actor a GPU.
         threads: onnxruntime threads (default: the CPUs Ray assigned to this actor).
@@ -53,7 +54,9 @@ class EmbedBatch:
         threads: int | None = None,
         normalize: bool = False,
         prompt_name: str | None = None,
+        revision: str | None = None,
     ):
+        from .hub.resolve import resolve_model
         from .kinds import bulk_kind, load
 
         if providers is None:
@@ -66,8 +69,9 @@ class EmbedBatch:
                 pass
         self.column = column
         self.output_column = output_column
-        self.kind = bulk_kind(model_dir)
-        self.model = load(model_dir, providers=providers, threads=threads or _actor_cpus(), variant=variant)
+        folder = resolve_model(model_dir, revision, variant)
+        self.kind = bulk_kind(folder)
+        self.model = load(folder, providers=providers, threads=threads or _actor_cpus(), variant=variant)
         self.kwargs = {"normalize": normalize, "prompt_name": prompt_name}
 
     def describe(self) -> dict[str, Any]:
@@ -111,9 +115,11 @@ def embed_dataset(
     variant: str | None = None,
     normalize: bool = False,
     prompt_name: str | None = None,
+    revision: str | None = None,
 ):
     """``ds`` with ``output_column`` added: ``num_workers`` actors each load the model once (``cpus_per_worker``
-    CPUs and ``gpus_per_worker`` GPUs each) and embed ``batch_size`` rows at a time."""
+    CPUs and ``gpus_per_worker`` GPUs each) and embed ``batch_size`` rows at a time. ``model_dir`` may be a model
+    name (at ``revision``), which each node resolves into its own export cache."""
     resources: dict[str, float] = {"num_cpus": cpus_per_worker}
     if gpus_per_worker:
         resources["num_gpus"] = gpus_per_worker
@@ -126,6 +132,7 @@ def embed_dataset(
             "variant": variant,
             "normalize": normalize,
             "prompt_name": prompt_name,
+            "revision": revision,
         },
         batch_size=batch_size,
         batch_format="pyarrow",

@@ -90,13 +90,27 @@ def export(repo_id: str, commit: str, variant: str | None, model: str) -> Path:
         _run_st_export(repo_id, commit, dest, export_variants(variant))
     logger.warning(
         "%s: exported %s (commit %s) with st-export into %s in %.0f s, once: later loads use this folder",
-        model, repo_id, commit[:12], dest, time.perf_counter() - t0,
+        model,
+        repo_id,
+        commit[:12],
+        dest,
+        time.perf_counter() - t0,
     )
     return dest
 
 
 def _run_st_export(repo_id: str, commit: str, dest: Path, variants: list[str]) -> None:
-    args = [repo_id, "--revision", commit, "-o", str(dest), "--opset", str(EXPORT_OPSET), "--variants", ",".join(variants)]
+    args = [
+        repo_id,
+        "--revision",
+        commit,
+        "-o",
+        str(dest),
+        "--opset",
+        str(EXPORT_OPSET),
+        "--variants",
+        ",".join(variants),
+    ]
     log = dest.with_name(dest.name + ".log")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:

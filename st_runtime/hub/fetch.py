@@ -39,8 +39,12 @@ def wanted_files(manifest: dict[str, Any], variant: str | None, where: str) -> l
         if vname != variant
         for name in graph_files(where, manifest, vspec)
     }
-    keep = {name for tower in towers.values() if variant in tower["variants"] for name in
-            graph_files(where, manifest, tower["variants"][variant])}
+    keep = {
+        name
+        for tower in towers.values()
+        if variant in tower["variants"]
+        for name in graph_files(where, manifest, tower["variants"][variant])
+    }
     return [f for f in files if f not in others or f in keep]
 
 
@@ -108,6 +112,11 @@ def fetch(repo_id: str, commit: str, variant: str | None, model: str) -> Path:
     size = sum((dest / n).stat().st_size for n in names)
     logger.info(
         "%s: %d files (%.1f MB) of %s checked and placed in %s in %.1f s",
-        model, len(names), size / 1e6, where, dest, time.perf_counter() - t0,
+        model,
+        len(names),
+        size / 1e6,
+        where,
+        dest,
+        time.perf_counter() - t0,
     )
     return dest
