@@ -40,7 +40,9 @@ def model_card(manifest: dict[str, Any], repo_id: str) -> str:
     ]
     for tname, tower in manifest["towers"].items():
         for vname, v in tower["variants"].items():
-            runs_on = ", ".join(p.replace("ExecutionProvider", "") for p in v["providers"])
+            runs_on = ", ".join(
+                p.replace("ExecutionProvider", "").replace("Tensorrt", "TensorRT") for p in v["providers"]
+            )
             rows.append(f"| {tname} | {vname} | {v['precision']} | {runs_on} | {_accuracy(v)} |")
     rejected = manifest["export"].get("rejected_variants") or {}
     left_out = [

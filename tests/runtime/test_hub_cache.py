@@ -83,12 +83,15 @@ def test_pushed_export_loads_from_the_hf_cache_without_torch(hub, tiny_bert, var
 
 
 def test_a_file_whose_sha256_differs_is_refused(hub):
-    blob = next(p for p in (hub / ("models--" + PUSHED.replace("/", "--")) / "snapshots" / COMMIT).iterdir()
-                if p.name == "model.onnx").resolve()
+    blob = next(
+        p
+        for p in (hub / ("models--" + PUSHED.replace("/", "--")) / "snapshots" / COMMIT).iterdir()
+        if p.name == "model.onnx"
+    ).resolve()
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, other content
     blob.write_bytes(bytes(data))
-    with pytest.raises(ArtifactCorruptError, match="model.onnx of test-org/tiny-bert-st-runtime"):
+    with pytest.raises(ArtifactCorruptError, match=r"model\.onnx of test-org/tiny-bert-st-runtime"):
         SentenceEncoder(PUSHED)
     assert cache.entries() == []
     assert not list(cache.repo_dir(PUSHED).glob(f"{COMMIT}/.*partial*"))
