@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import httpx
 from helpers import TEXTS, offline_hub, place_in_hf_cache
 
 from st_runtime import SentenceEncoder
 from st_runtime.hub import cache
 
+httpx = pytest.importorskip("httpx")
 pytest.importorskip("huggingface_hub", reason="needs the hub extra: pip install 'st-runtime[hub]'")
 REPO = "test-org/tiny-bert-st-runtime"
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
