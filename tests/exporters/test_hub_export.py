@@ -220,3 +220,16 @@ def test_minilm_by_name_exports_once_and_equals_an_explicit_export(monkeypatch, 
     assert time.perf_counter() - t0 < 2.0 and second.path == first.path
     explicit = export_model(str(minilm_dir()), output=tmp_path / "explicit", variants=[], log=lambda _m: None)
     np.testing.assert_array_equal(second.encode(TEXTS), SentenceEncoder(explicit, variant="fp32").encode(TEXTS))
+
+
+def test_a_failed_export_raises_with_its_log_and_caches_nothing(hub, tmp_path):
+    from st_runtime.errors import ExportFailedError
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    place_in_hf_cache(broken, hub, "test-org/broken", COMMIT)
+    with pytest.raises(ExportFailedError, match="nothing was added to the export cache") as info:
+        SentenceEncoder("test-org/broken")
+    assert "st-export: error" in str(info.value)  # the end of st-export's own output
+    assert cache.entries() == []
