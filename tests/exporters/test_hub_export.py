@@ -115,7 +115,7 @@ def test_kill_9_mid_export_leaves_nothing_served(hub):
     final = cache.entry_path(REPO, COMMIT, settings(None))
     first = loader()
     # st-export writes into .SETTINGS.partial-PID (PID: the export's process) and renames it when validated
-    partial = _wait_for(lambda: list(final.parent.glob(f".{final.name}.partial-*")), 120, "the export to start")[0]
+    partial = _wait_for(lambda: list(final.parent.glob(f".{final.name}.partial-*")), 240, "the export to start")[0]
     os.kill(first.pid, signal.SIGKILL)
     first.communicate(timeout=30)
     export_pid = int(partial.name.rsplit("-", 1)[-1])
