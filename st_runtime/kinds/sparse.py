@@ -91,7 +91,10 @@ class SparseKind(Kind):
     output_schema = SPARSE
     reproduces = "sentence_transformers.SparseEncoder"
     public_class = "st_runtime.sparse:SparseEncoder"
-    routes = (Route("/embed_sparse", "st_runtime.serve.handlers:tei_embed_sparse"),)
+    routes = (
+        Route("/embed_sparse", "st_runtime.serve.handlers:tei_embed_sparse"),
+        Route("/", "st_runtime.serve.handlers:tei_embed_sparse"),
+    )
 
     def new_rows(self, model: Model, n: int) -> SparseRows:
         return SparseRows(n)

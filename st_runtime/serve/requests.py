@@ -9,8 +9,10 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import wire
 from .errors import RequestError
 from .guards import check_sizes
+from .wire import BOOLEAN, POSITIVE, STRING, nested, wired
 
 if TYPE_CHECKING:
     from .registry import ServeConfig, ServedModel
@@ -28,8 +30,13 @@ class Body:
 
     def __init__(self, data: dict[str, Any], config: ServeConfig):
         self.data = data
+        self.config = config
         self.max_items = config.max_client_batch_size
         self.max_chars = config.limits.max_input_chars
+
+    def with_data(self, data: dict[str, Any]) -> Body:
+        """Another body under the same limits (one of Vertex's instances, a request's merged parameters)."""
+        return Body(data, self.config)
 
     def get(self, name: str, kinds: type | tuple, default: Any = None) -> Any:
         """Field ``name`` of one of ``kinds`` (absent or null: ``default``); true/false is not an integer."""
@@ -115,9 +122,11 @@ class TextOptions:
     """How a route's texts are tokenized: ``truncate`` (false: over-long texts are refused with 413),
     ``truncation_direction`` ("Right" or "Left") and ``prompt_name``."""
 
-    strict: bool
-    direction: str | None
-    prompt: str | None
+    strict: bool = wired("truncate", BOOLEAN, "false: refuse (413) a text over the model's limit", wire_default=True)
+    direction: str | None = wired(
+        "truncation_direction", wire.choice("Right", "Left"), "the side cut from an over-long text (case-insensitive)"
+    )
+    prompt: str | None = wired("prompt_name", STRING, "one of the model's prompts, put before each text")
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel, prompts: bool = True) -> TextOptions:
@@ -168,9 +177,9 @@ class VectorsRequest:
     """The fields the embedding routes share: the inputs (images decoded for an image tower), ``dimensions``
     (a Matryoshka cut) and the text options."""
 
-    inputs: list[Any]
-    dimensions: int | None
-    text: TextOptions
+    inputs: list[Any] = wired("inputs", wire.texts(), "the texts (a string, or a list)", required=True)
+    dimensions: int | None = wired("dimensions", POSITIVE, "keep the first N dimensions (Matryoshka)")
+    text: TextOptions = nested()
 
     @staticmethod
     def common(body: Body, model: ServedModel, key: str) -> tuple[list[Any], int | None, TextOptions]:
@@ -184,7 +193,10 @@ class EmbeddingsRequest(VectorsRequest):
     """OpenAI's ``POST /v1/embeddings``: input, encoding_format ("float" or "base64"), dimensions; st-serve's
     prompt_name, truncate, truncation_direction."""
 
-    encoding_format: str = "float"
+    inputs: list[Any] = wired("input", wire.texts(), "the texts (a string, or a list)", required=True)
+    encoding_format: str = wired(
+        "encoding_format", wire.choice("float", "base64"), "base64: little-endian float32", default="float"
+    )
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> EmbeddingsRequest:
@@ -197,7 +209,7 @@ class EmbedRequest(VectorsRequest):
     """TEI's ``POST /embed``: inputs, normalize (default true), dimensions, truncate, truncation_direction,
     prompt_name."""
 
-    normalize: bool = True
+    normalize: bool = wired("normalize", BOOLEAN, "false: the embedding before normalization", default=True)
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> EmbedRequest:
@@ -209,11 +221,13 @@ class EmbedRequest(VectorsRequest):
 class RerankRequest:
     """TEI's ``POST /rerank``: query, texts, raw_scores, return_text, truncate, truncation_direction."""
 
-    query: str
-    texts: list[str]
-    raw_scores: bool
-    return_text: bool
-    text: TextOptions
+    UNREAD = ("prompt_name",)
+
+    query: str = wired("query", STRING, "the query", required=True)
+    texts: list[str] = wired("texts", wire.STRINGS, "the documents to rank", required=True)
+    raw_scores: bool = wired("raw_scores", BOOLEAN, "the logits, before the model's activation", wire_default=False)
+    return_text: bool = wired("return_text", BOOLEAN, "return each document's text", wire_default=False)
+    text: TextOptions = nested()
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> RerankRequest:
@@ -228,8 +242,8 @@ class RerankRequest:
 class SparseRequest:
     """TEI's ``POST /embed_sparse``: inputs, truncate, truncation_direction, prompt_name."""
 
-    inputs: list[str]
-    text: TextOptions
+    inputs: list[str] = wired("inputs", wire.texts(), "the texts (a string, or a list)", required=True)
+    text: TextOptions = nested()
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> SparseRequest:
@@ -241,9 +255,9 @@ class SparseRequest:
 class TokenizeRequest:
     """TEI's ``POST /tokenize``: inputs, add_special_tokens (default: as the model), prompt_name."""
 
-    inputs: list[str]
-    add_special_tokens: bool
-    prompt: str | None
+    inputs: list[str] = wired("inputs", wire.texts(), "the texts (a string, or a list)", required=True)
+    add_special_tokens: bool = wired("add_special_tokens", BOOLEAN, "default: as the model tokenizes")
+    prompt: str | None = wired("prompt_name", STRING, "one of the model's prompts, put before each text")
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> TokenizeRequest:
