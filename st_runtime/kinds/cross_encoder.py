@@ -57,8 +57,8 @@ def _is_pair(x: Any) -> bool:
 
 def pairs_of(sentence_pairs: Any, texts_alone: bool = False) -> tuple[list, bool]:
     """(pairs, whether one pair was passed), each checked (``texts_alone``: single strings are taken too, the
-    texts a classifier scores alone)."""
-    if _is_pair(sentence_pairs):
+    texts a classifier scores alone; a list is then always a list of items)."""
+    if not texts_alone and _is_pair(sentence_pairs):
         return [(sentence_pairs[0], sentence_pairs[1])], True
     if isinstance(sentence_pairs, (str, bytes, dict)) or sentence_pairs is None:
         raise UnsupportedInputError(

@@ -323,10 +323,16 @@ class ServeApp:
             self._loader.join(timeout=30)
         for model in self.state.models.values():
             model.batcher.close(timeout=30)
+        if self.state.tracing is not None:
+            self.state.tracing.shutdown()
 
 
 def create_app(config: ServeConfig, on_load_failure: Callable[[str], None] | None = None) -> ServeApp:
     """The st-serve ASGI app. Models load in a background thread once the app starts (``/health`` answers
     503 until they are loaded and warmed up); ``on_load_failure(message)`` is called if loading fails."""
     state = ServerState(config, on_load_failure=on_load_failure)
+    if config.otlp_endpoint:
+        from .tracing import Tracing
+
+        state.tracing = Tracing(config.otlp_endpoint, service_name=config.otlp_service_name)
     return ServeApp(state, route_table())

@@ -67,7 +67,7 @@ class PredictRequest:
             items, singular = [value[0] if len(value) == 1 else (value[0], value[1])], True
         elif isinstance(value, list) and value and all(isinstance(v, list) for v in value):
             if len(value) > body.max_items:
-                raise RequestError(413, f"'inputs' has {len(value)} items, over --max-client-batch-size", param="inputs")
+                raise RequestError(413, f"'inputs' has {len(value)} items, over --max-client-batch-size", "Validation")
             items, singular = [], False
             for i, v in enumerate(value):
                 if not (1 <= len(v) <= 2 and all(isinstance(s, str) for s in v)):
@@ -102,7 +102,7 @@ class SimilarityRequest:
         value = body.data.get("inputs")
         if not isinstance(value, dict) or not isinstance(value.get("source_sentence"), str):
             raise RequestError(
-                422, "'inputs' must be {\"source_sentence\": text, \"sentences\": [texts]}", param="inputs"
+                422, '\'inputs\' must be {"source_sentence": text, "sentences": [texts]}', param="inputs"
             )
         source = value["source_sentence"]
         check_sizes([source], body.max_chars, "inputs.source_sentence")
@@ -192,10 +192,10 @@ class CohereEmbedRequest:
     inputs: list[Any] = wired("texts", wire.STRINGS, "the texts (or 'images')")
     input_type: str | None = wired("input_type", wire.choice(*INPUT_TYPES), "picks the model's prompt")
     dimensions: int | None = wired("output_dimension", POSITIVE, "keep the first N dimensions (Matryoshka)")
+    text: TextOptions  # from truncate (EXTRA_WIRE) and input_type
     types: tuple[str, ...] = wired(
         "embedding_types", wire.array(wire.choice(*EMBEDDING_TYPES), 1), "the formats returned", default=("float",)
     )
-    text: TextOptions = TextOptions(False, None, None)
     EXTRA_WIRE = (
         wire.Wire("truncate", wire.choice("NONE", "START", "END"), "which end an over-long text loses", False, "END"),
         wire.Wire("images", wire.STRINGS, "images as data URIs (a model with an image tower)"),
@@ -222,7 +222,7 @@ class CohereEmbedRequest:
                 break
         text = TextOptions(truncate == "none", "left" if truncate == "start" else "right", prompt)
         inputs = with_images(items, model, key)
-        return cls(inputs, input_type, dims, tuple(dict.fromkeys(types)), text)
+        return cls(inputs, input_type, dims, text, tuple(dict.fromkeys(types)))
 
 
 @dataclass(frozen=True)

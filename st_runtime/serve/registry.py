@@ -36,6 +36,7 @@ class ServeConfig:
     payload_limit: int = 2_000_000
     api_key: str | None = None
     otlp_endpoint: str | None = None  # OpenTelemetry: where spans go (serve/tracing.py)
+    otlp_service_name: str = "st-serve"
     limits: Limits = field(default_factory=Limits)  # timeouts, connection and text limits (serve/limits.py)
 
 
