@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.otlp_endpoint:
         try:
-            import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+            import opentelemetry.exporter.otlp.proto.http
             import opentelemetry.sdk  # noqa: F401
         except ImportError as exc:
             return missing_extra("st-serve --otlp-endpoint", exc, "pip install 'st-runtime[tracing]'")

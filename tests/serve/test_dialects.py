@@ -136,7 +136,8 @@ def test_root_answers_by_the_models_kind(server, local):
     ranked = post(server, "/", {"query": QUERY, "texts": DOCS, "model": "reranker"}).json()
     assert [x["index"] for x in ranked] == [w["corpus_id"] for w in local["reranker"].rank(QUERY, DOCS)]
     assert post(server, "/invocations", {"inputs": TEXTS[:3], "model": "emb"}).json() == emb.json()
-    vertex = post(server, "/vertex", {"instances": [{"inputs": TEXTS[0]}, {"inputs": [["x"], ["y"]], "model": "classifier"}]})
+    instances = [{"inputs": TEXTS[0]}, {"inputs": [["x"], ["y"]], "model": "classifier"}]
+    vertex = post(server, "/vertex", {"instances": instances})
     assert vertex.status_code == 200, vertex.text
     first, second = vertex.json()["predictions"]
     assert_parity(local["emb"].encode(TEXTS[:1]), np.asarray(first, np.float32))
