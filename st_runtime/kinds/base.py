@@ -163,7 +163,7 @@ class Kind:
 
     def warm_up(self, model: Model) -> None:
         """Run a short and a long input once (allocates the largest buffers before the first request)."""
-        model.run(self.prepare(model, list(self.warmup_texts)))
+        model.run(self.prepare(model, list(self.warmup_texts)), show_progress_bar=False)
 
     def describe(self, model: Model) -> dict[str, Any]:
         """TEI's ``model_type`` for ``/info``."""

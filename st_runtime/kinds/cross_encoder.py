@@ -116,7 +116,7 @@ class CrossEncoderKind(Kind):
         return scores
 
     def warm_up(self, model: Model) -> None:
-        model.run(self.prepare(model, [(w, w) for w in self.warmup_texts]))
+        model.run(self.prepare(model, [(w, w) for w in self.warmup_texts]), show_progress_bar=False)
 
     def describe(self, model: Model) -> dict[str, Any]:
         labels = model.spec.output.get("labels") or []
