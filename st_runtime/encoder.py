@@ -71,13 +71,14 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         output that Pooling reads), without padding as sentence-transformers trims it; ``output_value=None`` gives
         per text a dict of its inputs, token embeddings and sentence embedding (unpadded, where sentence-transformers
         leaves them padded to its batch's longest text). Both need an export made by this st-export.
+        ``output_value="sentence_embedding_unnormalized"`` (st_runtime's): the embedding before the model's final
+        Normalize module (the usual one for a model without it), from exports made with that output.
         ``max_seq_length`` (an st_runtime extension) truncates this call's texts at fewer tokens than the
         encoder's ``max_seq_length``, without changing it for other calls or threads.
         """
         truncate_dim = self._check_encode(kwargs, device, output_value, truncate_dim, precision)
-        max_length = self.call_max_length(max_seq_length)
-        prepared = self.kind.prepare(self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
-        if output_value != "sentence_embedding":
+        prepared = self._prepare(sentences, prompt, prompt_name, max_seq_length, output_value)
+        if output_value not in ("sentence_embedding", UNNORMALIZED):
             outputs = self._token_outputs(prepared, batch_size, output_value, precision, truncate_dim)
             return outputs[0] if prepared.singular else outputs
         rows = self.run(prepared, batch_size, show_progress_bar)
@@ -94,15 +95,23 @@ class SentenceEncoder(QueryDocumentMixin, Model):
             return out[0]
         return out if convert_to_numpy or convert_to_tensor else list(out)
 
+    def _prepare(self, sentences, prompt, prompt_name, max_seq_length, output_value):
+        """encode's Prepared call."""
+        max_length = self.call_max_length(max_seq_length)
+        raw = output_value == UNNORMALIZED
+        return self.kind.prepare(
+            self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length, unnormalized=raw
+        )
+
     def _check_encode(self, kwargs, device, output_value, truncate_dim, precision) -> int | None:
         """encode's argument checks, before any work; the call's truncate_dim."""
         if kwargs:
             raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
         self.check_device(device)
-        if output_value not in ("sentence_embedding", "token_embeddings", None):
+        if output_value not in _OUTPUT_VALUES:
             raise ValueError(
-                f"output_value {output_value!r} is not supported; choose 'sentence_embedding', 'token_embeddings' "
-                "or None."
+                f"output_value {output_value!r} is not supported; choose 'sentence_embedding', 'token_embeddings', "
+                "'sentence_embedding_unnormalized' or None."
             )
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         self.kind.check_options(self, truncate_dim, precision)
@@ -140,6 +149,9 @@ class SentenceEncoder(QueryDocumentMixin, Model):
             return util.pairwise_dot_score(a, b)
         return np.array([self.similarity(x, y)[0, 0] for x, y in zip(a, b)], dtype=np.float32)
 
+
+UNNORMALIZED = "sentence_embedding_unnormalized"
+_OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", UNNORMALIZED, None)
 
 # One-line switch from sentence-transformers: `from st_runtime import SentenceTransformer`.
 SentenceTransformer = SentenceEncoder

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..inputs import TEXT
+from ..inputs import TEXT, TokenItem
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -58,7 +58,9 @@ class Prepared:
     ``texts``: strings or (text, text_pair) tuples; ``max_length``: tokens kept per text (None: the model's);
     ``direction``: the truncation side (None: the model's); ``strict``: refuse (in the server: 413) a text over
     the limit instead of truncating it; ``images``: images for an image tower, at positions ``image_index`` of
-    the caller's list (texts fill the other positions, in order); ``singular``: the caller passed one input."""
+    the caller's list (texts fill the other positions, in order); ``singular``: the caller passed one input;
+    ``unnormalized``: the rows are the embedding before the model's final Normalize (for a model without one,
+    its usual output). Texts may be :class:`st_runtime.inputs.TokenItem` (already tokenized)."""
 
     texts: list
     max_length: int | None = None
@@ -67,6 +69,7 @@ class Prepared:
     images: list = field(default_factory=list)
     image_index: list[int] = field(default_factory=list)
     singular: bool = False
+    unnormalized: bool = False
 
     @property
     def size(self) -> int:
@@ -75,7 +78,7 @@ class Prepared:
     @property
     def pairs(self) -> bool:
         """Whether any text is a (text, text_pair) tuple (their token type ids are then read back)."""
-        return any(isinstance(t, tuple) for t in self.texts)
+        return any(isinstance(t, tuple) or (isinstance(t, TokenItem) and t.has_types) for t in self.texts)
 
     def text_index(self) -> list[int]:
         """Positions of the texts in the caller's list."""
@@ -138,17 +141,22 @@ class Kind:
         max_length: int | None = None,
         direction: str | None = None,
         strict: bool = False,
+        unnormalized: bool = False,
     ) -> Prepared:
         """The Prepared call of checked text items (and images, where ``kinds`` marks some): the prompt (or the
         named one, or the model's default) before each text, surrogates repaired, very long texts cut exactly
-        (``strict``: kept whole, and refused early when provably too long; see Model.prepare_texts)."""
+        (``strict``: kept whole, and refused early when provably too long; see Model.prepare_texts).
+        ``unnormalized``: see :class:`Prepared`."""
+        if unnormalized:
+            model.row_output(True)  # an export without that output is refused before any work
         items = model.prepare_texts(items, model.resolve_prompt(prompt, prompt_name), kinds, strict, direction)
         image_index = [i for i, k in enumerate(kinds) if k != TEXT] if kinds else []
         if not image_index:
-            return Prepared(items, max_length, direction, strict, singular=singular)
+            return Prepared(items, max_length, direction, strict, singular=singular, unnormalized=unnormalized)
         at = set(image_index)
         texts = [it for i, it in enumerate(items) if i not in at]
-        return Prepared(texts, max_length, direction, strict, [items[i] for i in image_index], image_index, singular)
+        images = [items[i] for i in image_index]
+        return Prepared(texts, max_length, direction, strict, images, image_index, singular, unnormalized)
 
     def finish(self, model: Model, rows: Any, *args: Any, **options: Any) -> Any:
         raise NotImplementedError
