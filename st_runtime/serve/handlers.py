@@ -69,8 +69,13 @@ async def openai_embeddings(call: Call) -> Any:
 
 @api(EmbedRequest, VECTORS, "embed texts (TEI's shape)")
 async def tei_embed(call: Call) -> Any:
+    """``normalize: false``: the embedding before the model's Normalize (the graph's second output), as TEI
+    gives it; true: unit vectors (the model's own, or normalized here for a model without Normalize)."""
     req = call.parse(EmbedRequest)
-    rows, _tokens = await call.run(await call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
+    prepared = await call.prepare(
+        req.inputs, prompt=req.text.prompt, unnormalized=not req.normalize, **req.text.prepare_args()
+    )
+    rows, _tokens = await call.run(prepared)
     normalized = call.kind.normalized(call.model.model)
     emb = call.finish(
         rows, truncate_dim=req.dimensions, normalize=req.normalize and (req.dimensions is not None or not normalized)
@@ -128,6 +133,12 @@ async def tokenize(call: Call) -> Any:
     ]
 
 
+def _unnormalized(m: Any) -> str:
+    if not m.spec.output.get("normalized"):
+        return "unnormalized"
+    return "before_normalize" if m.spec.towers["text"].unnormalized_output else "unavailable"
+
+
 def models(state: ServerState) -> Any:
     state.require_ready()
     return {
@@ -160,6 +171,9 @@ def info(state: ServerState, model: ServedModel) -> Any:
             "providers": [p[0] if isinstance(p, tuple) else p for p in m.providers],
             "dimension": model.dim,
             "normalized": bool(m.spec.output.get("normalized")),
+            # what /embed's normalize=false gives: "before_normalize" (the graph's pre-Normalize output),
+            # "unnormalized" (the model does not normalize), or "unavailable" (an export without that output)
+            "normalize_false": _unnormalized(m),
             "prompts": model.prompts,
             "task": model.kind.task,
             "routes": sorted(model.handlers),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import wire
+from ..inputs import TokenItem
 from .errors import RequestError
 from .guards import check_sizes
 from .wire import BOOLEAN, POSITIVE, STRING, nested, wired
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from .registry import ServeConfig, ServedModel
 
 _NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int
 
 
 def _kinds(kinds: type | tuple) -> tuple:
@@ -65,14 +70,18 @@ class Body:
         check_sizes([value], self.max_chars, name)
         return value
 
-    def inputs(self, key: str) -> tuple[list[str], bool]:
-        """The request's inputs as a list of strings (and whether one bare string was sent)."""
+    def inputs(self, key: str, ids_of: ServedModel | None = None) -> tuple[list[Any], bool]:
+        """The request's inputs as a list of strings (and whether one input was sent). ``ids_of``: token ids of
+        that model's vocabulary are taken too (a list of ids is one input, a TokenItem), as OpenAI and TEI take
+        them."""
         if key not in self.data:
             raise RequestError(422, f"'{key}' is required: a string or a list of strings", param=key)
         value = self.data[key]
         if isinstance(value, str):
             check_sizes([value], self.max_chars, key)
             return [value], True
+        if ids_of is not None and isinstance(value, list) and value and all(_is_id(v) for v in value):
+            return [self._token_item(value, key, ids_of)], True
         if not isinstance(value, list):
             raise RequestError(
                 422, f"'{key}' must be a string or a list of strings, got {type(value).__name__}", param=key
@@ -87,12 +96,31 @@ class Body:
                 "Validation",
                 key,
             )
+        items: list[Any] = list(value)
         for i, item in enumerate(value):
-            if not isinstance(item, str):
-                hint = " (token arrays are not accepted: send the text)" if isinstance(item, (int, list)) else ""
-                raise RequestError(422, f"'{key}[{i}]' must be a string, got {type(item).__name__}{hint}", param=key)
-        check_sizes(value, self.max_chars, key)
-        return value, False
+            if ids_of is not None and isinstance(item, list):
+                items[i] = self._token_item(item, f"{key}[{i}]", ids_of)
+            elif not isinstance(item, str):
+                hint = " (token arrays are not accepted here: send the text)" if isinstance(item, (int, list)) else ""
+                what = "a string or a list of token ids" if ids_of is not None else "a string"
+                raise RequestError(422, f"'{key}[{i}]' must be {what}, got {type(item).__name__}{hint}", param=key)
+        check_sizes([t for t in items if isinstance(t, str)], self.max_chars, key)
+        return items, False
+
+    @staticmethod
+    def _token_item(ids: list, where: str, model: ServedModel) -> TokenItem:
+        """One tokenized input: every id checked against the model's vocabulary (422 naming the first bad one)."""
+        if not ids:
+            raise RequestError(422, f"'{where}' is an empty list of token ids", param=where.split("[")[0])
+        vocab = model.vocab_size
+        for j, t in enumerate(ids):
+            if not _is_id(t) or not 0 <= t < vocab:
+                raise RequestError(
+                    422,
+                    f"'{where}[{j}]' is {t!r}, not a token id of model {model.name!r}'s vocabulary (0..{vocab - 1})",
+                    param=where.split("[")[0],
+                )
+        return TokenItem(ids)
 
     def dimensions(self, model: ServedModel) -> int | None:
         dims = self.get("dimensions", int)
@@ -115,6 +143,9 @@ class Body:
                 422, f"'prompt_name' {name!r} is not one of the model's prompts {sorted(prompts)}", param="prompt_name"
             )
         return prompts[name]
+
+
+INPUTS_DOC = "the inputs: a text, or a list of texts; or token ids of the model's vocabulary (a list of ids is one input)"
 
 
 @dataclass(frozen=True)
@@ -169,7 +200,10 @@ def with_images(items: list[str], model: ServedModel, key: str) -> list[Any]:
     """Inputs with their data-URI images decoded, for a model with an image tower (others: unchanged)."""
     if not model.model.takes_images:
         return items
-    return [decode_image(t, i, key) if t.startswith("data:image/") else t for i, t in enumerate(items)]
+    return [
+        decode_image(t, i, key) if isinstance(t, str) and t.startswith("data:image/") else t
+        for i, t in enumerate(items)
+    ]
 
 
 @dataclass(frozen=True)
@@ -177,13 +211,13 @@ class VectorsRequest:
     """The fields the embedding routes share: the inputs (images decoded for an image tower), ``dimensions``
     (a Matryoshka cut) and the text options."""
 
-    inputs: list[Any] = wired("inputs", wire.texts(), "the texts (a string, or a list)", required=True)
+    inputs: list[Any] = wired("inputs", wire.texts(ids=True), INPUTS_DOC, required=True)
     dimensions: int | None = wired("dimensions", POSITIVE, "keep the first N dimensions (Matryoshka)")
     text: TextOptions = nested()
 
     @staticmethod
     def common(body: Body, model: ServedModel, key: str) -> tuple[list[Any], int | None, TextOptions]:
-        items, _ = body.inputs(key)
+        items, _ = body.inputs(key, ids_of=model)
         dims = body.dimensions(model)
         return with_images(items, model, key), dims, TextOptions.parse(body, model)
 
@@ -193,7 +227,7 @@ class EmbeddingsRequest(VectorsRequest):
     """OpenAI's ``POST /v1/embeddings``: input, encoding_format ("float" or "base64"), dimensions; st-serve's
     prompt_name, truncate, truncation_direction."""
 
-    inputs: list[Any] = wired("input", wire.texts(), "the texts (a string, or a list)", required=True)
+    inputs: list[Any] = wired("input", wire.texts(ids=True), INPUTS_DOC, required=True)
     encoding_format: str = wired(
         "encoding_format", wire.choice("float", "base64"), "base64: little-endian float32", default="float"
     )
@@ -242,12 +276,12 @@ class RerankRequest:
 class SparseRequest:
     """TEI's ``POST /embed_sparse``: inputs, truncate, truncation_direction, prompt_name."""
 
-    inputs: list[str] = wired("inputs", wire.texts(), "the texts (a string, or a list)", required=True)
+    inputs: list[Any] = wired("inputs", wire.texts(ids=True), INPUTS_DOC, required=True)
     text: TextOptions = nested()
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> SparseRequest:
-        items, _ = body.inputs("inputs")
+        items, _ = body.inputs("inputs", ids_of=model)
         return cls(items, TextOptions.parse(body, model))
 
 

@@ -74,6 +74,54 @@ def test_huggingface_hub_inference_client_posts_to_the_root(server, local):
     assert_parity(local["emb"].encode(["How big is London"], prompt_name="query"), one.reshape(1, -1))
 
 
+def test_normalize_false_is_the_embedding_before_normalize(server, local):
+    from huggingface_hub import InferenceClient
+
+    enc = local["emb"]
+    want = enc.encode(TEXTS, output_value="sentence_embedding_unnormalized")
+    assert np.abs(np.linalg.norm(want, axis=1) - 1).max() > 0.01  # the fixture's pre-Normalize rows are not unit
+    got = np.asarray(InferenceClient(model=server.url).feature_extraction(TEXTS, normalize=False), np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    cut = np.asarray(post(server, "/embed", {"inputs": TEXTS, "normalize": False, "dimensions": 8}).json())
+    np.testing.assert_allclose(cut, want[:, :8], rtol=1e-4, atol=1e-5)  # cut, not normalized
+    info = httpx.get(server.url + "/info", params={"model": "emb"}).json()["st_runtime"]
+    assert info["normalized"] is True and info["normalize_false"] == "before_normalize"
+
+
+def test_token_ids_with_the_openai_client_and_tei(server, local):
+    import openai
+
+    enc = local["emb"]
+    ids = [e.ids for e in enc.text_tower.tokenize(TEXTS)]  # special tokens included, as the model adds them
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    resp = client.embeddings.create(input=ids, model="emb", encoding_format="float")
+    got = np.array([d.embedding for d in resp.data], dtype=np.float32)
+    assert_parity(enc.encode(TEXTS), got)  # the same vectors as the texts they tokenize to
+    assert resp.usage.prompt_tokens == sum(map(len, ids))
+    one = client.embeddings.create(input=ids[0], model="emb", encoding_format="float")  # one list: one input
+    assert_parity(enc.encode(TEXTS[:1]), np.array([one.data[0].embedding], np.float32))
+    mixed = post(server, "/embed", {"inputs": [TEXTS[1], ids[0]]}).json()
+    assert_parity(enc.encode([TEXTS[1], TEXTS[0]]), np.asarray(mixed, np.float32))
+    # over the limit: cut as a text is (a plain slice, on the call's side), or refused with truncate=false
+    long = [101] + [2000 + i for i in range(300)] + [102]
+    from st_runtime.inputs import TokenItem
+
+    for side in ("Right", "Left"):
+        cut = post(server, "/embed", {"inputs": [long], "truncation_direction": side}).json()
+        want = enc.encode([TokenItem(long[:48] if side == "Right" else long[-48:])])
+        assert_parity(want, np.asarray(cut, np.float32))
+    refused = post(server, "/embed", {"inputs": [long], "truncate": False})
+    assert refused.status_code == 413 and "302 tokens" in refused.json()["error"]
+    token_rows = post(server, "/embed_all", {"inputs": [ids[0]]}).json()
+    np.testing.assert_allclose(
+        np.asarray(token_rows[0], np.float32), enc.encode(TEXTS[:1], output_value="token_embeddings")[0], atol=1e-5
+    )
+    vocab = enc.text_tower.tokenizer.get_vocab_size(with_added_tokens=True)
+    bad = post(server, "/embed", {"inputs": [ids[0], [101, vocab, -1]]})
+    assert bad.status_code == 422 and f"'inputs[1][1]' is {vocab}" in bad.json()["error"]
+    assert post(server, "/embed", {"inputs": [[101, True]]}).status_code == 422
+
+
 def test_cohere_client_v2_embed_every_type(server, local):
     import cohere
 
