@@ -9,8 +9,8 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import wire
 from ..inputs import TokenItem
+from . import wire
 from .errors import RequestError
 from .guards import check_sizes
 from .wire import BOOLEAN, POSITIVE, STRING, nested, wired
@@ -145,7 +145,7 @@ class Body:
         return prompts[name]
 
 
-INPUTS_DOC = "the inputs: a text, or a list of texts; or token ids of the model's vocabulary (a list of ids is one input)"
+INPUTS_DOC = "a text, or a list of texts; or token ids of the model's vocabulary (a list of ids is one input)"
 
 
 @dataclass(frozen=True)
