@@ -64,7 +64,7 @@ def pairs_of(sentence_pairs: Any, texts_alone: bool = False) -> tuple[list, bool
         raise UnsupportedInputError(
             f"predict expects a [query, document] pair or a list of them, got {type(sentence_pairs).__name__}"
         )
-    pairs = []
+    pairs: list = []
     for i, item in enumerate(sentence_pairs):
         if texts_alone and isinstance(item, str):
             pairs.append(item)

@@ -88,13 +88,13 @@ class SimilarityRequest:
     """TEI's ``POST /similarity``: the similarity of ``source_sentence`` to each of ``sentences`` (the model's
     similarity function, cosine unless it says otherwise)."""
 
+    sentences: list[str]  # read with source_sentence, from "inputs"
     source: str = wired(
         "inputs",
         wire.obj({"source_sentence": STRING, "sentences": wire.STRINGS}, ("source_sentence", "sentences")),
         "the source sentence and the sentences to compare it with",
         required=True,
     )
-    sentences: list[str]
     text: TextOptions = nested()
 
     @classmethod
@@ -109,7 +109,7 @@ class SimilarityRequest:
         sentences = _strings(body, "inputs.sentences", value.get("sentences"))
         params = body.data.get("parameters")
         merged = body.with_data({**body.data, **params}) if isinstance(params, dict) else body
-        return cls(source, sentences, TextOptions.parse(merged, model))
+        return cls(sentences, source, TextOptions.parse(merged, model))
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class DecodeRequest:
                 raise RequestError(
                     422, f"'ids[{i}]' has {bad}, not an id of the model's vocabulary (0..{vocab - 1})", param="ids"
                 )
-        return cls(batch, body.get("skip_special_tokens", bool, True))
+        return cls(list(batch), body.get("skip_special_tokens", bool, True))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- Cohere, Jina
@@ -189,10 +189,10 @@ class CohereEmbedRequest:
     (mapped to the model's prompts), embedding_types (several in one call), truncate (NONE, START, END),
     output_dimension."""
 
+    text: TextOptions  # from truncate (EXTRA_WIRE) and input_type
     inputs: list[Any] = wired("texts", wire.STRINGS, "the texts (or 'images')")
     input_type: str | None = wired("input_type", wire.choice(*INPUT_TYPES), "picks the model's prompt")
     dimensions: int | None = wired("output_dimension", POSITIVE, "keep the first N dimensions (Matryoshka)")
-    text: TextOptions  # from truncate (EXTRA_WIRE) and input_type
     types: tuple[str, ...] = wired(
         "embedding_types", wire.array(wire.choice(*EMBEDDING_TYPES), 1), "the formats returned", default=("float",)
     )
@@ -222,7 +222,7 @@ class CohereEmbedRequest:
                 break
         text = TextOptions(truncate == "none", "left" if truncate == "start" else "right", prompt)
         inputs = with_images(items, model, key)
-        return cls(inputs, input_type, dims, text, tuple(dict.fromkeys(types)))
+        return cls(text, inputs, input_type, dims, tuple(dict.fromkeys(types)))
 
 
 @dataclass(frozen=True)

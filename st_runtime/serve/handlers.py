@@ -21,9 +21,10 @@ OPENAI_OBJECT = "embedding"  # the "object" of each item of OpenAI's embeddings 
 
 # the 200 responses' schemas, for the OpenAPI document (st_runtime.serve.openapi)
 VECTORS = wire.array(wire.array(NUMBER))
+_VECTOR_KEY = "embedding"  # OpenAI's field of each item's vector
 _OPENAI_ITEM = wire.obj(
-    {"object": STRING, "index": INTEGER, "embedding": {"oneOf": [wire.array(NUMBER), STRING]}},
-    ("object", "index", "embedding"),
+    {"object": STRING, "index": INTEGER, _VECTOR_KEY: {"oneOf": [wire.array(NUMBER), STRING]}},
+    ("object", "index", _VECTOR_KEY),
 )
 OPENAI_RESPONSE = wire.obj(
     {
