@@ -440,6 +440,8 @@ def test_embed_sparse_in_teis_shape(start_server, fixtures_dir, tmp_path):
         np.testing.assert_allclose([x["value"] for x in got], w.values, atol=1e-6)
     one = post(server, "/embed_sparse", {"inputs": "How big is London", "model": "splade"}).json()
     assert one == r.json()[:1]
+    ids = [e.ids for e in SparseEncoder(folder).text_tower.tokenize(texts[:2])]  # token ids: as their texts
+    assert post(server, "/embed_sparse", {"inputs": ids, "model": "splade"}).json() == r.json()[:2]
     strict = post(server, "/embed_sparse", {"inputs": texts[3:], "model": "splade", "truncate": False})
     assert strict.status_code == 413
     wrong = post(server, "/embed", {"inputs": ["a"], "model": "splade"})
