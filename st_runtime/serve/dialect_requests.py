@@ -165,11 +165,10 @@ class CohereRerankRequest:
     def parse(cls, body: Body, model: ServedModel) -> CohereRerankRequest:
         query = body.required_text("query")
         documents = _strings(body, "documents", body.data.get("documents"), allow_objects=True)
-        return cls(query, documents, body.get("top_n", int), body.get("return_documents", bool, True))
-
-    def __post_init__(self) -> None:
-        if self.top_n is not None and self.top_n < 1:
-            raise RequestError(422, f"'top_n' must be at least 1, got {self.top_n}", param="top_n")
+        top_n = body.get("top_n", int)
+        if top_n is not None and top_n < 1:
+            raise RequestError(422, f"'top_n' must be at least 1, got {top_n}", param="top_n")
+        return cls(query, documents, top_n, body.get("return_documents", bool, True))
 
 
 INPUT_TYPES = ("search_query", "search_document", "classification", "clustering", "image")

@@ -178,6 +178,10 @@ def test_limits_auth_and_overload(start_server, fixtures_dir):
     assert post(server, "/embed", {"inputs": "a"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert post(server, "/embed", {"inputs": "a"}, headers=auth).status_code == 200
     assert httpx.get(server.url + "/health").status_code == 200  # probes need no key
+    assert httpx.get(server.url + "/").status_code == 200 and httpx.get(server.url + "/ping").status_code == 200
+    assert post(server, "/", {"inputs": "a"}).status_code == 401  # POST / is the model's route: it needs the key
+    assert post(server, "/vertex", {"instances": [{"inputs": "a"}]}).status_code == 401
+    assert post(server, "/", {"inputs": "a"}, headers=auth).status_code == 200
     too_many = post(server, "/embed", {"inputs": ["a"] * 5}, headers=auth)
     assert too_many.status_code == 413 and "--max-client-batch-size of 4" in too_many.json()["error"]
     too_big = post(server, "/embed", {"inputs": ["word " * 1000]}, headers=auth)
