@@ -103,7 +103,8 @@ class SparseKind(Kind):
         return rows[start:end].embeddings()
 
     def prepare(self, model: Model, inputs: Any, **options: Any) -> Prepared:
-        """Single texts (or TokenItems); ``options``: those of :meth:`Kind.text_call` (prompt, prompt_name, max_length, ...)."""
+        """Single texts (or TokenItems); ``options``: those of :meth:`Kind.text_call` (prompt, prompt_name,
+        max_length, ...)."""
         items, _kinds, singular = classify(inputs)
         pair = next((i for i, it in enumerate(items) if not isinstance(it, (str, TokenItem))), None)
         if pair is not None:
