@@ -4,6 +4,8 @@ fuzzed with schemathesis against a running server holding one model of each kind
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import pytest
 from conftest import Server
@@ -11,6 +13,8 @@ from helpers import needs_export
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
@@ -63,16 +67,19 @@ def test_the_document_lists_every_dialect(api_server):
 
 
 def test_schemathesis_finds_nothing(api_server):
-    """Every operation, a few generated requests each (errors included): no 5xx, every status, content type and
+    """Every operation, a few generated requests each, valid and invalid: no 5xx, every status, content type and
     body as the document says; the server still healthy after."""
     schema = schemathesis.openapi.from_url(api_server.url + "/openapi.json")
     failures = []
+    calls = dict.fromkeys(GenerationMode, 0)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20
 
-    for operation in operations:
+    # valid requests, and requests that break the schema (wrong types, missing fields): never a 5xx, and the
+    # refusals too in the shape the document declares
+    for operation, mode in itertools.product(operations, GenerationMode):
 
-        @given(case=operation.as_strategy())
+        @given(case=operation.as_strategy(generation_mode=mode))
         @settings(
             max_examples=6,
             deadline=None,
@@ -82,11 +89,15 @@ def test_schemathesis_finds_nothing(api_server):
             derandomize=True,
         )
         def run(case):
+            calls[case.meta.generation.mode] += 1
             case.call_and_validate(base_url=api_server.url, checks=CHECKS, timeout=30)
 
         try:
             run()
+        except Unsatisfiable:  # nothing to break: an operation without a body or parameters
+            assert mode is GenerationMode.NEGATIVE, operation.label
         except Exception as exc:  # collect every operation's failure, then report them together
-            failures.append(f"{operation.label}: {exc}")
+            failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
+    assert min(calls.values()) > 50, calls
     assert httpx.get(api_server.url + "/health").status_code == 200
