@@ -204,6 +204,12 @@ class CohereEmbedRequest:
     def parse(cls, body: Body, model: ServedModel) -> CohereEmbedRequest:
         key = "images" if "images" in body.data and "texts" not in body.data else "texts"
         items = _strings(body, key, body.data.get(key))
+        if key == "images":
+            if not model.model.takes_images:
+                raise RequestError(422, f"model {model.name!r} embeds texts only; send 'texts'", param=key)
+            bad = next((i for i, t in enumerate(items) if not t.startswith("data:image/")), None)
+            if bad is not None:
+                raise RequestError(422, f"'images[{bad}]' must be a data URI (data:image/png;base64,...)", param=key)
         input_type = body.choice("input_type", INPUT_TYPES, None)
         types = body.get("embedding_types", list, ["float"])
         if not types or any(t not in EMBEDDING_TYPES for t in types):

@@ -116,6 +116,10 @@ def test_clip_images_as_data_uris(served, local):
     assert_parity(ref, got)
     bad = post(served, "/v1/embeddings", {"input": ["data:image/png;base64,AAAA"], "model": "clip"})
     assert bad.status_code == 422 and "input[0]" in bad.json()["error"]["message"]
+    cohere = post(served, "/v2/embed", {"images": uris, "model": "clip", "embedding_types": ["float"]})
+    assert_parity(local["clip"].encode(images), np.array(cohere.json()["embeddings"]["float"], np.float32))
+    text_as_image = post(served, "/v2/embed", {"images": ["a cat"], "model": "clip"})
+    assert text_as_image.status_code == 422 and "'images[0]'" in text_as_image.json()["message"]
 
 
 # ------------------------------------------------------------------------------------------------ errors
