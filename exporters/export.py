@@ -169,7 +169,7 @@ TIMING_SECONDS = 120.0
 
 def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[[str], None], rounds: int = 5) -> None:
     """Time every passed CPU variant of the text tower on the same mixed workload, so the runtime can pick
-    the fastest one measured rather than guessed (on this CPU, fused graphs are not always faster: onnxruntime
+    the fastest one measured rather than guessed (on some CPUs fused graphs are not faster: onnxruntime
     applies its own CPU fusions to the plain graph at load). Variants alternate within each round, so a burst
     of load from elsewhere hits them alike; the median round counts. Variants of a large model are timed one
     at a time (batch_policy.timing_groups), so their graphs are never loaded together."""

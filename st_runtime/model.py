@@ -140,6 +140,11 @@ class Model:
         self._tower_lock = threading.Lock()
         self.prompts: dict[str, str] = dict(self.spec.prompts)
         self.default_prompt_name: str | None = self.spec.default_prompt_name
+        self._loaded()
+
+    def _loaded(self) -> None:
+        """What a class adds once the model is loaded (the kind's output settings); subclasses override it, so
+        every class keeps this one signature of load arguments."""
 
     # ------------------------------------------------------------------ loading
     def _check_kind(self) -> None:
