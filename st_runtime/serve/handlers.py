@@ -134,8 +134,10 @@ async def tokenize(call: Call) -> Any:
     ]
 
 
-def _unnormalized(m: Any) -> str:
-    if not m.spec.output.get("normalized"):
+def _unnormalized(m: Any) -> str | None:
+    if "normalized" not in m.spec.output:  # a kind whose rows are not embeddings to normalize
+        return None
+    if not m.spec.output["normalized"]:
         return "unnormalized"
     return "before_normalize" if m.spec.towers["text"].unnormalized_output else "unavailable"
 
