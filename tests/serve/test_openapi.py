@@ -62,6 +62,18 @@ def test_the_document_lists_every_dialect(api_server):
     assert embed["properties"]["model"]["enum"] == ["bert", "clip"]  # the models whose kind answers /embed
     rerank = doc["paths"]["/v2/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert rerank["required"] == ["query", "documents"] and rerank["properties"]["model"]["enum"] == ["reranker"]
+    from jsonschema import Draft202012Validator  # OpenAPI 3.1's schemas are JSON Schema 2020-12
+
+    schemas = [
+        media["schema"]
+        for item in doc["paths"].values()
+        for op in item.values()
+        for part in (op.get("requestBody", {}), *op["responses"].values())
+        for media in part.get("content", {}).values()
+    ]
+    assert len(schemas) > 40
+    for sch in schemas:
+        Draft202012Validator.check_schema(sch)
     page = httpx.get(api_server.url + "/docs")
     assert page.status_code == 200 and "swagger-ui" in page.text and "openapi.json" in page.text
 
