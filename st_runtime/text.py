@@ -254,7 +254,9 @@ class TextTower:
             part = out[start : start + len(encodings)]
             self._embed_encoded(encodings, batch_size, part, max_length, zero_types, progress, output)
 
-    def embed_tokens(self, items: list, batch_size: int | None, max_length: int | None = None) -> list[dict]:
+    def embed_tokens(
+        self, items: list, batch_size: int | None, max_length: int | None = None, direction: str | None = None
+    ) -> list[dict]:
         """Per item, its token embeddings without padding ([tokens, hidden]), its sentence embedding and its graph
         inputs (input_ids, attention_mask, ...), in input order: what sentence-transformers' encode gives with
         output_value="token_embeddings" or None. Needs a graph with the per-token output (``token_output``)."""
@@ -265,7 +267,7 @@ class TextTower:
                 "st-export to get token embeddings (output_value='token_embeddings' or None)."
             )
         max_length = self.max_seq_length if max_length is None else max_length
-        encodings = self._encode_fn(max_length)(items)
+        encodings = self._encode_fn(max_length, direction)(items)
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         results: list[dict] = [{} for _ in items]

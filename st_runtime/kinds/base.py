@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 class Route:
     """A server route a kind answers. ``handler``: an async function of one argument, the server's call context
     (``st_runtime.serve.context.Call``), returning the JSON response body; or "module:function" naming one
-    (imported when the server starts). ``dialect``: whose error shape the route answers in ("openai" or
-    "tei")."""
+    (imported when the server starts). ``dialect``: whose error shape the route answers in ("openai", "tei"
+    or "cohere"). A kind's route "/" is what TEI's ``POST /`` (and SageMaker's ``/invocations``, Vertex's
+    ``/vertex``) answer for its models."""
 
     path: str
     handler: str | Callable[[Any], Awaitable[Any]]
@@ -170,7 +171,7 @@ class Kind:
 
     def warm_up(self, model: Model) -> None:
         """Run a short and a long input once (allocates the largest buffers before the first request)."""
-        model.run(self.prepare(model, list(self.warmup_texts)))
+        model.run(self.prepare(model, list(self.warmup_texts)), show_progress_bar=False)
 
     def describe(self, model: Model) -> dict[str, Any]:
         """TEI's ``model_type`` for ``/info``."""

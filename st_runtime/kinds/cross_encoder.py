@@ -55,16 +55,20 @@ def _is_pair(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(s, str) for s in x)
 
 
-def pairs_of(sentence_pairs: Any) -> tuple[list[tuple[str, str]], bool]:
-    """(pairs, whether one pair was passed), each checked."""
-    if _is_pair(sentence_pairs):
+def pairs_of(sentence_pairs: Any, texts_alone: bool = False) -> tuple[list, bool]:
+    """(pairs, whether one pair was passed), each checked (``texts_alone``: single strings are taken too, the
+    texts a classifier scores alone; a list is then always a list of items)."""
+    if not texts_alone and _is_pair(sentence_pairs):
         return [(sentence_pairs[0], sentence_pairs[1])], True
     if isinstance(sentence_pairs, (str, bytes, dict)) or sentence_pairs is None:
         raise UnsupportedInputError(
             f"predict expects a [query, document] pair or a list of them, got {type(sentence_pairs).__name__}"
         )
-    pairs = []
+    pairs: list = []
     for i, item in enumerate(sentence_pairs):
+        if texts_alone and isinstance(item, str):
+            pairs.append(item)
+            continue
         if not _is_pair(item):
             raise UnsupportedInputError(
                 f"pair {i} is {type(item).__name__} ({item!r:.60}); each item must be a [query, document] pair of "
@@ -81,7 +85,13 @@ class CrossEncoderKind(Kind):
     output_schema = SCORES
     reproduces = "sentence_transformers.CrossEncoder"
     public_class = "st_runtime.cross_encoder:CrossEncoder"
-    routes = (Route("/rerank", "st_runtime.serve.handlers:tei_rerank"),)
+    routes = (
+        Route("/rerank", "st_runtime.serve.handlers:tei_rerank"),
+        Route("/", "st_runtime.serve.tei_more:tei_cross_encoder_root"),
+        Route("/predict", "st_runtime.serve.tei_more:tei_predict"),
+        Route("/v1/rerank", "st_runtime.serve.dialects:cohere_rerank", "cohere"),
+        Route("/v2/rerank", "st_runtime.serve.dialects:cohere_rerank", "cohere"),
+    )
 
     def prepare(
         self,
@@ -90,8 +100,10 @@ class CrossEncoderKind(Kind):
         max_length: int | None = None,
         direction: str | None = None,
         strict: bool = False,
+        texts_alone: bool = False,
     ) -> Prepared:
-        pairs, singular = pairs_of(inputs)
+        """(query, document) pairs (``texts_alone``: single texts too, for a classifier of single texts)."""
+        pairs, singular = pairs_of(inputs, texts_alone)
         return Prepared(prepare(pairs, None), max_length, direction, strict, singular=singular)
 
     def finish(
@@ -104,7 +116,7 @@ class CrossEncoderKind(Kind):
         return scores
 
     def warm_up(self, model: Model) -> None:
-        model.run(self.prepare(model, [(w, w) for w in self.warmup_texts]))
+        model.run(self.prepare(model, [(w, w) for w in self.warmup_texts]), show_progress_bar=False)
 
     def describe(self, model: Model) -> dict[str, Any]:
         labels = model.spec.output.get("labels") or []

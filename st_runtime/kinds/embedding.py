@@ -33,6 +33,10 @@ class EmbeddingKind(Kind):
         Route("/v1/embeddings", f"{_HANDLERS}:openai_embeddings", "openai"),
         Route("/embeddings", f"{_HANDLERS}:openai_embeddings", "openai"),
         Route("/embed", f"{_HANDLERS}:tei_embed"),
+        Route("/", f"{_HANDLERS}:tei_embed"),  # TEI answers POST / (and SageMaker, Vertex) by the model's kind
+        Route("/embed_all", "st_runtime.serve.tei_more:tei_embed_all"),
+        Route("/similarity", "st_runtime.serve.tei_more:tei_similarity"),
+        Route("/v2/embed", "st_runtime.serve.dialects:cohere_embed", "cohere"),
     )
     bulk = True
 

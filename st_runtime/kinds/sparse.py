@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..errors import UnsupportedInputError
-from ..inputs import classify
+from ..inputs import TokenItem, classify
 from ..schema import SPARSE
 from . import register
 from .base import Kind, Prepared, Route
@@ -91,7 +91,10 @@ class SparseKind(Kind):
     output_schema = SPARSE
     reproduces = "sentence_transformers.SparseEncoder"
     public_class = "st_runtime.sparse:SparseEncoder"
-    routes = (Route("/embed_sparse", "st_runtime.serve.handlers:tei_embed_sparse"),)
+    routes = (
+        Route("/embed_sparse", "st_runtime.serve.handlers:tei_embed_sparse"),
+        Route("/", "st_runtime.serve.handlers:tei_embed_sparse"),
+    )
 
     def new_rows(self, model: Model, n: int) -> SparseRows:
         return SparseRows(n)
@@ -100,9 +103,10 @@ class SparseKind(Kind):
         return rows[start:end].embeddings()
 
     def prepare(self, model: Model, inputs: Any, **options: Any) -> Prepared:
-        """Single texts; ``options``: those of :meth:`Kind.text_call` (prompt, prompt_name, max_length, ...)."""
+        """Single texts (or TokenItems); ``options``: those of :meth:`Kind.text_call` (prompt, prompt_name,
+        max_length, ...)."""
         items, _kinds, singular = classify(inputs)
-        pair = next((i for i, it in enumerate(items) if not isinstance(it, str)), None)
+        pair = next((i for i, it in enumerate(items) if not isinstance(it, (str, TokenItem))), None)
         if pair is not None:
             raise UnsupportedInputError(f"input {pair} is not a string; a sparse encoder embeds single texts.")
         return self.text_call(model, items, singular, **options)

@@ -1,17 +1,23 @@
 """The ASGI app of st-serve (on uvicorn, with Starlette's request and response objects): OpenAI's and
 text-embeddings-inference's routes over one cross-request batcher per model.
 
-Routes (request and response shapes as the peers define them, so that their clients work unchanged):
+Routes (request and response shapes as the peers define them, so that their clients work unchanged; the table
+by dialect is docs/serving-dialects.md):
 
 * the routes each model kind declares (st_runtime.kinds): ``POST /v1/embeddings`` (and ``/embeddings``,
-  OpenAI's), ``POST /embed`` (TEI's) for embedding models, ``POST /rerank`` for cross-encoders,
-  ``POST /embed_sparse`` for sparse encoders. ``model`` picks among several served models (default: the first).
-  A route asked of a model whose kind does not answer it is a 422 naming the model's routes.
-* for every model: ``POST /tokenize``, ``GET /info``, ``GET /v1/models`` (and ``/models``); and ``GET /health``,
-  ``GET /metrics`` (Prometheus).
+  OpenAI's), ``POST /embed``, ``/embed_all``, ``/similarity`` (TEI's), ``/v2/embed`` (Cohere's) for embedding
+  models, ``POST /rerank``, ``/predict`` (TEI's), ``/v1/rerank``, ``/v2/rerank`` (Cohere's, Jina's) for
+  cross-encoders, ``POST /embed_sparse`` for sparse encoders, and each kind's ``POST /`` (TEI's, which
+  SageMaker's ``/invocations`` and Vertex AI's ``/vertex`` also reach). ``model`` picks among several served
+  models (default: the first). A route asked of a model whose kind does not answer it is a 422 naming the
+  model's routes.
+* for every model: ``POST /tokenize``, ``/decode``, ``GET /info``, ``GET /v1/models`` (and ``/models``); and
+  ``GET /health`` (also ``GET /`` and ``/ping``), ``GET /metrics`` (Prometheus), ``GET /openapi.json`` (the
+  OpenAPI document, generated from the typed requests) and ``/docs`` (its interactive page).
 
-Errors come in the shape of the route's API: OpenAI's ``{"error": {"message", "type", "param", "code"}}`` or
-TEI's ``{"error": ..., "error_type": ...}``. Request bodies are parsed in st_runtime.serve.requests.
+Errors come in the shape of the route's API: OpenAI's ``{"error": {"message", "type", "param", "code"}}``,
+TEI's ``{"error": ..., "error_type": ...}`` or Cohere's ``{"message": ...}``. Request bodies are parsed in
+st_runtime.serve.requests and .dialect_requests.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import StRuntimeError
-from . import handlers
+from ..kinds import all_kinds
+from . import handlers, openapi, tei_more
 from .context import Call
+from .dialect_requests import VertexRequest
 from .errors import RequestError
 from .guards import read_json
-from .registry import OPENAI, TEI, ServeConfig, ServerState, kind_routes, load_models
+from .registry import COHERE, OPENAI, TEI, ServeConfig, ServerState, kind_routes, load_models
 from .requests import Body
 
 __all__ = ["ServeApp", "ServeConfig", "create_app"]
@@ -55,6 +63,8 @@ def error_response(dialect: str, err: RequestError) -> Response:
             err.status, "server_error" if err.status >= 500 else "invalid_request_error"
         )
         body: dict[str, Any] = {"error": {"message": err.message, "type": kind, "param": err.param, "code": err.status}}
+    elif dialect == COHERE:
+        body = {"message": err.message, "error_type": err.error_type}
     else:
         body = {"error": err.message, "error_type": err.error_type}
     return _json(body, err.status, err.headers)
@@ -78,6 +88,8 @@ class RouteEntry:
     dialect: str
     work: Work
     auth: bool = True
+    api: tuple = ()  # the handlers' wire.Api declarations, for the OpenAPI document
+    open_methods: frozenset[str] = frozenset()  # methods answered without the API key (GET / is a health check)
 
 
 def _model_route(path: str, dialect: str) -> Work:
@@ -94,11 +106,39 @@ def _model_route(path: str, dialect: str) -> Work:
     return work
 
 
-async def _tokenize(request: Request, state: ServerState) -> Any:
-    data = await _body(request, state)
-    model = state.model(data.get("model"), TEI)
+def _any_model(handler: Callable[[Call], Awaitable[Any]]) -> Work:
+    """A route every model answers (its tokenizer's)."""
+
+    async def work(request: Request, state: ServerState) -> Any:
+        data = await _body(request, state)
+        model = state.model(data.get("model"), TEI)
+        async with _slot(state):
+            return await handler(Call(request, state, model, Body(data, state.config)))
+
+    return work
+
+
+_post_root = _model_route("/", TEI)
+
+
+async def _root(request: Request, state: ServerState) -> Any:
+    """TEI's ``/``: GET is the health check, POST what the model's kind answers there."""
+    return await (_health if request.method == "GET" else _post_root)(request, state)
+
+
+async def _vertex(request: Request, state: ServerState) -> Any:
+    """Vertex AI's ``{"instances": [body, ...]}``: each instance answered as ``POST /`` answers it, in
+    ``{"predictions": [...]}``."""
+    state.require_ready()
+    body = Body(await _body(request, state), state.config)
+    req = VertexRequest.parse(body)
     async with _slot(state):
-        return await handlers.tokenize(Call(request, state, model, Body(data, state.config)))
+        predictions = []
+        for instance in req.instances:
+            model = state.model(instance.get("model"), TEI)
+            call = Call(request, state, model, body.with_data(instance))
+            predictions.append(await model.handler("/")(call))
+    return {"predictions": predictions}
 
 
 async def _info(request: Request, state: ServerState) -> Any:
@@ -119,19 +159,43 @@ async def _metrics(request: Request, state: ServerState) -> Any:
     return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
 
+def _apis(path: str) -> tuple:
+    """The API declarations of every kind's handler of ``path`` (wire.api)."""
+    found = []
+    for kind in all_kinds().values():
+        for route in kind.routes:
+            api = getattr(route.resolve(), "api", None) if route.path == path else None
+            if api is not None and api not in found:
+                found.append(api)
+    return tuple(found)
+
+
 def route_table() -> list[RouteEntry]:
     """Every route: the kinds' routes, then those every model answers."""
     table = []
+    get, post = frozenset({"GET"}), frozenset({"POST"})
     for path, route in kind_routes().items():
-        table.append(RouteEntry(path, frozenset(route.methods), route.dialect, _model_route(path, route.dialect)))
-    get = frozenset({"GET"})
+        if path == "/":
+            table.append(RouteEntry("/", get | post, TEI, _root, api=_apis("/"), open_methods=get))
+            table.append(RouteEntry("/invocations", post, TEI, _post_root, api=_apis("/")))
+        else:
+            work = _model_route(path, route.dialect)
+            table.append(RouteEntry(path, frozenset(route.methods), route.dialect, work, api=_apis(path)))
     table += [
-        RouteEntry("/v1/models", get, OPENAI, _models),
-        RouteEntry("/models", get, OPENAI, _models),
-        RouteEntry("/tokenize", frozenset({"POST"}), TEI, _tokenize),
-        RouteEntry("/info", get, TEI, _info),
-        RouteEntry("/health", get, TEI, _health, auth=False),
-        RouteEntry("/metrics", get, TEI, _metrics),
+        RouteEntry("/vertex", post, TEI, _vertex, api=(openapi.VERTEX,)),
+        RouteEntry("/v1/models", get, OPENAI, _models, api=(openapi.MODELS,)),
+        RouteEntry("/models", get, OPENAI, _models, api=(openapi.MODELS,)),
+        RouteEntry("/tokenize", post, TEI, _any_model(handlers.tokenize), api=(handlers.tokenize.api,)),
+        RouteEntry("/decode", post, TEI, _any_model(tei_more.tei_decode), api=(tei_more.tei_decode.api,)),
+        RouteEntry("/info", get, TEI, _info, api=(openapi.INFO,)),
+        RouteEntry("/health", get, TEI, _health, auth=False, api=(openapi.HEALTH,)),
+        RouteEntry("/ping", get, TEI, _health, auth=False, api=(openapi.HEALTH,)),
+        RouteEntry("/metrics", get, TEI, _metrics, api=(openapi.METRICS,)),
+    ]
+    document = openapi.Document(table)
+    table += [
+        RouteEntry("/openapi.json", get, TEI, document.work, auth=False),
+        RouteEntry("/docs", get, TEI, openapi.docs_page, auth=False),
     ]
     return table
 
@@ -167,8 +231,14 @@ def _endpoint(state: ServerState, entry: RouteEntry) -> Callable[[Request], Awai
 
     async def endpoint(request: Request) -> Response:
         status = 500
+        span = state.tracing.start(request, entry.path) if state.tracing is not None else None
         try:
-            if entry.auth and expected is not None and request.headers.get("authorization") != expected:
+            if (
+                entry.auth
+                and expected is not None
+                and request.method not in entry.open_methods
+                and request.headers.get("authorization") != expected
+            ):
                 raise RequestError(
                     401,
                     "a valid API key is required: send 'Authorization: Bearer KEY'",
@@ -191,6 +261,8 @@ def _endpoint(state: ServerState, entry: RouteEntry) -> Callable[[Request], Awai
             return error_response(entry.dialect, bug)
         finally:
             counter.labels(route=entry.path, status=str(status)).inc()
+            if span is not None:
+                state.tracing.end(span, request, status)
 
     return endpoint
 
@@ -251,10 +323,16 @@ class ServeApp:
             self._loader.join(timeout=30)
         for model in self.state.models.values():
             model.batcher.close(timeout=30)
+        if self.state.tracing is not None:
+            self.state.tracing.shutdown()
 
 
 def create_app(config: ServeConfig, on_load_failure: Callable[[str], None] | None = None) -> ServeApp:
     """The st-serve ASGI app. Models load in a background thread once the app starts (``/health`` answers
     503 until they are loaded and warmed up); ``on_load_failure(message)`` is called if loading fails."""
     state = ServerState(config, on_load_failure=on_load_failure)
+    if config.otlp_endpoint:
+        from .tracing import Tracing
+
+        state.tracing = Tracing(config.otlp_endpoint, service_name=config.otlp_service_name)
     return ServeApp(state, route_table())

@@ -61,7 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-access-log", action="store_true", help="do not log each request")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_observability(p)
     return p
+
+
+def _add_observability(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("observability and browsers")
+    g.add_argument("--json-logs", action="store_true", help="log JSON lines (one object per line) instead of text")
+    g.add_argument(
+        "--prometheus-port", type=positive_int, default=None, help="also serve /metrics on this port (on --host)"
+    )
+    g.add_argument(
+        "--cors-allow-origin",
+        action="append",
+        default=None,
+        help="an origin browsers may call from (repeat for several; '*' for any)",
+    )
+    g.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="export a span per request to this OpenTelemetry collector (OTLP/HTTP base URL, e.g. "
+        "http://127.0.0.1:4318); needs pip install 'st-runtime[tracing]'",
+    )
+    g.add_argument("--otlp-service-name", default="st-serve", help="the service.name of the spans (default st-serve)")
 
 
 # the limits on clients: flag, type, Limits field, help ({} is the default)
@@ -172,12 +194,23 @@ def _serve(args: argparse.Namespace, config, uvicorn, create_app) -> int:
             server.should_exit = True
 
     app = create_app(config, on_load_failure=on_load_failure)
+    asgi = app
+    if args.cors_allow_origin:
+        from starlette.middleware.cors import CORSMiddleware
+
+        asgi = CORSMiddleware(app, allow_origins=args.cors_allow_origin, allow_methods=["*"], allow_headers=["*"])
+    if args.prometheus_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.prometheus_port, addr=args.host, registry=app.state.metrics.registry)
+    extra = {"log_config": None} if args.json_logs else {}
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            asgi,
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            **extra,
             access_log=not args.no_access_log,
             timeout_graceful_shutdown=GRACE_S,
             lifespan="on",
@@ -204,7 +237,18 @@ def main(argv: list[str] | None = None) -> int:
         from .app import ServeConfig, create_app
     except ImportError as exc:
         return missing_extra("st-serve", exc, SERVE_EXTRA)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.otlp_endpoint:
+        try:
+            import opentelemetry.exporter.otlp.proto.http
+            import opentelemetry.sdk  # noqa: F401
+        except ImportError as exc:
+            return missing_extra("st-serve --otlp-endpoint", exc, "pip install 'st-runtime[tracing]'")
+    if args.json_logs:  # before the names are resolved: an export by name logs how long it took
+        from .logs import json_logging
+
+        json_logging(args.log_level)
+    else:
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         names = _names(args)
     except _Refused as exc:
@@ -222,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         max_client_batch_size=args.max_client_batch_size,
         payload_limit=args.payload_limit,
         api_key=args.api_key,
+        otlp_endpoint=args.otlp_endpoint,
+        otlp_service_name=args.otlp_service_name,
         limits=_limits(args),
     )
     return _serve(args, config, uvicorn, create_app)

@@ -22,6 +22,7 @@ from .registry import ServedModel, ServerState
 from .requests import Body
 
 T = TypeVar("T")
+TIMINGS = "st_serve.timings"  # the request's seconds by phase, in its scope (the tracing spans read them)
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -105,8 +106,12 @@ class Call:
         jobs = Job.parts(prepared, loop)
         results = [await _run_job(self.request, self.model, job) for job in jobs]
         total = time.perf_counter() - t0
+        timings = self.request.scope.setdefault(TIMINGS, {"queue": 0.0, "tokenization": 0.0, "inference": 0.0})
         for job in jobs:
             self.state.metrics.observe_job(self.model.name, job, total)
+            timings["queue"] += job.queue_s
+            timings["tokenization"] += job.tokenize_s
+            timings["inference"] += job.inference_s
         if len(jobs) == 1:
             return results[0]
         (text_rows, text_tokens), (image_rows, _) = results

@@ -10,14 +10,45 @@ from typing import Any
 
 from .. import __version__
 from ..inputs import prepare
+from . import wire
 from .context import Call
 from .errors import RequestError
 from .registry import ServedModel, ServerState
 from .requests import EmbeddingsRequest, EmbedRequest, RerankRequest, SparseRequest, TokenizeRequest
+from .wire import BOOLEAN, INTEGER, NUMBER, STRING, api
 
 OPENAI_OBJECT = "embedding"  # the "object" of each item of OpenAI's embeddings response
 
+# the 200 responses' schemas, for the OpenAPI document (st_runtime.serve.openapi)
+VECTORS = wire.array(wire.array(NUMBER))
+_VECTOR_KEY = "embedding"  # OpenAI's field of each item's vector
+_OPENAI_ITEM = wire.obj(
+    {"object": STRING, "index": INTEGER, _VECTOR_KEY: {"oneOf": [wire.array(NUMBER), STRING]}},
+    ("object", "index", _VECTOR_KEY),
+)
+OPENAI_RESPONSE = wire.obj(
+    {
+        "object": STRING,
+        "data": wire.array(_OPENAI_ITEM),
+        "model": STRING,
+        "usage": wire.obj({"prompt_tokens": INTEGER, "total_tokens": INTEGER}),
+    },
+    ("object", "data", "model", "usage"),
+)
+RERANK_RESPONSE = wire.array(wire.obj({"index": INTEGER, "score": NUMBER, "text": STRING}, ("index", "score")))
+SPARSE_RESPONSE = wire.array(wire.array(wire.obj({"index": INTEGER, "value": NUMBER}, ("index", "value"))))
+_OFFSET = {"type": ["integer", "null"]}
+TOKENIZE_RESPONSE = wire.array(
+    wire.array(
+        wire.obj(
+            {"id": INTEGER, "text": STRING, "special": BOOLEAN, "start": _OFFSET, "stop": _OFFSET},
+            ("id", "text", "special", "start", "stop"),
+        )
+    )
+)
 
+
+@api(EmbeddingsRequest, OPENAI_RESPONSE, "embed texts (OpenAI's shape)")
 async def openai_embeddings(call: Call) -> Any:
     req = call.parse(EmbeddingsRequest)
     rows, tokens = await call.run(await call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
@@ -37,9 +68,15 @@ async def openai_embeddings(call: Call) -> Any:
     }
 
 
+@api(EmbedRequest, VECTORS, "embed texts (TEI's shape)")
 async def tei_embed(call: Call) -> Any:
+    """``normalize: false``: the embedding before the model's Normalize (the graph's second output), as TEI
+    gives it; true: unit vectors (the model's own, or normalized here for a model without Normalize)."""
     req = call.parse(EmbedRequest)
-    rows, _tokens = await call.run(await call.prepare(req.inputs, prompt=req.text.prompt, **req.text.prepare_args()))
+    prepared = await call.prepare(
+        req.inputs, prompt=req.text.prompt, unnormalized=not req.normalize, **req.text.prepare_args()
+    )
+    rows, _tokens = await call.run(prepared)
     normalized = call.kind.normalized(call.model.model)
     emb = call.finish(
         rows, truncate_dim=req.dimensions, normalize=req.normalize and (req.dimensions is not None or not normalized)
@@ -47,6 +84,7 @@ async def tei_embed(call: Call) -> Any:
     return list(emb)
 
 
+@api(RerankRequest, RERANK_RESPONSE, "rank texts by relevance to a query (TEI's shape)")
 async def tei_rerank(call: Call) -> Any:
     """TEI's /rerank: [{"index", "score"(, "text")}] by decreasing score."""
     from ..cross_encoder import ranking
@@ -60,6 +98,7 @@ async def tei_rerank(call: Call) -> Any:
     return ranking(scores, req.texts if req.return_text else None, None, "index", "score")
 
 
+@api(SparseRequest, SPARSE_RESPONSE, "sparse embeddings: each text's active vocabulary entries")
 async def tei_embed_sparse(call: Call) -> Any:
     """TEI's /embed_sparse: per input, its active entries [{"index", "value"}] in increasing index order (the
     model's own max_active_dims applies)."""
@@ -69,6 +108,7 @@ async def tei_embed_sparse(call: Call) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- any kind
+@api(TokenizeRequest, TOKENIZE_RESPONSE, "the tokens of each text")
 async def tokenize(call: Call) -> Any:
     req = call.parse(TokenizeRequest)
     model = call.model
@@ -92,6 +132,14 @@ async def tokenize(call: Call) -> Any:
         ]
         for text, enc in zip(texts, encodings)
     ]
+
+
+def _unnormalized(m: Any) -> str | None:
+    if "normalized" not in m.spec.output:  # a kind whose rows are not embeddings to normalize
+        return None
+    if not m.spec.output["normalized"]:
+        return "unnormalized"
+    return "before_normalize" if m.spec.towers["text"].unnormalized_output else "unavailable"
 
 
 def models(state: ServerState) -> Any:
@@ -126,6 +174,9 @@ def info(state: ServerState, model: ServedModel) -> Any:
             "providers": [p[0] if isinstance(p, tuple) else p for p in m.providers],
             "dimension": model.dim,
             "normalized": bool(m.spec.output.get("normalized")),
+            # what /embed's normalize=false gives: "before_normalize" (the graph's pre-Normalize output),
+            # "unnormalized" (the model does not normalize), or "unavailable" (an export without that output)
+            "normalize_false": _unnormalized(m),
             "prompts": model.prompts,
             "task": model.kind.task,
             "routes": sorted(model.handlers),

@@ -18,7 +18,7 @@ from .metrics import Metrics
 
 logger = logging.getLogger("st_runtime.serve")
 
-OPENAI, TEI = "openai", "tei"
+OPENAI, TEI, COHERE = "openai", "tei", "cohere"
 
 
 @dataclass
@@ -35,6 +35,8 @@ class ServeConfig:
     max_client_batch_size: int = 256
     payload_limit: int = 2_000_000
     api_key: str | None = None
+    otlp_endpoint: str | None = None  # OpenTelemetry: where spans go (serve/tracing.py)
+    otlp_service_name: str = "st-serve"
     limits: Limits = field(default_factory=Limits)  # timeouts, connection and text limits (serve/limits.py)
 
 
@@ -56,6 +58,14 @@ class ServedModel:
     @property
     def max_seq_length(self) -> int | None:
         return self.model.text_tower.max_seq_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids of the model's vocabulary (added tokens included): what token-id inputs are checked against."""
+        tokenizer = self.model.text_tower.tokenizer_for(None)
+        if not hasattr(tokenizer, "get_vocab_size"):
+            raise RequestError(422, f"model {self.name!r} has a word tokenizer, which has no token ids", "Tokenizer")
+        return int(tokenizer.get_vocab_size(with_added_tokens=True))
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -92,6 +102,7 @@ class ServerState:
     load_error: str | None = None
     in_flight: int = 0
     on_load_failure: Callable[[str], None] | None = None
+    tracing: Any = None  # a serve.tracing.Tracing when --otlp-endpoint is given
 
     def require_ready(self) -> None:
         if not self.ready:

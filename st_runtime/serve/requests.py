@@ -9,13 +9,20 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..inputs import TokenItem
+from . import wire
 from .errors import RequestError
 from .guards import check_sizes
+from .wire import BOOLEAN, POSITIVE, STRING, nested, wired
 
 if TYPE_CHECKING:
     from .registry import ServeConfig, ServedModel
 
 _NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int
 
 
 def _kinds(kinds: type | tuple) -> tuple:
@@ -28,8 +35,13 @@ class Body:
 
     def __init__(self, data: dict[str, Any], config: ServeConfig):
         self.data = data
+        self.config = config
         self.max_items = config.max_client_batch_size
         self.max_chars = config.limits.max_input_chars
+
+    def with_data(self, data: dict[str, Any]) -> Body:
+        """Another body under the same limits (one of Vertex's instances, a request's merged parameters)."""
+        return Body(data, self.config)
 
     def get(self, name: str, kinds: type | tuple, default: Any = None) -> Any:
         """Field ``name`` of one of ``kinds`` (absent or null: ``default``); true/false is not an integer."""
@@ -58,14 +70,18 @@ class Body:
         check_sizes([value], self.max_chars, name)
         return value
 
-    def inputs(self, key: str) -> tuple[list[str], bool]:
-        """The request's inputs as a list of strings (and whether one bare string was sent)."""
+    def inputs(self, key: str, ids_of: ServedModel | None = None) -> tuple[list[Any], bool]:
+        """The request's inputs as a list of strings (and whether one input was sent). ``ids_of``: token ids of
+        that model's vocabulary are taken too (a list of ids is one input, a TokenItem), as OpenAI and TEI take
+        them."""
         if key not in self.data:
             raise RequestError(422, f"'{key}' is required: a string or a list of strings", param=key)
         value = self.data[key]
         if isinstance(value, str):
             check_sizes([value], self.max_chars, key)
             return [value], True
+        if ids_of is not None and isinstance(value, list) and value and all(_is_id(v) for v in value):
+            return [self._token_item(value, key, ids_of)], True
         if not isinstance(value, list):
             raise RequestError(
                 422, f"'{key}' must be a string or a list of strings, got {type(value).__name__}", param=key
@@ -80,12 +96,31 @@ class Body:
                 "Validation",
                 key,
             )
+        items: list[Any] = list(value)
         for i, item in enumerate(value):
-            if not isinstance(item, str):
-                hint = " (token arrays are not accepted: send the text)" if isinstance(item, (int, list)) else ""
-                raise RequestError(422, f"'{key}[{i}]' must be a string, got {type(item).__name__}{hint}", param=key)
-        check_sizes(value, self.max_chars, key)
-        return value, False
+            if ids_of is not None and isinstance(item, list):
+                items[i] = self._token_item(item, f"{key}[{i}]", ids_of)
+            elif not isinstance(item, str):
+                hint = " (token arrays are not accepted here: send the text)" if isinstance(item, (int, list)) else ""
+                what = "a string or a list of token ids" if ids_of is not None else "a string"
+                raise RequestError(422, f"'{key}[{i}]' must be {what}, got {type(item).__name__}{hint}", param=key)
+        check_sizes([t for t in items if isinstance(t, str)], self.max_chars, key)
+        return items, False
+
+    @staticmethod
+    def _token_item(ids: list, where: str, model: ServedModel) -> TokenItem:
+        """One tokenized input: every id checked against the model's vocabulary (422 naming the first bad one)."""
+        if not ids:
+            raise RequestError(422, f"'{where}' is an empty list of token ids", param=where.split("[")[0])
+        vocab = model.vocab_size
+        for j, t in enumerate(ids):
+            if not _is_id(t) or not 0 <= t < vocab:
+                raise RequestError(
+                    422,
+                    f"'{where}[{j}]' is {t!r}, not a token id of model {model.name!r}'s vocabulary (0..{vocab - 1})",
+                    param=where.split("[")[0],
+                )
+        return TokenItem(ids)
 
     def dimensions(self, model: ServedModel) -> int | None:
         dims = self.get("dimensions", int)
@@ -110,14 +145,19 @@ class Body:
         return prompts[name]
 
 
+INPUTS_DOC = "a text, or a list of texts; or token ids of the model's vocabulary (a list of ids is one input)"
+
+
 @dataclass(frozen=True)
 class TextOptions:
     """How a route's texts are tokenized: ``truncate`` (false: over-long texts are refused with 413),
     ``truncation_direction`` ("Right" or "Left") and ``prompt_name``."""
 
-    strict: bool
-    direction: str | None
-    prompt: str | None
+    strict: bool = wired("truncate", BOOLEAN, "false: refuse (413) a text over the model's limit", wire_default=True)
+    direction: str | None = wired(
+        "truncation_direction", wire.choice("Right", "Left"), "the side cut from an over-long text (case-insensitive)"
+    )
+    prompt: str | None = wired("prompt_name", STRING, "one of the model's prompts, put before each text")
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel, prompts: bool = True) -> TextOptions:
@@ -160,7 +200,10 @@ def with_images(items: list[str], model: ServedModel, key: str) -> list[Any]:
     """Inputs with their data-URI images decoded, for a model with an image tower (others: unchanged)."""
     if not model.model.takes_images:
         return items
-    return [decode_image(t, i, key) if t.startswith("data:image/") else t for i, t in enumerate(items)]
+    return [
+        decode_image(t, i, key) if isinstance(t, str) and t.startswith("data:image/") else t
+        for i, t in enumerate(items)
+    ]
 
 
 @dataclass(frozen=True)
@@ -168,13 +211,13 @@ class VectorsRequest:
     """The fields the embedding routes share: the inputs (images decoded for an image tower), ``dimensions``
     (a Matryoshka cut) and the text options."""
 
-    inputs: list[Any]
-    dimensions: int | None
-    text: TextOptions
+    inputs: list[Any] = wired("inputs", wire.texts(ids=True), INPUTS_DOC, required=True)
+    dimensions: int | None = wired("dimensions", POSITIVE, "keep the first N dimensions (Matryoshka)")
+    text: TextOptions = nested()
 
     @staticmethod
     def common(body: Body, model: ServedModel, key: str) -> tuple[list[Any], int | None, TextOptions]:
-        items, _ = body.inputs(key)
+        items, _ = body.inputs(key, ids_of=model)
         dims = body.dimensions(model)
         return with_images(items, model, key), dims, TextOptions.parse(body, model)
 
@@ -184,7 +227,10 @@ class EmbeddingsRequest(VectorsRequest):
     """OpenAI's ``POST /v1/embeddings``: input, encoding_format ("float" or "base64"), dimensions; st-serve's
     prompt_name, truncate, truncation_direction."""
 
-    encoding_format: str = "float"
+    inputs: list[Any] = wired("input", wire.texts(ids=True), INPUTS_DOC, required=True)
+    encoding_format: str = wired(
+        "encoding_format", wire.choice("float", "base64"), "base64: little-endian float32", default="float"
+    )
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> EmbeddingsRequest:
@@ -197,7 +243,7 @@ class EmbedRequest(VectorsRequest):
     """TEI's ``POST /embed``: inputs, normalize (default true), dimensions, truncate, truncation_direction,
     prompt_name."""
 
-    normalize: bool = True
+    normalize: bool = wired("normalize", BOOLEAN, "false: the embedding before normalization", default=True)
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> EmbedRequest:
@@ -209,11 +255,13 @@ class EmbedRequest(VectorsRequest):
 class RerankRequest:
     """TEI's ``POST /rerank``: query, texts, raw_scores, return_text, truncate, truncation_direction."""
 
-    query: str
-    texts: list[str]
-    raw_scores: bool
-    return_text: bool
-    text: TextOptions
+    UNREAD = ("prompt_name",)
+
+    query: str = wired("query", STRING, "the query", required=True)
+    texts: list[str] = wired("texts", wire.STRINGS, "the documents to rank", required=True)
+    raw_scores: bool = wired("raw_scores", BOOLEAN, "the logits, before the model's activation", wire_default=False)
+    return_text: bool = wired("return_text", BOOLEAN, "return each document's text", wire_default=False)
+    text: TextOptions = nested()
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> RerankRequest:
@@ -228,12 +276,12 @@ class RerankRequest:
 class SparseRequest:
     """TEI's ``POST /embed_sparse``: inputs, truncate, truncation_direction, prompt_name."""
 
-    inputs: list[str]
-    text: TextOptions
+    inputs: list[Any] = wired("inputs", wire.texts(ids=True), INPUTS_DOC, required=True)
+    text: TextOptions = nested()
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> SparseRequest:
-        items, _ = body.inputs("inputs")
+        items, _ = body.inputs("inputs", ids_of=model)
         return cls(items, TextOptions.parse(body, model))
 
 
@@ -241,9 +289,9 @@ class SparseRequest:
 class TokenizeRequest:
     """TEI's ``POST /tokenize``: inputs, add_special_tokens (default: as the model), prompt_name."""
 
-    inputs: list[str]
-    add_special_tokens: bool
-    prompt: str | None
+    inputs: list[str] = wired("inputs", wire.texts(), "the texts (a string, or a list)", required=True)
+    add_special_tokens: bool = wired("add_special_tokens", BOOLEAN, "default: as the model tokenizes")
+    prompt: str | None = wired("prompt_name", STRING, "one of the model's prompts, put before each text")
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel) -> TokenizeRequest:

@@ -116,6 +116,10 @@ def test_clip_images_as_data_uris(served, local):
     assert_parity(ref, got)
     bad = post(served, "/v1/embeddings", {"input": ["data:image/png;base64,AAAA"], "model": "clip"})
     assert bad.status_code == 422 and "input[0]" in bad.json()["error"]["message"]
+    cohere = post(served, "/v2/embed", {"images": uris, "model": "clip", "embedding_types": ["float"]})
+    assert_parity(local["clip"].encode(images), np.array(cohere.json()["embeddings"]["float"], np.float32))
+    text_as_image = post(served, "/v2/embed", {"images": ["a cat"], "model": "clip"})
+    assert text_as_image.status_code == 422 and "'images[0]'" in text_as_image.json()["message"]
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -133,7 +137,9 @@ def test_clip_images_as_data_uris(served, local):
         ("/embed", {"inputs": "a", "dimensions": 10_000}, 422, "'dimensions' must be between 1 and"),
         ("/embed", {"inputs": "a", "truncation_direction": "up"}, 422, "'truncation_direction'"),
         ("/embed", {"inputs": "a", "model": "nope"}, 404, "served models: ['bert', 'clip']"),
-        ("/v1/embeddings", {"input": [[1, 2, 3]], "model": "bert"}, 422, "token arrays"),
+        ("/v1/embeddings", {"input": [[1, 2, 10**9]], "model": "bert"}, 422, "'input[0][2]' is 1000000000, not a"),
+        ("/v1/embeddings", {"input": [[]], "model": "bert"}, 422, "'input[0]' is an empty list of token ids"),
+        ("/tokenize", {"inputs": [[1, 2]]}, 422, "token arrays are not accepted here"),
         ("/v1/embeddings", {"input": "a"}, 422, "'model' is required"),
         ("/v1/embeddings", {"input": "a", "model": "bert", "encoding_format": "int8"}, 422, "'encoding_format'"),
         ("/v1/embeddings", {"input": "a", "model": "gpt"}, 404, "served models: ['bert', 'clip']"),
@@ -176,6 +182,10 @@ def test_limits_auth_and_overload(start_server, fixtures_dir):
     assert post(server, "/embed", {"inputs": "a"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert post(server, "/embed", {"inputs": "a"}, headers=auth).status_code == 200
     assert httpx.get(server.url + "/health").status_code == 200  # probes need no key
+    assert httpx.get(server.url + "/").status_code == 200 and httpx.get(server.url + "/ping").status_code == 200
+    assert post(server, "/", {"inputs": "a"}).status_code == 401  # POST / is the model's route: it needs the key
+    assert post(server, "/vertex", {"instances": [{"inputs": "a"}]}).status_code == 401
+    assert post(server, "/", {"inputs": "a"}, headers=auth).status_code == 200
     too_many = post(server, "/embed", {"inputs": ["a"] * 5}, headers=auth)
     assert too_many.status_code == 413 and "--max-client-batch-size of 4" in too_many.json()["error"]
     too_big = post(server, "/embed", {"inputs": ["word " * 1000]}, headers=auth)
@@ -438,6 +448,8 @@ def test_embed_sparse_in_teis_shape(start_server, fixtures_dir, tmp_path):
         np.testing.assert_allclose([x["value"] for x in got], w.values, atol=1e-6)
     one = post(server, "/embed_sparse", {"inputs": "How big is London", "model": "splade"}).json()
     assert one == r.json()[:1]
+    ids = [e.ids for e in SparseEncoder(folder).text_tower.tokenize(texts[:2])]  # token ids: as their texts
+    assert post(server, "/embed_sparse", {"inputs": ids, "model": "splade"}).json() == r.json()[:2]
     strict = post(server, "/embed_sparse", {"inputs": texts[3:], "model": "splade", "truncate": False})
     assert strict.status_code == 413
     wrong = post(server, "/embed", {"inputs": ["a"], "model": "splade"})

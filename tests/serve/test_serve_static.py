@@ -24,6 +24,9 @@ def test_static_model_served_as_encode_runs_it(start_server, tmp_path):
     server = start_server(out)
     r = httpx.post(server.url + "/embed", json={"inputs": TEXTS, "normalize": False}, timeout=30)
     assert r.status_code == 200, r.text
+    want = local.encode(TEXTS, output_value="sentence_embedding_unnormalized")  # normalize=false: before Normalize
+    np.testing.assert_allclose(np.array(r.json(), np.float32), want, atol=1e-6)
+    r = httpx.post(server.url + "/embed", json={"inputs": TEXTS}, timeout=30)
     np.testing.assert_allclose(np.array(r.json(), np.float32), local.encode(TEXTS), atol=1e-6)
     toks = httpx.post(server.url + "/tokenize", json={"inputs": ["How big is London"]}, timeout=30).json()
     ids = local.text_tower.tokenize(["How big is London"])[0].ids
