@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import kinds
+from .chunking import DEFAULT_CHUNK_OVERLAP
 from .errors import UnsupportedInputError
 from .kinds.cross_encoder import ACTIVATIONS, CrossEncoderKind
 from .model import Model
@@ -43,10 +44,17 @@ class CrossEncoder(Model):
         return self.kind.finish(self, np.asarray(logits, dtype=np.float32))
 
     def logits(
-        self, sentence_pairs, batch_size: int | None = None, show_progress_bar: bool | None = None
+        self,
+        sentence_pairs,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> np.ndarray:
-        """The classifier's raw output, [n, num_labels] float32, for a list of (query, document) pairs."""
-        return self.run(self.kind.prepare(self, sentence_pairs), batch_size, show_progress_bar)
+        """The classifier's raw output, [n, num_labels] float32, for a list of (query, document) pairs
+        (``long_inputs``, ``chunk_overlap``: as in :meth:`predict`)."""
+        prepared = self.kind.prepare(self, sentence_pairs, long_inputs=long_inputs, chunk_overlap=chunk_overlap)
+        return self.run(prepared, batch_size, show_progress_bar)
 
     def predict(
         self,
@@ -57,12 +65,18 @@ class CrossEncoder(Model):
         apply_softmax: bool = False,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ):
         """Scores for (query, document) pairs, as ``CrossEncoder.predict``: one float per pair for a one-label
         model ([n]; a single pair gives a scalar), [n, num_labels] otherwise. ``activation_fn`` defaults to the
         model's (sigmoid for one label); "identity", "sigmoid", "softmax" or a callable on numpy arrays.
-        ``apply_softmax`` applies softmax over the labels afterwards (models with more than one label)."""
-        prepared = self.kind.prepare(self, sentence_pairs)
+        ``apply_softmax`` applies softmax over the labels afterwards (models with more than one label).
+        ``long_inputs`` (an st_runtime extension): a pair over the limit is "truncate"d (sentence-transformers'
+        behaviour), refused ("error": InputTooLongError naming its token count) or its document cut into windows
+        ("chunk", sharing ``chunk_overlap`` tokens), each paired with the whole query, the pair's score the
+        maximum over its windows (MaxP); see docs/long-inputs.md."""
+        prepared = self.kind.prepare(self, sentence_pairs, long_inputs=long_inputs, chunk_overlap=chunk_overlap)
         rows = self.run(prepared, batch_size, show_progress_bar)
         scores = self.kind.finish(self, rows, activation_fn=activation_fn, apply_softmax=apply_softmax)
         if self.num_labels == 1:
@@ -83,9 +97,12 @@ class CrossEncoder(Model):
         show_progress_bar: bool | None = None,
         activation_fn: Any = None,
         apply_softmax: bool = False,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> list[dict[str, Any]]:
         """``documents`` ranked for ``query``: a list of ``{"corpus_id", "score"(, "text")}`` by decreasing
-        score, at most ``top_k``, as ``CrossEncoder.rank`` returns them (one-label models only)."""
+        score, at most ``top_k``, as ``CrossEncoder.rank`` returns them (one-label models only). ``long_inputs``
+        and ``chunk_overlap``: as in :meth:`predict`."""
         if not isinstance(query, str):
             raise UnsupportedInputError(f"query must be a string, got {type(query).__name__}")
         if self.num_labels != 1:
@@ -95,7 +112,8 @@ class CrossEncoder(Model):
         documents = list(documents)
         scores = self.predict(
             [(query, d) for d in documents], batch_size=batch_size, activation_fn=activation_fn,
-            apply_softmax=apply_softmax, show_progress_bar=show_progress_bar,
+            apply_softmax=apply_softmax, show_progress_bar=show_progress_bar, long_inputs=long_inputs,
+            chunk_overlap=chunk_overlap,
         )  # fmt: skip
         return ranking(np.asarray(scores), documents if return_documents else None, top_k, "corpus_id", "score")
 

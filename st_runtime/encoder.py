@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kinds, util
+from .chunking import DEFAULT_CHUNK_OVERLAP, Chunks, stitch
 from .errors import UnsupportedInputError
 from .kinds.embedding import QUANTIZED, EmbeddingKind
 from .model import Model, QueryDocumentMixin, check_batch_size
@@ -51,6 +52,8 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         output_value: str | None = "sentence_embedding",
         max_seq_length: int | None = None,
         device: str | None = None,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         **kwargs,
     ):
         """Embed sentences, as ``SentenceTransformer.encode`` does.
@@ -73,10 +76,17 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         leaves them padded to its batch's longest text). Both need an export made by this st-export.
         ``max_seq_length`` (an st_runtime extension) truncates this call's texts at fewer tokens than the
         encoder's ``max_seq_length``, without changing it for other calls or threads.
+        ``long_inputs`` (an st_runtime extension): what happens to a text over the limit: "truncate" (keep its
+        first tokens, as sentence-transformers does), "chunk" (embed it in windows of the limit, sharing
+        ``chunk_overlap`` tokens, and pool them: the token-weighted mean before the model's Normalize) or "error"
+        (raise InputTooLongError naming its token count); see docs/long-inputs.md.
         """
         truncate_dim = self._check_encode(kwargs, device, output_value, truncate_dim, precision)
         max_length = self.call_max_length(max_seq_length)
-        prepared = self.kind.prepare(self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
+        prepared = self.kind.prepare(
+            self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length, long_inputs=long_inputs,
+            chunk_overlap=chunk_overlap,
+        )  # fmt: skip
         if output_value != "sentence_embedding":
             outputs = self._token_outputs(prepared, batch_size, output_value, precision, truncate_dim)
             return outputs[0] if prepared.singular else outputs
@@ -121,12 +131,32 @@ class SentenceEncoder(QueryDocumentMixin, Model):
             )
         items = prepared.texts
         outputs = self.text_tower.embed_tokens(items, batch_size, prepared.max_length) if items else []
+        if prepared.chunks is not None:
+            outputs = self._stitched(outputs, prepared.chunks, output_value)
         if output_value == "token_embeddings":
             outputs = [o["token_embeddings"] for o in outputs]
         elif truncate_dim is not None:  # as sentence-transformers: the sentence embedding is cut, not normalized
             for o in outputs:
                 o["sentence_embedding"] = o["sentence_embedding"][:truncate_dim]
         return outputs
+
+    @staticmethod
+    def _stitched(outputs: list[dict], chunks: Chunks, output_value: str | None) -> list[dict]:
+        """Per caller text, its token embeddings once (long texts' windows stitched, see chunking.stitch)."""
+        if output_value is None:
+            raise ValueError(
+                "output_value=None with long_inputs='chunk' is not supported for texts over the limit (their windows "
+                "have no single set of model inputs); ask output_value='token_embeddings' or 'sentence_embedding'."
+            )
+        out = []
+        for a, b in zip(chunks.starts.tolist(), [*chunks.starts.tolist()[1:], len(outputs)]):
+            spans = chunks.spans[a:b]
+            if spans[0] is None:
+                out.append(outputs[a])
+            else:
+                rows = [o["token_embeddings"] for o in outputs[a:b]]
+                out.append({"token_embeddings": stitch(rows, spans)})  # type: ignore[arg-type]
+        return out
 
     def similarity(self, embeddings1, embeddings2) -> np.ndarray:
         """All-pairs similarity with the model's similarity function (cosine unless the model says otherwise)."""

@@ -351,7 +351,8 @@ class Model:
     def run(
         self, prepared: kinds.Prepared, batch_size: int | None = None, show_progress_bar: bool | None = None
     ) -> Any:
-        """Run a prepared call through the towers: the kind's rows for every input, in input order."""
+        """Run a prepared call through the towers: the kind's rows for every input, in input order (a long text
+        that ran as windows gets one row, pooled by its kind)."""
         check_batch_size(batch_size)
         kind = self.kind
         rows = kind.new_rows(self, len(prepared.texts))
@@ -360,8 +361,8 @@ class Model:
                 # the caller checked a max_length it set (call_max_length); None: the model's own
                 max_length = self._max_seq_length if prepared.max_length is None else prepared.max_length
                 self.text_tower.embed(prepared.texts, batch_size, rows, max_length, update)
-            if not prepared.images:
-                return kind.split(rows, 0, len(prepared.texts))
+            if not prepared.images:  # long texts' windows pool into one row per text (long_inputs="chunk")
+                return kind.pool(self, prepared, kind.split(rows, 0, len(prepared.texts)))[0]
             if not self.takes_images:
                 raise UnsupportedInputError(
                     f"{self.path} takes text only; input {prepared.image_index[0]} is an image."

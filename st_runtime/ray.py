@@ -40,7 +40,8 @@ class EmbedBatch:
         column: the text column. output_column: the column added (default "embedding").
         variant, providers: as ``SentenceEncoder``; providers default to "cuda" when Ray gave the actor a GPU.
         threads: onnxruntime threads (default: the CPUs Ray assigned to this actor).
-        normalize, prompt_name: as ``encode``'s ``normalize_embeddings`` and ``prompt_name``.
+        normalize, prompt_name, long_inputs: as ``encode``'s ``normalize_embeddings``, ``prompt_name`` and
+        ``long_inputs`` ("truncate", "chunk" or "error"; docs/long-inputs.md).
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class EmbedBatch:
         threads: int | None = None,
         normalize: bool = False,
         prompt_name: str | None = None,
+        long_inputs: str = "truncate",
     ):
         from .kinds import bulk_kind, load
 
@@ -68,7 +70,9 @@ class EmbedBatch:
         self.output_column = output_column
         self.kind = bulk_kind(model_dir)
         self.model = load(model_dir, providers=providers, threads=threads or _actor_cpus(), variant=variant)
-        self.kwargs = {"normalize": normalize, "prompt_name": prompt_name}
+        self.kwargs: dict[str, Any] = {"normalize": normalize, "prompt_name": prompt_name}
+        if long_inputs != "truncate":
+            self.kwargs["long_inputs"] = long_inputs
 
     def describe(self) -> dict[str, Any]:
         """The variant, row width and threads this actor's model runs with."""

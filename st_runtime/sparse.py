@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import kinds
+from .chunking import DEFAULT_CHUNK_OVERLAP
 from .kinds.sparse import SparseEmbedding, SparseKind, sparsify
 from .model import Model, QueryDocumentMixin
 
@@ -64,6 +65,8 @@ class SparseEncoder(QueryDocumentMixin, Model):
         convert_to_sparse_tensor: bool = True,
         max_seq_length: int | None = None,
         device: str | None = None,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         **kwargs,
     ):
         """Sparse embeddings of ``sentences``, as ``SparseEncoder.encode`` computes them.
@@ -73,14 +76,18 @@ class SparseEncoder(QueryDocumentMixin, Model):
         ``max_active_dims`` keeps each text's largest weights (default: the model's own setting, recorded at
         export). ``convert_to_tensor`` is accepted for sentence-transformers' signature and changes nothing.
         ``batch_size``, ``prompt_name``, ``prompt``, ``show_progress_bar``, ``max_seq_length`` and ``device`` act as
-        in :meth:`SentenceEncoder.encode`.
+        in :meth:`SentenceEncoder.encode`; so do ``long_inputs`` and ``chunk_overlap`` ("chunk": a long text's
+        windows merge by the element-wise maximum, or the sum for sum-pooled models; docs/long-inputs.md).
         """
         if kwargs:
             raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
         self.check_device(device)
         _check_positive("max_active_dims", max_active_dims)
         max_length = self.call_max_length(max_seq_length)
-        prepared = self.kind.prepare(self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
+        prepared = self.kind.prepare(
+            self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length, long_inputs=long_inputs,
+            chunk_overlap=chunk_overlap,
+        )  # fmt: skip
         rows = self.run(prepared, batch_size, show_progress_bar)
         result = self.kind.finish(self, rows, max_active_dims=max_active_dims)
         if not convert_to_sparse_tensor:

@@ -35,6 +35,7 @@ class ServeConfig:
     max_client_batch_size: int = 256
     payload_limit: int = 2_000_000
     api_key: str | None = None
+    long_inputs: str = "truncate"  # a request's long_inputs when it sends neither that nor truncate
     limits: Limits = field(default_factory=Limits)  # timeouts, connection and text limits (serve/limits.py)
 
 

@@ -30,6 +30,7 @@ class Body:
         self.data = data
         self.max_items = config.max_client_batch_size
         self.max_chars = config.limits.max_input_chars
+        self.long_inputs = config.long_inputs  # --long-inputs: the default of a request that says nothing
 
     def get(self, name: str, kinds: type | tuple, default: Any = None) -> Any:
         """Field ``name`` of one of ``kinds`` (absent or null: ``default``); true/false is not an integer."""
@@ -112,21 +113,47 @@ class Body:
 
 @dataclass(frozen=True)
 class TextOptions:
-    """How a route's texts are tokenized: ``truncate`` (false: over-long texts are refused with 413),
-    ``truncation_direction`` ("Right" or "Left") and ``prompt_name``."""
+    """How a route's texts are tokenized: ``truncate`` (false: over-long texts are refused with 413, or chunked
+    where the server's --long-inputs is chunk), ``long_inputs`` ("truncate", "chunk" or "error"; default: the
+    server's --long-inputs), ``chunk_overlap``, ``truncation_direction`` ("Right" or "Left") and ``prompt_name``."""
 
     strict: bool
     direction: str | None
     prompt: str | None
+    long_inputs: str = "truncate"
+    chunk_overlap: int | None = None
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel, prompts: bool = True) -> TextOptions:
-        truncate = body.get("truncate", bool, True)
+        mode = cls.long_inputs_of(body)
+        overlap = body.get("chunk_overlap", int)
+        if overlap is not None and overlap < 0:
+            raise RequestError(422, f"'chunk_overlap' must be 0 or more tokens, got {overlap}", param="chunk_overlap")
         direction = body.choice("truncation_direction", ("right", "left"), None, fold_case=True)
-        return cls(not truncate, direction, body.prompt(model) if prompts else None)
+        return cls(mode == "error", direction, body.prompt(model) if prompts else None, mode, overlap)
+
+    @staticmethod
+    def long_inputs_of(body: Body) -> str:
+        """The request's long_inputs: its own, else ``truncate: true`` -> "truncate", ``truncate: false`` -> the
+        server's default unless that truncates ("error" then), else the server's default."""
+        truncate = body.get("truncate", bool)
+        mode = body.choice("long_inputs", ("truncate", "chunk", "error"), None)
+        if mode is None:
+            if truncate is None:
+                return body.long_inputs
+            return "truncate" if truncate else ("error" if body.long_inputs == "truncate" else body.long_inputs)
+        if truncate is not None and truncate != (mode == "truncate"):
+            raise RequestError(
+                422, f"'truncate': {str(truncate).lower()} contradicts 'long_inputs': {mode!r}; send one of them",
+                param="long_inputs",
+            )  # fmt: skip
+        return mode
 
     def prepare_args(self) -> dict[str, Any]:
-        return {"strict": self.strict, "direction": self.direction}
+        args: dict[str, Any] = {"direction": self.direction, "long_inputs": self.long_inputs}
+        if self.chunk_overlap is not None:
+            args["chunk_overlap"] = self.chunk_overlap
+        return args
 
 
 def decode_image(uri: str, index: int, key: str):
