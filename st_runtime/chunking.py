@@ -61,6 +61,7 @@ class Chunks:
     groups: np.ndarray
     tokens: np.ndarray
     spans: list[tuple[int, int, int] | None] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # the kind's own notes for its pool_windows
 
     @property
     def count(self) -> int:
@@ -167,7 +168,7 @@ def plan(
     prompt: str | None = None,
 ) -> tuple[list, Chunks | None]:
     """The items a call runs for ``items`` (strings or (text, text_pair) tuples, surrogates repaired, prompt not
-    yet applied) under ``mode`` ("chunk" or "error") at ``limit`` tokens (None: the model has no limit), and
+    yet applied; TokenItems pass unchanged) under ``mode`` ("chunk" or "error") at ``limit`` tokens (None: the model has no limit), and
     their Chunks (None when no text was chunked: then the items are the caller's, with the prompt applied)."""
     from .inputs import TokenItem
 
@@ -190,7 +191,7 @@ def plan(
     prompt_ids = list(tokenizer.encode(prompt, add_special_tokens=False).ids) if prompt else []
     # each item's sequences, content tokens only: (text,) or (first text with the prompt, text_pair)
     singles = [it for it in items if isinstance(it, str)]
-    pairs = [it for it in items if not isinstance(it, str)]
+    pairs = [it for it in items if isinstance(it, tuple)]
     single_enc = iter(encode(singles, add_special_tokens=False) if singles else [])
     firsts = iter(encode([prompted(p)[0] for p in pairs], add_special_tokens=False) if pairs else [])
     seconds = iter(encode([p[1] for p in pairs], add_special_tokens=False) if pairs else [])
@@ -200,7 +201,15 @@ def plan(
     spans: list[tuple[int, int, int] | None] = []
     chunked = False
     for i, item in enumerate(items):
-        pair = not isinstance(item, str)
+        if not isinstance(item, (str, tuple)):  # already tokenized (a TokenItem): run as the caller made it
+            if mode == "error" and len(item) > limit:
+                raise _too_long(i, len(item), limit, mode)
+            out.append(item)
+            groups.append(i)
+            tokens.append(-1)
+            spans.append(None)
+            continue
+        pair = isinstance(item, tuple)
         if pair:
             head, body = list(next(firsts).ids), next(seconds).ids
         else:

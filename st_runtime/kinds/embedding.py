@@ -64,18 +64,20 @@ class EmbeddingKind(Kind):
                     "at export. Pass single strings."
                 )
         prepared = self.text_call(model, items, singular, kinds if images else None, **options)
-        if prepared.chunks is not None:
+        if prepared.chunks is not None:  # windows pool before Normalize (refused early for an export without it)
+            model.row_output(True)
+            prepared.chunks.options["normalize"] = not prepared.unnormalized  # the caller asked for rows after it
             prepared.unnormalized = True
         return prepared
 
     def pool_windows(self, model: Model, rows: np.ndarray, chunks: Chunks) -> np.ndarray:
         """Each text's windows' pre-Normalize rows averaged with their token counts as weights, then the model's
-        Normalize (where it has one) on every row."""
+        Normalize (where it has one, unless the caller asked for the rows before it) on every row."""
         weights = np.where(chunks.tokens < 0, 1, chunks.tokens).astype(np.float64)
         starts = chunks.starts
         sums = np.add.reduceat(rows.astype(np.float64) * weights[:, None], starts, axis=0)
         out = (sums / np.add.reduceat(weights, starts)[:, None]).astype(np.float32)
-        if self.normalized(model):
+        if self.normalized(model) and chunks.options.get("normalize", True):
             out = util.normalize_embeddings(out).astype(np.float32, copy=False)
         return out
 
