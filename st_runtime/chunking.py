@@ -159,6 +159,33 @@ def _too_long(i: int, tokens: int, limit: int, mode: str) -> InputTooLongError:
     )
 
 
+def _prompted(item: Any, prompt: str | None) -> Any:
+    if not prompt or not isinstance(item, (str, tuple)):
+        return item
+    return prompt + item if isinstance(item, str) else (prompt + item[0], item[1])
+
+
+def _sequences(tokenizer: Any, items: list, prompt: str | None) -> list[tuple[list[int], Any] | None]:
+    """Per item, its content tokens (no special tokens) as (head, body): (prompt, text) for a text, (prompt and
+    first text, text_pair) for a pair; None for a TokenItem. Each text is tokenized once."""
+    encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
+    prompt_ids = list(tokenizer.encode(prompt, add_special_tokens=False).ids) if prompt else []
+    singles = [it for it in items if isinstance(it, str)]
+    pairs = [it for it in items if isinstance(it, tuple)]
+    single_enc = iter(encode(singles, add_special_tokens=False) if singles else [])
+    firsts = iter(encode([_prompted(p, prompt)[0] for p in pairs], add_special_tokens=False) if pairs else [])
+    seconds = iter(encode([p[1] for p in pairs], add_special_tokens=False) if pairs else [])
+    out: list[tuple[list[int], Any] | None] = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((prompt_ids, next(single_enc).ids))
+        elif isinstance(item, tuple):
+            out.append((list(next(firsts).ids), next(seconds).ids))
+        else:
+            out.append(None)
+    return out
+
+
 def plan(
     tower: Any,
     items: list,
@@ -168,18 +195,13 @@ def plan(
     prompt: str | None = None,
 ) -> tuple[list, Chunks | None]:
     """The items a call runs for ``items`` (strings or (text, text_pair) tuples, surrogates repaired, prompt not
-    yet applied; TokenItems pass unchanged) under ``mode`` ("chunk" or "error") at ``limit`` tokens (None: the model has no limit), and
-    their Chunks (None when no text was chunked: then the items are the caller's, with the prompt applied)."""
+    yet applied; TokenItems pass unchanged) under ``mode`` ("chunk" or "error") at ``limit`` tokens (None: the
+    model has no limit), and their Chunks (None when no text was chunked: then the items are the caller's, with
+    the prompt applied)."""
     from .inputs import TokenItem
 
-    def prompted(item: Any) -> Any:
-        if not prompt:
-            return item
-        return prompt + item if isinstance(item, str) else (prompt + item[0], item[1])
-
     if limit is None or not items:
-        return [prompted(it) for it in items], None
-
+        return [_prompted(it, prompt) for it in items], None
     tokenizer = tower.tokenizer_for(None)
     if not hasattr(tokenizer, "post_processor"):
         raise UnsupportedInputError(
@@ -187,54 +209,33 @@ def plan(
             f"({type(tokenizer).__name__}) does not truncate texts."
         )
     template = Template(tokenizer, tower.add_special_tokens)
-    encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
-    prompt_ids = list(tokenizer.encode(prompt, add_special_tokens=False).ids) if prompt else []
-    # each item's sequences, content tokens only: (text,) or (first text with the prompt, text_pair)
-    singles = [it for it in items if isinstance(it, str)]
-    pairs = [it for it in items if isinstance(it, tuple)]
-    single_enc = iter(encode(singles, add_special_tokens=False) if singles else [])
-    firsts = iter(encode([prompted(p)[0] for p in pairs], add_special_tokens=False) if pairs else [])
-    seconds = iter(encode([p[1] for p in pairs], add_special_tokens=False) if pairs else [])
     out: list = []
     groups: list[int] = []
     tokens: list[int] = []
     spans: list[tuple[int, int, int] | None] = []
-    chunked = False
-    for i, item in enumerate(items):
-        if not isinstance(item, (str, tuple)):  # already tokenized (a TokenItem): run as the caller made it
-            if mode == "error" and len(item) > limit:
-                raise _too_long(i, len(item), limit, mode)
-            out.append(item)
-            groups.append(i)
-            tokens.append(-1)
-            spans.append(None)
-            continue
+    for i, (item, seqs) in enumerate(zip(items, _sequences(tokenizer, items, prompt))):
         pair = isinstance(item, tuple)
-        if pair:
-            head, body = list(next(firsts).ids), next(seconds).ids
-        else:
-            head, body = prompt_ids, next(single_enc).ids
-        specials = template.specials(pair)
-        total = specials + len(head) + len(body)
-        if total <= limit:
-            out.append(prompted(item))
+        total = len(item) if seqs is None else template.specials(pair) + len(seqs[0]) + len(seqs[1])
+        if total <= limit or seqs is None:  # a TokenItem over the limit is cut as the call truncates
+            if mode == "error" and total > limit:
+                raise _too_long(i, total, limit, mode)
+            out.append(_prompted(item, prompt))
             groups.append(i)
             tokens.append(-1)
             spans.append(None)
             continue
-        size = limit - specials - len(head)
+        head, body = seqs
+        size = limit - template.specials(pair) - len(head)
         if mode == "error" or size < max(1, limit // MIN_WINDOW_SHARE):
             raise _too_long(i, total, limit, mode)
-        chunked = True
         for a, b in windows(len(body), size, overlap):
-            seqs = [head, body[a:b]] if pair else [head + body[a:b]]
-            ids, types, before = template.wrap(seqs)
+            ids, types, before = template.wrap([head, body[a:b]] if pair else [head + body[a:b]])
             out.append(TokenItem(ids, types))
             groups.append(i)
             tokens.append(len(ids))
             spans.append((a, b, before + (0 if pair else len(head))))
-    if not chunked:
-        return [prompted(it) for it in items], None
+    if len(out) == len(items):  # no text was cut
+        return out, None
     return out, Chunks(np.asarray(groups, dtype=np.int64), np.asarray(tokens, dtype=np.int64), spans)
 
 

@@ -76,33 +76,21 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         leaves them padded to its batch's longest text). Both need an export made by this st-export.
         ``max_seq_length`` (an st_runtime extension) truncates this call's texts at fewer tokens than the
         encoder's ``max_seq_length``, without changing it for other calls or threads.
-        ``long_inputs`` (an st_runtime extension): what happens to a text over the limit: "truncate" (keep its
-        first tokens, as sentence-transformers does), "chunk" (embed it in windows of the limit, sharing
-        ``chunk_overlap`` tokens, and pool them: the token-weighted mean before the model's Normalize) or "error"
-        (raise InputTooLongError naming its token count); see docs/long-inputs.md.
+        ``long_inputs``, ``chunk_overlap``: texts over the limit "truncate", "chunk" or "error" (docs/long-inputs.md).
         """
         truncate_dim = self._check_encode(kwargs, device, output_value, truncate_dim, precision)
-        max_length = self.call_max_length(max_seq_length)
         prepared = self.kind.prepare(
-            self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length, long_inputs=long_inputs,
-            chunk_overlap=chunk_overlap,
+            self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=self.call_max_length(max_seq_length),
+            long_inputs=long_inputs, chunk_overlap=chunk_overlap,
         )  # fmt: skip
         if output_value != "sentence_embedding":
-            outputs = self._token_outputs(prepared, batch_size, output_value, precision, truncate_dim)
-            return outputs[0] if prepared.singular else outputs
+            return self._token_outputs(prepared, batch_size, output_value, precision, truncate_dim)
         rows = self.run(prepared, batch_size, show_progress_bar)
         out = self.kind.finish(
-            self,
-            rows,
-            truncate_dim=truncate_dim,
-            normalize=normalize_embeddings,
-            precision=precision,
-            ranges=ranges,
+            self, rows, truncate_dim=truncate_dim, normalize=normalize_embeddings, precision=precision, ranges=ranges,
             calibration_embeddings=calibration_embeddings,
-        )
-        if prepared.singular:
-            return out[0]
-        return out if convert_to_numpy or convert_to_tensor else list(out)
+        )  # fmt: skip
+        return out[0] if prepared.singular else out if convert_to_numpy or convert_to_tensor else list(out)
 
     def _check_encode(self, kwargs, device, output_value, truncate_dim, precision) -> int | None:
         """encode's argument checks, before any work; the call's truncate_dim."""
@@ -138,7 +126,7 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         elif truncate_dim is not None:  # as sentence-transformers: the sentence embedding is cut, not normalized
             for o in outputs:
                 o["sentence_embedding"] = o["sentence_embedding"][:truncate_dim]
-        return outputs
+        return outputs[0] if prepared.singular else outputs
 
     @staticmethod
     def _stitched(outputs: list[dict], chunks: Chunks, output_value: str | None) -> list[dict]:

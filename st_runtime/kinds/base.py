@@ -194,7 +194,9 @@ class Kind:
         resolved = model.resolve_prompt(prompt, prompt_name)
         text_at = [i for i, k in enumerate(kinds) if k == TEXT] if kinds else list(range(len(items)))
         if long_inputs == "chunk":
-            out, chunks = self.long_call(model, [items[i] for i in text_at], max_length, "chunk", chunk_overlap, resolved)
+            out, chunks = self.long_call(
+                model, [items[i] for i in text_at], max_length, "chunk", chunk_overlap, resolved
+            )
             if chunks is not None and len(text_at) < len(items):
                 raise UnsupportedInputError("long_inputs='chunk' takes texts only; send the images in another call")
             if len(text_at) == len(items):

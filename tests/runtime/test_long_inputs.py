@@ -5,8 +5,6 @@ bit; mixed calls equal one-by-one calls; a 1,000,000-character text costs time l
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from helpers import needs_export, row_cosines
@@ -184,12 +182,11 @@ print(len(big), t1 - t0, t2 - t1, (rss1 - rss0) / 1024)
 def test_a_million_characters_cost_linear_time_and_bounded_memory(zoo):
     import subprocess
     import sys
-
-    from conftest import ROOT
+    from pathlib import Path
 
     out = subprocess.run(
-        [sys.executable, "-c", LINEAR, str(zoo.export("bert"))], capture_output=True, text=True, cwd=ROOT,
-        timeout=300, check=True,
+        [sys.executable, "-c", LINEAR, str(zoo.export("bert"))], capture_output=True, text=True,
+        cwd=Path(__file__).resolve().parents[2], timeout=300, check=True,
     ).stdout.split()  # fmt: skip
     chars, small_s, big_s, grown_mb = int(out[0]), *map(float, out[1:])
     assert chars >= 1_000_000
@@ -210,9 +207,10 @@ def test_image_models_refuse_chunking(fixtures_dir):
 # ---------------------------------------------------------------------------------------------------- rerankers
 @pytest.fixture(scope="module")
 def reranker(tmp_path_factory):
+    from tiny_models import build_tiny_cross_encoder
+
     from exporters import export_model
     from st_runtime import CrossEncoder
-    from tiny_models import build_tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("long-ce")
     src = build_tiny_cross_encoder(root / "src", "bert")
@@ -251,11 +249,11 @@ def test_cross_encoder_maxp_matches_sentence_transformers_windows(reranker):
 # ---------------------------------------------------------------------------------------------------- SPLADE
 @pytest.fixture(scope="module")
 def splade(tmp_path_factory):
-    from exporters import export_model
-    from st_runtime import SparseEncoder
+    from sentence_transformers import SparseEncoder as STSparse
     from tiny_models import build_tiny_sparse_encoder
 
-    from sentence_transformers import SparseEncoder as STSparse
+    from exporters import export_model
+    from st_runtime import SparseEncoder
 
     root = tmp_path_factory.mktemp("long-splade")
     src = build_tiny_sparse_encoder(root / "src", "bert", "max", "relu")

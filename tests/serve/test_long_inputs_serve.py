@@ -1,0 +1,51 @@
+"""st-serve's long inputs: --long-inputs sets the default, a request's long_inputs (or truncate) overrides it; a
+chunked text gives the in-process result, its windows' tokens count in usage, "error" is a 413 naming the count."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+from helpers import assert_parity
+
+from exporters.battery import long_text
+from st_runtime import SentenceEncoder
+
+
+def post(server, path: str, payload) -> httpx.Response:
+    return httpx.post(server.url + path, json=payload, timeout=60)
+
+
+def test_long_inputs_default_and_per_request(start_server, fixtures_dir):
+    folder = fixtures_dir / "bert" / "export"
+    server = start_server(folder, "--long-inputs", "chunk")
+    enc = SentenceEncoder(folder, threads=1)
+    texts = ["How big is London", long_text(150), "a", long_text(60)]
+    # the server's default: chunk
+    r = post(server, "/embed", {"inputs": texts})
+    assert r.status_code == 200, r.text
+    chunked = enc.encode(texts, long_inputs="chunk")
+    assert_parity(chunked, np.asarray(r.json(), dtype=np.float32))
+    unlimited = post(server, "/embed", {"inputs": texts, "truncate": False}).json()  # not truncated: chunked here
+    assert_parity(chunked, np.asarray(unlimited, dtype=np.float32))
+    # usage counts every window's tokens
+    name = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+    o = post(server, "/v1/embeddings", {"input": texts, "model": name}).json()
+    _items, chunks = enc.kind.long_call(enc, texts, None, "chunk", 32)
+    short = [len(enc.tokenizer.encode(t).ids) for t in texts]
+    want = sum(short[i] if n < 0 else n for i, n in zip(chunks.groups, chunks.tokens))
+    assert o["usage"]["prompt_tokens"] == want > 150
+    assert_parity(chunked, np.asarray([d["embedding"] for d in o["data"]], dtype=np.float32))
+    # per request: truncate, error, and a contradiction
+    truncated = post(server, "/embed", {"inputs": texts, "truncate": True}).json()
+    assert_parity(enc.encode(texts), np.asarray(truncated, dtype=np.float32))
+    assert post(server, "/embed", {"inputs": texts, "long_inputs": "truncate"}).json() == truncated
+    err = post(server, "/embed", {"inputs": texts, "long_inputs": "error"})
+    n = len(enc.text_tower.tokenize([texts[1]], truncate=False)[0])
+    assert err.status_code == 413 and f"input 1 has {n} tokens, over the limit of 48 tokens" in err.json()["error"]
+    bad = post(server, "/embed", {"inputs": texts, "truncate": True, "long_inputs": "chunk"})
+    assert bad.status_code == 422 and "contradicts" in bad.json()["error"]
+    bad = post(server, "/embed", {"inputs": texts, "long_inputs": "split"})
+    assert bad.status_code == 422
+    overlap = post(server, "/embed", {"inputs": texts[1:2], "chunk_overlap": 0})
+    want = enc.encode(texts[1:2], long_inputs="chunk", chunk_overlap=0)
+    assert_parity(want, np.asarray(overlap.json(), dtype=np.float32))
