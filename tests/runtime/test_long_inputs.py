@@ -79,7 +79,7 @@ def st_chunked_embedding(ref, text: str, overlap: int = DEFAULT_CHUNK_OVERLAP) -
     return mean / np.linalg.norm(mean)
 
 
-@pytest.mark.parametrize("overlap", [0, 4, DEFAULT_CHUNK_OVERLAP])
+@pytest.mark.parametrize("overlap", sorted({0, 4, 32, DEFAULT_CHUNK_OVERLAP}))
 def test_embedding_chunks_match_sentence_transformers_on_the_same_windows(embedder, overlap):
     _src, enc, ref = embedder
     got = enc.encode(LONG, long_inputs="chunk", chunk_overlap=overlap)
@@ -226,19 +226,19 @@ def test_cross_encoder_maxp_matches_sentence_transformers_windows(reranker):
 
     ce, ref = reranker
     query = "big city"
-    got = ce.predict([(query, d) for d in [*LONG, SHORT[0]]], long_inputs="chunk")
+    got = ce.predict([(query, d) for d in [*LONG, SHORT[0]]], long_inputs="chunk", chunk_overlap=4)
     want = []
     with torch.no_grad():
         for doc in LONG:
             logits = [
                 float(ref.model(**{k: v for k, v in features(ids, types).items()}).logits[0, 0])
-                for ids, types in bert_windows(ref.tokenizer, doc, query=query)
+                for ids, types in bert_windows(ref.tokenizer, doc, 4, query=query)
             ]
             want.append(1 / (1 + np.exp(-max(logits))))
     np.testing.assert_allclose(got[:-1], want, atol=1e-5)
     # a pair under the limit: unchanged, bit for bit
     assert got[-1] == ce.predict((query, SHORT[0]))
-    ranked = ce.rank(query, LONG, long_inputs="chunk")
+    ranked = ce.rank(query, LONG, long_inputs="chunk", chunk_overlap=4)
     assert [r["corpus_id"] for r in ranked] == list(np.argsort(-np.asarray(want), kind="stable"))
     with pytest.raises(InputTooLongError, match=f"over the limit of {LIMIT} tokens"):
         ce.predict((query, LONG[0]), long_inputs="error")
@@ -267,12 +267,12 @@ def test_splade_windows_pool_by_their_maximum(splade):
 
     enc, ref = splade
     pooling = "max"
-    got = enc.encode([*LONG, SHORT[0]], long_inputs="chunk", convert_to_sparse_tensor=False)
+    got = enc.encode([*LONG, SHORT[0]], long_inputs="chunk", chunk_overlap=4, convert_to_sparse_tensor=False)
     with torch.no_grad():
         for row, doc in zip(got, LONG):
             windows = [
                 ref(features(ids, types))["sentence_embedding"][0].numpy()
-                for ids, types in bert_windows(ref.tokenizer, doc)
+                for ids, types in bert_windows(ref.tokenizer, doc, 4)
             ]
             want = np.max(windows, axis=0) if pooling == "max" else np.sum(windows, axis=0)
             np.testing.assert_allclose(row, want, atol=1e-5)

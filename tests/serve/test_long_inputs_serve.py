@@ -9,6 +9,7 @@ from helpers import assert_parity
 
 from exporters.battery import long_text
 from st_runtime import SentenceEncoder
+from st_runtime.chunking import DEFAULT_CHUNK_OVERLAP
 
 
 def post(server, path: str, payload) -> httpx.Response:
@@ -30,7 +31,7 @@ def test_long_inputs_default_and_per_request(start_server, fixtures_dir):
     # usage counts every window's tokens
     name = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
     o = post(server, "/v1/embeddings", {"input": texts, "model": name}).json()
-    _items, chunks = enc.kind.long_call(enc, texts, None, "chunk", 32)
+    _items, chunks = enc.kind.long_call(enc, texts, None, "chunk", DEFAULT_CHUNK_OVERLAP)
     short = [len(enc.tokenizer.encode(t).ids) for t in texts]
     want = sum(short[i] if n < 0 else n for i, n in zip(chunks.groups, chunks.tokens))
     assert o["usage"]["prompt_tokens"] == want > 150
@@ -46,6 +47,6 @@ def test_long_inputs_default_and_per_request(start_server, fixtures_dir):
     assert bad.status_code == 422 and "contradicts" in bad.json()["error"]
     bad = post(server, "/embed", {"inputs": texts, "long_inputs": "split"})
     assert bad.status_code == 422
-    overlap = post(server, "/embed", {"inputs": texts[1:2], "chunk_overlap": 0})
-    want = enc.encode(texts[1:2], long_inputs="chunk", chunk_overlap=0)
+    overlap = post(server, "/embed", {"inputs": texts[1:2], "chunk_overlap": 8})
+    want = enc.encode(texts[1:2], long_inputs="chunk", chunk_overlap=8)
     assert_parity(want, np.asarray(overlap.json(), dtype=np.float32))
