@@ -1,5 +1,6 @@
 """What the benchmarks share: the repository root, the seeded generated corpus and the docs corpus, the machine
-description every JSON records, and the exports they run (made on first use)."""
+description every JSON records (CPU model, family/model numbers, ISA flags and a measured fp32 GEMM rate, so that a
+ratio can be read against the machine's own limit), and the exports they run (made on first use)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import platform
 import random
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,12 +92,53 @@ def docs_corpus(seed: int = 17, n_queries: int = 2048, n_passages: int = 256) ->
     }
 
 
-def _cpu_name() -> str:
+# the instruction-set flags that decide how fast fp32 and int8 GEMMs can run (from /proc/cpuinfo)
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _cpu_name() -> str:
+    return _cpuinfo().get("model name") or platform.processor()
+
+
+def cpu_description() -> dict:
+    """What the CPU is: its model name, family/model numbers and the ISA flags that matter for GEMMs."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    out: dict = {"model_name": info.get("model name") or platform.processor(), "vendor": info.get("vendor_id")}
+    for key, name in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping")):
+        with contextlib.suppress(KeyError, ValueError):
+            out[name] = int(info[key])
+    out["isa"] = {flag: flag in flags for flag in ISA_FLAGS} if flags else "unknown (no /proc/cpuinfo)"
+    return out
+
+
+def gemm_rate(seconds: float = 1.5, n: int = 1024) -> dict:
+    """The machine's own fp32 limit: the best GFLOP/s of numpy's BLAS on n x n float32 matmuls over ``seconds``,
+    with all its threads. A benchmark's ratio reads against it: a system at 90% of it has little left to gain."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: BLAS threads start, pages fault in
+    best, reps, start = 0.0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+        reps += 1
+    return {"gflops": round(best, 1), "n": n, "reps": reps, "library": "numpy " + np.__version__}
 
 
 VERSIONS_OF = (
@@ -119,7 +162,10 @@ def machine(provider: str = "cpu") -> dict:
     import onnxruntime as ort
 
     out = {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": cpu,
+        "cpu_detail": cpu_description(),
+        "fp32_gemm": gemm_rate(),
         "logical_cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

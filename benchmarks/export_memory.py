@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="st-export-memory-", dir=ROOT / "exported_models") as tmp:
         result = measure(source, [v for v in args.variants.split(",") if v], Path(tmp) / "out")
     result["random_weights"] = args.random_weights
-    result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    result["machine"] = machine()
     for step in result["steps"]:
         print(
             f"{step['peak_anon_gib']:6.2f} GiB anon {step['peak_rss_gib']:6.2f} GiB RSS {step['seconds']:7.1f} s  "

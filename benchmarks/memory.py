@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,6 +66,7 @@ def main(argv=None) -> int:
                     "chunk": args.chunk,
                     "rows": rows,
                     "growth_after_warmup_mb": growth,
+                    "machine": machine(),
                 },
                 indent=2,
             )

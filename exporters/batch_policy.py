@@ -18,7 +18,8 @@ from .tasks import TASKS
 
 SHORT_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 LONG_BUDGETS = (512, 1024, 2048, 4096, 8192)
-# another budget must beat the default by this much to replace it: smaller differences are this VM's noise
+# another budget must beat the default by this much to replace it: smaller differences are timing noise on a shared
+# machine
 MARGIN = 0.05
 # The most seconds the budget grid may take per length class, and the fewest rounds worth timing. On a large model
 # (Qwen3-Embedding-0.6B: a round of the short grid alone takes minutes on 2 cores) the grid is skipped and the default

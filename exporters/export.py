@@ -116,6 +116,7 @@ class ExportRun:
     capped_at: int | None = None
     hf_config: PretrainedConfig | None = None
     references: dict[str, Any] = field(default_factory=dict)
+    unnormalized_references: dict[str, Any] = field(default_factory=dict)  # per tower with unnormalized_output
     kind: str | None = None  # st-export --kind: the task asked for (None: the folder's own)
     task: str = ""  # the manifest task it is exported as (st_model.choose_task)
 
@@ -129,15 +130,18 @@ def _validate_variant(
     source: str,
     log: Callable[[str], None],
     required: bool = True,
+    unnormalized: np.ndarray | None = None,
 ) -> bool:
-    """Validate one variant of one tower through st_runtime itself and record the result in the manifest."""
+    """Validate one variant of one tower through st_runtime itself and record the result in the manifest
+    (``unnormalized``: sentence-transformers' outputs before the final Normalize, for a graph that also gives
+    them)."""
     from .towers import validation_items
 
     plan = PLANS[name]
     providers = "cuda" if "CPUExecutionProvider" not in plan.providers else "cpu"
     entry = manifest["towers"][tower]
     task = TASKS[manifest["task"]]
-    report = task.check(reference, folder, providers, name, plan, validation_items(entry, task), manifest)
+    report = task.check(reference, folder, providers, name, plan, validation_items(entry, task), manifest, unnormalized)
     report["provider"] = providers
     variant = entry["variants"][name]
     variant["status"] = "passed" if report["passed"] else "failed"
@@ -165,7 +169,7 @@ TIMING_SECONDS = 120.0
 
 def _time_variants_on_cpu(manifest: dict[str, Any], folder: Path, log: Callable[[str], None], rounds: int = 5) -> None:
     """Time every passed CPU variant of the text tower on the same mixed workload, so the runtime can pick
-    the fastest one measured rather than guessed (on this CPU, fused graphs are not always faster: onnxruntime
+    the fastest one measured rather than guessed (on some CPUs fused graphs are not faster: onnxruntime
     applies its own CPU fusions to the plain graph at load). Variants alternate within each round, so a burst
     of load from elsewhere hits them alike; the median round counts. Variants of a large model are timed one
     at a time (batch_policy.timing_groups), so their graphs are never loaded together."""
@@ -332,11 +336,15 @@ def _validate(run: ExportRun) -> None:
     # them after the torch model is freed (holding it while variants are built doubled the peak memory)
     task = TASKS[run.manifest["task"]]
     for tname, tower in run.manifest["towers"].items():
-        run.references[tname] = task.reference(model, [s for _, s in validation_items(tower, task)])
+        sentences = [s for _, s in validation_items(tower, task)]
+        run.references[tname] = task.reference(model, sentences)
+        if tower.get("unnormalized_output") and task.unnormalized_reference is not None:
+            run.unnormalized_references[tname] = task.unnormalized_reference(model, sentences)
     del model
     release_memory()  # the torch model: variants are built and checked against the saved outputs
     for tname in run.manifest["towers"]:
-        _validate_variant(run.manifest, run.tmp, tname, "fp32", run.references[tname], run.resolved.source, run.log)
+        ref, unnorm = run.references[tname], run.unnormalized_references.get(tname)
+        _validate_variant(run.manifest, run.tmp, tname, "fp32", ref, run.resolved.source, run.log, True, unnorm)
 
 
 def _build_variants(run: ExportRun) -> None:
@@ -382,9 +390,9 @@ def _build_variant(run: ExportRun, ctx: BuildContext, name: str) -> None:
     written = _record_files(run.manifest, ctx.tower, path, info)
     ctx.tower["variants"][name] = variant_entry(name, path.name, info)
     dump_manifest(run.manifest, ctx.folder)
-    reference = run.references[ctx.tower_name]
+    reference, unnorm = run.references[ctx.tower_name], run.unnormalized_references.get(ctx.tower_name)
     if not _validate_variant(
-        run.manifest, ctx.folder, ctx.tower_name, name, reference, run.resolved.source, run.log, required=False
+        run.manifest, ctx.folder, ctx.tower_name, name, reference, run.resolved.source, run.log, False, unnorm
     ):
         run.rejected[name] = ctx.tower["variants"].pop(name)
         for f in written:

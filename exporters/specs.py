@@ -300,8 +300,8 @@ def _static_embedding_as_padded_mean(module):
 
     class PaddedBagMean(torch.nn.Module):
         # Padded positions look up an all-zero row put first (token id i is row i + 1), so the sum runs over the
-        # gathered rows as they are: masking the [batch, sequence, dim] rows with Where ran 10x slower in onnxruntime
-        # (1024 dims, 186 x 11 tokens). An id past the table still fails the lookup, as in the EmbeddingBag.
+        # gathered rows as they are: masking the [batch, sequence, dim] rows with Where is far slower in
+        # onnxruntime (docs/speed.md). An id past the table still fails the lookup, as in the EmbeddingBag.
         def __init__(self):
             super().__init__()
             weight = bag.weight.detach().float()

@@ -26,7 +26,8 @@ class Task:
     block: str  # the manifest entry describing the output, filled by ``describe`` (the same name on the description)
     describe: Callable[[Any, Any], Any]  # (sentence-transformers model, ModelDescription) -> ModelDescription
     reference: Callable[[Any, list[Any]], np.ndarray]  # (sentence-transformers model, battery inputs) -> outputs
-    check: Callable[[np.ndarray, Path, str, str, Any, list[tuple[str, Any]], dict[str, Any]], dict[str, Any]]
+    # (reference, folder, providers, variant, plan, items, manifest, unnormalized reference or None) -> report
+    check: Callable[..., dict[str, Any]]
     timing: Callable[[Path, str], tuple[Any, Callable[[], Any]]]  # (folder, variant) -> (items, run once)
     calibration: Callable[[], list[Any]]  # int8's calibration inputs
     int8_gate: Callable[[Any, dict[str, Any]], tuple[Agreement | None, float, float]]  # (plan, manifest) ->
@@ -44,18 +45,24 @@ class Task:
     # its encode() and text_tower's policy); None: the runtime's default budget stays
     batch_grid: Callable[[Path, str], Any] | None = None
     variants_left_out: dict[str, str] = field(default_factory=dict)  # variant -> why it is not built
+    # (sentence-transformers model, battery inputs) -> the outputs before the model's final Normalize, for a tower
+    # whose graph also returns them (manifest: unnormalized_output); None: the task's graphs never do
+    unnormalized_reference: Callable[[Any, list[Any]], np.ndarray] | None = None
 
 
-def _check_embedding(ref, folder, providers, variant, plan, items, manifest):
+def _check_embedding(ref, folder, providers, variant, plan, items, manifest, unnormalized=None):
     from st_runtime import SentenceEncoder
 
-    from .validate import validate
+    from .validate import validate, validate_unnormalized
 
     encoder = SentenceEncoder(folder, providers=providers, variant=variant)
-    return validate(ref, encoder, plan.min_cosine, items, mean_gate=plan.mean_cosine)
+    report = validate(ref, encoder, plan.min_cosine, items, mean_gate=plan.mean_cosine)
+    if unnormalized is not None:
+        validate_unnormalized(report, unnormalized, encoder, plan.min_cosine, items, plan.mean_cosine)
+    return report
 
 
-def _check_cross_encoder(ref, folder, providers, variant, plan, items, manifest):
+def _check_cross_encoder(ref, folder, providers, variant, plan, items, manifest, unnormalized=None):
     from st_runtime import CrossEncoder
     from st_runtime.cross_encoder import ACTIVATIONS
 
@@ -66,7 +73,7 @@ def _check_cross_encoder(ref, folder, providers, variant, plan, items, manifest)
     return validate_scores(ref, runtime, plan.max_score_diff, items, activation, top_k=plan.top_k_identical)
 
 
-def _check_sparse(ref, folder, providers, variant, plan, items, manifest):
+def _check_sparse(ref, folder, providers, variant, plan, items, manifest, unnormalized=None):
     from st_runtime import SparseEncoder
 
     from .validate import validate_sparse
@@ -178,6 +185,7 @@ TASKS = {
             int8_gate=_cosine_gate,
             loads_as="mean pooling, as sentence_transformers.SentenceTransformer loads it",
             batch_grid=_embedding_on_cpu,
+            unnormalized_reference=_by_name("validate", "reference_unnormalized"),
         ),
         Task(
             name="cross-encoder",

@@ -20,6 +20,16 @@ from .specs import TextEncoderSpec, TowerSpec
 from .tasks import TASKS, Task
 
 _TRACE_TEXTS = ["a short text", "a noticeably longer text so that the batch needs padding"]
+# the graph output holding the sentence embedding before the model's final Normalize (manifest: unnormalized_output)
+UNNORMALIZED = "sentence_embedding_unnormalized"
+
+
+def ends_in_normalize(st_model, desc) -> bool:
+    """Whether an embedding model's last module is a Normalize (its graph then also returns UNNORMALIZED)."""
+    from sentence_transformers.models import Normalize
+
+    return desc.embedding is not None and bool(desc.normalized) and isinstance(list(st_model)[-1], Normalize)
+
 
 # Image preprocessor settings st_runtime.image reproduces; anything else set on the processor is refused.
 IMAGE_KEYS = (
@@ -142,8 +152,9 @@ def _graph_module(
     extra=(),
     first=None,
 ):
-    """``extra``: further per-token outputs (token_embeddings) the graph also returns; ``first``: a module traced
-    in place of the model's input module (spec.traced_input_module)."""
+    """``extra``: further outputs the graph also returns: per-token ones (token_embeddings), and UNNORMALIZED, the
+    sentence embedding as the model's last module (a Normalize) receives it; ``first``: a module traced in place
+    of the model's input module (spec.traced_input_module)."""
     import torch
 
     class TowerGraph(torch.nn.Module):
@@ -160,7 +171,10 @@ def _graph_module(
         def forward(self, *tensors):
             feats: dict[str, Any] = dict(zip(input_names, tensors))
             feats.update(features)
-            for stage in self.stages:
+            last = len(self.stages) - 1
+            for i, stage in enumerate(self.stages):
+                if i == last and UNNORMALIZED in extra:  # Normalize replaces the entry, so this one is kept
+                    feats[UNNORMALIZED] = feats[output]
                 feats = stage(feats)
             return (feats[output], *(feats[name] for name in extra)) if extra else feats[output]
 
@@ -199,7 +213,7 @@ def trace_tower(
     }
     dynamic_axes[output] = {0: "batch"}
     for name in extra:
-        dynamic_axes[name] = {0: "batch", 1: "sequence"}
+        dynamic_axes[name] = {0: "batch"} if name == UNNORMALIZED else {0: "batch", 1: "sequence"}
     before = {f.name for f in path.parent.iterdir()}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -277,9 +291,13 @@ def build_towers(
             raise ExportError(f"tower modality {tower.modality!r} of spec {spec.family!r} is not implemented.")
         # an embedding model's text tower also returns the token embeddings its Pooling reads
         # (encode(output_value="token_embeddings")); sentence-transformers' Dense and Normalize leave them as they are
-        extra = ("token_embeddings",) if tower.modality == "text" and desc.pooling is not None else ()
+        extra: tuple[str, ...] = ("token_embeddings",) if tower.modality == "text" and desc.pooling is not None else ()
         if extra:
             entry["token_output"] = extra[0]
+        if tower.modality == "text" and ends_in_normalize(st_model, desc):
+            # the embedding before the final Normalize (TEI's normalize=false, pooling of long inputs' windows)
+            extra += (UNNORMALIZED,)
+            entry["unnormalized_output"] = UNNORMALIZED
         if spec.traced_input_module is not None and tower.modality == "text":
             first = spec.traced_input_module(st_model[0])
             sample = _runtime_sample(folder, entry["tokenizer"], input_names)

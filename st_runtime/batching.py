@@ -10,7 +10,7 @@ import numpy as np
 
 # GPU batches (batch_size=None): up to 1024 texts and 131,072 padded tokens: large enough to keep the device
 # busy on short queries, small enough that long passages do not slow down (the sweep that chose them is
-# benchmarks/gpu_sweep.py; its results and the README's GPU section give the figures).
+# benchmarks/gpu_sweep.py; docs/speed.md gives its figures, with the machine and date).
 GPU_BATCH_SIZE = 1024
 GPU_BATCH_TOKENS = 131072
 # CPU batches: up to 2048 tokens (items x padded width), where long texts run faster in small batches

@@ -19,15 +19,24 @@ __all__ = ["ACTIVATIONS", "CrossEncoder"]
 class CrossEncoder(Model):
     """Drop-in for ``sentence_transformers.CrossEncoder`` at inference time: ``predict`` and ``rank``.
 
-    Args: see :class:`st_runtime.model.Model` (the same load arguments as ``SentenceEncoder``: model_path, a
-    folder written by ``st-export`` from a CrossEncoder model; providers, threads, variant, verify_checksums,
-    session_options, io_binding, cuda_graphs, device).
+    Args:
+        model_path: a folder written by ``st-export`` from a CrossEncoder model (where sentence-transformers takes a
+            model name or path).
+        providers: ``None`` (CPU), ``"cpu"``, ``"cuda"``, ``"tensorrt"``, an onnxruntime provider name, or an
+            explicit list (a list of several is an opt-in to fall back, with a warning).
+        threads: onnxruntime intra-op threads; default: the physical cores of this machine.
+        variant: the exported graph to run ("fp32", "opt", "int8", "fastest"); default: the fastest that
+            reproduces sentence-transformers' results.
+        verify_checksums: check the sha256 of every file at load (sizes are always checked).
+        session_options: an ``onnxruntime.SessionOptions`` to use as is.
+        io_binding: feed the graph through onnxruntime IO binding (default: on for CUDA/TensorRT).
+        cuda_graphs: capture each batch shape as a CUDA graph and replay it (CUDA only).
+        device: sentence-transformers' ``device``: "cpu", "cuda" or "cuda:N" (in place of ``providers``).
     """
 
     kind = kinds.instance(CrossEncoderKind)
 
-    def __init__(self, model_path, *args, **kwargs):
-        super().__init__(model_path, *args, **kwargs)
+    def _loaded(self) -> None:
         self.num_labels: int = int(self.spec.output["num_labels"])
         self.labels: list[str] = list(self.spec.output.get("labels") or [])
         self.default_activation: str = self.spec.output["activation"]
@@ -68,14 +77,27 @@ class CrossEncoder(Model):
         long_inputs: str = "truncate",
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ):
-        """Scores for (query, document) pairs, as ``CrossEncoder.predict``: one float per pair for a one-label
-        model ([n]; a single pair gives a scalar), [n, num_labels] otherwise. ``activation_fn`` defaults to the
-        model's (sigmoid for one label); "identity", "sigmoid", "softmax" or a callable on numpy arrays.
-        ``apply_softmax`` applies softmax over the labels afterwards (models with more than one label).
-        ``long_inputs`` (an st_runtime extension): a pair over the limit is "truncate"d (sentence-transformers'
-        behaviour), refused ("error": InputTooLongError naming its token count) or its document cut into windows
-        ("chunk", sharing ``chunk_overlap`` tokens), each paired with the whole query, the pair's score the
-        maximum over its windows (MaxP); see docs/long-inputs.md."""
+        """Scores for (query, document) pairs, as ``sentence_transformers.CrossEncoder.predict``.
+
+        Args:
+            sentence_pairs: a list of ``(query, document)`` pairs (or one pair).
+            batch_size: the most pairs per batch; ``None`` lets st_runtime size batches by tokens.
+            show_progress_bar: draw a tqdm bar over the pairs (default: when the "st_runtime" logger is at INFO).
+            activation_fn: applied to the logits; default the model's (sigmoid for one label, identity otherwise).
+                "identity", "sigmoid", "softmax", the torch modules of those names, or a callable on numpy arrays.
+            apply_softmax: apply softmax over the labels afterwards (models with more than one label).
+            convert_to_numpy: ``False`` (with ``convert_to_tensor=False``) gives a list instead of an array.
+            convert_to_tensor: accepted for compatibility; returns the numpy array (there is no torch here).
+            long_inputs: st_runtime extension: a pair over the limit is "truncate"d (sentence-transformers'
+                behaviour), refused ("error": InputTooLongError naming its token count), or its document cut into
+                windows ("chunk"), each paired with the whole query; the pair's score is then the maximum over its
+                windows (MaxP). See docs/long-inputs.md.
+            chunk_overlap: tokens shared by consecutive windows of a document (``long_inputs="chunk"``).
+
+        Returns:
+            One float32 score per pair for a one-label model (``[n]``; a single pair gives a scalar),
+            ``[n, num_labels]`` otherwise.
+        """
         prepared = self.kind.prepare(self, sentence_pairs, long_inputs=long_inputs, chunk_overlap=chunk_overlap)
         rows = self.run(prepared, batch_size, show_progress_bar)
         scores = self.kind.finish(self, rows, activation_fn=activation_fn, apply_softmax=apply_softmax)
@@ -100,9 +122,23 @@ class CrossEncoder(Model):
         long_inputs: str = "truncate",
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> list[dict[str, Any]]:
-        """``documents`` ranked for ``query``: a list of ``{"corpus_id", "score"(, "text")}`` by decreasing
-        score, at most ``top_k``, as ``CrossEncoder.rank`` returns them (one-label models only). ``long_inputs``
-        and ``chunk_overlap``: as in :meth:`predict`."""
+        """``documents`` ranked for ``query``, as ``sentence_transformers.CrossEncoder.rank`` (one-label models).
+
+        Args:
+            query: the query text.
+            documents: the texts to rank.
+            top_k: return at most this many (default: all).
+            return_documents: add each document's ``"text"`` to its entry.
+            batch_size: as in ``predict``.
+            show_progress_bar: as in ``predict``.
+            activation_fn: as in ``predict``.
+            apply_softmax: as in ``predict``.
+            long_inputs: as in ``predict``.
+            chunk_overlap: as in ``predict``.
+
+        Returns:
+            ``[{"corpus_id", "score"(, "text")}]`` by decreasing score (ties in input order).
+        """
         if not isinstance(query, str):
             raise UnsupportedInputError(f"query must be a string, got {type(query).__name__}")
         if self.num_labels != 1:

@@ -52,5 +52,9 @@ class ModelKindError(StRuntimeError, ValueError):
     """The folder holds another kind of model (an embedding model given to CrossEncoder, or the reverse)."""
 
 
+class OutputNotExportedError(StRuntimeError, ValueError):
+    """The call asks for a graph output this export does not have (it was made by an older st-export)."""
+
+
 class InputTooLongError(StRuntimeError, ValueError):
     """A text has more tokens than the model's limit, in a call that asked not to truncate."""

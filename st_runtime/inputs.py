@@ -25,9 +25,61 @@ import numpy as np
 from .errors import UnsupportedInputError
 from .longtext import PRECUT_FACTOR, LongTextCutter
 
-__all__ = ["IMAGE", "PRECUT_FACTOR", "TEXT", "LongTextCutter", "classify", "prepare", "repair_surrogates"]
+__all__ = [
+    "IMAGE",
+    "PRECUT_FACTOR",
+    "TEXT",
+    "LongTextCutter",
+    "TokenItem",
+    "classify",
+    "prepare",
+    "repair_surrogates",
+]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class TokenItem:
+    """An input that is already tokenized: its token ids as the caller wants them fed (special tokens included or
+    not, as the caller sent them), and optionally their token type ids (default all zero). It is read like a
+    tokenizers ``Encoding`` (``ids``, ``type_ids``, ``attention_mask``, ``len()``), so it runs in the same
+    length-sorted batches as tokenized texts. A TokenItem longer than a call's limit is cut on the call's
+    truncation side (a plain slice: special tokens are not re-added)."""
+
+    __slots__ = ("ids", "type_ids")
+
+    def __init__(self, ids, type_ids=None):
+        self.ids = [int(i) for i in ids]
+        self.type_ids = [0] * len(self.ids) if type_ids is None else [int(t) for t in type_ids]
+        if len(self.type_ids) != len(self.ids):
+            raise ValueError(f"type_ids has {len(self.type_ids)} entries for {len(self.ids)} token ids")
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TokenItem) and self.ids == other.ids and self.type_ids == other.type_ids
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TokenItem({len(self.ids)} ids)"
+
+    @property
+    def has_types(self) -> bool:
+        """Whether any token type id is not zero (then it is read back like a text pair's)."""
+        return any(self.type_ids)
+
+    def truncated(self, max_length: int | None, side: str) -> TokenItem:
+        """This item cut to ``max_length`` ids (None: whole) on ``side`` ("right" keeps the first ids)."""
+        if max_length is None or len(self.ids) <= max_length:
+            return self
+        keep = slice(0, max_length) if side == "right" else slice(len(self.ids) - max_length, None)
+        return TokenItem(self.ids[keep], self.type_ids[keep])
 
 
 def repair_surrogates(text: str) -> str:
@@ -45,7 +97,7 @@ def prepare(
     which are left alone."""
     out = items
     for i, item in enumerate(items):
-        if kinds is not None and kinds[i] != "text":
+        if (kinds is not None and kinds[i] != "text") or isinstance(item, TokenItem):
             continue
         new: Any
         if isinstance(item, str):
@@ -80,7 +132,7 @@ def classify(sentences: Any, images: bool = False) -> tuple[list, list[str], boo
     def is_image(obj: Any) -> bool:
         return images and (is_pil_image(obj) or (isinstance(obj, np.ndarray) and obj.ndim == 3))
 
-    if isinstance(sentences, str) or is_image(sentences):
+    if isinstance(sentences, (str, TokenItem)) or is_image(sentences):
         items, singular = [sentences], True
     elif sentences is None or isinstance(sentences, _SCALARS):
         raise UnsupportedInputError(f"encode expects {expected}, got {type(sentences).__name__}.")
@@ -102,8 +154,8 @@ def classify(sentences: Any, images: bool = False) -> tuple[list, list[str], boo
                     "and pass it as a PIL image, a numpy array or a local file path."
                 )
             kinds.append(IMAGE if images and is_image_path(item) else TEXT)
-        elif is_image(item):
-            kinds.append(IMAGE)
+        elif isinstance(item, TokenItem) or is_image(item):
+            kinds.append(TEXT if isinstance(item, TokenItem) else IMAGE)
         elif isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item):
             items[i] = (item[0], item[1])
             kinds.append(TEXT)

@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from . import kinds
-from .errors import GraphLoadError, InputTooLongError, ModelKindError, UnsupportedInputError
-from .inputs import LongTextCutter, classify, prepare
+from .errors import GraphLoadError, InputTooLongError, ModelKindError, OutputNotExportedError, UnsupportedInputError
+from .inputs import LongTextCutter, TokenItem, classify, prepare
 from .manifest import graph_files, load_manifest, read_spec, verify_files
 from .progress import progress
 from .providers import device_name, device_providers, resolve_providers, resolve_threads
@@ -140,6 +140,11 @@ class Model:
         self._tower_lock = threading.Lock()
         self.prompts: dict[str, str] = dict(self.spec.prompts)
         self.default_prompt_name: str | None = self.spec.default_prompt_name
+        self._loaded()
+
+    def _loaded(self) -> None:
+        """What a class adds once the model is loaded (the kind's output settings); subclasses override it, so
+        every class keeps this one signature of load arguments."""
 
     # ------------------------------------------------------------------ loading
     def _check_kind(self) -> None:
@@ -318,6 +323,8 @@ class Model:
                 if kinds_ is not None and kinds_[i] != "text"
                 else prompt + it
                 if isinstance(it, str)
+                else it
+                if isinstance(it, TokenItem)  # already tokenized by the caller: taken as sent
                 else (prompt + it[0], it[1])
                 for i, it in enumerate(items)
             ]
@@ -347,6 +354,19 @@ class Model:
         width = int(lengths.max()) if len(lengths) else 0
         return self.text_tower.feeds(encodings, lengths, np.arange(len(encodings)), width)
 
+    def row_output(self, unnormalized: bool) -> str | None:
+        """The text graph output a call's rows come from: None (the tower's main output), or for ``unnormalized``
+        the output before the model's final Normalize, where the model has one."""
+        if not unnormalized or not self.spec.output.get("normalized"):
+            return None
+        name = self.spec.towers["text"].unnormalized_output
+        if name is None:
+            raise OutputNotExportedError(
+                f"{self.path} ends in Normalize, and its export has no output before it (st-export added one "
+                "later); embeddings before normalization need it. Export the model again with this st-export."
+            )
+        return name
+
     # ------------------------------------------------------------------ the protocol, in process
     def run(
         self, prepared: kinds.Prepared, batch_size: int | None = None, show_progress_bar: bool | None = None
@@ -360,7 +380,8 @@ class Model:
             if prepared.texts:
                 # the caller checked a max_length it set (call_max_length); None: the model's own
                 max_length = self._max_seq_length if prepared.max_length is None else prepared.max_length
-                self.text_tower.embed(prepared.texts, batch_size, rows, max_length, update)
+                output = self.row_output(prepared.unnormalized)
+                self.text_tower.embed(prepared.texts, batch_size, rows, max_length, update, output)
             if not prepared.images:  # long texts' windows pool into one row per text (long_inputs="chunk")
                 return kind.pool(self, prepared, kind.split(rows, 0, len(prepared.texts)))[0]
             if not self.takes_images:

@@ -35,13 +35,19 @@ def _actor_cpus() -> int | None:
 class EmbedBatch:
     """Embeds ``column`` of each batch into ``output_column`` (a list of float32 vectors per row).
 
+    Use it with ``ray.data.Dataset.map_batches(EmbedBatch, fn_constructor_kwargs={"model_dir": ...})``: each actor
+    loads the model once.
+
     Args:
-        model_dir: a folder written by st-export, readable on every node.
-        column: the text column. output_column: the column added (default "embedding").
-        variant, providers: as ``SentenceEncoder``; providers default to "cuda" when Ray gave the actor a GPU.
+        model_dir: a folder written by st-export, readable at the same path on every node.
+        column: the text column.
+        output_column: the column added (default "embedding").
+        variant: the exported graph to run, as in ``SentenceTransformer(variant=...)``.
+        providers: as in ``SentenceTransformer(providers=...)``; default "cuda" when Ray gave the actor a GPU.
         threads: onnxruntime threads (default: the CPUs Ray assigned to this actor).
-        normalize, prompt_name, long_inputs: as ``encode``'s ``normalize_embeddings``, ``prompt_name`` and
-        ``long_inputs`` ("truncate", "chunk" or "error"; docs/long-inputs.md).
+        normalize: L2-normalize, as ``encode``'s ``normalize_embeddings``.
+        prompt_name: as ``encode``'s ``prompt_name``.
+        long_inputs: as ``encode``'s ``long_inputs`` ("truncate", "chunk" or "error"; docs/long-inputs.md).
     """
 
     def __init__(
@@ -116,8 +122,24 @@ def embed_dataset(
     normalize: bool = False,
     prompt_name: str | None = None,
 ):
-    """``ds`` with ``output_column`` added: ``num_workers`` actors each load the model once (``cpus_per_worker``
-    CPUs and ``gpus_per_worker`` GPUs each) and embed ``batch_size`` rows at a time."""
+    """A Ray Dataset with an embedding column added, computed by actors that each load the model once.
+
+    Args:
+        ds: a ``ray.data.Dataset`` (for example ``ray.data.read_parquet(path)``).
+        model_dir: a folder written by st-export, readable at the same path on every node.
+        column: the text column.
+        output_column: the column added (default "embedding"), float32 vectors.
+        num_workers: the number of actors.
+        cpus_per_worker: CPUs per actor (onnxruntime runs that many threads).
+        gpus_per_worker: GPUs per actor (an actor with a GPU runs on CUDA).
+        batch_size: rows per ``map_batches`` batch.
+        variant: the exported graph to run, as in ``SentenceTransformer(variant=...)``.
+        normalize: L2-normalize, as ``encode``'s ``normalize_embeddings``.
+        prompt_name: as ``encode``'s ``prompt_name``.
+
+    Returns:
+        ``ds`` with ``output_column`` added (lazy, as Ray Data is).
+    """
     resources: dict[str, float] = {"num_cpus": cpus_per_worker}
     if gpus_per_worker:
         resources["num_gpus"] = gpus_per_worker

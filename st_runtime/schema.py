@@ -123,6 +123,8 @@ VALIDATION = Obj(
         "mean_active_dims": NUMBER,
         "ranking_identical": bool,
         "failures": List(FREE),
+        # the pre-Normalize output (unnormalized_output), checked against sentence-transformers without its Normalize
+        "unnormalized": FREE,
     }
 )
 
@@ -172,6 +174,8 @@ TOWER = Obj(
         "tokenizer": TOKENIZER,
         "preprocessor": PREPROCESSOR,
         "token_output": str,
+        # the sentence embedding before the model's final Normalize ([batch, dim]), where the model ends in one
+        "unnormalized_output": str,
         # the CPU default by width: batches narrower than long_from tokens on "short", wider ones on "long"
         "cpu_routing": Obj(required={"short": str, "long": str, "long_from": int}),
     },

@@ -35,14 +35,24 @@ class SparseEncoder(QueryDocumentMixin, Model):
     """Drop-in for ``sentence_transformers.SparseEncoder`` at inference time (SPLADE models): ``encode``,
     ``encode_query``, ``encode_document``, ``decode`` and ``similarity``.
 
-    Args: see :class:`st_runtime.model.Model` (``model_path`` a folder written by ``st-export`` from a
-    SparseEncoder).
+    Args:
+        model_path: a folder written by ``st-export`` from a SparseEncoder model (where sentence-transformers takes a
+            model name or path).
+        providers: ``None`` (CPU), ``"cpu"``, ``"cuda"``, ``"tensorrt"``, an onnxruntime provider name, or an
+            explicit list (a list of several is an opt-in to fall back, with a warning).
+        threads: onnxruntime intra-op threads; default: the physical cores of this machine.
+        variant: the exported graph to run ("fp32", "opt", "int8", "fastest"); default: the fastest that
+            reproduces sentence-transformers' results.
+        verify_checksums: check the sha256 of every file at load (sizes are always checked).
+        session_options: an ``onnxruntime.SessionOptions`` to use as is.
+        io_binding: feed the graph through onnxruntime IO binding (default: on for CUDA/TensorRT).
+        cuda_graphs: capture each batch shape as a CUDA graph and replay it (CUDA only).
+        device: sentence-transformers' ``device``: "cpu", "cuda" or "cuda:N" (in place of ``providers``).
     """
 
     kind = kinds.instance(SparseKind)
 
-    def __init__(self, model_path, *args, **kwargs):
-        super().__init__(model_path, *args, **kwargs)
+    def _loaded(self) -> None:
         self._dim = self.kind.width(self)
         self.max_active_dims: int | None = self.spec.output.get("max_active_dims")
         self.similarity_fn_name: str = self.spec.output.get("similarity_fn_name") or "dot"
@@ -69,15 +79,28 @@ class SparseEncoder(QueryDocumentMixin, Model):
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         **kwargs,
     ):
-        """Sparse embeddings of ``sentences``, as ``SparseEncoder.encode`` computes them.
+        """Sparse embeddings of ``sentences``, as ``sentence_transformers.SparseEncoder.encode`` computes them.
 
-        Returns one :class:`SparseEmbedding` per text (a list; a single string gives one), or with
-        ``convert_to_sparse_tensor=False`` dense float32 rows [n, vocabulary] (1-D for a single string).
-        ``max_active_dims`` keeps each text's largest weights (default: the model's own setting, recorded at
-        export). ``convert_to_tensor`` is accepted for sentence-transformers' signature and changes nothing.
-        ``batch_size``, ``prompt_name``, ``prompt``, ``show_progress_bar``, ``max_seq_length`` and ``device`` act as
-        in :meth:`SentenceEncoder.encode`; so do ``long_inputs`` and ``chunk_overlap`` ("chunk": a long text's
-        windows merge by the element-wise maximum, or the sum for sum-pooled models; docs/long-inputs.md).
+        Args:
+            sentences: one text or a list of texts.
+            batch_size: the most texts per batch; ``None`` lets st_runtime size batches by tokens.
+            show_progress_bar: draw a tqdm bar over the texts (default: when the "st_runtime" logger is at INFO).
+            prompt_name: the name of one of the model's ``prompts`` to prepend.
+            prompt: a prompt string to prepend.
+            max_active_dims: keep each text's largest weights, as sentence-transformers' top-k by magnitude
+                (default: the model's own setting, recorded at export).
+            convert_to_tensor: accepted for sentence-transformers' signature; changes nothing.
+            convert_to_sparse_tensor: ``False`` gives dense float32 rows ``[n, vocabulary]`` instead.
+            max_seq_length: st_runtime extension: truncate this call's texts at fewer tokens.
+            device: accepted when it is the device the model was loaded on.
+            long_inputs: st_runtime extension: a text over the limit is "truncate"d (as sentence-transformers
+                does), refused ("error") or embedded in windows ("chunk") whose weights merge by the element-wise
+                maximum (the sum for sum-pooled models). See docs/long-inputs.md.
+            chunk_overlap: tokens shared by consecutive windows (``long_inputs="chunk"``).
+
+        Returns:
+            One :class:`SparseEmbedding` (int32 ``indices`` in increasing order, float32 ``values``) per text, a
+            list (a single string gives one); or dense rows with ``convert_to_sparse_tensor=False``.
         """
         if kwargs:
             raise TypeError(f"encode() got unexpected keyword arguments {sorted(kwargs)}")
@@ -149,11 +172,13 @@ class SparseEncoder(QueryDocumentMixin, Model):
         return util.SIMILARITY_FUNCTIONS[self.similarity_fn_name](a, b)
 
     def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
+        """Embedding i of ``embeddings1`` against embedding i of ``embeddings2`` (SparseEmbeddings or dense rows)."""
         a = self.to_dense(self._rows(embeddings1)[0])
         b = self.to_dense(self._rows(embeddings2)[0])
         return np.array([self.similarity(x, y)[0, 0] for x, y in zip(a, b)], dtype=np.float32)
 
     def get_sentence_embedding_dimension(self) -> int:
+        """The vocabulary size: the width of a dense row, as in sentence-transformers."""
         return self._dim
 
     get_embedding_dimension = get_sentence_embedding_dimension

@@ -62,6 +62,7 @@ class TowerSpec:
     variants: Mapping[str, Mapping[str, Any]]
     tokenizer: TokenizerSpec | None = None
     token_output: str | None = None  # the per-token output (token_embeddings), where the graph has one
+    unnormalized_output: str | None = None  # the output before the model's final Normalize, where it has one
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -74,6 +75,7 @@ class TowerSpec:
             variants=_frozen(d["variants"]),
             tokenizer=TokenizerSpec.from_dict(d["tokenizer"]) if "tokenizer" in d else None,
             token_output=d.get("token_output"),
+            unnormalized_output=d.get("unnormalized_output"),
             raw=d,
         )
 

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 
 from .batching import BatchPolicy, build_feeds, graph_width, plan_batches
 from .errors import GraphLoadError, ManifestError
+from .inputs import TokenItem
 from .runners import BoundRunner, SessionRunner, is_out_of_memory
 from .session import make_session
 
@@ -75,6 +76,7 @@ class TextTower:
         self.pad_id = tok.pad_token_id
         self.inputs = list(tower.inputs)
         self.output = tower.output
+        self.unnormalized_output = tower.unnormalized_output
         unknown = [i for i in self.inputs if i not in INT_INPUTS]
         if unknown:
             raise GraphLoadError(
@@ -117,6 +119,18 @@ class TextTower:
             else SessionRunner(self.session, self.output)
         )
         self.long_runner = SessionRunner(self.long_session, self.output) if self.long_session else None
+        # runners of the graph's other row outputs (the pre-Normalize embedding), made at first use
+        self._other_runners: dict[str, tuple[SessionRunner, SessionRunner | None]] = {}
+
+    def _runners(self, output: str | None) -> tuple[Any, Any]:
+        """(runner, long runner) giving the graph output ``output`` (None: the tower's main output)."""
+        if output is None or output == self.output:
+            return self.runner, self.long_runner
+        pair = self._other_runners.get(output)
+        if pair is None:
+            long = SessionRunner(self.long_session, output) if self.long_session else None
+            pair = self._other_runners[output] = (SessionRunner(self.session, output), long)
+        return pair
 
     def _load_long_variant(self, folder, config, variant, long_variant, long_from) -> None:
         """Length routing (CPU): batches from policy.long_from tokens wide run on another exact graph, measured
@@ -175,8 +189,8 @@ class TextTower:
         # encode_batch_fast (tokenizers 0.20+) skips the character offsets, which batching never reads
         encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
         if not self.add_special_tokens:
-            return functools.partial(encode, add_special_tokens=False)
-        return encode
+            encode = functools.partial(encode, add_special_tokens=False)
+        return functools.partial(_encode_items, encode, max_length, direction or self._truncation_side)
 
     def tokenize(
         self, items: list, max_length: int | None = None, direction: str | None = None, truncate: bool = True
@@ -196,13 +210,16 @@ class TextTower:
         batch_size: int | None = None,
         max_length: int | None = None,
         pairs: bool = True,
+        output: str | None = None,
     ) -> None:
         """Embed encodings from ``tokenize`` into ``out`` (same order) in length-sorted batches; encodings made
         with different truncation may be mixed. ``max_length``: the widest any of them is; ``pairs=False``
-        promises that none is a text pair (their token type ids are then not read back)."""
+        promises that none is a text pair (their token type ids are then not read back); ``output``: the graph
+        output to write (None: the tower's main output)."""
         if encodings:
             zero_types = self.single_types_zero and not pairs
-            self._embed_encoded(encodings, batch_size or self.policy.auto_batch_size, out, max_length, zero_types)
+            batch_size = batch_size or self.policy.auto_batch_size
+            self._embed_encoded(encodings, batch_size, out, max_length, zero_types, output=output)
 
     def embed(
         self,
@@ -211,20 +228,21 @@ class TextTower:
         out: np.ndarray,
         max_length: int | None = None,
         progress: Callable[[int], None] | None = None,
+        output: str | None = None,
     ) -> None:
-        """Embed ``items`` (texts or (text, text_pair) tuples) into ``out`` in input order, truncating at
-        ``max_length`` tokens (None: the exported max_seq_length); ``progress(n)`` is called after each batch
-        with the items it held."""
+        """Embed ``items`` (texts, (text, text_pair) tuples or TokenItems) into ``out`` in input order, truncating
+        at ``max_length`` tokens (None: the exported max_seq_length); ``progress(n)`` is called after each batch
+        with the items it held. ``output``: the graph output to write (None: the tower's main output)."""
         if not items:
             return
         policy = self.policy
         batch_size = batch_size or policy.auto_batch_size
         max_length = self.max_seq_length if max_length is None else max_length
         encode = self._encode_fn(max_length)
-        zero_types = self.single_types_zero and not any(isinstance(it, tuple) for it in items)
+        zero_types = self.single_types_zero and not any(_typed(it) for it in items)
         chunk = policy.pipeline_items(batch_size)
         if chunk is None or len(items) <= chunk:
-            self._embed_encoded(encode(items), batch_size, out, max_length, zero_types, progress)
+            self._embed_encoded(encode(items), batch_size, out, max_length, zero_types, progress, output)
             return
         # GPU: tokenize the next chunk of texts (Rust, on all cores, without the GIL) while the GPU runs this
         # one's batches, so tokenization overlaps the device work instead of preceding it.
@@ -234,7 +252,7 @@ class TextTower:
             if start + chunk < len(items):
                 nxt = self._prefetch.submit(encode, items[start + chunk : start + 2 * chunk])
             part = out[start : start + len(encodings)]
-            self._embed_encoded(encodings, batch_size, part, max_length, zero_types, progress)
+            self._embed_encoded(encodings, batch_size, part, max_length, zero_types, progress, output)
 
     def embed_tokens(self, items: list, batch_size: int | None, max_length: int | None = None) -> list[dict]:
         """Per item, its token embeddings without padding ([tokens, hidden]), its sentence embedding and its graph
@@ -294,6 +312,7 @@ class TextTower:
         max_length: int | None,
         zero_types: bool = False,
         progress: Callable[[int], None] | None = None,
+        output: str | None = None,
     ) -> None:
         """Embed tokenized items into ``out`` (same order), in length-sorted batches."""
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
@@ -301,7 +320,9 @@ class TextTower:
         batches = self.plan(lengths[order], batch_size, max_length)
         if len(batches) == 1:
             start, end, width = batches[0]
-            out[order[start:end]] = self._run(self.feeds(encodings, lengths, order[start:end], width, zero_types))
+            out[order[start:end]] = self._run(
+                self.feeds(encodings, lengths, order[start:end], width, zero_types), output
+            )
             if progress is not None:
                 progress(end - start)
             return
@@ -313,13 +334,14 @@ class TextTower:
             if k + 1 < len(batches):
                 s2, e2, w2 = batches[k + 1]
                 nxt = self._prefetch.submit(self.feeds, encodings, lengths, order[s2:e2], w2, zero_types)
-            out[order[start:end]] = self._run(feeds)
+            out[order[start:end]] = self._run(feeds, output)
             if progress is not None:
                 progress(end - start)
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Run one batch; on device out-of-memory, run it in halves (and say so once)."""
-        runner = self._routed(next(iter(feeds.values())).shape[1], self.runner, self.long_runner)
+    def _run(self, feeds: dict[str, np.ndarray], output: str | None = None) -> np.ndarray:
+        """Run one batch (``output``: the graph output to give, None: the main one); on device out-of-memory, run
+        it in halves (and say so once)."""
+        runner = self._routed(next(iter(feeds.values())).shape[1], *self._runners(output))
         try:
             return runner(feeds)
         except Exception as exc:  # onnxruntime raises untyped errors; only OOM is handled here
@@ -337,5 +359,26 @@ class TextTower:
             )
         half = rows // 2
         return np.concatenate(
-            [self._run({k: v[:half] for k, v in feeds.items()}), self._run({k: v[half:] for k, v in feeds.items()})]
+            [
+                self._run({k: v[:half] for k, v in feeds.items()}, output),
+                self._run({k: v[half:] for k, v in feeds.items()}, output),
+            ]
         )
+
+
+def _typed(item) -> bool:
+    """Whether an item's token type ids must be read back: a (text, text_pair) tuple, or a TokenItem with some."""
+    return isinstance(item, tuple) or (isinstance(item, TokenItem) and item.has_types)
+
+
+def _encode_items(encode, max_length: int | None, side: str, items: list) -> list:
+    """``encode(items)`` where items may hold TokenItems (already tokenized): the texts are tokenized in one call
+    and each TokenItem is passed through, cut to ``max_length`` on ``side``."""
+    if not any(isinstance(it, TokenItem) for it in items):
+        return encode(items)
+    at = [i for i, it in enumerate(items) if not isinstance(it, TokenItem)]
+    out = [it.truncated(max_length, side) if isinstance(it, TokenItem) else None for it in items]
+    if at:
+        for i, enc in zip(at, encode([items[i] for i in at])):
+            out[i] = enc
+    return out

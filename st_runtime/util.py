@@ -43,6 +43,7 @@ def cos_sim(a, b) -> np.ndarray:
 
 
 def dot_score(a, b) -> np.ndarray:
+    """Dot product of every row of ``a`` with every row of ``b``: shape [len(a), len(b)]."""
     return _as_2d(a) @ _as_2d(b).T
 
 
@@ -60,11 +61,13 @@ def manhattan_sim(a, b) -> np.ndarray:
 
 
 def pairwise_cos_sim(a, b) -> np.ndarray:
+    """Cosine similarity of row i of ``a`` with row i of ``b``: shape [len(a)]."""
     a, b = normalize_embeddings(_as_2d(a)), normalize_embeddings(_as_2d(b))
     return (a * b).sum(-1)
 
 
 def pairwise_dot_score(a, b) -> np.ndarray:
+    """Dot product of row i of ``a`` with row i of ``b``: shape [len(a)]."""
     return (_as_2d(a) * _as_2d(b)).sum(-1)
 
 

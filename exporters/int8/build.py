@@ -5,7 +5,7 @@ calibration still misses its target.
 The graphs are rewritten as structure only: the fp32 graph is loaded without its external data, weights are read
 from disk when a rewrite needs one, and each rewrite writes what it makes to a scratch data file next to the graph
 (``int8-*``). The build so holds one weight at a time, besides the onnxruntime sessions that calibrate and score
-(Qwen3-Embedding-0.6B, 2.2 GB of weights: onnxruntime's own quantizer alone peaked at 6.9 GB)."""
+(docs/exporting.md gives the memory per step)."""
 
 from __future__ import annotations
 

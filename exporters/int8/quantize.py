@@ -2,7 +2,7 @@
 ``quantize_dynamic(per_channel=True, weight_type=QInt8, op_types_to_quantize=["MatMul"])`` writes, node for node
 and byte for byte (tests/exporters/test_int8_stream.py compares them), without its memory: onnxruntime's quantizer
 loads the whole model, keeps a float copy of every weight it quantizes and serializes the result in memory
-(6.9 GB for Qwen3-Embedding-0.6B's 2.2 GB of weights). Here each weight is read from disk, quantized with
+(several times the weights; docs/exporting.md gives the measurement). Here each weight is read from disk, quantized with
 onnxruntime's own per-channel routine and written to the output's data file before the next is read.
 
 The pattern, per MatMul(x, W) with a constant 2-D W: DynamicQuantizeLinear(x) (uint8, once per activation) ->

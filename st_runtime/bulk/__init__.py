@@ -20,8 +20,18 @@ __all__ = ["PRECISIONS", "calibration_ranges", "embed_iter", "quantize_embedding
 
 
 def embed_iter(encoder, texts: Iterable[str], chunk_size: int = 8192, **encode_kwargs: Any) -> Iterator[np.ndarray]:
-    """Yield ``encoder.encode`` of consecutive chunks of ``texts`` (an iterable of any length, read lazily), in
-    order: at most ``chunk_size`` texts and one chunk of embeddings are held at a time."""
+    """Yield ``encoder.encode`` of consecutive chunks of ``texts``, in order: at most ``chunk_size`` texts and one
+    chunk of embeddings are held at a time.
+
+    Args:
+        encoder: a loaded model with ``encode`` (``SentenceTransformer``, ``SparseEncoder``, ...).
+        texts: an iterable of texts of any length, read lazily (not one string).
+        chunk_size: texts per chunk.
+        **encode_kwargs: passed to ``encode`` (``normalize_embeddings``, ``precision``, ``prompt_name``, ...).
+
+    Yields:
+        Each chunk's ``encode`` result, in input order.
+    """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if isinstance(texts, str):

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..chunking import DEFAULT_CHUNK_OVERLAP, check_long_inputs, check_overlap, plan
 from ..errors import UnsupportedInputError
-from ..inputs import TEXT, prepare
+from ..inputs import TEXT, TokenItem, prepare
 
 if TYPE_CHECKING:
     from ..chunking import Chunks
@@ -64,8 +64,10 @@ class Prepared:
     ``direction``: the truncation side (None: the model's); ``strict``: refuse (in the server: 413) a text over
     the limit instead of truncating it; ``images``: images for an image tower, at positions ``image_index`` of
     the caller's list (texts fill the other positions, in order); ``singular``: the caller passed one input;
-    ``chunks``: where long texts were cut into windows (long_inputs="chunk"), which caller text each item belongs
-    to (the drivers pool the rows per text with ``Kind.pool``); None when no text was cut."""
+    ``unnormalized``: the rows are the embedding before the model's final Normalize (for a model without one,
+    its usual output). Texts may be :class:`st_runtime.inputs.TokenItem` (already tokenized). ``chunks``: where
+    long texts were cut into windows (long_inputs="chunk"), which caller text each item belongs to (the drivers
+    pool the rows per text with ``Kind.pool``); None when no text was cut."""
 
     texts: list
     max_length: int | None = None
@@ -74,6 +76,7 @@ class Prepared:
     images: list = field(default_factory=list)
     image_index: list[int] = field(default_factory=list)
     singular: bool = False
+    unnormalized: bool = False
     chunks: Chunks | None = None
 
     @property
@@ -83,7 +86,7 @@ class Prepared:
     @property
     def pairs(self) -> bool:
         """Whether any text is a (text, text_pair) tuple (their token type ids are then read back)."""
-        return any(isinstance(t, tuple) for t in self.texts)
+        return any(isinstance(t, tuple) or (isinstance(t, TokenItem) and t.has_types) for t in self.texts)
 
     def text_index(self) -> list[int]:
         """Positions of the texts in the caller's list."""
@@ -181,36 +184,40 @@ class Kind:
         max_length: int | None = None,
         direction: str | None = None,
         strict: bool = False,
+        unnormalized: bool = False,
         long_inputs: str = "truncate",
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> Prepared:
         """The Prepared call of checked text items (and images, where ``kinds`` marks some): the prompt (or the
         named one, or the model's default) before each text, surrogates repaired, very long texts cut exactly
         (``strict``, or ``long_inputs="error"``: kept whole, and texts over the limit refused;
-        ``long_inputs="chunk"``: long texts cut into windows, see st_runtime.chunking)."""
+        ``long_inputs="chunk"``: long texts cut into windows, see st_runtime.chunking).
+        ``unnormalized``: see :class:`Prepared`."""
+        if unnormalized:
+            model.row_output(True)  # an export without that output is refused before any work
         long_inputs = check_long_inputs(long_inputs)
         if strict and long_inputs == "truncate":
             long_inputs = "error"
         resolved = model.resolve_prompt(prompt, prompt_name)
         text_at = [i for i, k in enumerate(kinds) if k == TEXT] if kinds else list(range(len(items)))
         if long_inputs == "chunk":
-            out, chunks = self.long_call(
-                model, [items[i] for i in text_at], max_length, "chunk", chunk_overlap, resolved
-            )
+            texts = [items[i] for i in text_at]
+            out, chunks = self.long_call(model, texts, max_length, "chunk", chunk_overlap, resolved)
             if chunks is not None and len(text_at) < len(items):
                 raise UnsupportedInputError("long_inputs='chunk' takes texts only; send the images in another call")
             if len(text_at) == len(items):
-                return Prepared(out, max_length, direction, singular=singular, chunks=chunks)
+                return Prepared(out, max_length, direction, singular=singular, unnormalized=unnormalized, chunks=chunks)
         strict = long_inputs == "error"
         items = model.prepare_texts(items, resolved, kinds, strict, direction)
         if strict:  # every text's token count, to refuse one over the limit naming it
             self.long_call(model, [items[i] for i in text_at], max_length, "error", 0)
         image_index = [i for i, k in enumerate(kinds) if k != TEXT] if kinds else []
         if not image_index:
-            return Prepared(items, max_length, direction, strict, singular=singular)
+            return Prepared(items, max_length, direction, strict, singular=singular, unnormalized=unnormalized)
         at = set(image_index)
         texts = [it for i, it in enumerate(items) if i not in at]
-        return Prepared(texts, max_length, direction, strict, [items[i] for i in image_index], image_index, singular)
+        images = [items[i] for i in image_index]
+        return Prepared(texts, max_length, direction, strict, images, image_index, singular, unnormalized)
 
     def finish(self, model: Model, rows: Any, *args: Any, **options: Any) -> Any:
         raise NotImplementedError

@@ -55,6 +55,7 @@ class Job:
     direction: str | None = None
     strict: bool = False
     pairs: bool = False  # some texts are (text, text_pair) tuples (their token type ids are read back)
+    unnormalized: bool = False  # rows before the model's final Normalize (never batched with other jobs)
     images: list[Any] = field(default_factory=list)
     cancelled: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
@@ -82,6 +83,7 @@ class Job:
                     prepared.direction,
                     prepared.strict,
                     prepared.pairs,
+                    unnormalized=prepared.unnormalized,
                 )
             )
         if prepared.images:
@@ -250,7 +252,7 @@ class Batcher:
                         taken.append(self._ready.popleft())
                     break
                 n = int(job.tokens.sum()) if job.tokens is not None else 0
-                if taken and tokens + n > self.max_batch_tokens:
+                if taken and (tokens + n > self.max_batch_tokens or job.unnormalized != taken[0].unnormalized):
                     break
                 taken.append(self._ready.popleft())
                 tokens += n
@@ -292,7 +294,8 @@ class Batcher:
         encodings = [e for j in jobs for e in (j.encodings or ())]
         out = self.kind.new_rows(self.model, len(encodings))
         pairs = any(j.pairs for j in jobs)
-        self.tower.embed_encoded(encodings, out, max_length=self.tower.max_seq_length, pairs=pairs)
+        output = self.model.row_output(jobs[0].unnormalized)  # _take batches jobs of one kind of rows
+        self.tower.embed_encoded(encodings, out, max_length=self.tower.max_seq_length, pairs=pairs, output=output)
         results: list[tuple[Any, np.ndarray]] = []
         start, tokens = 0, 0
         for job in jobs:

@@ -364,7 +364,7 @@ def steady_memory(threshold: int = 128 * 1024) -> bool:
     """Fix glibc's mmap threshold at ``threshold`` bytes (its default start), so that large allocations (request
     bodies and texts of megabytes) always get their own mappings and go back to the system when freed. Without
     it glibc raises the threshold after the first such free, later ones stay in the heap, and resident memory
-    ratchets: 100 -> 458 MB over a 10-minute soak (benchmarks/soak.py), against 100 -> 220-290 MB with it.
+    ratchets under large bodies (benchmarks/soak.py shows it; docs/speed.md has the figures).
     False where this is not glibc."""
     import ctypes
     import ctypes.util

@@ -97,6 +97,18 @@ def test_dense_and_normalize(zoo, arch, pooling, dense, normalize):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [d["out_features"] for d in manifest["embedding"]["dense"]] == [d[0] for d in (dense or [])]
     assert manifest["embedding"]["normalized"] == normalize
+    # a model ending in Normalize also gives its embedding before it (TEI's normalize=false, long inputs' pooling),
+    # checked at export against sentence-transformers with the Normalize passed over
+    tower = manifest["towers"]["text"]
+    assert ("unnormalized_output" in tower) == normalize
+    if normalize:
+        from exporters.validate import reference_unnormalized
+
+        report = tower["variants"]["fp32"]["validation"]["unnormalized"]
+        assert report["passed"] and report["max_norm_rel_diff"] < 1e-5
+        raw = enc.encode(TEXTS, output_value="sentence_embedding_unnormalized")
+        assert_parity(reference_unnormalized(ref_model, TEXTS), raw)
+        assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
 
 
 def test_legacy_hub_layout(zoo, tmp_path):

@@ -50,14 +50,24 @@ def test_only_the_registry_and_the_schema_name_a_kind():
     assert not offenders, f"kind names outside st_runtime/kinds and schema.py: {offenders}"
 
 
+def _code_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines without its docstring: the limit is on code, and public docstrings document every
+    argument (the API reference is generated from them)."""
+    lines = fn.end_lineno - fn.lineno + 1
+    first = fn.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_modules_and_functions_stay_small(path):
     lines = path.read_text(encoding="utf-8").count("\n")
     assert lines <= 400, f"{path.name} has {lines} lines (at most 400)"
     long = [
-        f"{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        f"{n.name} ({_code_lines(n)} lines without the docstring)"
         for n in ast.walk(_tree(path))
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(n) > 60
     ]
     assert not long, f"{path.name}: functions over 60 lines: {long}"
 
