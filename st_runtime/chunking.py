@@ -36,6 +36,10 @@ LONG_INPUTS = ("truncate", "chunk", "error")
 DEFAULT_CHUNK_OVERLAP = 0
 # a (query, document) pair is chunked only where the query leaves at least this share of the limit per window
 MIN_WINDOW_SHARE = 4
+# a long text is tokenized in pieces of about this many characters where that is exact (LongTextCutter.pieces),
+# this many pieces per tokenizer call: the tokenizer's working memory (about 100 bytes a character) stays bounded
+PIECE_CHARS = 16384
+PIECES_PER_CALL = 8
 
 
 def check_long_inputs(value: Any) -> str:
@@ -166,22 +170,40 @@ def _prompted(item: Any, prompt: str | None) -> Any:
     return prompt + item if isinstance(item, str) else (prompt + item[0], item[1])
 
 
-def _sequences(tokenizer: Any, items: list, prompt: str | None) -> list[tuple[list[int], Any] | None]:
+def _content(encode: Any, texts: list[str], pieces: Any) -> list[Any]:
+    """Each text's token ids without special tokens: a long text's pieces (``pieces(text)``, see
+    LongTextCutter.pieces) a few per tokenizer call, joined; the others in one call."""
+    split = [pieces(t) if pieces is not None and len(t) > PIECE_CHARS else [t] for t in texts]
+    short = [i for i, parts in enumerate(split) if len(parts) == 1]
+    out: list[Any] = [None] * len(texts)
+    for i, enc in zip(short, encode([split[i][0] for i in short], add_special_tokens=False) if short else []):
+        out[i] = enc.ids
+    for i, parts in enumerate(split):
+        if len(parts) > 1:
+            ids = []
+            for k in range(0, len(parts), PIECES_PER_CALL):
+                encodings = encode(parts[k : k + PIECES_PER_CALL], add_special_tokens=False)
+                ids += [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+            out[i] = np.concatenate(ids)
+    return out
+
+
+def _sequences(tokenizer: Any, items: list, prompt: str | None, pieces: Any) -> list[tuple[list[int], Any] | None]:
     """Per item, its content tokens (no special tokens) as (head, body): (prompt, text) for a text, (prompt and
     first text, text_pair) for a pair; None for a TokenItem. Each text is tokenized once."""
     encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
     prompt_ids = list(tokenizer.encode(prompt, add_special_tokens=False).ids) if prompt else []
     singles = [it for it in items if isinstance(it, str)]
     pairs = [it for it in items if isinstance(it, tuple)]
-    single_enc = iter(encode(singles, add_special_tokens=False) if singles else [])
+    single_ids = iter(_content(encode, singles, pieces))
     firsts = iter(encode([_prompted(p, prompt)[0] for p in pairs], add_special_tokens=False) if pairs else [])
-    seconds = iter(encode([p[1] for p in pairs], add_special_tokens=False) if pairs else [])
+    seconds = iter(_content(encode, [p[1] for p in pairs], pieces))
     out: list[tuple[list[int], Any] | None] = []
     for item in items:
         if isinstance(item, str):
-            out.append((prompt_ids, next(single_enc).ids))
+            out.append((prompt_ids, next(single_ids)))
         elif isinstance(item, tuple):
-            out.append((list(next(firsts).ids), next(seconds).ids))
+            out.append((list(next(firsts).ids), next(seconds)))
         else:
             out.append(None)
     return out
@@ -194,11 +216,12 @@ def plan(
     mode: str,
     overlap: int = DEFAULT_CHUNK_OVERLAP,
     prompt: str | None = None,
+    pieces: Any = None,
 ) -> tuple[list, Chunks | None]:
     """The items a call runs for ``items`` (strings or (text, text_pair) tuples, surrogates repaired, prompt not
     yet applied; TokenItems pass unchanged) under ``mode`` ("chunk" or "error") at ``limit`` tokens (None: the
     model has no limit), and their Chunks (None when no text was chunked: then the items are the caller's, with
-    the prompt applied)."""
+    the prompt applied). ``pieces(text)``: the text in pieces tokenized one after another (bounded memory)."""
     from .inputs import TokenItem
 
     if limit is None or not items:
@@ -214,7 +237,7 @@ def plan(
     groups: list[int] = []
     tokens: list[int] = []
     spans: list[tuple[int, int, int] | None] = []
-    for i, (item, seqs) in enumerate(zip(items, _sequences(tokenizer, items, prompt))):
+    for i, (item, seqs) in enumerate(zip(items, _sequences(tokenizer, items, prompt, pieces))):
         pair = isinstance(item, tuple)
         total = len(item) if seqs is None else template.specials(pair) + len(seqs[0]) + len(seqs[1])
         if total <= limit or seqs is None:  # a TokenItem over the limit is cut as the call truncates
@@ -230,7 +253,7 @@ def plan(
         if mode == "error" or size < max(1, limit // MIN_WINDOW_SHARE):
             raise _too_long(i, total, limit, mode)
         for a, b in windows(len(body), size, overlap):
-            ids, types, before = template.wrap([head, body[a:b]] if pair else [head + body[a:b]])
+            ids, types, before = template.wrap([head, body[a:b]] if pair else [[*head, *body[a:b]]])
             out.append(TokenItem(ids, types))
             groups.append(i)
             tokens.append(len(ids))

@@ -343,6 +343,13 @@ class Model:
                     )
         return items
 
+    def text_pieces(self, text: str) -> list[str]:
+        """``text`` in pieces whose tokens, one after another, are the text's (LongTextCutter.pieces): how chunking
+        tokenizes a very long text in bounded memory."""
+        from .chunking import PIECE_CHARS
+
+        return self._cutter.pieces(text, PIECE_CHARS)
+
     def tokenize(self, texts) -> dict[str, np.ndarray]:
         """The text tower's inputs for ``texts`` (strings or [text, text_pair] pairs), as
         ``SentenceTransformer.tokenize`` gives them but in numpy: int64 arrays padded to the longest, truncated

@@ -162,7 +162,8 @@ class Kind:
         "error", naming their token count."""
         limit = model.max_seq_length if max_length is None else max_length
         items = prepare(items, None)
-        out, chunks = plan(model.text_tower, items, limit, long_inputs, check_overlap(chunk_overlap), prompt)
+        overlap = check_overlap(chunk_overlap)
+        out, chunks = plan(model.text_tower, items, limit, long_inputs, overlap, prompt, model.text_pieces)
         if chunks is not None:
             refusal = self.chunk_refusal(model)
             if refusal is not None:

@@ -296,3 +296,19 @@ def test_sum_pooled_splade_windows_add_up():
         first, second = SparseKind().pool_windows(model, [rows[0], rows[2], rows[1]], chunks)
         assert first.indices.tolist() == [1, 5, 9] and first.values.tolist() == [0.5, five, 0.25]
         assert second is rows[1]
+
+
+def test_a_long_text_is_tokenized_in_pieces_exactly(embedder):
+    from st_runtime.chunking import PIECE_CHARS
+
+    _src, enc, _ref = embedder
+    mixed = " ".join([*PASSAGES, "Москва 東京は日本の首都です。 café 😀 naïve", "x" * 300, "a.b,c;d", "\t\n  \u3000 "])
+    text = (mixed + " ") * (4 * PIECE_CHARS // len(mixed) + 1)
+    pieces = enc.text_pieces(text)
+    assert len(pieces) >= 4 and all(len(p) <= PIECE_CHARS for p in pieces)
+    tok = enc.text_tower.tokenizer_for(None)
+    joined = [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids]
+    assert joined == tok.encode(text, add_special_tokens=False).ids
+    whole = enc.encode(text, long_inputs="chunk")
+    items, _chunks = plan(enc.text_tower, [text], LIMIT, "chunk", 0)  # tokenized whole: the same windows
+    assert len(items) == -(-len(joined) // (LIMIT - 2)) and np.isfinite(whole).all()
