@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import kinds
+from .chunking import PIECE_CHARS
 from .errors import GraphLoadError, InputTooLongError, ModelKindError, OutputNotExportedError, UnsupportedInputError
 from .inputs import LongTextCutter, TokenItem, classify, prepare
 from .manifest import graph_files, load_manifest, read_spec, verify_files
@@ -344,10 +345,7 @@ class Model:
         return items
 
     def text_pieces(self, text: str) -> list[str]:
-        """``text`` in pieces whose tokens, one after another, are the text's (LongTextCutter.pieces): how chunking
-        tokenizes a very long text in bounded memory."""
-        from .chunking import PIECE_CHARS
-
+        """``text`` in pieces whose tokens in turn are the text's (LongTextCutter.pieces; for chunking)."""
         return self._cutter.pieces(text, PIECE_CHARS)
 
     def tokenize(self, texts) -> dict[str, np.ndarray]:
@@ -378,8 +376,7 @@ class Model:
     def run(
         self, prepared: kinds.Prepared, batch_size: int | None = None, show_progress_bar: bool | None = None
     ) -> Any:
-        """Run a prepared call through the towers: the kind's rows for every input, in input order (a long text
-        that ran as windows gets one row, pooled by its kind)."""
+        """Run a prepared call through the towers: the kind's rows for every input, in input order."""
         check_batch_size(batch_size)
         kind = self.kind
         rows = kind.new_rows(self, len(prepared.texts))
