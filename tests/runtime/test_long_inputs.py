@@ -88,6 +88,9 @@ def test_embedding_chunks_match_sentence_transformers_on_the_same_windows(embedd
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     # and it is not truncation
     assert row_cosines(enc.encode(LONG), got).max() < 0.9999
+    # the rows before Normalize, when asked: the weighted mean itself
+    raw = enc.encode(LONG, output_value="sentence_embedding_unnormalized", long_inputs="chunk", chunk_overlap=overlap)
+    assert np.abs(np.linalg.norm(raw, axis=1) - 1).min() > 1e-3 and row_cosines(got, raw).min() >= 0.99999
 
 
 def test_texts_under_the_limit_are_unchanged_bit_for_bit(embedder):
