@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pytest
 from helpers import assert_parity
 
 from exporters.battery import long_text
@@ -50,3 +51,34 @@ def test_long_inputs_default_and_per_request(start_server, fixtures_dir):
     overlap = post(server, "/embed", {"inputs": texts[1:2], "chunk_overlap": 8})
     want = enc.encode(texts[1:2], long_inputs="chunk", chunk_overlap=8)
     assert_parity(want, np.asarray(overlap.json(), dtype=np.float32))
+
+
+def test_rerank_and_embed_sparse_chunk(start_server, tmp_path):
+    """The other kinds through the server: MaxP scores and max-pooled SPLADE weights as in process."""
+    from helpers import needs_export
+
+    if needs_export.args[0]:
+        pytest.skip(needs_export.kwargs["reason"])
+    from tiny_models import build_tiny_cross_encoder, build_tiny_sparse_encoder
+
+    from exporters import export_model
+    from st_runtime import CrossEncoder, SparseEncoder
+
+    ce = export_model(str(build_tiny_cross_encoder(tmp_path / "ce", "bert")), output=tmp_path / "ce-out",
+                      variants=[], log=lambda _m: None)  # fmt: skip
+    sp = export_model(str(build_tiny_sparse_encoder(tmp_path / "sp", "bert")), output=tmp_path / "sp-out",
+                      variants=[], log=lambda _m: None)  # fmt: skip
+    server = start_server(ce, sp, "--served-model-name", "ce", "--served-model-name", "sp")
+    docs = ["London is big", long_text(120), long_text(60)]
+    r = post(server, "/rerank", {"query": "How big is London", "texts": docs, "model": "ce", "long_inputs": "chunk",
+                                 "raw_scores": True})  # fmt: skip
+    assert r.status_code == 200, r.text
+    want = CrossEncoder(ce, threads=1).logits([("How big is London", d) for d in docs], long_inputs="chunk")[:, 0]
+    got = {x["index"]: x["score"] for x in r.json()}
+    np.testing.assert_allclose([got[i] for i in range(len(docs))], want, atol=1e-5)
+    r = post(server, "/embed_sparse", {"inputs": docs, "model": "sp", "truncate": False, "long_inputs": "chunk"})
+    assert r.status_code == 200, r.text
+    for row, emb in zip(r.json(), SparseEncoder(sp, threads=1).encode(docs, long_inputs="chunk")):
+        assert [x["index"] for x in row] == emb.indices.tolist()
+        np.testing.assert_allclose([x["value"] for x in row], emb.values, atol=1e-5)
+    assert post(server, "/rerank", {"query": "q", "texts": docs, "model": "ce", "truncate": False}).status_code == 413
