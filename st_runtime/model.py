@@ -17,6 +17,7 @@ import onnxruntime as ort
 from . import kinds
 from .chunking import PIECE_CHARS
 from .errors import GraphLoadError, InputTooLongError, ModelKindError, OutputNotExportedError, UnsupportedInputError
+from .hub.resolve import resolve_model
 from .inputs import LongTextCutter, TokenItem, classify, prepare
 from .manifest import graph_files, load_manifest, read_spec, verify_files
 from .progress import progress
@@ -92,7 +93,10 @@ class Model:
     """An exported model of one kind, loaded: manifest, variant, checked files, towers.
 
     Args:
-        model_path: a folder written by ``st-export``.
+        model_path: a folder written by ``st-export``, or a model name: a hub id (``org/name``, ``hf://org/name``)
+            or a short name from the sentence-transformers model table (``all-MiniLM-L6-v2``), resolved through
+            the export cache (st_runtime.hub: downloaded when the repository holds an st-export, else exported
+            here once; needs the ``[hub]`` extra, and the ``[export]`` extra to export).
         providers: ``None`` (CPU), ``"cpu"``, ``"cuda"``, ``"tensorrt"``, an onnxruntime provider name, or an
             explicit list; a list of several providers is an opt-in to fall back (with a warning).
         threads: onnxruntime intra-op threads; default: the physical cores of this machine.
@@ -106,6 +110,7 @@ class Model:
             padded up to a power of two so shapes recur; at most 64 graphs). Saves kernel-launch time on
             small batches; costs a capture per new shape and device memory per graph.
         device: sentence-transformers' form of ``providers``: "cpu", "cuda" or "cuda:N" (then give no providers).
+        revision: for a model name, the hub commit, branch or tag (default: main).
     """
 
     kind: ClassVar[kinds.Kind]
@@ -121,8 +126,9 @@ class Model:
         io_binding: bool | None = None,
         cuda_graphs: bool = False,
         device: str | None = None,
+        revision: str | None = None,
     ):
-        self.path = Path(model_path)
+        self.path = resolve_model(model_path, revision, variant)
         self.manifest: dict[str, Any] = load_manifest(self.path)
         self.spec: ModelSpec = read_spec(self.manifest)
         self._check_kind()

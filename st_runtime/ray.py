@@ -39,7 +39,8 @@ class EmbedBatch:
     loads the model once.
 
     Args:
-        model_dir: a folder written by st-export, readable at the same path on every node.
+        model_dir: a folder written by st-export, readable at the same path on every node; or a model name (hub
+            id or short name), which each node resolves into its own export cache (at ``revision``), once per node.
         column: the text column.
         output_column: the column added (default "embedding").
         variant: the exported graph to run, as in ``SentenceTransformer(variant=...)``.
@@ -60,8 +61,10 @@ class EmbedBatch:
         threads: int | None = None,
         normalize: bool = False,
         prompt_name: str | None = None,
+        revision: str | None = None,
         long_inputs: str = "truncate",
     ):
+        from .hub.resolve import resolve_model
         from .kinds import bulk_kind, load
 
         if providers is None:
@@ -74,8 +77,9 @@ class EmbedBatch:
                 pass
         self.column = column
         self.output_column = output_column
-        self.kind = bulk_kind(model_dir)
-        self.model = load(model_dir, providers=providers, threads=threads or _actor_cpus(), variant=variant)
+        folder = resolve_model(model_dir, revision, variant)
+        self.kind = bulk_kind(folder)
+        self.model = load(folder, providers=providers, threads=threads or _actor_cpus(), variant=variant)
         self.kwargs: dict[str, Any] = {"normalize": normalize, "prompt_name": prompt_name}
         if long_inputs != "truncate":
             self.kwargs["long_inputs"] = long_inputs
@@ -121,12 +125,14 @@ def embed_dataset(
     variant: str | None = None,
     normalize: bool = False,
     prompt_name: str | None = None,
+    revision: str | None = None,
 ):
     """A Ray Dataset with an embedding column added, computed by actors that each load the model once.
 
     Args:
         ds: a ``ray.data.Dataset`` (for example ``ray.data.read_parquet(path)``).
-        model_dir: a folder written by st-export, readable at the same path on every node.
+        model_dir: a folder written by st-export, readable at the same path on every node; or a model name, which
+            each node resolves into its own export cache (at ``revision``).
         column: the text column.
         output_column: the column added (default "embedding"), float32 vectors.
         num_workers: the number of actors.
@@ -136,6 +142,7 @@ def embed_dataset(
         variant: the exported graph to run, as in ``SentenceTransformer(variant=...)``.
         normalize: L2-normalize, as ``encode``'s ``normalize_embeddings``.
         prompt_name: as ``encode``'s ``prompt_name``.
+        revision: the model's revision, when ``model_dir`` is a name.
 
     Returns:
         ``ds`` with ``output_column`` added (lazy, as Ray Data is).
@@ -152,6 +159,7 @@ def embed_dataset(
             "variant": variant,
             "normalize": normalize,
             "prompt_name": prompt_name,
+            "revision": revision,
         },
         batch_size=batch_size,
         batch_format="pyarrow",

@@ -53,3 +53,45 @@ def fastest_timed(folder, exact_only: bool = True) -> str:
         if v["status"] == "passed" and (v["exact"] or not exact_only)
     }
     return min(timed, key=timed.get)
+
+
+def place_in_hf_cache(src, hub, repo_id: str, commit: str):
+    """Put folder ``src`` into the Hugging Face hub cache ``hub`` as ``snapshot_download`` leaves a download of
+    ``repo_id`` at ``commit``: blobs named by their hash, the snapshot's files as relative symlinks to them,
+    refs/main naming the commit. The snapshot folder."""
+    import hashlib
+    import os
+    import shutil
+    from pathlib import Path
+
+    repo = Path(hub) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for f in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, blob)
+        link = snapshot / f.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def offline_hub(monkeypatch, root):
+    """An empty Hugging Face cache and an empty st-runtime export cache under ``root``, with HF_HUB_OFFLINE=1, for
+    this process (huggingface_hub's constants, when it is already imported) and the processes it starts.
+    (hub cache, export cache)."""
+    import sys
+    from pathlib import Path
+
+    hub, cache = Path(root) / "hf-hub", Path(root) / "st-cache"
+    hub.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ST_RUNTIME_CACHE", str(cache))
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return hub, cache

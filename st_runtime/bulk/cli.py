@@ -1,6 +1,6 @@
 """st-embed: embed a file of any size into Parquet part files, resumably, locally or on Ray.
 
-    st-embed MODEL_DIR INPUT -o OUTPUT [--column text] [--id-column ID] [--variant V]
+    st-embed MODEL_DIR_OR_NAME INPUT -o OUTPUT [--revision REV] [--column text] [--id-column ID] [--variant V]
              [--precision float32|float16|int8|uint8|binary|ubinary] [--normalize] [--prompt-name NAME]
              [--chunk-rows 8192] [--ray [ADDRESS]] [--num-workers N] [--gpus-per-worker G]
 
@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         "model exported by st-export into a folder of Parquet part files. Resumable: rerun the same command after "
         "a crash.",
     )
-    p.add_argument("model_dir", type=Path, help="a folder written by st-export")
+    p.add_argument(
+        "model_dir",
+        help="a folder written by st-export, or a model name (hub id, hf://ORG/NAME or a short name such as "
+        "all-MiniLM-L6-v2) resolved through the export cache (on Ray: by each node into its own cache)",
+    )
+    p.add_argument("--revision", default=None, help="hub commit, branch or tag of a named model (default: main)")
     p.add_argument("input", type=Path, help="the texts: .parquet (or a folder of them), .jsonl, .csv, or text")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--column", default="text", help="the text column (default 'text'; ignored for plain text)")
@@ -71,10 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         return missing_extra("st-embed", exc, EXTRA)
     from ..errors import StRuntimeError
+    from ..hub.resolve import locate
 
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"st-embed: {m}", file=sys.stderr))
+    try:  # a name: the folder in this machine's export cache (made once), and the commit Ray's nodes then load
+        args.model = locate(args.model_dir, args.revision, args.variant)
+    except (StRuntimeError, ValueError) as exc:
+        print(f"st-embed: {exc}", file=sys.stderr)
+        return 1
     spec = job.JobSpec(
-        model_dir=args.model_dir,
+        model_dir=args.model.path,
         input=args.input,
         output=args.output,
         column=args.column,
@@ -171,9 +182,12 @@ def _run_ray(spec, source, args, log):
         if args.gpus_per_worker:
             options["num_gpus"] = args.gpus_per_worker
         actor_cls = ray.remote(EmbedBatch).options(**options)
-        model_dir = str(Path(spec.model_dir).resolve())
+        # a folder must be readable at the same path on every node; a name is resolved by each node into its own
+        # export cache, at the commit this machine resolved it to
+        model = args.model
+        model_dir = model.repo_id or str(Path(spec.model_dir).resolve())
         kwargs = {"variant": spec.variant, **job.encode_kwargs(spec)}
-        actors = [actor_cls.remote(model_dir, **kwargs) for _ in range(workers)]
+        actors = [actor_cls.remote(model_dir, revision=model.commit, **kwargs) for _ in range(workers)]
         described = ray.get([a.describe.remote() for a in actors])
         output = job.Output(spec, source, described[0]["variant"], described[0]["dimension"])
         turn = iter(range(1 << 62))

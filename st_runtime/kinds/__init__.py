@@ -112,11 +112,15 @@ def bulk_kind(folder: str | os.PathLike) -> Kind:
     return kind
 
 
-def load(model_path: str | os.PathLike, **kwargs: Any):
+def load(model_path: str | os.PathLike, revision: str | None = None, **kwargs: Any):
     """The public class for the model in ``model_path`` (SentenceEncoder, CrossEncoder, SparseEncoder, ... as
     its manifest says), loaded with ``kwargs`` (the load arguments every class takes: providers, device,
-    threads, variant, verify_checksums, session_options, io_binding, cuda_graphs)."""
-    return public_class(kind_of(model_path))(model_path, **kwargs)
+    threads, variant, verify_checksums, session_options, io_binding, cuda_graphs). ``model_path`` may be a model
+    name (hub id or short name, at ``revision``), resolved through the export cache (st_runtime.hub)."""
+    from ..hub.resolve import resolve_model
+
+    folder = resolve_model(model_path, revision, kwargs.get("variant"))
+    return public_class(kind_of(folder))(folder, **kwargs)
 
 
 # the built-in kinds register themselves

@@ -1,6 +1,7 @@
 """st-serve: serve exported models over HTTP (OpenAI's and text-embeddings-inference's APIs).
 
-    st-serve exported_models/all-MiniLM-L6-v2 [MORE_FOLDERS ...] [--host 127.0.0.1] [--port 8080] ...
+    st-serve exported_models/all-MiniLM-L6-v2 [MORE_FOLDERS_OR_NAMES ...] [--host 127.0.0.1] [--port 8080] ...
+    st-serve sentence-transformers/all-MiniLM-L6-v2     (a name: resolved through the export cache first)
 
 SIGTERM or Ctrl-C: stop accepting, answer every request already accepted, exit 0 (within 30 s).
 """
@@ -11,7 +12,6 @@ import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from ..cli_args import missing_extra, positive_float, positive_int
 from .limits import Limits, ensure_file_descriptors, steady_memory, uvicorn_settings
@@ -27,7 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
         "text-embeddings-inference's /embed, /tokenize, /info, /health, plus /metrics. Concurrent requests "
         "are batched together.",
     )
-    p.add_argument("folders", nargs="+", type=Path, help="model folders written by st-export")
+    p.add_argument(
+        "folders",
+        nargs="+",
+        help="model folders written by st-export, or model names (hub id, hf://ORG/NAME or a short name such as "
+        "all-MiniLM-L6-v2), resolved through the export cache before the server starts",
+    )
+    p.add_argument("--revision", default=None, help="hub commit, branch or tag of the named models (default: main)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--variant", default=None, help="graph variant (default: the fastest exact one; see st-export)")
@@ -138,8 +144,13 @@ class _Refused(Exception):
 def _names(args: argparse.Namespace) -> list[str]:
     """The served name of each folder; the cheap checks first, so a typo fails before the server starts."""
     from ..errors import StRuntimeError
+    from ..hub.resolve import resolve_model
     from ..manifest import load_manifest
 
+    try:  # names become folders of the export cache (downloaded or exported once, here, before any worker starts)
+        args.folders = [resolve_model(f, args.revision, args.variant) for f in args.folders]
+    except (StRuntimeError, ValueError) as exc:
+        raise _Refused(str(exc)) from None
     if args.served_model_name and len(args.served_model_name) != len(args.folders):
         raise _Refused(
             f"{len(args.served_model_name)} --served-model-name for {len(args.folders)} folders; "
@@ -200,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         from .app import ServeConfig, create_app
     except ImportError as exc:
         return missing_extra("st-serve", exc, SERVE_EXTRA)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         names = _names(args)
     except _Refused as exc:
         print(f"st-serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     steady_memory()  # large bodies go back to the system when freed (limits.py)
     config = ServeConfig(
         folders=list(args.folders),

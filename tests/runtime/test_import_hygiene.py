@@ -19,6 +19,7 @@ HEAVY = (
     "uvicorn",
     "prometheus_client",
     "orjson",
+    "huggingface_hub",  # the [hub] extra: imported only when a model name (not a folder) is loaded
 )
 
 SCRIPT = """
