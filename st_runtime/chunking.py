@@ -173,7 +173,7 @@ def _prompted(item: Any, prompt: str | None) -> Any:
 def _content(encode: Any, texts: list[str], pieces: Any) -> list[Any]:
     """Each text's token ids without special tokens: a long text's pieces (``pieces(text)``, see
     LongTextCutter.pieces) a few per tokenizer call, joined; the others in one call."""
-    split = [pieces(t) if pieces is not None and len(t) > PIECE_CHARS else [t] for t in texts]
+    split = [pieces(t, PIECE_CHARS) if pieces is not None and len(t) > PIECE_CHARS else [t] for t in texts]
     short = [i for i, parts in enumerate(split) if len(parts) == 1]
     out: list[Any] = [None] * len(texts)
     for i, enc in zip(short, encode([split[i][0] for i in short], add_special_tokens=False) if short else []):
@@ -221,7 +221,8 @@ def plan(
     """The items a call runs for ``items`` (strings or (text, text_pair) tuples, surrogates repaired, prompt not
     yet applied; TokenItems pass unchanged) under ``mode`` ("chunk" or "error") at ``limit`` tokens (None: the
     model has no limit), and their Chunks (None when no text was chunked: then the items are the caller's, with
-    the prompt applied). ``pieces(text)``: the text in pieces tokenized one after another (bounded memory)."""
+    the prompt applied). ``pieces(text, size)``: the text in pieces tokenized one after another (bounded memory;
+    LongTextCutter.pieces)."""
     from .inputs import TokenItem
 
     if limit is None or not items:

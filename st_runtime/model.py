@@ -15,7 +15,6 @@ import numpy as np
 import onnxruntime as ort
 
 from . import kinds
-from .chunking import PIECE_CHARS
 from .errors import GraphLoadError, InputTooLongError, ModelKindError, OutputNotExportedError, UnsupportedInputError
 from .hub.resolve import resolve_model
 from .inputs import LongTextCutter, TokenItem, classify, prepare
@@ -349,10 +348,6 @@ class Model:
                         f"truncate=true to keep the first {limit}."
                     )
         return items
-
-    def text_pieces(self, text: str) -> list[str]:
-        """``text`` in pieces whose tokens in turn are the text's (LongTextCutter.pieces; for chunking)."""
-        return self._cutter.pieces(text, PIECE_CHARS)
 
     def tokenize(self, texts) -> dict[str, np.ndarray]:
         """The text tower's inputs for ``texts`` (strings or [text, text_pair] pairs), as

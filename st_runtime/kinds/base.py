@@ -163,7 +163,8 @@ class Kind:
         limit = model.max_seq_length if max_length is None else max_length
         items = prepare(items, None)
         overlap = check_overlap(chunk_overlap)
-        out, chunks = plan(model.text_tower, items, limit, long_inputs, overlap, prompt, model.text_pieces)
+        pieces = model._cutter.pieces  # a very long text is tokenized in exact pieces (bounded memory)
+        out, chunks = plan(model.text_tower, items, limit, long_inputs, overlap, prompt, pieces)
         if chunks is not None:
             refusal = self.chunk_refusal(model)
             if refusal is not None:

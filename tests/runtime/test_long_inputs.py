@@ -308,7 +308,7 @@ def test_a_long_text_is_tokenized_in_pieces_exactly(embedder):
     _src, enc, _ref = embedder
     mixed = " ".join([*PASSAGES, "Москва 東京は日本の首都です。 café 😀 naïve", "x" * 300, "a.b,c;d", "\t\n  \u3000 "])
     text = (mixed + " ") * (4 * PIECE_CHARS // len(mixed) + 1)
-    pieces = enc.text_pieces(text)
+    pieces = enc._cutter.pieces(text, PIECE_CHARS)
     assert len(pieces) >= 4 and all(len(p) <= PIECE_CHARS for p in pieces)
     tok = enc.text_tower.tokenizer_for(None)
     joined = [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids]
