@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import kinds
+from .chunking import DEFAULT_CHUNK_OVERLAP
 from .errors import UnsupportedInputError
 from .kinds.cross_encoder import ACTIVATIONS, CrossEncoderKind
 from .model import Model
@@ -52,10 +53,17 @@ class CrossEncoder(Model):
         return self.kind.finish(self, np.asarray(logits, dtype=np.float32))
 
     def logits(
-        self, sentence_pairs, batch_size: int | None = None, show_progress_bar: bool | None = None
+        self,
+        sentence_pairs,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> np.ndarray:
-        """The classifier's raw output, [n, num_labels] float32, for a list of (query, document) pairs."""
-        return self.run(self.kind.prepare(self, sentence_pairs), batch_size, show_progress_bar)
+        """The classifier's raw output, [n, num_labels] float32, for a list of (query, document) pairs
+        (``long_inputs``, ``chunk_overlap``: as in :meth:`predict`)."""
+        prepared = self.kind.prepare(self, sentence_pairs, long_inputs=long_inputs, chunk_overlap=chunk_overlap)
+        return self.run(prepared, batch_size, show_progress_bar)
 
     def predict(
         self,
@@ -66,6 +74,8 @@ class CrossEncoder(Model):
         apply_softmax: bool = False,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ):
         """Scores for (query, document) pairs, as ``sentence_transformers.CrossEncoder.predict``.
 
@@ -78,12 +88,17 @@ class CrossEncoder(Model):
             apply_softmax: apply softmax over the labels afterwards (models with more than one label).
             convert_to_numpy: ``False`` (with ``convert_to_tensor=False``) gives a list instead of an array.
             convert_to_tensor: accepted for compatibility; returns the numpy array (there is no torch here).
+            long_inputs: st_runtime extension: a pair over the limit is "truncate"d (sentence-transformers'
+                behaviour), refused ("error": InputTooLongError naming its token count), or its document cut into
+                windows ("chunk"), each paired with the whole query; the pair's score is then the maximum over its
+                windows (MaxP). See docs/long-inputs.md.
+            chunk_overlap: tokens shared by consecutive windows of a document (``long_inputs="chunk"``).
 
         Returns:
             One float32 score per pair for a one-label model (``[n]``; a single pair gives a scalar),
             ``[n, num_labels]`` otherwise.
         """
-        prepared = self.kind.prepare(self, sentence_pairs)
+        prepared = self.kind.prepare(self, sentence_pairs, long_inputs=long_inputs, chunk_overlap=chunk_overlap)
         rows = self.run(prepared, batch_size, show_progress_bar)
         scores = self.kind.finish(self, rows, activation_fn=activation_fn, apply_softmax=apply_softmax)
         if self.num_labels == 1:
@@ -104,6 +119,8 @@ class CrossEncoder(Model):
         show_progress_bar: bool | None = None,
         activation_fn: Any = None,
         apply_softmax: bool = False,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> list[dict[str, Any]]:
         """``documents`` ranked for ``query``, as ``sentence_transformers.CrossEncoder.rank`` (one-label models).
 
@@ -116,6 +133,8 @@ class CrossEncoder(Model):
             show_progress_bar: as in ``predict``.
             activation_fn: as in ``predict``.
             apply_softmax: as in ``predict``.
+            long_inputs: as in ``predict``.
+            chunk_overlap: as in ``predict``.
 
         Returns:
             ``[{"corpus_id", "score"(, "text")}]`` by decreasing score (ties in input order).
@@ -129,7 +148,8 @@ class CrossEncoder(Model):
         documents = list(documents)
         scores = self.predict(
             [(query, d) for d in documents], batch_size=batch_size, activation_fn=activation_fn,
-            apply_softmax=apply_softmax, show_progress_bar=show_progress_bar,
+            apply_softmax=apply_softmax, show_progress_bar=show_progress_bar, long_inputs=long_inputs,
+            chunk_overlap=chunk_overlap,
         )  # fmt: skip
         return ranking(np.asarray(scores), documents if return_documents else None, top_k, "corpus_id", "score")
 

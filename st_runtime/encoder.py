@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import kinds, util
+from .chunking import DEFAULT_CHUNK_OVERLAP, Chunks, stitch
 from .errors import UnsupportedInputError
 from .kinds.embedding import QUANTIZED, EmbeddingKind
 from .model import Model, QueryDocumentMixin, check_batch_size
@@ -62,6 +65,8 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         output_value: str | None = "sentence_embedding",
         max_seq_length: int | None = None,
         device: str | None = None,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         **kwargs,
     ):
         """Embed sentences (or CLIP images), as ``sentence_transformers.SentenceTransformer.encode`` does.
@@ -94,40 +99,40 @@ class SentenceEncoder(QueryDocumentMixin, Model):
             max_seq_length: st_runtime extension: truncate this call's texts at fewer tokens than the model's
                 ``max_seq_length``, without changing it for other calls or threads.
             device: accepted when it is the device the model was loaded on (another needs another session).
+            long_inputs: st_runtime extension: what happens to a text over the limit: "truncate" (keep its first
+                tokens, as sentence-transformers does), "chunk" (embed it in windows of the limit and pool them:
+                the token-weighted mean before the model's Normalize, then Normalize) or "error" (raise
+                InputTooLongError naming its token count). See docs/long-inputs.md.
+            chunk_overlap: tokens shared by consecutive windows (``long_inputs="chunk"``).
 
         Returns:
             For one text a 1-D float32 array ``[dim]``; for a list an array ``[n, dim]`` in input order (the
             ``precision``'s dtype), or what ``output_value`` asks for.
 
         Raises:
-            UnsupportedInputError: an input that is neither text nor (for CLIP) an image.
+            UnsupportedInputError: an input that is neither text nor (for CLIP) an image; a CLIP text over the
+                limit with ``long_inputs="chunk"``.
+            InputTooLongError: a text over the limit with ``long_inputs="error"``.
             ValueError: a bad ``batch_size``, an unknown ``prompt_name``, a ``truncate_dim`` over the dimension.
         """
         truncate_dim = self._check_encode(kwargs, device, output_value, truncate_dim, precision)
-        prepared = self._prepare(sentences, prompt, prompt_name, max_seq_length, output_value)
+        long = {"long_inputs": long_inputs, "chunk_overlap": chunk_overlap}
+        prepared = self._prepare(sentences, prompt, prompt_name, max_seq_length, output_value, **long)
         if output_value not in ("sentence_embedding", UNNORMALIZED):
-            outputs = self._token_outputs(prepared, batch_size, output_value, precision, truncate_dim)
-            return outputs[0] if prepared.singular else outputs
+            return self._token_outputs(prepared, batch_size, output_value, precision, truncate_dim)
         rows = self.run(prepared, batch_size, show_progress_bar)
         out = self.kind.finish(
-            self,
-            rows,
-            truncate_dim=truncate_dim,
-            normalize=normalize_embeddings,
-            precision=precision,
-            ranges=ranges,
+            self, rows, truncate_dim=truncate_dim, normalize=normalize_embeddings, precision=precision, ranges=ranges,
             calibration_embeddings=calibration_embeddings,
-        )
-        if prepared.singular:
-            return out[0]
-        return out if convert_to_numpy or convert_to_tensor else list(out)
+        )  # fmt: skip
+        return out[0] if prepared.singular else out if convert_to_numpy or convert_to_tensor else list(out)
 
-    def _prepare(self, sentences, prompt, prompt_name, max_seq_length, output_value):
-        """encode's Prepared call."""
+    def _prepare(self, sentences, prompt, prompt_name, max_seq_length, output_value, **long):
+        """encode's Prepared call (``long``: long_inputs and chunk_overlap)."""
         max_length = self.call_max_length(max_seq_length)
         raw = output_value == UNNORMALIZED
         return self.kind.prepare(
-            self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length, unnormalized=raw
+            self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length, unnormalized=raw, **long
         )
 
     def _check_encode(self, kwargs, device, output_value, truncate_dim, precision) -> int | None:
@@ -144,7 +149,7 @@ class SentenceEncoder(QueryDocumentMixin, Model):
         self.kind.check_options(self, truncate_dim, precision)
         return truncate_dim
 
-    def _token_outputs(self, prepared, batch_size, output_value, precision, truncate_dim) -> list:
+    def _token_outputs(self, prepared, batch_size, output_value, precision, truncate_dim) -> Any:
         """encode(output_value="token_embeddings"): each text's token embeddings [tokens, hidden] without padding;
         output_value=None: per text a dict of its inputs, token embeddings and sentence embedding (without padding,
         where sentence-transformers pads to the longest text of its batch)."""
@@ -157,12 +162,32 @@ class SentenceEncoder(QueryDocumentMixin, Model):
             )
         items = prepared.texts
         outputs = self.text_tower.embed_tokens(items, batch_size, prepared.max_length) if items else []
+        if prepared.chunks is not None:
+            outputs = self._stitched(outputs, prepared.chunks, output_value)
         if output_value == "token_embeddings":
             outputs = [o["token_embeddings"] for o in outputs]
         elif truncate_dim is not None:  # as sentence-transformers: the sentence embedding is cut, not normalized
             for o in outputs:
                 o["sentence_embedding"] = o["sentence_embedding"][:truncate_dim]
-        return outputs
+        return outputs[0] if prepared.singular else outputs
+
+    @staticmethod
+    def _stitched(outputs: list[dict], chunks: Chunks, output_value: str | None) -> list[dict]:
+        """Per caller text, its token embeddings once (long texts' windows stitched, see chunking.stitch)."""
+        if output_value is None:
+            raise ValueError(
+                "output_value=None with long_inputs='chunk' is not supported for texts over the limit (their windows "
+                "have no single set of model inputs); ask output_value='token_embeddings' or 'sentence_embedding'."
+            )
+        out = []
+        for a, b in zip(chunks.starts.tolist(), [*chunks.starts.tolist()[1:], len(outputs)]):
+            spans = chunks.spans[a:b]
+            if spans[0] is None:
+                out.append(outputs[a])
+            else:
+                rows = [o["token_embeddings"] for o in outputs[a:b]]
+                out.append({"token_embeddings": stitch(rows, spans)})  # type: ignore[arg-type]
+        return out
 
     def similarity(self, embeddings1, embeddings2) -> np.ndarray:
         """All-pairs similarity with the model's similarity function (cosine unless the model says otherwise)."""

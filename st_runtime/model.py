@@ -387,8 +387,8 @@ class Model:
                 max_length = self._max_seq_length if prepared.max_length is None else prepared.max_length
                 output = self.row_output(prepared.unnormalized)
                 self.text_tower.embed(prepared.texts, batch_size, rows, max_length, update, output)
-            if not prepared.images:
-                return kind.split(rows, 0, len(prepared.texts))
+            if not prepared.images:  # long texts' windows pool into one row per text (long_inputs="chunk")
+                return kind.pool(self, prepared, kind.split(rows, 0, len(prepared.texts)))[0]
             if not self.takes_images:
                 raise UnsupportedInputError(
                     f"{self.path} takes text only; input {prepared.image_index[0]} is an image."

@@ -48,6 +48,7 @@ class EmbedBatch:
         threads: onnxruntime threads (default: the CPUs Ray assigned to this actor).
         normalize: L2-normalize, as ``encode``'s ``normalize_embeddings``.
         prompt_name: as ``encode``'s ``prompt_name``.
+        long_inputs: as ``encode``'s ``long_inputs`` ("truncate", "chunk" or "error"; docs/long-inputs.md).
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class EmbedBatch:
         normalize: bool = False,
         prompt_name: str | None = None,
         revision: str | None = None,
+        long_inputs: str = "truncate",
     ):
         from .hub.resolve import resolve_model
         from .kinds import bulk_kind, load
@@ -78,7 +80,9 @@ class EmbedBatch:
         folder = resolve_model(model_dir, revision, variant)
         self.kind = bulk_kind(folder)
         self.model = load(folder, providers=providers, threads=threads or _actor_cpus(), variant=variant)
-        self.kwargs = {"normalize": normalize, "prompt_name": prompt_name}
+        self.kwargs: dict[str, Any] = {"normalize": normalize, "prompt_name": prompt_name}
+        if long_inputs != "truncate":
+            self.kwargs["long_inputs"] = long_inputs
 
     def describe(self) -> dict[str, Any]:
         """The variant, row width and threads this actor's model runs with."""

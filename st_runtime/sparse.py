@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import kinds
+from .chunking import DEFAULT_CHUNK_OVERLAP
 from .kinds.sparse import SparseEmbedding, SparseKind, sparsify
 from .model import Model, QueryDocumentMixin
 
@@ -74,6 +75,8 @@ class SparseEncoder(QueryDocumentMixin, Model):
         convert_to_sparse_tensor: bool = True,
         max_seq_length: int | None = None,
         device: str | None = None,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         **kwargs,
     ):
         """Sparse embeddings of ``sentences``, as ``sentence_transformers.SparseEncoder.encode`` computes them.
@@ -90,6 +93,10 @@ class SparseEncoder(QueryDocumentMixin, Model):
             convert_to_sparse_tensor: ``False`` gives dense float32 rows ``[n, vocabulary]`` instead.
             max_seq_length: st_runtime extension: truncate this call's texts at fewer tokens.
             device: accepted when it is the device the model was loaded on.
+            long_inputs: st_runtime extension: a text over the limit is "truncate"d (as sentence-transformers
+                does), refused ("error") or embedded in windows ("chunk") whose weights merge by the element-wise
+                maximum (the sum for sum-pooled models). See docs/long-inputs.md.
+            chunk_overlap: tokens shared by consecutive windows (``long_inputs="chunk"``).
 
         Returns:
             One :class:`SparseEmbedding` (int32 ``indices`` in increasing order, float32 ``values``) per text, a
@@ -100,7 +107,10 @@ class SparseEncoder(QueryDocumentMixin, Model):
         self.check_device(device)
         _check_positive("max_active_dims", max_active_dims)
         max_length = self.call_max_length(max_seq_length)
-        prepared = self.kind.prepare(self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
+        prepared = self.kind.prepare(
+            self, sentences, prompt=prompt, prompt_name=prompt_name, max_length=max_length, long_inputs=long_inputs,
+            chunk_overlap=chunk_overlap,
+        )  # fmt: skip
         rows = self.run(prepared, batch_size, show_progress_bar)
         result = self.kind.finish(self, rows, max_active_dims=max_active_dims)
         if not convert_to_sparse_tensor:

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="float32", help="stored precision (default float32)")
     p.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
     p.add_argument("--prompt-name", default=None, help="one of the model's prompts, e.g. 'document'")
+    p.add_argument(
+        "--long-inputs",
+        choices=["truncate", "chunk", "error"],
+        default="truncate",
+        help="texts over the model's limit: truncate (default), chunk (windows, pooled) or error",
+    )
     p.add_argument("--chunk-rows", type=positive_int, default=8192, help="rows per part file (default 8192)")
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads (local runs)")
     p.add_argument("--skip-invalid", action="store_true", help="write a null embedding for null/non-string rows")
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         precision=args.precision,
         normalize=args.normalize,
         prompt_name=args.prompt_name,
+        long_inputs=args.long_inputs,
         chunk_rows=args.chunk_rows,
         skip_invalid=args.skip_invalid,
         overwrite=args.overwrite,
@@ -179,7 +186,7 @@ def _run_ray(spec, source, args, log):
         # export cache, at the commit this machine resolved it to
         model = args.model
         model_dir = model.repo_id or str(Path(spec.model_dir).resolve())
-        kwargs = {"variant": spec.variant, "normalize": spec.normalize, "prompt_name": spec.prompt_name}
+        kwargs = {"variant": spec.variant, **job.encode_kwargs(spec)}
         actors = [actor_cls.remote(model_dir, revision=model.commit, **kwargs) for _ in range(workers)]
         described = ray.get([a.describe.remote() for a in actors])
         output = job.Output(spec, source, described[0]["variant"], described[0]["dimension"])

@@ -193,7 +193,10 @@ def _reading(chunks: Iterator[Chunk], source: Source) -> Iterator[Chunk]:
 
 def encode_kwargs(spec: JobSpec) -> dict[str, Any]:
     """The options of the kind's bulk_encode that a job sets."""
-    return {"normalize": spec.normalize, "prompt_name": spec.prompt_name}
+    kwargs: dict[str, Any] = {"normalize": spec.normalize, "prompt_name": spec.prompt_name}
+    if spec.long_inputs != "truncate":
+        kwargs["long_inputs"] = spec.long_inputs
+    return kwargs
 
 
 def iter_local(model, spec: JobSpec) -> tuple[Callable, Callable]:

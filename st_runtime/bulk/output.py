@@ -107,6 +107,7 @@ class JobSpec:
     precision: str = "float32"
     normalize: bool = False
     prompt_name: str | None = None
+    long_inputs: str = "truncate"  # texts over the model's limit: truncate, chunk or error (docs/long-inputs.md)
     chunk_rows: int = 8192
     skip_invalid: bool = False
     overwrite: bool = False
@@ -150,6 +151,8 @@ class Output:
             "skip_invalid": spec.skip_invalid,
             "input": source.fingerprint(),  # what the rows are checked against: each part's digest
         }
+        if spec.long_inputs != "truncate":  # (outputs written before the option stay resumable)
+            self.settings["long_inputs"] = spec.long_inputs
         self.ranges: np.ndarray | None = None
         self.parts: list[PartInfo] = []  # the complete parts found by prepare()
         fields = [pa.field(COLUMN, pa.list_(_PRECISION_TYPES[spec.precision], self.width))]

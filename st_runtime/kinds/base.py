@@ -13,6 +13,9 @@ st_runtime class, the server routes it answers and its warm-up, and it implement
    ``split(rows, a, b)`` takes one caller's rows out of a shared (server) batch.
 3. ``finish(model, rows, **options)``: turn rows into what the caller gets (normalize, truncate_dim, precision,
    activation, sparsify, ...).
+
+A call with ``long_inputs="chunk"`` runs a long text as several windows (st_runtime.chunking); the drivers then
+pool each text's window rows with ``pool`` (the kind's ``pool_windows``) before ``finish``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..inputs import TEXT, TokenItem
+from ..chunking import DEFAULT_CHUNK_OVERLAP, check_long_inputs, check_overlap, plan
+from ..errors import UnsupportedInputError
+from ..inputs import TEXT, TokenItem, prepare
 
 if TYPE_CHECKING:
+    from ..chunking import Chunks
     from ..model import Model
 
 
@@ -60,7 +66,9 @@ class Prepared:
     the limit instead of truncating it; ``images``: images for an image tower, at positions ``image_index`` of
     the caller's list (texts fill the other positions, in order); ``singular``: the caller passed one input;
     ``unnormalized``: the rows are the embedding before the model's final Normalize (for a model without one,
-    its usual output). Texts may be :class:`st_runtime.inputs.TokenItem` (already tokenized)."""
+    its usual output). Texts may be :class:`st_runtime.inputs.TokenItem` (already tokenized). ``chunks``: where
+    long texts were cut into windows (long_inputs="chunk"), which caller text each item belongs to (the drivers
+    pool the rows per text with ``Kind.pool``); None when no text was cut."""
 
     texts: list
     max_length: int | None = None
@@ -70,6 +78,7 @@ class Prepared:
     image_index: list[int] = field(default_factory=list)
     singular: bool = False
     unnormalized: bool = False
+    chunks: Chunks | None = None
 
     @property
     def size(self) -> int:
@@ -130,6 +139,43 @@ class Kind:
     def prepare(self, model: Model, inputs: Any, *args: Any, **options: Any) -> Prepared:
         raise NotImplementedError
 
+    # how a text's window rows pool into one (long_inputs="chunk"), in words for messages and docs; None: the kind
+    # cannot chunk (its calls refuse long_inputs="chunk")
+    window_pooling: ClassVar[str | None] = None
+
+    def chunk_refusal(self, model: Model) -> str | None:
+        """Why ``model`` cannot embed a text in windows (None: it can, as ``window_pooling`` says)."""
+        if self.window_pooling is None:
+            return f"a {self.task} model cannot pool windows of a text"
+        return None
+
+    def long_call(
+        self,
+        model: Model,
+        items: list,
+        max_length: int | None,
+        long_inputs: str,
+        chunk_overlap: int,
+        prompt: str | None = None,
+    ) -> tuple[list, Chunks | None]:
+        """For ``long_inputs`` "chunk" or "error": the items to run (a long text's windows as TokenItems, the
+        prompt applied) and their Chunks (None: no text was cut). Texts over the limit are refused under
+        "error", naming their token count."""
+        limit = model.max_seq_length if max_length is None else max_length
+        items = prepare(items, None)
+        overlap = check_overlap(chunk_overlap)
+        pieces = model._cutter.pieces  # a very long text is tokenized in exact pieces (bounded memory)
+        out, chunks = plan(model.text_tower, items, limit, long_inputs, overlap, prompt, pieces)
+        if chunks is not None:
+            refusal = self.chunk_refusal(model)
+            if refusal is not None:
+                i = int(chunks.groups[chunks.tokens >= 0][0])
+                raise UnsupportedInputError(
+                    f"input {i} is over the limit of {limit} tokens and long_inputs='chunk' was asked, but {refusal}. "
+                    "Send long_inputs='truncate' (or shorter texts)."
+                )
+        return out, chunks
+
     def text_call(
         self,
         model: Model,
@@ -142,14 +188,32 @@ class Kind:
         direction: str | None = None,
         strict: bool = False,
         unnormalized: bool = False,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> Prepared:
         """The Prepared call of checked text items (and images, where ``kinds`` marks some): the prompt (or the
         named one, or the model's default) before each text, surrogates repaired, very long texts cut exactly
-        (``strict``: kept whole, and refused early when provably too long; see Model.prepare_texts).
+        (``strict``, or ``long_inputs="error"``: kept whole, and texts over the limit refused;
+        ``long_inputs="chunk"``: long texts cut into windows, see st_runtime.chunking).
         ``unnormalized``: see :class:`Prepared`."""
         if unnormalized:
             model.row_output(True)  # an export without that output is refused before any work
-        items = model.prepare_texts(items, model.resolve_prompt(prompt, prompt_name), kinds, strict, direction)
+        long_inputs = check_long_inputs(long_inputs)
+        if strict and long_inputs == "truncate":
+            long_inputs = "error"
+        resolved = model.resolve_prompt(prompt, prompt_name)
+        text_at = [i for i, k in enumerate(kinds) if k == TEXT] if kinds else list(range(len(items)))
+        if long_inputs == "chunk":
+            texts = [items[i] for i in text_at]
+            out, chunks = self.long_call(model, texts, max_length, "chunk", chunk_overlap, resolved)
+            if chunks is not None and len(text_at) < len(items):
+                raise UnsupportedInputError("long_inputs='chunk' takes texts only; send the images in another call")
+            if len(text_at) == len(items):
+                return Prepared(out, max_length, direction, singular=singular, unnormalized=unnormalized, chunks=chunks)
+        strict = long_inputs == "error"
+        items = model.prepare_texts(items, resolved, kinds, strict, direction)
+        if strict:  # every text's token count, to refuse one over the limit naming it
+            self.long_call(model, [items[i] for i in text_at], max_length, "error", 0)
         image_index = [i for i, k in enumerate(kinds) if k != TEXT] if kinds else []
         if not image_index:
             return Prepared(items, max_length, direction, strict, singular=singular, unnormalized=unnormalized)
@@ -159,6 +223,19 @@ class Kind:
         return Prepared(texts, max_length, direction, strict, images, image_index, singular, unnormalized)
 
     def finish(self, model: Model, rows: Any, *args: Any, **options: Any) -> Any:
+        raise NotImplementedError
+
+    def pool(self, model: Model, prepared: Prepared, rows: Any, tokens: np.ndarray | None = None) -> tuple[Any, Any]:
+        """The rows (as ``split`` gives them) and tokens per caller text of a prepared call's items: unchanged
+        unless long texts ran as windows, whose rows then pool per text (``pool_windows``) and whose tokens add
+        up (every window's tokens count)."""
+        chunks = prepared.chunks
+        if chunks is None:
+            return rows, tokens
+        return self.pool_windows(model, rows, chunks), None if tokens is None else chunks.per_text(tokens)
+
+    def pool_windows(self, model: Model, rows: Any, chunks: Chunks) -> Any:
+        """One row per caller text from its items' rows (``chunks.groups``); kinds that set ``window_pooling``."""
         raise NotImplementedError
 
     def bulk_encode(self, model: Model, texts: list[str], *args: Any, **options: Any) -> np.ndarray:

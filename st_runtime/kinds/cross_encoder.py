@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..chunking import DEFAULT_CHUNK_OVERLAP, check_long_inputs
 from ..errors import UnsupportedInputError
 from ..inputs import prepare
 from ..schema import SCORES
@@ -15,6 +16,7 @@ from . import register
 from .base import Kind, Prepared, Route
 
 if TYPE_CHECKING:
+    from ..chunking import Chunks
     from ..model import Model
 
 
@@ -92,6 +94,7 @@ class CrossEncoderKind(Kind):
         Route("/v1/rerank", "st_runtime.serve.dialects:cohere_rerank", "cohere"),
         Route("/v2/rerank", "st_runtime.serve.dialects:cohere_rerank", "cohere"),
     )
+    window_pooling = "the maximum over the document's windows, each paired with the whole query (MaxP)"
 
     def prepare(
         self,
@@ -101,10 +104,26 @@ class CrossEncoderKind(Kind):
         direction: str | None = None,
         strict: bool = False,
         texts_alone: bool = False,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> Prepared:
-        """(query, document) pairs (``texts_alone``: single texts too, for a classifier of single texts)."""
+        """(query, document) pairs (``texts_alone``: single texts too, for a classifier of single texts);
+        ``long_inputs``: "truncate" (sentence-transformers' behaviour), "error" (as ``strict``: refuse a pair over
+        the limit) or "chunk" (a long document runs as windows, each with the whole query; see
+        st_runtime.chunking)."""
         pairs, singular = pairs_of(inputs, texts_alone)
-        return Prepared(prepare(pairs, None), max_length, direction, strict, singular=singular)
+        long_inputs = check_long_inputs(long_inputs)
+        if strict and long_inputs == "truncate":
+            long_inputs = "error"
+        if long_inputs == "truncate":
+            return Prepared(prepare(pairs, None), max_length, direction, singular=singular)
+        items, chunks = self.long_call(model, pairs, max_length, long_inputs, chunk_overlap)
+        return Prepared(items, max_length, direction, long_inputs == "error", singular=singular, chunks=chunks)
+
+    def pool_windows(self, model: Model, rows: np.ndarray, chunks: Chunks) -> np.ndarray:
+        """Each pair's logits: the element-wise maximum over its windows' (MaxP; with one label, the window whose
+        score is highest under any increasing activation)."""
+        return np.maximum.reduceat(rows, chunks.starts, axis=0)
 
     def finish(
         self, model: Model, rows: np.ndarray, activation_fn: Any = None, apply_softmax: bool = False

@@ -14,6 +14,7 @@ from . import register
 from .base import Kind, Prepared, Route
 
 if TYPE_CHECKING:
+    from ..chunking import Chunks
     from ..model import Model
 
 # encode's precisions, as sentence-transformers' quantize_embeddings gives them
@@ -39,11 +40,22 @@ class EmbeddingKind(Kind):
         Route("/v2/embed", "st_runtime.serve.dialects:cohere_embed", "cohere"),
     )
     bulk = True
+    window_pooling = "the token-count-weighted mean of the windows' embeddings before Normalize, then Normalize"
+
+    def chunk_refusal(self, model: Model) -> str | None:
+        if model.takes_images:
+            return (
+                "a model with an image tower (CLIP) embeds texts of at most its max_seq_length tokens by design: "
+                "its text and image embeddings share one space only for such texts"
+            )
+        return None
 
     def prepare(self, model: Model, inputs: Any, **options: Any) -> Prepared:
         """Texts (strings, or [text, text_pair] pairs where the model takes pairs) and, for a model with an image
         tower, images; the prompt goes before every text (sentence-transformers applies none to images).
-        ``options``: those of :meth:`Kind.text_call` (prompt, prompt_name, max_length, direction, strict)."""
+        ``options``: those of :meth:`Kind.text_call` (prompt, prompt_name, max_length, direction, strict,
+        long_inputs, chunk_overlap). Windows of long texts give the rows before the model's Normalize, which
+        ``pool_windows`` applies after pooling."""
         images = model.takes_images
         items, kinds, singular = classify(inputs, images=images)
         tokenizer = model.spec.towers["text"].tokenizer
@@ -55,7 +67,23 @@ class EmbeddingKind(Kind):
                     "texts: sentence-transformers does not accept pairs for it either, so pairs were not validated "
                     "at export. Pass single strings."
                 )
-        return self.text_call(model, items, singular, kinds if images else None, **options)
+        prepared = self.text_call(model, items, singular, kinds if images else None, **options)
+        if prepared.chunks is not None:  # windows pool before Normalize (refused early for an export without it)
+            model.row_output(True)
+            prepared.chunks.options["normalize"] = not prepared.unnormalized  # the caller asked for rows after it
+            prepared.unnormalized = True
+        return prepared
+
+    def pool_windows(self, model: Model, rows: np.ndarray, chunks: Chunks) -> np.ndarray:
+        """Each text's windows' pre-Normalize rows averaged with their token counts as weights, then the model's
+        Normalize (where it has one, unless the caller asked for the rows before it) on every row."""
+        weights = np.where(chunks.tokens < 0, 1, chunks.tokens).astype(np.float64)
+        starts = chunks.starts
+        sums = np.add.reduceat(rows.astype(np.float64) * weights[:, None], starts, axis=0)
+        out = (sums / np.add.reduceat(weights, starts)[:, None]).astype(np.float32)
+        if self.normalized(model) and chunks.options.get("normalize", True):
+            out = util.normalize_embeddings(out).astype(np.float32, copy=False)
+        return out
 
     def finish(
         self,
@@ -91,11 +119,16 @@ class EmbeddingKind(Kind):
         return bool(model.spec.output.get("normalized"))
 
     def bulk_encode(
-        self, model: Model, texts: list[str], normalize: bool = False, prompt_name: str | None = None
+        self,
+        model: Model,
+        texts: list[str],
+        normalize: bool = False,
+        prompt_name: str | None = None,
+        long_inputs: str = "truncate",
     ) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.bulk_width(model)), np.float32)
-        rows = model.run(self.prepare(model, list(texts), prompt_name=prompt_name))
+        rows = model.run(self.prepare(model, list(texts), prompt_name=prompt_name, long_inputs=long_inputs))
         return self.finish(model, rows, normalize=normalize)
 
     def describe(self, model: Model) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from . import register
 from .base import Kind, Prepared, Route
 
 if TYPE_CHECKING:
+    from ..chunking import Chunks
     from ..model import Model
 
 
@@ -95,6 +96,7 @@ class SparseKind(Kind):
         Route("/embed_sparse", "st_runtime.serve.handlers:tei_embed_sparse"),
         Route("/", "st_runtime.serve.handlers:tei_embed_sparse"),
     )
+    window_pooling = "the element-wise maximum over the windows (the sum for sum-pooled models), as SPLADE pools tokens"
 
     def new_rows(self, model: Model, n: int) -> SparseRows:
         return SparseRows(n)
@@ -117,6 +119,20 @@ class SparseKind(Kind):
         """Each row's ``max_active_dims`` largest entries (default: the model's own setting, from its export)."""
         k = max_active_dims if max_active_dims is not None else model.spec.output.get("max_active_dims")
         return [keep_largest(e, k) for e in rows]
+
+    def pool_windows(self, model: Model, rows: list[SparseEmbedding], chunks: Chunks) -> list[SparseEmbedding]:
+        """Each text's windows merged entry by entry: the maximum (the sum where the model sums over tokens)."""
+        reduce = np.add if model.spec.output.get("pooling") == "sum" else np.maximum
+        out = []
+        for a, b in itertools.pairwise([*chunks.starts.tolist(), len(rows)]):
+            if b - a == 1:
+                out.append(rows[a])
+                continue
+            indices, inverse = np.unique(np.concatenate([e.indices for e in rows[a:b]]), return_inverse=True)
+            values = np.zeros(len(indices), dtype=np.float32)
+            reduce.at(values, inverse, np.concatenate([e.values for e in rows[a:b]]))
+            out.append(SparseEmbedding(indices.astype(np.int32), values))
+        return out
 
     def describe(self, model: Model) -> dict[str, Any]:
         return {"embedding": {"pooling": "splade"}}

@@ -146,6 +146,26 @@ class LongTextCutter:
                 yield piece, self.tokenizer.encode(piece, add_special_tokens=self.add_special_tokens)
             size *= _GROWTH
 
+    def pieces(self, text: str, size: int) -> list[str]:
+        """``text`` in consecutive pieces of about ``size`` characters at most whose tokens, one piece after another
+        and without special tokens, are exactly the text's (chunking tokenizes a long text piece by piece, so its
+        memory stays that of one piece): compacted and cut at boundaries, for BERT-like tokenizers, whose tokens
+        are those of each word in turn; ``[text]`` otherwise."""
+        if len(text) <= size or self.plan is None or self.plan.kind != "wordpiece":
+            return [text]
+        text, codes = self._compact(text)
+        if codes is None:
+            return [text]
+        out, start = [], 0
+        while len(text) - start > size:
+            at = self._boundary(text, codes, start + size // 2, start + size, "right")
+            if at <= start:
+                break
+            out.append(text[start:at])
+            start = at
+        out.append(text[start:])
+        return out
+
     def cut(self, text: str, direction: str | None = None) -> str:
         """A text whose kept tokens under truncation on ``direction`` (None: the tokenizer's side) at
         max_seq_length are exactly those of ``text``: compacted, and cut at a boundary when that is exact."""

@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--payload-limit", type=positive_int, default=2_000_000, help="request body bytes before 413 (default 2000000)"
     )
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all routes but /health)")
+    p.add_argument(
+        "--long-inputs",
+        choices=["truncate", "chunk", "error"],
+        default="truncate",
+        help="texts over the model's limit: truncate (default), chunk (windows, pooled) or error (413); "
+        "a request's 'long_inputs' (or 'truncate') overrides it",
+    )
     _add_limits(p)
     p.add_argument(
         "--served-model-name",
@@ -268,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key=args.api_key,
         otlp_endpoint=args.otlp_endpoint,
         otlp_service_name=args.otlp_service_name,
+        long_inputs=args.long_inputs,
         limits=_limits(args),
     )
     return _serve(args, config, uvicorn, create_app)

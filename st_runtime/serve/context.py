@@ -112,8 +112,8 @@ class Call:
             timings["queue"] += job.queue_s
             timings["tokenization"] += job.tokenize_s
             timings["inference"] += job.inference_s
-        if len(jobs) == 1:
-            return results[0]
+        if len(jobs) == 1:  # long texts' windows pool into one row per text, their tokens add up
+            return self.kind.pool(self.model.model, prepared, *results[0])
         (text_rows, text_tokens), (image_rows, _) = results
         tokens = np.zeros(prepared.size, dtype=np.int64)
         tokens[prepared.text_index()] = text_tokens

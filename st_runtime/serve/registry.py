@@ -37,6 +37,7 @@ class ServeConfig:
     api_key: str | None = None
     otlp_endpoint: str | None = None  # OpenTelemetry: where spans go (serve/tracing.py)
     otlp_service_name: str = "st-serve"
+    long_inputs: str = "truncate"  # a request's long_inputs when it sends neither that nor truncate
     limits: Limits = field(default_factory=Limits)  # timeouts, connection and text limits (serve/limits.py)
 
 

@@ -38,6 +38,7 @@ class Body:
         self.config = config
         self.max_items = config.max_client_batch_size
         self.max_chars = config.limits.max_input_chars
+        self.long_inputs = config.long_inputs  # --long-inputs: the default of a request that says nothing
 
     def with_data(self, data: dict[str, Any]) -> Body:
         """Another body under the same limits (one of Vertex's instances, a request's merged parameters)."""
@@ -150,23 +151,57 @@ INPUTS_DOC = "a text, or a list of texts; or token ids of the model's vocabulary
 
 @dataclass(frozen=True)
 class TextOptions:
-    """How a route's texts are tokenized: ``truncate`` (false: over-long texts are refused with 413),
-    ``truncation_direction`` ("Right" or "Left") and ``prompt_name``."""
+    """How a route's texts are tokenized: ``truncate`` (false: over-long texts are refused with 413, or chunked
+    where the server's --long-inputs is chunk), ``long_inputs`` ("truncate", "chunk" or "error"; default: the
+    server's --long-inputs), ``chunk_overlap``, ``truncation_direction`` ("Right" or "Left") and ``prompt_name``."""
 
     strict: bool = wired("truncate", BOOLEAN, "false: refuse (413) a text over the model's limit", wire_default=True)
     direction: str | None = wired(
         "truncation_direction", wire.choice("Right", "Left"), "the side cut from an over-long text (case-insensitive)"
     )
     prompt: str | None = wired("prompt_name", STRING, "one of the model's prompts, put before each text")
+    long_inputs: str = wired(
+        "long_inputs",
+        wire.choice("truncate", "chunk", "error"),
+        "over-long texts: truncate, chunk (windows pooled per text) or error (413); default: the server's "
+        "--long-inputs",
+        default="truncate",
+    )
+    chunk_overlap: int | None = wired(
+        "chunk_overlap", {"type": "integer", "minimum": 0}, "tokens shared by neighbouring windows", default=None
+    )
 
     @classmethod
     def parse(cls, body: Body, model: ServedModel, prompts: bool = True) -> TextOptions:
-        truncate = body.get("truncate", bool, True)
+        mode = cls.long_inputs_of(body)
+        overlap = body.get("chunk_overlap", int)
+        if overlap is not None and overlap < 0:
+            raise RequestError(422, f"'chunk_overlap' must be 0 or more tokens, got {overlap}", param="chunk_overlap")
         direction = body.choice("truncation_direction", ("right", "left"), None, fold_case=True)
-        return cls(not truncate, direction, body.prompt(model) if prompts else None)
+        return cls(mode == "error", direction, body.prompt(model) if prompts else None, mode, overlap)
+
+    @staticmethod
+    def long_inputs_of(body: Body) -> str:
+        """The request's long_inputs: its own, else ``truncate: true`` -> "truncate", ``truncate: false`` -> the
+        server's default unless that truncates ("error" then), else the server's default."""
+        truncate = body.get("truncate", bool)
+        mode = body.choice("long_inputs", ("truncate", "chunk", "error"), None)
+        if mode is None:
+            if truncate is None:
+                return body.long_inputs
+            return "truncate" if truncate else ("error" if body.long_inputs == "truncate" else body.long_inputs)
+        if truncate is not None and truncate != (mode == "truncate"):
+            raise RequestError(
+                422, f"'truncate': {str(truncate).lower()} contradicts 'long_inputs': {mode!r}; send one of them",
+                param="long_inputs",
+            )  # fmt: skip
+        return mode
 
     def prepare_args(self) -> dict[str, Any]:
-        return {"strict": self.strict, "direction": self.direction}
+        args: dict[str, Any] = {"direction": self.direction, "long_inputs": self.long_inputs}
+        if self.chunk_overlap is not None:
+            args["chunk_overlap"] = self.chunk_overlap
+        return args
 
 
 def decode_image(uri: str, index: int, key: str):
