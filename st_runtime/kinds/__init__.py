@@ -1,6 +1,6 @@
 """The registry of model kinds: the one place that knows which kinds exist.
 
-Each kind lives in its own module here (embedding, cross_encoder, sparse) and registers itself with
+Each kind lives in its own module here (embedding, cross_encoder, sparse, multi_vector) and registers itself with
 :func:`register`. A kind from another package registers itself the same way when imported, or through the entry
 point group ``st_runtime.kinds`` (each entry a module that registers its kinds), which is read the first time a
 manifest names a task no registered kind runs.
@@ -120,4 +120,4 @@ def load(model_path: str | os.PathLike, **kwargs: Any):
 
 
 # the built-in kinds register themselves
-from . import cross_encoder, embedding, sparse  # noqa: E402, F401
+from . import cross_encoder, embedding, multi_vector, sparse  # noqa: E402, F401
