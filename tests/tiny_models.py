@@ -1032,6 +1032,7 @@ def build_tiny_multi_vector(
     attend: bool = False,
     skiplist: bool = True,
     prompts: dict[str, str] | None = None,
+    pool_factor: float | None = None,
 ) -> Path:
     """A tiny random late-interaction (ColBERT) model: a transformers encoder, a token-level Dense without bias to
     MULTI_VECTOR_DIM, MultiVectorMask (punctuation skiplist on documents) and a token-level Normalize.
@@ -1042,7 +1043,7 @@ def build_tiny_multi_vector(
     [unused0] / document_prefix [unused1], query_length, document_length and attend_to_expansion_tokens at top
     level, modules Transformer + pylate.models.Dense.Dense) or "stanford" (Stanford-NLP ColBERT: a plain
     Hugging Face folder with architectures HF_ColBERT, the projection as linear.weight beside the encoder's
-    weights, and artifact.metadata)."""
+    weights, and artifact.metadata). ``pool_factor``: HierarchicalTokenPooling of documents as the last module."""
     import string
 
     import torch
@@ -1089,6 +1090,10 @@ def build_tiny_multi_vector(
         )
         mask = MultiVectorMask(skiplist_words=list(string.punctuation) if skiplist else [])
         mods = [transformer, dense, mask, Normalize(module_input_name="token_embeddings")]
+        if pool_factor is not None:
+            from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling
+
+            mods.append(HierarchicalTokenPooling(pool_factor))
         MultiVectorEncoder(modules=mods, device="cpu", prompts=prompts).save(str(out))
     if layout == "pylate-v3":
         _to_pylate_v3(out, skiplist, attend, expansion is not None)
