@@ -1,0 +1,180 @@
+"""Multi-vector (late-interaction, ColBERT) models: tiny random MultiVectorEncoders in sentence-transformers' native
+layout, PyLate v3's and Stanford-NLP ColBERT's, exported and run by st_runtime.MultiVectorEncoder, against
+sentence-transformers' encode_query / encode_document (the same kept tokens, every vector at cosine >= 0.99999,
+batch size 1 and one mixed batch) and its MaxSim scores (within 1e-5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import HAVE_EXPORT
+
+import st_runtime
+
+pytestmark = pytest.mark.skipif(not HAVE_EXPORT, reason="needs the export extra")
+
+QUERIES = ["a", "what is the capital of France?", "How big is London", "vitamin d deficiency " * 12, "Москва"]
+DOCUMENTS = [
+    "Paris is the capital, and the largest city, of France!",
+    "x",
+    "London has 9,787,426 inhabitants at the 2011 census; it is big.",
+    "Vitamin D deficiency (hypovitaminosis D) causes bone softening... " * 6,  # past document_length
+    "!?.,;",  # punctuation only: every token but [CLS], [SEP] and the prefix is in the skiplist
+    "東京は日本の首都です。",
+]
+# layout -> build_tiny_multi_vector options
+LAYOUTS = {
+    "native-fixed": {"layout": "native", "expansion": "fixed", "prompts": {"query": "query: ", "document": "passage: "}},
+    "native-min-pooled": {"layout": "native", "expansion": "min", "pool_factor": 2.0},
+    "native-no-expansion": {"layout": "native", "expansion": None, "skiplist": False},
+    "pylate-v3": {"layout": "pylate-v3"},
+    "stanford": {"layout": "stanford"},
+}
+
+INT8_LAYOUT = "stanford"  # exported with its int8 variant too
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """layout -> (sentence-transformers folder, st-export folder), built on first use."""
+    from tiny_models import build_tiny_multi_vector
+
+    from exporters import export_model
+
+    root = tmp_path_factory.mktemp("multi-vector")
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def get(layout: str) -> tuple[Path, Path]:
+        if layout not in cache:
+            src = build_tiny_multi_vector(root / layout, **LAYOUTS[layout])
+            variants = ["int8"] if layout == INT8_LAYOUT else []
+            out = export_model(str(src), output=root / f"onnx-{layout}", variants=variants, log=lambda _m: None)
+            cache[layout] = (src, out)
+        return cache[layout]
+
+    return get
+
+
+def _reference(src: Path):
+    from sentence_transformers import MultiVectorEncoder
+
+    return MultiVectorEncoder(str(src), device="cpu")
+
+
+def _assert_same(got: list[np.ndarray], want: list, what: str) -> None:
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        w = np.asarray(w, dtype=np.float32)
+        assert g.dtype == np.float32 and g.shape == w.shape, f"{what} {i}: kept {g.shape}, sentence-transformers {w.shape}"
+        cos = (g * w).sum(1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1))
+        assert cos.min() >= 0.99999, f"{what} {i}: min cosine {cos.min()}"
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_queries_and_documents_match_sentence_transformers(built, layout):
+    src, out = built(layout)
+    ref = _reference(src)
+    model = st_runtime.load(out, threads=1)
+    assert isinstance(model, st_runtime.MultiVectorEncoder)
+    want_q = ref.encode_query(QUERIES, convert_to_numpy=True)
+    want_d = ref.encode_document(DOCUMENTS, convert_to_numpy=True)
+    for batch_size in (1, None):  # one at a time, and the queries (documents) in one mixed batch
+        _assert_same(model.encode_query(QUERIES, batch_size=batch_size), want_q, f"{layout} query")
+        _assert_same(model.encode_document(DOCUMENTS, batch_size=batch_size), want_d, f"{layout} document")
+    # encode without a task (masked as a document, no prompt, max_seq_length), and a single string
+    _assert_same(model.encode(DOCUMENTS), ref.encode(DOCUMENTS, convert_to_numpy=True), f"{layout} encode")
+    one = model.encode_query(QUERIES[1])
+    assert isinstance(one, np.ndarray) and one.ndim == 2
+    _assert_same([one], [want_q[1]], f"{layout} single query")
+    # MaxSim as sentence-transformers scores it
+    got = model.similarity(model.encode_query(QUERIES), model.encode_document(DOCUMENTS))
+    want = ref.similarity(want_q, want_d).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    pairwise = model.similarity_pairwise(model.encode_query(QUERIES[:2]), model.encode_document(DOCUMENTS[:2]))
+    np.testing.assert_allclose(pairwise, np.diag(want[:2, :2]), atol=1e-5, rtol=0)
+
+
+def test_expansion_and_skiplist_keep_the_tokens_sentence_transformers_keeps(built):
+    src, out = built("stanford")
+    model = st_runtime.load(out, threads=1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    block = manifest["multi_vector"]
+    assert block["expansion"]["length"] == 16 and block["skiplist_tasks"] == ["document"]
+    # every query is exactly the expansion length ([MASK]-padded or truncated), as classic ColBERT
+    assert {q.shape[0] for q in model.encode_query(QUERIES)} == {16}
+    # punctuation is dropped from documents, not from queries
+    punct = model.encode_document("!?.,;")
+    assert punct.shape[0] == 3  # [CLS] [unused1] [SEP]
+    assert model.encode_query("!?.,;").shape[0] == 16
+    # a truncated document keeps document_length tokens minus its skiplisted ones
+    assert model.encode_document(DOCUMENTS[3]).shape[0] <= 40
+
+
+def test_rank_orders_documents_by_maxsim(built):
+    src, out = built("pylate-v3")
+    ref = _reference(src)
+    model = st_runtime.load(out, threads=1)
+    ranked = model.rank(QUERIES[1], DOCUMENTS, return_documents=True, top_k=4)
+    want = ref.similarity(ref.encode_query([QUERIES[1]]), ref.encode_document(DOCUMENTS)).numpy()[0]
+    assert [r["corpus_id"] for r in ranked] == list(np.argsort(-want, kind="stable")[:4])
+    assert [r["text"] for r in ranked] == [DOCUMENTS[r["corpus_id"]] for r in ranked]
+    np.testing.assert_allclose([r["score"] for r in ranked], np.sort(want)[::-1][:4], atol=1e-5)
+
+
+def test_truncate_dim_and_normalize_follow_sentence_transformers(built):
+    src, out = built("native-no-expansion")
+    ref = _reference(src)
+    model = st_runtime.load(out, threads=1)
+    got = model.encode_document(DOCUMENTS, truncate_dim=8)
+    _assert_same(got, ref.encode_document(DOCUMENTS, truncate_dim=8, convert_to_numpy=True), "truncate_dim")
+    assert all(np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5) for v in got)
+    with pytest.raises(ValueError, match="truncate_dim"):
+        model.encode_document(DOCUMENTS, truncate_dim=0)
+    with pytest.raises(ValueError, match="task"):
+        model.encode(DOCUMENTS, task="passage")
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        st_runtime.MultiVectorEncoder(out, cuda_graphs=True)
+
+
+def test_token_pooling_of_the_model_and_per_call(built):
+    src, out = built("native-min-pooled")
+    model = st_runtime.load(out, threads=1)
+    pooled = model.encode_document(DOCUMENTS)
+    unpooled = model.encode_document(DOCUMENTS, token_pooling=False)
+    assert [p.shape[0] for p in pooled] < [u.shape[0] for u in unpooled] or any(
+        p.shape[0] < u.shape[0] for p, u in zip(pooled, unpooled)
+    )
+    # queries are not pooled (the pooling's tasks are documents)
+    assert [q.shape for q in model.encode_query(QUERIES)] == [
+        q.shape for q in model.encode_query(QUERIES, token_pooling=False)
+    ]
+
+
+def test_int8_keeps_the_maxsim_rankings(built):
+    _src, out = built(INT8_LAYOUT)
+    manifest = json.loads((out / "manifest.json").read_text())
+    int8 = manifest["towers"]["text"]["variants"].get("int8") or manifest["export"]["rejected_variants"]["int8"]
+    report = int8["validation"]
+    assert report["ranking_identical"] is True and report["min_cosine"] >= 0.99, report["summary"]
+    model = st_runtime.load(out, variant="int8", threads=1)
+    assert model.variant == "int8"
+
+
+def test_legacy_folders_are_recognised_as_multi_vector(built, tmp_path):
+    from tiny_models import build_tiny_multi_vector
+
+    from exporters.errors import UnsupportedModelError
+    from exporters.st_model import choose_task
+
+    for layout in ("pylate-v3", "stanford"):
+        src, _out = built(layout)
+        assert choose_task(src) == "multi-vector"
+    attend = build_tiny_multi_vector(tmp_path / "attend", attend=True)
+    from exporters import export_model
+
+    with pytest.raises(UnsupportedModelError, match="attend=True"):
+        export_model(str(attend), output=tmp_path / "out", variants=[], log=lambda _m: None)
+    assert not (tmp_path / "out").exists()
