@@ -23,6 +23,7 @@ import numpy as np
 
 from .context import Call
 from .errors import RequestError
+from .handlers import OPENAI_OBJECT
 from .requests import Body, RerankRequest, TextOptions
 
 TASKS = ("document", "query")
@@ -89,7 +90,7 @@ async def openai_embeddings(call: Call) -> Any:
     n_tokens = int(tokens.sum())
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "data": [dict(object=OPENAI_OBJECT, index=i, embedding=v) for i, v in enumerate(vectors)],
         "model": call.model.name,
         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
     }

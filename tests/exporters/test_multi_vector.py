@@ -178,3 +178,95 @@ def test_legacy_folders_are_recognised_as_multi_vector(built, tmp_path):
     with pytest.raises(UnsupportedModelError, match="attend=True"):
         export_model(str(attend), output=tmp_path / "out", variants=[], log=lambda _m: None)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- st-serve
+@pytest.fixture(scope="module")
+def server(built):
+    """st-serve's app on a real uvicorn in this process, serving the pylate-v3 export, on 127.0.0.1."""
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from st_runtime.serve.app import ServeConfig, create_app
+
+    _src, out = built("pylate-v3")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(ServeConfig([out], threads=1)), host="127.0.0.1", port=port, log_level="error")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise AssertionError("st-serve did not become ready in 60 s")
+    yield url, st_runtime.load(out, threads=1)
+    srv.should_exit = True
+    thread.join(30)
+
+
+def test_served_vectors_equal_in_process_ones(server):
+    import base64
+
+    import httpx
+
+    url, model = server
+    queries, documents = model.encode_query(QUERIES), model.encode_document(DOCUMENTS)
+    r = httpx.post(url + "/v1/embeddings", json={"input": QUERIES, "task": "query"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    for item, want in zip(body["data"], queries):
+        np.testing.assert_allclose(np.array(item["embedding"], np.float32), want, atol=1e-6)
+    assert body["usage"]["prompt_tokens"] > 0
+    r = httpx.post(url + "/embeddings", json={"input": DOCUMENTS, "encoding_format": "base64"}, timeout=60)
+    for item, want in zip(r.json()["data"], documents):  # documents by default
+        got = np.frombuffer(base64.b64decode(item["embedding"]), "<f4").reshape(-1, want.shape[1])
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for route in ("/embed", "/embed_all"):
+        got = httpx.post(url + route, json={"inputs": DOCUMENTS, "task": "document"}, timeout=60).json()
+        assert [np.array(g).shape for g in got] == [d.shape for d in documents]
+        for g, want in zip(got, documents):
+            np.testing.assert_allclose(np.array(g, np.float32), want, atol=1e-6)
+    cut = httpx.post(url + "/embed", json={"inputs": QUERIES[1], "task": "query", "dimensions": 8}, timeout=60).json()
+    np.testing.assert_allclose(np.array(cut[0], np.float32), model.encode_query(QUERIES[1], truncate_dim=8), atol=1e-6)
+
+
+def test_served_rerank_scores_by_maxsim(server):
+    import httpx
+
+    url, model = server
+    got = httpx.post(url + "/rerank", json={"query": QUERIES[1], "texts": DOCUMENTS, "return_text": True}, timeout=60)
+    assert got.status_code == 200, got.text
+    want = model.rank(QUERIES[1], DOCUMENTS, return_documents=True)
+    assert [g["index"] for g in got.json()] == [w["corpus_id"] for w in want]
+    np.testing.assert_allclose([g["score"] for g in got.json()], [w["score"] for w in want], atol=1e-5)
+    assert [g["text"] for g in got.json()] == [w["text"] for w in want]
+
+
+def test_served_client_mistakes_are_422(server):
+    import httpx
+
+    url, _model = server
+    for route, body in (
+        ("/embed", {"inputs": ["a"], "task": "passage"}),
+        ("/embed", {"inputs": ["a"], "dimensions": 999}),
+        ("/v1/embeddings", {"input": [1, 2]}),
+        ("/embed_sparse", {"inputs": ["a"]}),  # a route this kind does not answer
+    ):
+        r = httpx.post(url + route, json=body, timeout=30)
+        assert r.status_code == 422, (route, r.status_code, r.text)
+    info = httpx.get(url + "/info", timeout=30).json()
+    assert info["st_runtime"]["task"] == "multi-vector" and "/embed_all" in info["st_runtime"]["routes"]
