@@ -28,7 +28,13 @@ from .errors import UnsupportedModelError
 OUTPUT = "token_vectors"
 ROLES = {"padding": 0, "token": 1, "skiplisted": 2, "expansion": 3}
 # the task whose roles count for each encode call (None: sentence-transformers' encode without a task: a document)
-MODULES = ("Transformer", "Dense (token-level)", "MultiVectorMask", "Normalize (token-level)", "HierarchicalTokenPooling")
+MODULES = (
+    "Transformer",
+    "Dense (token-level)",
+    "MultiVectorMask",
+    "Normalize (token-level)",
+    "HierarchicalTokenPooling",
+)
 
 
 # ---------------------------------------------------------------- description
@@ -46,7 +52,11 @@ def describe_multi_vector(st_model, desc):
 
     mods = list(st_model)
     names = [type(m).__name__ for m in mods]
-    if not mods or not isinstance(mods[0], Transformer) or getattr(mods[0], "transformer_task", None) != "feature-extraction":
+    if (
+        not mods
+        or not isinstance(mods[0], Transformer)
+        or getattr(mods[0], "transformer_task", None) != "feature-extraction"
+    ):
         raise UnsupportedModelError(
             f"the MultiVectorEncoder's modules are {names}; st-export exports late-interaction models made of "
             f"{', '.join(MODULES)} (a text Transformer first)."
@@ -136,7 +146,9 @@ def _expansion(transformer, tokenizer) -> dict[str, Any] | None:
     else:
         token_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.eos_token_id
     if token_id is None:
-        raise UnsupportedModelError("query expansion is on, but the tokenizer has no [MASK] (or EOS) token to expand with.")
+        raise UnsupportedModelError(
+            "query expansion is on, but the tokenizer has no [MASK] (or EOS) token to expand with."
+        )
     return {"strategy": expansion["strategy"], "length": int(expansion["length"]), "token_id": int(token_id)}
 
 
@@ -264,7 +276,9 @@ def check_multi_vector(ref, folder: Path, providers: str, variant: str, plan, it
             for i, (want, have) in enumerate(zip(ref[side], got_runs[run][side])):
                 where = {"run": f"{run}/{side}", "index": i, "tag": tags[i], "text": texts[i][:80]}
                 if have.shape != want.shape:
-                    failures.append({**where, "error": f"{have.shape[0]} tokens kept, sentence-transformers {want.shape[0]}"})
+                    failures.append(
+                        {**where, "error": f"{have.shape[0]} tokens kept, sentence-transformers {want.shape[0]}"}
+                    )
                     continue
                 cos = _cosines(want, have)
                 if len(cos):
@@ -276,8 +290,9 @@ def check_multi_vector(ref, folder: Path, providers: str, variant: str, plan, it
         for run, got in got_runs.items():
             for q in ranking_changes(ref, got, plan.top_k_identical, plan.max_score_diff):
                 ranking_identical = False
+                error = f"MaxSim top-{plan.top_k_identical} of the battery's documents differs"
                 failures.append({"run": f"{run}/maxsim", "index": int(q), "tag": tags[q], "text": texts[q][:80],
-                                 "error": f"MaxSim top-{plan.top_k_identical} of the battery's documents differs"})  # fmt: skip
+                                 "error": error})  # fmt: skip
     mean = total / count if count else 1.0
     gate_mean = plan.mean_cosine
     if gate_mean is not None and mean < gate_mean:
@@ -296,7 +311,8 @@ def check_multi_vector(ref, folder: Path, providers: str, variant: str, plan, it
     }
     report["summary"] = (
         f"{len(texts)} texts as queries and documents x {len(got_runs)} batchings, {count} token vectors: min cosine "
-        f"{worst:.7f}, mean {mean:.7f}" + ("" if plan.exact else f", MaxSim rankings {'identical' if ranking_identical else 'DIFFERENT'}")
+        f"{worst:.7f}, mean {mean:.7f}"
+        + ("" if plan.exact else f", MaxSim rankings {'identical' if ranking_identical else 'DIFFERENT'}")
         + f" (gate {plan.min_cosine})"
     )
     return report

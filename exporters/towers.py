@@ -183,9 +183,9 @@ def trace_tower(
 ) -> bool:
     """Trace one tower into ``path``; ``extra`` names further per-token outputs (token_embeddings) the graph also
     returns, [batch, sequence, ...]; ``first`` replaces the input module in the graph (see ``_graph_module``), and
-    ``sample`` gives the tracing inputs (default: :func:`trace_sample` of texts); ``module``: the module traced (default:
-    ``_graph_module``'s), ``per_token``: ``output`` is [batch, tokens, ...]. Returns whether the weights went to
-    external data."""
+    ``sample`` gives the tracing inputs (default: :func:`trace_sample` of texts); ``module``: the module traced
+    (default: ``_graph_module``'s), ``per_token``: ``output`` is [batch, tokens, ...]. Returns whether the weights
+    went to external data."""
     import torch
 
     if sample is None:
@@ -207,7 +207,9 @@ def trace_tower(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module if module is not None else _graph_module(st_model, input_names, dict(tower.features), output, extra, first),
+            module
+            if module is not None
+            else _graph_module(st_model, input_names, dict(tower.features), output, extra, first),
             args,
             str(path),
             dynamo=False,

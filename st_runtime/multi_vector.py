@@ -79,7 +79,12 @@ class MultiVectorEncoder(Model):
         prepared = self.kind.prepare(self, sentences, task=task, prompt=prompt, prompt_name=prompt_name)
         rows = self.run(prepared, batch_size, show_progress_bar)
         out = self.kind.finish(
-            self, rows, task=task, normalize=normalize_embeddings, truncate_dim=truncate_dim, token_pooling=token_pooling
+            self,
+            rows,
+            task=task,
+            normalize=normalize_embeddings,
+            truncate_dim=truncate_dim,
+            token_pooling=token_pooling,
         )
         return out[0] if prepared.singular else out
 

@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-KEYS = ("kind", "pool_factor", "max_tokens", "distance_threshold", "num_protected_tokens", "normalize_embeddings", "tasks")
+KEYS = (
+    "kind",
+    "pool_factor",
+    "max_tokens",
+    "distance_threshold",
+    "num_protected_tokens",
+    "normalize_embeddings",
+    "tasks",
+)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -33,7 +33,9 @@ def _dimensions(body: Body, call_dim: int) -> int | None:
     dims = body.get("dimensions", int)
     if dims is not None and not 0 < dims <= call_dim:
         raise RequestError(
-            422, f"'dimensions' must be between 1 and {call_dim} (the model's dimension), got {dims}", param="dimensions"
+            422,
+            f"'dimensions' must be between 1 and {call_dim} (the model's dimension), got {dims}",
+            param="dimensions",
         )
     return dims
 
