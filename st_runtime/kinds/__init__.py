@@ -100,11 +100,12 @@ def kind_of(folder: str | os.PathLike) -> Kind:
     return get(load_manifest(folder).get("task", DEFAULT_TASK))
 
 
-def bulk_kind(folder: str | os.PathLike) -> Kind:
-    """The kind of ``folder`` when st-embed and Ray can write its rows (fixed-width vectors), else a typed error."""
+def bulk_kind(folder: str | os.PathLike, tokens: bool = False) -> Kind:
+    """The kind of ``folder`` when st-embed and Ray can write its rows (fixed-width vectors; ``tokens``: or lists of
+    them per text, which st-embed writes and Ray does not), else a typed error."""
     kind = kind_of(folder)
-    if not kind.bulk:
-        able = sorted(task for task, k in _KINDS.items() if k.bulk)
+    if not kind.bulk or (kind.bulk_tokens and not tokens):
+        able = sorted(task for task, k in _KINDS.items() if k.bulk and (tokens or not k.bulk_tokens))
         raise ModelKindError(
             f"{folder} holds a {kind.task} model; st-embed and st_runtime.ray write one fixed-width vector per row, "
             f"which models of the kinds {', '.join(able)} give. Use the model's own class in process instead."

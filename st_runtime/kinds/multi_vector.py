@@ -116,6 +116,8 @@ class MultiVectorKind(Kind):
         Route("/embed_all", f"{_HANDLERS}:tei_embed_all"),
         Route("/rerank", f"{_HANDLERS}:tei_rerank"),
     )
+    bulk = True
+    bulk_tokens = True  # st-embed writes each text's token vectors (documents) and their number
 
     # ------------------------------------------------------------------ rows
     def width(self, model: Model) -> int:
@@ -199,6 +201,18 @@ class MultiVectorKind(Kind):
         if truncate_dim is not None:
             out = [normalize_rows(v[:, :truncate_dim]) for v in out]
         return out
+
+    def bulk_width(self, model: Model, *args: Any, **options: Any) -> int:
+        return model.spec.dimension
+
+    def bulk_encode(  # type: ignore[override]
+        self, model: Model, texts: list[str], normalize: bool = False, prompt_name: str | None = None
+    ) -> list[np.ndarray]:
+        """st-embed's rows: each text's token vectors as a document (the document prompt, length and skiplist)."""
+        if not texts:
+            return []
+        rows = model.run(self.prepare(model, list(texts), task="document", prompt_name=prompt_name))
+        return self.finish(model, rows, task="document", normalize=normalize)
 
     def warm_up(self, model: Model) -> None:
         for task in TASKS:

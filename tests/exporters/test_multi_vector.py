@@ -277,3 +277,33 @@ def test_served_client_mistakes_are_422(server):
         assert r.status_code == 422, (route, r.status_code, r.text)
     info = httpx.get(url + "/info", timeout=30).json()
     assert info["st_runtime"]["task"] == "multi-vector" and "/embed_all" in info["st_runtime"]["routes"]
+
+
+# ---------------------------------------------------------------------------------------------------- st-embed
+def test_st_embed_writes_token_vector_lists_and_counts(built, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from st_runtime.bulk.cli import main
+
+    _src, out = built("pylate-v3")
+    model = st_runtime.load(out, threads=1)
+    rows = [{"id": i, "text": t} for i, t in enumerate(DOCUMENTS)] + [{"id": 99, "text": None}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    args = [str(out), str(src), "-o", str(tmp_path / "out"), "--threads", "1", "--quiet", "--id-column", "id"]
+    assert main([*args, "--skip-invalid"]) == 0
+    table = pq.read_table(sorted((tmp_path / "out").glob("part-*.parquet"))[0])
+    pa = pytest.importorskip("pyarrow")
+    assert table.schema.field("embedding").type == pa.list_(pa.list_(pa.float32(), 24))
+    want = model.encode_document(DOCUMENTS)
+    got = table.column("embedding").to_pylist()
+    assert table.column("tokens").to_pylist() == [len(w) for w in want] + [None]
+    assert table.column("id").to_pylist() == [*range(len(DOCUMENTS)), 99]
+    assert got[-1] is None
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.array(g, np.float32), w, atol=1e-6)
+    # a resumed run finds the job complete (the part is not written again); another precision is refused
+    part = sorted((tmp_path / "out").glob("part-*.parquet"))[0]
+    before = part.stat().st_mtime_ns
+    assert main([*args, "--skip-invalid"]) == 0
+    assert part.stat().st_mtime_ns == before
+    assert main([*args, "--skip-invalid", "--precision", "int8", "-o", str(tmp_path / "out8")]) != 0
