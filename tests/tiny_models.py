@@ -1009,8 +1009,12 @@ MV_DOCUMENT_LENGTH = 40
 
 
 def _mv_backbone(arch: str):
-    """The tokenizer and a random transformers encoder of ``arch`` (ZOO), weights spread so tokens differ."""
+    """The tokenizer and a random transformers encoder of ``arch`` (ZOO), weights spread so tokens differ. ModernBERT's
+    local window spans a whole expanded query, as GTE-ModernColBERT's 128 tokens span its 32: a narrower one leaves
+    [MASK] slots that see no token in local layers, where eager and SDPA attention differ (no real model does so)."""
     spec = _spec(arch)
+    if arch == "modernbert":
+        spec = replace(spec, config_kwargs={**spec.config_kwargs, "local_attention": 2 * MV_QUERY_LENGTH})
     tok = _tokenizer(spec.tokenizer)
     model = _hf_model(spec, tok)
     _spread(model, 0.2)

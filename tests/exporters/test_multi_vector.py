@@ -35,6 +35,7 @@ LAYOUTS = {
     "native-min-pooled": {"layout": "native", "expansion": "min", "pool_factor": 2.0},
     "native-no-expansion": {"layout": "native", "expansion": None, "skiplist": False},
     "pylate-v3": {"layout": "pylate-v3"},
+    "pylate-v3-modernbert": {"layout": "pylate-v3", "arch": "modernbert"},  # GTE-ModernColBERT's layout
     "stanford": {"layout": "stanford"},
 }
 
