@@ -27,7 +27,6 @@ from .errors import UnsupportedModelError
 
 OUTPUT = "token_vectors"
 ROLES = {"padding": 0, "token": 1, "skiplisted": 2, "expansion": 3}
-# the task whose roles count for each encode call (None: sentence-transformers' encode without a task: a document)
 MODULES = (
     "Transformer",
     "Dense (token-level)",

@@ -104,6 +104,25 @@ def test_queries_and_documents_match_sentence_transformers(built, layout):
     np.testing.assert_allclose(pairwise, np.diag(want[:2, :2]), atol=1e-5, rtol=0)
 
 
+def test_queries_and_documents_share_graph_batches(built):
+    """The server's batcher runs queries and documents of several requests as one set of graph batches: each keeps
+    the rows its task counts, whatever its company (the graph expands every row; documents drop the slots)."""
+    _src, out = built("stanford")
+    model = st_runtime.load(out, threads=1)
+    kind, tower = model.kind, model.text_tower
+    q = kind.prepare(model, QUERIES, task="query")
+    d = kind.prepare(model, DOCUMENTS, task="document")
+    encodings = tower.tokenize(q.texts, q.max_length) + tower.tokenize(d.texts, d.max_length)
+    rows = kind.new_rows(model, len(encodings))
+    tower.embed_encoded(encodings, rows, batch_size=len(encodings), max_length=tower.max_seq_length, pairs=False)
+    got_q = kind.finish(model, kind.split(rows, 0, len(QUERIES)), task="query")
+    got_d = kind.finish(model, kind.split(rows, len(QUERIES), len(encodings)), task="document")
+    for got, want in ((got_q, model.encode_query(QUERIES)), (got_d, model.encode_document(DOCUMENTS))):
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-5)
+
+
 def test_expansion_and_skiplist_keep_the_tokens_sentence_transformers_keeps(built):
     _src, out = built("stanford")
     model = st_runtime.load(out, threads=1)
