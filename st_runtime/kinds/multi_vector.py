@@ -73,27 +73,41 @@ class TokenRows:
         return self.slots[self.offset : self.offset + self.n]  # type: ignore[return-value]
 
 
+# the most similarities (query tokens x document tokens) held at once by maxsim: 64 MiB of float32
+MAXSIM_CHUNK_ELEMENTS = 1 << 24
+
+
 def maxsim(queries: list[np.ndarray], documents: list[np.ndarray], length_normalize: bool = False) -> np.ndarray:
     """[queries, documents] late-interaction scores, as sentence-transformers' maxsim: for each query token its
     highest dot product with a document token, summed over the query's tokens (``length_normalize``: divided by
-    their number, MeanMaxSim). A document without tokens scores EMPTY_DOCUMENT_SCORE."""
+    their number, MeanMaxSim). A document without tokens scores EMPTY_DOCUMENT_SCORE. Documents are scored in chunks
+    of at most MAXSIM_CHUNK_ELEMENTS similarities per query."""
     scores = np.zeros((len(queries), len(documents)), dtype=np.float32)
     if not len(queries) or not len(documents):
         return scores
     sizes = np.array([len(d) for d in documents])
-    filled = np.flatnonzero(sizes > 0)
     scores[:, sizes == 0] = EMPTY_DOCUMENT_SCORE
-    if not len(filled):
-        return scores
-    tokens = np.concatenate([np.asarray(documents[j], np.float32) for j in filled])
-    starts = np.concatenate([[0], np.cumsum(sizes[filled])[:-1]])
-    for i, q in enumerate(queries):
-        q = np.asarray(q, np.float32)
-        if not len(q):
-            continue
-        best = np.maximum.reduceat(q @ tokens.T, starts, axis=1)  # [query tokens, filled documents]
-        total = best.sum(axis=0, dtype=np.float32)
-        scores[i, filled] = total / len(q) if length_normalize else total
+    filled = np.flatnonzero(sizes > 0)
+    longest_query = max(len(q) for q in queries) or 1
+    budget = max(MAXSIM_CHUNK_ELEMENTS // longest_query, int(sizes.max()))
+    bounds = np.cumsum(sizes[filled])
+    start = 0
+    while start < len(filled):  # documents filled[start:end] hold at most ``budget`` tokens (at least one document)
+        base = bounds[start - 1] if start else 0
+        end = max(start + 1, int(np.searchsorted(bounds, base + budget, side="right")))
+        chunk = filled[start:end]
+        tokens = np.concatenate([np.asarray(documents[j], np.float32) for j in chunk])
+        offsets = np.concatenate([[0], np.cumsum(sizes[chunk])[:-1]])
+        for i, q in enumerate(queries):
+            q = np.asarray(q, np.float32)
+            if not len(q):
+                continue
+            best = np.maximum.reduceat(q @ tokens.T, offsets, axis=1)  # [query tokens, documents of the chunk]
+            total = best.sum(axis=0, dtype=np.float32)
+            scores[i, chunk] = total
+        start = end
+    if length_normalize:  # as sentence-transformers: after the empty documents' fill
+        scores /= np.maximum([len(q) for q in queries], 1).astype(np.float32)[:, None]
     return scores
 
 
