@@ -40,6 +40,7 @@ LAYOUTS = {
 }
 
 INT8_LAYOUT = "stanford"  # exported with its int8 variant too
+OPT_LAYOUTS = ("native-fixed", "pylate-v3-modernbert")  # exported with their fused (opt) variant too
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def built(tmp_path_factory):
     def get(layout: str) -> tuple[Path, Path]:
         if layout not in cache:
             src = build_tiny_multi_vector(root / layout, **LAYOUTS[layout])
-            variants = ["int8"] if layout == INT8_LAYOUT else []
+            variants = ["int8"] if layout == INT8_LAYOUT else ["opt"] if layout in OPT_LAYOUTS else []
             out = export_model(str(src), output=root / f"onnx-{layout}", variants=variants, log=lambda _m: None)
             cache[layout] = (src, out)
         return cache[layout]
@@ -137,6 +138,17 @@ def test_expansion_and_skiplist_keep_the_tokens_sentence_transformers_keeps(buil
     assert model.encode_query("!?.,;").shape[0] == 16
     # a truncated document keeps document_length tokens minus its skiplisted ones
     assert model.encode_document(DOCUMENTS[3]).shape[0] <= 40
+
+
+@pytest.mark.parametrize("layout", OPT_LAYOUTS)
+def test_the_fused_variant_passes_its_gate_and_matches(built, layout):
+    src, out = built(layout)
+    variants = json.loads((out / "manifest.json").read_text())["towers"]["text"]["variants"]
+    assert variants["opt"]["status"] == "passed", variants["opt"]["validation"]["summary"]
+    assert variants["opt"]["validation"]["min_cosine"] >= 0.99999
+    ref = _reference(src)
+    model = st_runtime.load(out, variant="opt", threads=1)
+    _assert_same(model.encode_query(QUERIES), ref.encode_query(QUERIES, convert_to_numpy=True), f"{layout} opt query")
 
 
 def test_rank_orders_documents_by_maxsim(built):
