@@ -339,3 +339,13 @@ def test_st_embed_writes_token_vector_lists_and_counts(built, tmp_path):
     assert main([*args, "--skip-invalid"]) == 0
     assert part.stat().st_mtime_ns == before
     assert main([*args, "--skip-invalid", "--precision", "int8", "-o", str(tmp_path / "out8")]) != 0
+
+
+def test_ray_refuses_per_token_rows_and_st_embed_takes_them(built):
+    from st_runtime import kinds
+    from st_runtime.errors import ModelKindError
+
+    _src, out = built("pylate-v3")
+    with pytest.raises(ModelKindError, match="fixed-width"):
+        kinds.bulk_kind(out)  # st_runtime.ray and st-embed --ray
+    assert kinds.bulk_kind(out, tokens=True).task == "multi-vector"
