@@ -335,6 +335,10 @@ def bench_model(
         from benchmarks.rerank import bench_reranker
 
         return bench_reranker(folder, manifest, source, threads, rounds, corpus, variants)
+    if manifest.get("task") == "multi-vector":  # ColBERT: encode_query / encode_document against MultiVectorEncoder
+        from benchmarks.multi_vector import bench_multi_vector
+
+        return bench_multi_vector(folder, manifest, source, threads, rounds, corpus, variants)
     bs = {} if batch_size is None else {"batch_size": batch_size}  # None: each system's own default
     systems, unavailable = local_systems(folder, manifest, source, provider, threads, bs, variants, cuda_graphs)
     name = Path(model).name
@@ -434,7 +438,8 @@ def _parser() -> argparse.ArgumentParser:
         "--random-weights",
         default="",
         help="comma-separated random-weight models at real shapes (benchmarks/random_shapes.py: modernbert-base, "
-        "qwen3-0.6b, embeddinggemma-300m, bge-m3), built and exported on first use; their results say so",
+        "qwen3-0.6b, embeddinggemma-300m, bge-m3; benchmarks/multi_vector.py: answerai-colbert-small, "
+        "gte-moderncolbert), built and exported on first use; their results say so",
     )
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None, help="threads for both (default: physical cores)")
@@ -528,9 +533,11 @@ def _workloads(p: argparse.ArgumentParser, args) -> dict[str, list[str]]:
 def _models(p: argparse.ArgumentParser, args) -> list[str]:
     models = list(args.models)
     if args.random_weights:
+        from benchmarks import multi_vector
         from benchmarks.random_shapes import ensure_random
 
-        models += [str(ensure_random(n)) for n in args.random_weights.split(",") if n]
+        for n in filter(None, args.random_weights.split(",")):
+            models.append(str(multi_vector.ensure_random(n) if n in multi_vector.SHAPES else ensure_random(n)))
     if not models:
         p.error("name at least one model, or --random-weights")
     return models

@@ -460,10 +460,10 @@ def export_model(
     ``variants``: graph variants to build besides the fp32 graph (which is always built and must pass):
     any of "opt", "int8", "fp16"; default :func:`default_variants`.
 
-    ``kind``: the manifest task to export the model as, "embedding", "cross-encoder" or "sparse-embedding"
-    (st-export --kind); default: the folder's own (:func:`exporters.st_model.choose_task`). A folder saved by
-    sentence-transformers keeps the class it was saved as, and a contradicting ``kind`` is refused. A plain Hugging
-    Face folder is exported as that kind's sentence-transformers class loads it (``sparse-embedding``:
+    ``kind``: the manifest task to export the model as, "embedding", "cross-encoder", "sparse-embedding" or
+    "multi-vector" (st-export --kind); default: the folder's own (:func:`exporters.st_model.choose_task`). A folder
+    saved by sentence-transformers keeps the class it was saved as, and a contradicting ``kind`` is refused. A plain
+    Hugging Face folder is exported as that kind's sentence-transformers class loads it (``sparse-embedding``:
     ``SparseEncoder(folder)``, SPLADE; ``embedding``: ``SentenceTransformer(folder)``, mean pooling); a plain
     ``*ForMaskedLM`` folder, which could be either, is refused unless ``kind`` says which.
     """

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ModelKindError, RemoteCodeError, UnsupportedModelError
 from .specs import TextEncoderSpec, spec_for, spec_for_input_module, supported_summary
-from .tasks import BASE_MODEL_TASK, EXPORTABLE_KINDS, TASKS
+from .tasks import BASE_MODEL_TASK, EXPORTABLE_KINDS, MODULE_ALIASES, TASKS
 
 SUPPORTED_MODULES = (
     "Transformer",
@@ -41,6 +41,7 @@ class ModelDescription:
     embedding: dict[str, Any] | None = None  # SentenceTransformer: dimension, pooling, dense, normalized, similarity
     scores: dict[str, Any] | None = None  # CrossEncoder: num_labels, labels, activation
     sparse: dict[str, Any] | None = None  # SparseEncoder: dimension, pooling, activation, max_active_dims
+    multi_vector: dict[str, Any] | None = None  # MultiVectorEncoder: dimension, lengths, expansion, skiplist
 
 
 def _read_json(path: Path) -> Any:
@@ -131,7 +132,11 @@ def inspect_folder(folder: Path, trust_remote_code: bool) -> tuple[str, list[dic
         if modules_file.is_file()
         else [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     )
-    custom = [m["type"] for m in modules if not str(m.get("type", "")).startswith("sentence_transformers.")]
+    custom = [
+        m["type"]
+        for m in modules
+        if not str(m.get("type", "")).startswith("sentence_transformers.") and m.get("type") not in MODULE_ALIASES
+    ]
     if custom and not trust_remote_code:
         raise RemoteCodeError(
             f"{folder} uses custom module code {custom}. Running it executes code from the model repository; "

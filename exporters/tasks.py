@@ -48,6 +48,13 @@ class Task:
     # (sentence-transformers model, battery inputs) -> the outputs before the model's final Normalize, for a tower
     # whose graph also returns them (manifest: unnormalized_output); None: the task's graphs never do
     unnormalized_reference: Callable[[Any, list[Any]], np.ndarray] | None = None
+    # (sentence-transformers model, description, graph input names, constant features) -> the torch module traced
+    # for the text tower; None: every module of the model in order, returning ``output`` (towers._graph_module)
+    graph: Callable[[Any, Any, list[str], dict[str, Any]], Any] | None = None
+    per_token: bool = False  # the output is [batch, tokens, ...] (its token axis is dynamic too)
+    saved_as: tuple[str, ...] = ()  # other "model_type"s of config_sentence_transformers.json saved as st_class
+    # module types outside sentence_transformers.* that sentence-transformers maps onto its own when it loads st_class
+    module_aliases: tuple[str, ...] = ()
 
 
 def _check_embedding(ref, folder, providers, variant, plan, items, manifest, unnormalized=None):
@@ -219,6 +226,26 @@ TASKS = {
             text_pairs=False,  # sentence-transformers' SparseEncoder is validated on single texts only
             variants_left_out={"int8": "quantization noise moves weights across zero, so the active set changes"},
         ),
+        Task(
+            name="multi-vector",
+            st_class="MultiVectorEncoder",
+            output="token_vectors",  # exporters.multi_vector.OUTPUT
+            block="multi_vector",
+            describe=_by_name("multi_vector", "describe_multi_vector"),
+            reference=_by_name("multi_vector", "reference_multi_vector"),
+            check=_by_name("multi_vector", "check_multi_vector"),
+            timing=_by_name("multi_vector", "time_multi_vector"),
+            calibration=_calibration_texts,
+            int8_gate=_by_name("multi_vector", "int8_gate"),
+            loads_as="late interaction (ColBERT), as sentence_transformers.MultiVectorEncoder loads it",
+            head="HF_ColBERT",  # Stanford-NLP ColBERT checkpoints (colbert-ir/colbertv2.0) are plain folders so
+            plain_default=True,
+            text_pairs=False,
+            graph=_by_name("multi_vector", "multi_vector_graph"),
+            per_token=True,
+            saved_as=("ColBERT",),  # PyLate <= 3
+            module_aliases=("pylate.models.Dense.Dense",),
+        ),
     )
 }
 
@@ -227,4 +254,6 @@ TASKS = {
 BASE_MODEL_TASK = "embedding"
 
 # The sentence-transformers class a folder may declare it was saved as, and the task each is exported as.
-EXPORTABLE_KINDS = {t.st_class: t.name for t in TASKS.values()}
+EXPORTABLE_KINDS = {name: t.name for t in TASKS.values() for name in (t.st_class, *t.saved_as)}
+# module types outside sentence_transformers.* that the classes above load as their own modules (no remote code)
+MODULE_ALIASES = frozenset(a for t in TASKS.values() for a in t.module_aliases)

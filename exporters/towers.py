@@ -192,11 +192,14 @@ def trace_tower(
     extra: tuple[str, ...] = (),
     first=None,
     sample: dict[str, Any] | None = None,
+    module=None,
+    per_token: bool = False,
 ) -> bool:
     """Trace one tower into ``path``; ``extra`` names further per-token outputs (token_embeddings) the graph also
     returns, [batch, sequence, ...]; ``first`` replaces the input module in the graph (see ``_graph_module``), and
-    ``sample`` gives the tracing inputs (default: :func:`trace_sample` of texts). Returns whether the weights went
-    to external data."""
+    ``sample`` gives the tracing inputs (default: :func:`trace_sample` of texts); ``module``: the module traced
+    (default: ``_graph_module``'s), ``per_token``: ``output`` is [batch, tokens, ...]. Returns whether the weights
+    went to external data."""
     import torch
 
     if sample is None:
@@ -211,14 +214,16 @@ def trace_tower(
     dynamic_axes = {
         name: ({0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"}) for name in input_names
     }
-    dynamic_axes[output] = {0: "batch"}
+    dynamic_axes[output] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     for name in extra:
         dynamic_axes[name] = {0: "batch"} if name == UNNORMALIZED else {0: "batch", 1: "sequence"}
     before = {f.name for f in path.parent.iterdir()}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _graph_module(st_model, input_names, dict(tower.features), output, extra, first),
+            module
+            if module is not None
+            else _graph_module(st_model, input_names, dict(tower.features), output, extra, first),
             args,
             str(path),
             dynamo=False,
@@ -303,10 +308,14 @@ def build_towers(
             sample = _runtime_sample(folder, entry["tokenizer"], input_names)
         else:
             first, sample = None, trace_sample(st_model, tower, task.pairs)
+        module = None
+        if task.graph is not None and tower.modality == "text":
+            module = task.graph(st_model, desc, input_names, dict(tower.features))
         log(f"Tracing {tower.graph_file} ({tower.name} tower, inputs {input_names}, opset {opset})")
         used_external = trace_tower(
-            st_model, tower, input_names, folder / tower.graph_file, opset, external_data, output, extra, first, sample
-        )
+            st_model, tower, input_names, folder / tower.graph_file, opset, external_data, output, extra, first, sample,
+            module, task.per_token,
+        )  # fmt: skip
         entry["inputs"] = input_names
         entry["variants"] = {"fp32": variant_entry("fp32", tower.graph_file, {"external_data": used_external})}
         towers[tower.name] = entry

@@ -8,12 +8,14 @@ from .encoder import SentenceEncoder, SentenceTransformer
 from .kinds import load
 from .manifest import FORMAT_VERSION
 from .model import Model
+from .multi_vector import MultiVectorEncoder
 from .sparse import SparseEmbedding, SparseEncoder
 
 __all__ = [
     "FORMAT_VERSION",
     "CrossEncoder",
     "Model",
+    "MultiVectorEncoder",
     "SentenceEncoder",
     "SentenceTransformer",
     "SparseEmbedding",

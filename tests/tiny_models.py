@@ -997,4 +997,154 @@ TINY_KINDS = {
     "SentenceTransformer": "build_tiny",
     "CrossEncoder": "build_tiny_cross_encoder",
     "SparseEncoder": "build_tiny_sparse_encoder",
+    "MultiVectorEncoder": "build_tiny_multi_vector",
+    "ColBERT": "build_tiny_multi_vector",  # PyLate v3's saves (layout="pylate-v3")
 }
+
+
+# ------------------------------------------------------------------------------------- multi-vector (ColBERT) models
+MULTI_VECTOR_DIM = 24  # the token-level Dense's width (ColBERT's 128 in small)
+MV_QUERY_LENGTH = 16  # the query expansion's pad target (ColBERT's 32 in small)
+MV_DOCUMENT_LENGTH = 40
+
+
+def _mv_backbone(arch: str):
+    """The tokenizer and a random transformers encoder of ``arch`` (ZOO), weights spread so tokens differ. ModernBERT's
+    local window spans a whole expanded query, as GTE-ModernColBERT's 128 tokens span its 32: a narrower one leaves
+    [MASK] slots that see no token in local layers, where eager and SDPA attention differ (no real model does so)."""
+    spec = _spec(arch)
+    if arch == "modernbert":
+        spec = replace(spec, config_kwargs={**spec.config_kwargs, "local_attention": 2 * MV_QUERY_LENGTH})
+    tok = _tokenizer(spec.tokenizer)
+    model = _hf_model(spec, tok)
+    _spread(model, 0.2)
+    return tok, model
+
+
+def _mv_dense_weight(hidden: int, seed: int = 17):
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.randn(MULTI_VECTOR_DIM, hidden) / hidden**0.5
+
+
+def build_tiny_multi_vector(
+    out: Path,
+    arch: str = "bert",
+    layout: str = "native",
+    expansion: str | None = "fixed",
+    attend: bool = False,
+    skiplist: bool = True,
+    prompts: dict[str, str] | None = None,
+    pool_factor: float | None = None,
+) -> Path:
+    """A tiny random late-interaction (ColBERT) model: a transformers encoder, a token-level Dense without bias to
+    MULTI_VECTOR_DIM, MultiVectorMask (punctuation skiplist on documents) and a token-level Normalize.
+
+    ``layout``: "native" (saved by sentence-transformers' MultiVectorEncoder; ``expansion``: the query expansion
+    strategy, "fixed", "min" or None, to MV_QUERY_LENGTH tokens with [MASK]; ``prompts``: query/document prompts),
+    "pylate-v3" (PyLate 1.x-3.x: config_sentence_transformers.json with model_type "ColBERT", query_prefix
+    [unused0] / document_prefix [unused1], query_length, document_length and attend_to_expansion_tokens at top
+    level, modules Transformer + pylate.models.Dense.Dense) or "stanford" (Stanford-NLP ColBERT: a plain
+    Hugging Face folder with architectures HF_ColBERT, the projection as linear.weight beside the encoder's
+    weights, and artifact.metadata). ``pool_factor``: HierarchicalTokenPooling of documents as the last module."""
+    import string
+
+    import torch
+    from safetensors.torch import save_file
+
+    tok, model = _mv_backbone(arch)
+    hidden = model.config.hidden_size
+    weight = _mv_dense_weight(hidden)
+    if layout == "stanford":
+        out.mkdir(parents=True)
+        model.config.architectures = ["HF_ColBERT"]
+        model.config.save_pretrained(str(out))
+        state = {f"{model.base_model_prefix}.{k}": v.contiguous() for k, v in model.state_dict().items()}
+        state["linear.weight"] = weight.contiguous()
+        save_file(state, str(out / "model.safetensors"))
+        tok.save_pretrained(str(out))
+        metadata = {
+            "query_token_id": "[unused0]",
+            "doc_token_id": "[unused1]",
+            "query_maxlen": MV_QUERY_LENGTH,
+            "doc_maxlen": MV_DOCUMENT_LENGTH,
+            "mask_punctuation": skiplist,
+            "attend_to_mask_tokens": attend,
+        }
+        _write_json(out / "artifact.metadata", metadata, indent=2)
+        return out
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    expansion_cfg = None if expansion is None else {"strategy": expansion, "attend": attend, "length": MV_QUERY_LENGTH}
+    with _scratch_dir(out) as hf_dir:
+        _save_hf(hf_dir, model, tok)
+        transformer = Transformer(
+            str(hf_dir), max_seq_length=MAX_SEQ, document_length=MV_DOCUMENT_LENGTH, query_expansion=expansion_cfg
+        )
+        dense = Dense(
+            hidden,
+            MULTI_VECTOR_DIM,
+            bias=False,
+            activation_function=torch.nn.Identity(),
+            init_weight=weight,
+            module_input_name="token_embeddings",
+        )
+        mask = MultiVectorMask(skiplist_words=list(string.punctuation) if skiplist else [])
+        mods = [transformer, dense, mask, Normalize(module_input_name="token_embeddings")]
+        if pool_factor is not None:
+            from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling
+
+            mods.append(HierarchicalTokenPooling(pool_factor))
+        MultiVectorEncoder(modules=mods, device="cpu", prompts=prompts).save(str(out))
+    if layout == "pylate-v3":
+        _to_pylate_v3(out, skiplist, attend, expansion is not None)
+    elif layout != "native":
+        raise ValueError(layout)
+    return out
+
+
+def _to_pylate_v3(out: Path, skiplist: bool, attend: bool, expansion: bool) -> None:
+    """Rewrite a native save as PyLate <= 3 wrote it: [Transformer, pylate Dense], the multi-vector settings at the
+    top of config_sentence_transformers.json, and no MultiVectorMask or Normalize (PyLate applied them inline)."""
+    import string
+
+    modules = json.loads((out / "modules.json").read_text())
+    kept = []
+    for m in modules:
+        short = m["type"].rsplit(".", 1)[-1]
+        if short in ("MultiVectorMask", "Normalize"):
+            if m["path"] and (out / m["path"]).is_dir():
+                shutil.rmtree(out / m["path"])
+            continue
+        if short == "Dense":
+            m["type"] = "pylate.models.Dense.Dense"
+            cfg_path = out / m["path"] / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg.pop("module_input_name", None)
+            cfg.pop("module_output_name", None)
+            _write_json(cfg_path, cfg, indent=2)
+        else:
+            cfg_path = out / m["path"] / "sentence_bert_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            for key in ("query_length", "document_length", "query_expansion"):
+                cfg.pop(key, None)
+            _write_json(cfg_path, cfg, indent=2)
+        kept.append(m)
+    _write_json(out / "modules.json", kept, indent=2)
+    st_cfg = json.loads((out / "config_sentence_transformers.json").read_text())
+    st_cfg.update(
+        model_type="ColBERT",
+        query_prefix="[unused0]",
+        document_prefix="[unused1]",
+        query_length=MV_QUERY_LENGTH,
+        document_length=MV_DOCUMENT_LENGTH,
+        attend_to_expansion_tokens=attend,
+        do_query_expansion=expansion,
+        skiplist_words=list(string.punctuation) if skiplist else [],
+        similarity_fn_name="MaxSim",
+        prompts={"query": "", "document": ""},
+    )
+    _write_json(out / "config_sentence_transformers.json", st_cfg, indent=2)

@@ -44,6 +44,12 @@ def session(model_or_path):
     return ort.InferenceSession(data, so, providers=[CPU])
 
 
+def as_rows(output: np.ndarray) -> np.ndarray:
+    """A graph output as rows to score: a per-token output [batch, tokens, width] (multi-vector models) gives a row
+    per token, so feeds of different widths concatenate."""
+    return output.reshape(-1, output.shape[-1]) if output.ndim > 2 else output
+
+
 def run_all(sess, feeds: Feeds, names: list[str] | None = None) -> list[list[np.ndarray]]:
     return [sess.run(names, f) for f in feeds]
 
@@ -81,7 +87,7 @@ def activation_ranges(
     outputs, amax = [], {}
     for feed in feeds:
         got = sess.run([output, *names], feed)
-        outputs.append(got[0])
+        outputs.append(as_rows(got[0]))
         for name, value in zip(names, got[1:]):
             channel_max = np.abs(value.reshape(-1, value.shape[-1])).max(0)
             amax[name] = channel_max if name not in amax else np.maximum(amax[name], channel_max)
@@ -233,7 +239,7 @@ class Calibration:
     def score(self, model: ModelProto) -> tuple[float, float]:
         """The minimum and mean agreement of ``model``'s output with the reference."""
         sess = _session_of(model, self.folder, "int8-try.onnx")
-        got = np.concatenate([r[0] for r in run_all(sess, self.feeds, [self.output])])
+        got = np.concatenate([as_rows(r[0]) for r in run_all(sess, self.feeds, [self.output])])
         del sess
         cos = (self.agreement or cosines)(self.reference, got)
         return float(cos.min()), float(cos.mean())

@@ -140,9 +140,9 @@ def _run_local(spec, source, args, log):
     from ..kinds import bulk_kind, load
     from . import job
 
-    kind = bulk_kind(spec.model_dir)
+    kind = bulk_kind(spec.model_dir, tokens=True)
     model = load(spec.model_dir, threads=spec.threads, variant=spec.variant)
-    output = job.Output(spec, source, model.variant, kind.bulk_width(model))
+    output = job.Output(spec, source, model.variant, kind.bulk_width(model), per_token=kind.bulk_tokens)
     submit, result = job.iter_local(model, spec)
     spec.extra = {"mode": "local", "threads": model.threads}
     with _bar(source, spec, args) as bar:

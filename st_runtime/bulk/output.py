@@ -25,6 +25,7 @@ from .sources import Chunk, Source
 SETTINGS = "_st_embed.json"
 SUCCESS = "_SUCCESS"
 COLUMN = "embedding"  # the output column of the vectors
+TOKENS_COLUMN = "tokens"  # per-token models: each row's number of token vectors
 RECORD = "_run.json"  # "_" and "." names are skipped by pyarrow/Spark readers of the folder
 _PRECISION_TYPES = {
     "float32": pa.float32(),
@@ -126,9 +127,14 @@ def _manifest_sha(model_dir: Path) -> str:
 class Output:
     """The output folder of one job: settings, complete parts, the final record."""
 
-    def __init__(self, spec: JobSpec, source: Source, variant: str, dim: int):
+    def __init__(self, spec: JobSpec, source: Source, variant: str, dim: int, per_token: bool = False):
         if spec.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {spec.precision!r}")
+        if per_token and spec.precision != "float32":
+            raise OutputError(
+                f"this model gives a vector per token, written as float32; --precision {spec.precision} is not offered"
+            )
+        self.per_token = per_token
         self.spec = spec
         self.dir = Path(spec.output)
         self.dim = dim
@@ -156,6 +162,8 @@ class Output:
         self.ranges: np.ndarray | None = None
         self.parts: list[PartInfo] = []  # the complete parts found by prepare()
         fields = [pa.field(COLUMN, pa.list_(_PRECISION_TYPES[spec.precision], self.width))]
+        if per_token:  # per row a list of token vectors, and how many
+            fields = [pa.field(COLUMN, pa.list_(fields[0].type)), pa.field(TOKENS_COLUMN, pa.int32())]
         if spec.id_column is not None:
             fields.insert(0, pa.field(spec.id_column, source.id_type or pa.null()))
         self.schema = pa.schema(fields)
@@ -273,24 +281,28 @@ class Output:
         _write_atomically(self.dir / SETTINGS, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
     # ------------------------------------------------------------------ parts
-    def write_part(self, k: int, chunk: Chunk, emb: np.ndarray, valid: np.ndarray) -> None:
-        """Write chunk ``k`` (``emb`` holds the rows of ``valid``) atomically."""
-        if self.spec.precision in ("int8", "uint8") and self.ranges is None:
-            self.ranges = calibration_ranges(emb if len(emb) else np.zeros((1, self.dim), np.float32))
-            self._write_settings()  # before the part that used them, so a resumed run uses the same ranges
-        q = quantize_embeddings(emb, self.spec.precision, self.ranges)
-        n = len(chunk)
-        flat = np.zeros((n, self.width), dtype=q.dtype)
-        flat[valid] = q
-        values = pa.array(flat.reshape(-1), type=_PRECISION_TYPES[self.spec.precision])
+    def _token_columns(self, emb: list[np.ndarray], valid: np.ndarray) -> list[pa.Array]:
+        """The per-token column (a list of the text's token vectors per row) and the token counts."""
+        counts = np.zeros(len(valid), dtype=np.int32)
+        counts[valid] = [len(e) for e in emb]
+        flat = np.concatenate(emb) if emb else np.zeros((0, self.width), np.float32)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float32()), self.width)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
         mask = None if valid.all() else pa.array(~valid)
-        column = pa.FixedSizeListArray.from_arrays(values, self.width, mask=mask)
-        arrays = [column]
+        column = pa.ListArray.from_arrays(offsets, vectors, mask=mask)
+        return [column, pa.array(counts, mask=None if valid.all() else ~valid)]
+
+    def write_part(self, k: int, chunk: Chunk, emb: Any, valid: np.ndarray) -> None:
+        """Write chunk ``k`` (``emb`` holds the rows of ``valid``; per-token: one [tokens, dim] array each)
+        atomically."""
+        n = len(chunk)
+        arrays = self._token_columns(list(emb), valid) if self.per_token else [self._vector_column(emb, valid, n)]
         schema = self.schema
         if self.spec.id_column is not None:
             ids = chunk.ids if chunk.ids is not None else pa.nulls(n)
             if not self._id_type_known:
-                schema = pa.schema([pa.field(self.spec.id_column, ids.type), self.schema.field(COLUMN)])
+                rest = [f for f in self.schema if f.name != self.spec.id_column]
+                schema = pa.schema([pa.field(self.spec.id_column, ids.type), *rest])
                 self.schema, self._id_type_known = schema, True
             arrays.insert(0, ids.cast(schema.field(0).type))
         meta = {
@@ -300,6 +312,17 @@ class Output:
         }
         table = pa.Table.from_arrays(arrays, schema=schema.with_metadata(meta))
         _write_atomically(self.dir / part_name(k), lambda tmp: pq.write_table(table, tmp), sync=True)
+
+    def _vector_column(self, emb: np.ndarray, valid: np.ndarray, n: int) -> pa.Array:
+        if self.spec.precision in ("int8", "uint8") and self.ranges is None:
+            self.ranges = calibration_ranges(emb if len(emb) else np.zeros((1, self.dim), np.float32))
+            self._write_settings()  # before the part that used them, so a resumed run uses the same ranges
+        q = quantize_embeddings(emb, self.spec.precision, self.ranges)
+        flat = np.zeros((n, self.width), dtype=q.dtype)
+        flat[valid] = q
+        values = pa.array(flat.reshape(-1), type=_PRECISION_TYPES[self.spec.precision])
+        mask = None if valid.all() else pa.array(~valid)
+        return pa.FixedSizeListArray.from_arrays(values, self.width, mask=mask)
 
     def finish(self, record: dict[str, Any]) -> None:
         if not any(self.dir.glob("part-*.parquet")):  # empty input: one empty part with the schema

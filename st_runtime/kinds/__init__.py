@@ -1,6 +1,6 @@
 """The registry of model kinds: the one place that knows which kinds exist.
 
-Each kind lives in its own module here (embedding, cross_encoder, sparse) and registers itself with
+Each kind lives in its own module here (embedding, cross_encoder, sparse, multi_vector) and registers itself with
 :func:`register`. A kind from another package registers itself the same way when imported, or through the entry
 point group ``st_runtime.kinds`` (each entry a module that registers its kinds), which is read the first time a
 manifest names a task no registered kind runs.
@@ -100,11 +100,12 @@ def kind_of(folder: str | os.PathLike) -> Kind:
     return get(load_manifest(folder).get("task", DEFAULT_TASK))
 
 
-def bulk_kind(folder: str | os.PathLike) -> Kind:
-    """The kind of ``folder`` when st-embed and Ray can write its rows (fixed-width vectors), else a typed error."""
+def bulk_kind(folder: str | os.PathLike, tokens: bool = False) -> Kind:
+    """The kind of ``folder`` when st-embed and Ray can write its rows (fixed-width vectors; ``tokens``: or lists of
+    them per text, which st-embed writes and Ray does not), else a typed error."""
     kind = kind_of(folder)
-    if not kind.bulk:
-        able = sorted(task for task, k in _KINDS.items() if k.bulk)
+    if not kind.bulk or (kind.bulk_tokens and not tokens):
+        able = sorted(task for task, k in _KINDS.items() if k.bulk and (tokens or not k.bulk_tokens))
         raise ModelKindError(
             f"{folder} holds a {kind.task} model; st-embed and st_runtime.ray write one fixed-width vector per row, "
             f"which models of the kinds {', '.join(able)} give. Use the model's own class in process instead."
@@ -124,4 +125,4 @@ def load(model_path: str | os.PathLike, revision: str | None = None, **kwargs: A
 
 
 # the built-in kinds register themselves
-from . import cross_encoder, embedding, sparse  # noqa: E402, F401
+from . import cross_encoder, embedding, multi_vector, sparse  # noqa: E402, F401

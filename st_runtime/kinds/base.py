@@ -111,6 +111,9 @@ class Kind:
     routes: ClassVar[tuple[Route, ...]] = ()
     # st-embed and Ray write fixed-width rows of this kind (bulk_encode); False: they refuse the model
     bulk: ClassVar[bool] = False
+    # bulk_encode gives per text a [tokens, bulk_width] array (multi-vector models): st-embed writes a
+    # list<fixed_size_list<float32>> column and each text's token count; Ray's fixed-width rows refuse such kinds
+    bulk_tokens: ClassVar[bool] = False
     warmup_texts: ClassVar[tuple[str, ...]] = ("warm up", "word " * 600)  # short, and past the length limit
 
     # ------------------------------------------------------------------ rows
