@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants",
         default=None,
-        help="comma-separated variants besides fp32: opt, int8, fp16 (default: all this machine can "
-        "validate: opt,int8, plus fp16 where CUDA is available)",
+        help="comma-separated variants besides fp32: opt, int8, int8-dynamic, fp16 (default: all this machine "
+        "can validate but int8-dynamic: opt,int8, plus fp16 where CUDA is available). int8 quantizes each token's "
+        "activations on their own (a text's vector does not depend on its batch); int8-dynamic, the earlier "
+        "int8, per batch (faster on some CPUs, but a text's vector moves with its batch company)",
     )
     p.add_argument(
         "--push-to-hub",

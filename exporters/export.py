@@ -38,7 +38,7 @@ DEFAULT_OPSET = 17
 
 def default_variants() -> list[str]:
     """Every variant this machine can validate (fp16 only where CUDA is there to validate it)."""
-    return [name for name, plan in PLANS.items() if plan.unavailable_reason() is None]
+    return [name for name, plan in PLANS.items() if plan.unavailable_reason() is None and not plan.on_request]
 
 
 def _load_st(path: Path, trust_remote_code: bool, attn_implementation: str | None, st_class: str):

@@ -62,7 +62,7 @@ class TextEncoderSpec:
     # does not recognise: "relative_bias" (MPNet's position bias added to the attention scores).
     attention_fusion: str | None = None
     # Graph variants besides fp32 this family can get (exporters.variants.PLANS); each is still validated.
-    variants: tuple[str, ...] = ("opt", "int8", "fp16")
+    variants: tuple[str, ...] = ("opt", "int8", "int8-dynamic", "fp16")
     # Position slots the model reserves before the first token (RoBERTa-style models start at padding_idx + 1):
     # a tokenizer that declares no length limit is capped at max_position_embeddings minus this.
     position_offset: int = 0
@@ -349,7 +349,7 @@ register(
         # pooling (lasttoken) and Normalize are the model's own modules; its tokenizer pads on the left and
         # appends <|endoftext|>, both recorded in the manifest and tokenizer.json
         padding_side="left",
-        variants=("int8", "fp16"),
+        variants=("int8", "int8-dynamic", "fp16"),
         variants_left_out=(
             (
                 "opt",
@@ -402,7 +402,7 @@ register(
         inputs=("input_ids", "attention_mask"),
         ort_optimizer_type=None,
         examples=("google/embeddinggemma-300m",),
-        variants=("int8",),
+        variants=("int8", "int8-dynamic"),
         variants_left_out=(
             (
                 "opt",

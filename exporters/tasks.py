@@ -63,7 +63,7 @@ def _check_embedding(ref, folder, providers, variant, plan, items, manifest, unn
     from .validate import validate, validate_unnormalized
 
     encoder = SentenceEncoder(folder, providers=providers, variant=variant)
-    report = validate(ref, encoder, plan.min_cosine, items, mean_gate=plan.mean_cosine)
+    report = validate(ref, encoder, plan.min_cosine, items, plan.mean_cosine, plan.company_max_abs)
     if unnormalized is not None:
         validate_unnormalized(report, unnormalized, encoder, plan.min_cosine, items, plan.mean_cosine)
     return report
@@ -77,7 +77,9 @@ def _check_cross_encoder(ref, folder, providers, variant, plan, items, manifest,
 
     runtime = CrossEncoder(folder, providers=providers, variant=variant)
     activation = ACTIVATIONS[manifest["scores"]["activation"]]
-    return validate_scores(ref, runtime, plan.max_score_diff, items, activation, top_k=plan.top_k_identical)
+    return validate_scores(
+        ref, runtime, plan.max_score_diff, items, activation, plan.top_k_identical, company_gate=plan.company_max_abs
+    )
 
 
 def _check_sparse(ref, folder, providers, variant, plan, items, manifest, unnormalized=None):
@@ -224,7 +226,10 @@ TASKS = {
             loads_as="SPLADE, as sentence_transformers.SparseEncoder loads it: MLMTransformer + SpladePooling",
             head="ForMaskedLM",
             text_pairs=False,  # sentence-transformers' SparseEncoder is validated on single texts only
-            variants_left_out={"int8": "quantization noise moves weights across zero, so the active set changes"},
+            variants_left_out={
+                v: "quantization noise moves weights across zero, so the active set changes"
+                for v in ("int8", "int8-dynamic")
+            },
         ),
         Task(
             name="multi-vector",

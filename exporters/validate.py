@@ -44,15 +44,49 @@ def reference_outputs(model, sentences: list[Any]) -> np.ndarray:
         ) from exc
 
 
+# texts a battery item keeps company with in the batch-company check: short ones, so that the item sets the batch
+# width and its neighbours change its padding and (per-tensor int8) its activation ranges
+_SHORT_COMPANY = ["a", "ok", "short text", "two words", "hello there", "yes", "the cat sat", "no"]
+
+
+def batch_company(run, sentences: list[Any], alone: np.ndarray, together: np.ndarray) -> dict[str, Any]:
+    """How much an item's output moves with the other items of its batch: ``alone`` (every item at batch size 1)
+    against ``together`` (all items in one batch, the longest among them) and against ``run`` of each group of four
+    items in one batch with eight short texts. ``run(texts, batch_size)`` gives the rows; images keep no
+    company of texts (their runs are the first two only)."""
+    diffs = [np.abs(together.astype(np.float64) - alone).max(axis=1)] if len(alone) else []
+    if all(isinstance(s, (str, tuple)) for s in sentences):
+        pairs_only = all(isinstance(s, tuple) for s in sentences)  # a cross-encoder's (query, document) pairs
+        company: list[Any] = [(t, t) for t in _SHORT_COMPANY] if pairs_only else list(_SHORT_COMPANY)
+        rows = []
+        for start in range(0, len(sentences), 4):
+            group = list(sentences[start : start + 4])
+            rows.append(run(group + company, len(group) + len(company))[: len(group)])
+        if rows:
+            diffs.append(np.abs(np.concatenate(rows).astype(np.float64) - alone).max(axis=1))
+    worst = np.max(diffs, axis=0) if diffs else np.zeros(0)
+    return {
+        "max_abs_diff": float(worst.max()) if len(worst) else 0.0,
+        "bitwise_identical": bool(not len(worst) or worst.max() == 0),
+        "worst_index": int(worst.argmax()) if len(worst) else None,
+    }
+
+
 def validate(
-    ref: np.ndarray, encoder, gate: float, items: list[tuple[str, Any]], mean_gate: float | None = None
+    ref: np.ndarray,
+    encoder,
+    gate: float,
+    items: list[tuple[str, Any]],
+    mean_gate: float | None = None,
+    company_gate: float | None = None,
 ) -> dict[str, Any]:
     """Compare sentence-transformers' outputs ``ref`` on the battery ``items`` (reference_outputs) with
     ``encoder.encode`` (st_runtime).
 
     st_runtime runs the whole battery at batch size 1 (every item alone) and at one batch holding
     all items (mixed lengths, maximal padding). Every item of every run must reach ``gate``;
-    failures are collected, not raised one at a time.
+    failures are collected, not raised one at a time. The batch-company check (``batch_company``) is recorded,
+    and with ``company_gate`` no item may move by more than that with its batch company.
     """
     tags = [t for t, _ in items]
     sentences = [s for _, s in items]
@@ -77,6 +111,9 @@ def validate(
     cos_all = np.concatenate(all_cos) if all_cos else np.array([np.nan])
     if mean_gate is not None and not float(np.mean(cos_all)) >= mean_gate:
         failures.append({"run": "all", "error": f"mean cosine {float(np.mean(cos_all)):.6f} below {mean_gate}"})
+    alone, together = runs["batch_1"], runs[f"batch_{len(sentences)}"]
+    company = batch_company(lambda t, bs: encoder.encode(t, batch_size=bs), sentences, alone, together)
+    failures += _company_failures(company, company_gate, tags, sentences)
     report = {
         "gate_min_cosine": gate,
         "gate_mean_cosine": mean_gate,
@@ -86,6 +123,7 @@ def validate(
         "min_cosine": float(np.min(cos_all)),
         "mean_cosine": float(np.mean(cos_all)),
         "max_abs_diff": max_abs,
+        "batch_company": {**company, "gate_max_abs_diff": company_gate},
         "passed": not failures,
         "failures": failures,
     }
@@ -93,8 +131,25 @@ def validate(
         f"{len(sentences)} items x {len(runs)} batchings: min cosine {report['min_cosine']:.7f}, "
         f"mean {report['mean_cosine']:.7f}, max |diff| {max_abs:.2e} (gate: min {gate}"
         + (f", mean {mean_gate})" if mean_gate is not None else ")")
+        + f"; batch company moves an item by {company['max_abs_diff']:.1e}"
     )
     return report
+
+
+def _company_failures(company: dict[str, Any], gate: float | None, tags: list[str], sentences: list[Any]) -> list:
+    if gate is None or company["max_abs_diff"] <= gate:
+        return []
+    i = company["worst_index"]
+    return [
+        {
+            "run": "batch_company",
+            "index": i,
+            "tag": tags[i],
+            "text": _show(sentences[i]),
+            "diff": company["max_abs_diff"],
+            "error": f"its output moves by {company['max_abs_diff']:.2e} with its batch company (gate {gate})",
+        }
+    ]
 
 
 def reference_unnormalized(model, sentences: list[Any]) -> np.ndarray:
@@ -172,6 +227,7 @@ def validate_scores(
     activation,
     top_k: int = 10,
     tie: float | None = None,
+    company_gate: float | None = None,
 ) -> dict[str, Any]:
     """Compare a CrossEncoder's logits ``ref_logits`` (reference_scores) with st_runtime's, after the model's
     ``activation``: every score within ``max_abs`` at batch size 1 and in one batch of all items, and the
@@ -202,6 +258,10 @@ def validate_scores(
         rankings = _ranking_failures(items, ref, got, top_k, tie, run)
         ranking_identical = ranking_identical and not rankings
         failures += rankings
+    logits = {"batch_1": cross_encoder.logits(pairs, batch_size=1)}
+    logits["all"] = cross_encoder.logits(pairs, batch_size=len(pairs))
+    company = batch_company(lambda t, bs: cross_encoder.logits(t, batch_size=bs), pairs, *logits.values())
+    failures += _company_failures(company, company_gate, tags, pairs)
     report = {
         "gate_max_abs_diff": max_abs,
         "items": len(pairs),
@@ -209,6 +269,7 @@ def validate_scores(
         "tags": sorted(set(tags)),
         "max_abs_diff": worst,
         "ranking_identical": ranking_identical,
+        "batch_company": {**company, "gate_max_abs_diff": company_gate},
         "passed": not failures,
         "failures": failures,
     }

@@ -77,8 +77,9 @@ class SentenceEncoder(QueryDocumentMixin, Model):
                 image file's path or a ``data:image/...;base64,`` URI.
             batch_size: the most texts per batch, as in sentence-transformers. ``None`` (the default) lets
                 st_runtime size batches: on the CPU by the budget of padded tokens st-export measured, on GPUs up to
-                1,024 texts. Exact variants give the same results for any batch size up to float rounding; int8
-                quantizes activations per batch, so its output moves slightly (within its gate) with batch company.
+                1,024 texts. Every variant gives a text the same result in any batch up to float rounding (int8
+                quantizes each token's activations on its own), except "int8-dynamic", whose activations are
+                quantized per batch, so its output moves slightly (within its gate) with batch company.
             normalize_embeddings: L2-normalize each embedding, as in sentence-transformers.
             show_progress_bar: draw a tqdm bar over the texts; ``None`` draws it when the "st_runtime" logger is at
                 INFO or DEBUG, as sentence-transformers decides with its own logger.

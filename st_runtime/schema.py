@@ -122,6 +122,8 @@ VALIDATION = Obj(
         "active_set_mismatches": int,  # sparse encoders: entries active on one side only (all below the gate)
         "mean_active_dims": NUMBER,
         "ranking_identical": bool,
+        # how far an item's output moves with the other items of its batch (st-export's batch-company check)
+        "batch_company": FREE,
         "failures": List(FREE),
         # the pre-Normalize output (unnormalized_output), checked against sentence-transformers without its Normalize
         "unnormalized": FREE,

@@ -118,6 +118,14 @@ def rank_by_noise(quantized: ModelProto, smoothed: Weights, folder: Path, feeds:
     return sorted((n.name for n in candidates), key=lambda k: -noise[k] / max(signal[k], 1e-30))
 
 
+# how activations (and weights) are quantized, by build_int8's ``scheme``
+SCHEMES = {
+    "per_row": "activations per row (token), a row-wise scale and QuantizeLinear before MatMulIntegerToFloat, "
+    "weights per channel",
+    "per_tensor": "activations per tensor (DynamicQuantizeLinear, as onnxruntime's quantize_dynamic), weights per "
+    "channel",
+}
+
 # (smoothing strength, outlier gain) tried in turn; None: the best strength so far
 CALIBRATION_GRID = ((0.5, 1.5), (0.7, 1.5), (0.85, 1.5), (None, 2.0), (None, 1.2))
 
@@ -133,6 +141,7 @@ def build_int8(
     max_excluded: int | None = None,
     log: Callable[[str], None] = lambda _m: None,
     agreement: Agreement | None = None,
+    scheme: str = "per_row",
 ) -> dict[str, Any]:
     """Dynamic int8 with per-channel weights from the plain fp32 graph (onnxruntime's own CPU fusions apply at
     load; its fused Attention would keep the query/key/value projections in fp32). Sibling projections are
@@ -140,7 +149,10 @@ def build_int8(
     ``calibration_feeds`` (the most accurate of a small grid of smoothing strengths and outlier thresholds).
     Only if the calibration accuracy is still below target are MatMuls kept in fp32,
     worst local signal-to-noise ratio first. ``agreement(reference, got)`` scores each calibration row against
-    fp32 (1 is identical; default: cosine similarity), and the targets apply to its minimum and mean.
+    fp32 (1 is identical; default: cosine similarity), and the targets apply to its minimum and mean. ``scheme``: how
+    activations are quantized (SCHEMES): "per_row" gives each row (token) a scale of its own, so each text's result
+    depends on that text alone; "per_tensor", as onnxruntime's quantize_dynamic does, takes one scale for the whole
+    batch (its other texts and padding then move each text's result).
 
     Every scratch file is ``int8-*`` in the fp32 graph's folder (``workdir``); the caller removes them. ``dst`` is
     written on its own, with its weights in ``<dst>.data`` when the fp32 graph keeps its weights as external data
@@ -153,7 +165,9 @@ def build_int8(
     n_matmuls = len(weighted_matmuls(base))
     if max_excluded is None:
         max_excluded = n_matmuls // 2
-    calibration = Calibration.measure(base, folder, output, calibration_feeds, agreement, log)
+    if scheme not in SCHEMES:
+        raise ValueError(f"int8 scheme {scheme!r} is not one of {sorted(SCHEMES)}")
+    calibration = Calibration.measure(base, folder, output, calibration_feeds, agreement, log, scheme)
     scores, alpha, gain, decomposed = calibration.best_smoothing()
     smooth, smooth_weights, _ = calibration.smoothed(alpha, gain)
     result, excluded, (cal_min, cal_mean) = calibration.keep_in_fp32(
@@ -161,7 +175,8 @@ def build_int8(
     )
     save_self_contained(result, folder, Path(dst), external)
     return {
-        "method": "dynamic int8, per-channel weights, SmoothQuant, outlier channels in fp32",
+        "method": f"dynamic int8: {SCHEMES[scheme]}; SmoothQuant, outlier channels in fp32",
+        "scheme": scheme,
         "external_data": external,
         "source": "fp32",
         "merged_sibling_matmuls": merged,
@@ -215,13 +230,14 @@ class Calibration:
     amax: dict[str, np.ndarray]
     agreement: Agreement | None
     log: Callable[[str], None]
+    scheme: str = "per_row"
 
     @classmethod
-    def measure(cls, base, folder: Path, output: str, feeds: Feeds, agreement, log) -> Calibration:
+    def measure(cls, base, folder: Path, output: str, feeds: Feeds, agreement, log, scheme="per_row") -> Calibration:
         act_names = sorted({n.input[0] for n in weighted_matmuls(base)})
         reference, amax = activation_ranges(base, folder, act_names, output, feeds)
         release_memory()
-        return cls(base, folder, output, feeds, reference, amax, agreement, log)
+        return cls(base, folder, output, feeds, reference, amax, agreement, log, scheme)
 
     def smoothed(self, alpha: float, gain: float | None) -> tuple[ModelProto, Weights, int]:
         """The smoothed graph (structure), its scaled weights written to int8-smoothed.onnx.data."""
@@ -233,7 +249,8 @@ class Calibration:
     def quantized(self, model: ModelProto, exclude: list[str]) -> ModelProto:
         """``model`` with its MatMuls (but ``exclude``) in int8, the int8 weights in int8-quantized.onnx.data."""
         q = _structure_copy(model)
-        quantize_matmuls(q, Weights(q, self.folder, "int8-quantized.onnx.data"), set(exclude))
+        weights = Weights(q, self.folder, "int8-quantized.onnx.data")
+        quantize_matmuls(q, weights, set(exclude), per_row=self.scheme == "per_row")
         return q
 
     def score(self, model: ModelProto) -> tuple[float, float]:

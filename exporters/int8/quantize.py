@@ -7,7 +7,13 @@ onnxruntime's own per-channel routine and written to the output's data file befo
 
 The pattern, per MatMul(x, W) with a constant 2-D W: DynamicQuantizeLinear(x) (uint8, once per activation) ->
 MatMulInteger(x_q, W_q int8 per output channel, symmetric) -> Cast(float) -> Mul(x_scale * W_scale). onnxruntime
-fuses it into DynamicQuantizeMatMul when the session loads."""
+fuses it into DynamicQuantizeMatMul when the session loads.
+
+``per_row=True`` quantizes each activation row (each token) with a scale of its own instead of one scale for the
+whole tensor: x_scale = max|x| / 127 over the row's last axis, x_q = QuantizeLinear(x / x_scale, 1, 128) (uint8,
+symmetric about 128), and the product rescaled by x_scale [..., 1] * W_scale [N]. A row's result then depends on
+that row alone: not on the other texts of its batch, nor on padding rows (dynamic per-tensor scales take the
+whole batch's maximum)."""
 
 from __future__ import annotations
 
@@ -42,10 +48,16 @@ def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return quantized, scales
 
 
-def quantize_matmuls(model: ModelProto, weights: Weights, exclude: set[str] | frozenset[str] = frozenset()) -> int:
+def quantize_matmuls(
+    model: ModelProto,
+    weights: Weights,
+    exclude: set[str] | frozenset[str] = frozenset(),
+    per_row: bool = False,
+) -> int:
     """Rewrite ``model`` in place: every MatMul with a constant 2-D weight (but those named in ``exclude``) in
-    dynamic int8; the float weights that no node reads any more are dropped. New initializers go through
-    ``weights`` (to its data file). Returns how many MatMuls were quantized."""
+    dynamic int8, activations per tensor or (``per_row``) per row; the float weights that no node reads any more
+    are dropped. New initializers go through ``weights`` (to its data file). Returns how many MatMuls were
+    quantized."""
     from onnx import helper
 
     gemms_to_matmuls(model, weights)
@@ -59,7 +71,10 @@ def quantize_matmuls(model: ModelProto, weights: Weights, exclude: set[str] | fr
             nodes.append(node)
             continue
         x, w = node.input[0], node.input[1]
-        if x not in activations:  # one DynamicQuantizeLinear per activation, however many MatMuls read it
+        if x not in activations and per_row:  # one quantization per activation, however many MatMuls read it
+            activations.add(x)
+            nodes += _quantize_rows(model, x)
+        elif x not in activations:
             activations.add(x)
             nodes.append(
                 helper.make_node(
@@ -72,12 +87,52 @@ def quantize_matmuls(model: ModelProto, weights: Weights, exclude: set[str] | fr
         if w not in quantized_weights:
             quantized_weights.add(w)
             _add_quantized_weight(model, weights, w)
-        nodes += _integer_matmul(node, x, w)
+        if per_row:
+            nodes += _integer_matmul_to_float(node, x, w, "per_row_q_one", f"{x}_scale")
+        else:
+            nodes += _integer_matmul(node, x, w)
         count += 1
     model.graph.ClearField("node")
     model.graph.node.extend(nodes)
+    if per_row:
+        _use_ms_domain(model)
     drop_unused_initializers(as_onnx_model(model))
     return count
+
+
+_ROW_CONSTANTS = {"per_row_q_127": 127.0, "per_row_q_tiny": 1e-30, "per_row_q_one": 1.0}
+
+
+def _quantize_rows(model: ModelProto, x: str) -> list:
+    """Nodes quantizing activation ``x`` row by row (see the module's docstring): ``<x>_quantized`` (uint8),
+    ``<x>_scale`` ([..., 1] float) and the zero point ``<x>_zero_point`` (128), the names the integer MatMul reads."""
+    from onnx import TensorProto, helper
+
+    have = {t.name for t in model.graph.initializer}
+    for name, value in _ROW_CONSTANTS.items():
+        if name not in have:
+            model.graph.initializer.append(helper.make_tensor(name, TensorProto.FLOAT, [], [value]))
+    model.graph.initializer.append(helper.make_tensor(f"{x}_zero_point", TensorProto.UINT8, [], [128]))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+        model.graph.initializer.append(helper.make_tensor(f"{x}_row_axes", TensorProto.INT64, [1], [-1]))
+        reduce = helper.make_node("ReduceMax", [f"{x}_abs", f"{x}_row_axes"], [f"{x}_amax"], f"{x}_RowMax", keepdims=1)
+    else:
+        reduce = helper.make_node("ReduceMax", [f"{x}_abs"], [f"{x}_amax"], f"{x}_RowMax", axes=[-1], keepdims=1)
+    return [
+        helper.make_node("Abs", [x], [f"{x}_abs"], f"{x}_RowAbs"),
+        reduce,
+        helper.make_node("Max", [f"{x}_amax", "per_row_q_tiny"], [f"{x}_amax_safe"], f"{x}_RowMaxSafe"),
+        helper.make_node("Div", [f"{x}_amax_safe", "per_row_q_127"], [f"{x}_scale"], f"{x}_RowScale"),
+        helper.make_node("Div", ["per_row_q_127", f"{x}_amax_safe"], [f"{x}_inv_scale"], f"{x}_RowInvScale"),
+        helper.make_node("Mul", [x, f"{x}_inv_scale"], [f"{x}_scaled"], f"{x}_RowScaled"),
+        helper.make_node(
+            "QuantizeLinear",
+            [f"{x}_scaled", "per_row_q_one", f"{x}_zero_point"],
+            [f"{x}_quantized"],
+            f"{x}_RowQuantize",
+        ),
+    ]
 
 
 def _add_quantized_weight(model: ModelProto, weights: Weights, w: str) -> None:
@@ -119,6 +174,37 @@ def _integer_matmul(node, x: str, w: str) -> list:
             f"{name}_output_scale_mul",
         ),
     ]
+
+
+def _integer_matmul_to_float(node, x: str, w: str, a_scale: str, row_scale: str | None = None) -> list:
+    """MatMul ``node`` from the int8 forms of ``x`` and ``w`` in one onnxruntime MatMulIntegerToFloat (com.microsoft:
+    the integer product, cast and scaled by ``a_scale`` (one per tensor) times the weight's per-channel scales), then,
+    for activations quantized per row, times the row scales ``row_scale`` [..., 1]. (MatMulIntegerToFloat reads one
+    activation scale per tensor: the row scales stay out of it.)"""
+    from onnx import helper
+
+    name = f"{node.name}_quant"
+    out = node.output[0] if row_scale is None else f"{name}_channels_scaled"
+    nodes = [
+        helper.make_node(
+            "MatMulIntegerToFloat",
+            [f"{x}_quantized", f"{w}_quantized", a_scale, f"{w}_scale", f"{x}_zero_point", f"{w}_zero_point"],
+            [out],
+            name,
+            domain="com.microsoft",
+        )
+    ]
+    if row_scale is not None:
+        nodes.append(helper.make_node("Mul", [out, row_scale], [node.output[0]], f"{name}_row_scale_mul"))
+    return nodes
+
+
+def _use_ms_domain(model: ModelProto) -> None:
+    """Declare onnxruntime's contrib domain (com.microsoft), whose ops the rewrites use."""
+    from onnx import helper
+
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def gemms_to_matmuls(model: ModelProto, weights: Weights) -> None:
