@@ -254,7 +254,9 @@ def ranking_changes(ref: dict, got: dict, top_k: int, tie: float) -> list[int]:
     return changed
 
 
-def check_multi_vector(ref, folder: Path, providers: str, variant: str, plan, items, manifest) -> dict[str, Any]:
+def check_multi_vector(
+    ref, folder: Path, providers: str, variant: str, plan, items, manifest, unnormalized=None
+) -> dict[str, Any]:
     """st_runtime's encode_query / encode_document of the battery against sentence-transformers', at batch size 1
     and in one mixed batch: the same kept tokens, each vector at cosine >= the variant's gate; approximate variants
     (int8) also keep the MaxSim ranking of every query over the battery's documents."""

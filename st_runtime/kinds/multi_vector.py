@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..chunking import DEFAULT_CHUNK_OVERLAP
 from ..errors import UnsupportedInputError
 from ..inputs import classify
 from ..schema import FREE, List, Nullable, Obj, OneOf
@@ -170,9 +171,12 @@ class MultiVectorKind(Kind):
         direction: str | None = None,
         strict: bool = False,
         max_length: int | None = None,
+        long_inputs: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> Prepared:
         """Single texts for ``task`` ("query", "document" or None: as sentence-transformers' encode without a task,
-        which masks as a document); the task's prompt applies when the call names none."""
+        which masks as a document); the task's prompt applies when the call names none. ``long_inputs``: "truncate"
+        or "error" (this kind does not pool windows, so "chunk" is refused with the reason)."""
         check_task(task)
         items, _kinds, singular = classify(inputs)
         bad = next((i for i, it in enumerate(items) if not isinstance(it, str)), None)
@@ -183,7 +187,10 @@ class MultiVectorKind(Kind):
             if prompt_name is None and task is not None:
                 prompt = ""  # as sentence-transformers: encode_query/_document never fall back to the default prompt
         limit = self.max_length(model, task) if max_length is None else max_length
-        return self.text_call(model, items, singular, None, prompt, prompt_name, limit, direction, strict)
+        return self.text_call(
+            model, items, singular, None, prompt, prompt_name, limit, direction, strict,
+            long_inputs=long_inputs, chunk_overlap=chunk_overlap,
+        )  # fmt: skip
 
     def keep(self, model: Model, task: str | None) -> tuple[int, ...]:
         """The roles that count for ``task`` (MultiVectorMask's rule)."""

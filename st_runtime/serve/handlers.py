@@ -55,10 +55,16 @@ async def openai_embeddings(call: Call) -> Any:
     # the model's own output is normalized when the model normalizes; a Matryoshka cut is normalized again then
     normalize = req.dimensions is not None and call.kind.normalized(call.model.model)
     emb = call.finish(rows, truncate_dim=req.dimensions, normalize=normalize)
-    if req.encoding_format == "base64":
-        vectors: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in emb]
+    return openai_list(call, list(emb), tokens, req.encoding_format)
+
+
+def openai_list(call: Call, emb: list, tokens, encoding_format: str) -> dict[str, Any]:
+    """OpenAI's embeddings response: one entry per input (``emb[i]``: a vector, or a multi-vector model's
+    [tokens, dim] array), as float lists or, for ``encoding_format="base64"``, its little-endian float32 bytes."""
+    if encoding_format == "base64":
+        vectors: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in emb]
     else:
-        vectors = list(emb)
+        vectors = [v.tolist() if v.ndim > 1 else v for v in emb]
     n_tokens = int(tokens.sum())
     return {
         "object": "list",

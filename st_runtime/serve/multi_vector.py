@@ -15,7 +15,6 @@ Every embedding route takes ``task``: "document" (the default: the document prom
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from .context import Call
 from .errors import RequestError
-from .handlers import OPENAI_OBJECT
+from .handlers import openai_list
 from .requests import Body, RerankRequest, TextOptions
 
 TASKS = ("document", "query")
@@ -85,17 +84,7 @@ async def openai_embeddings(call: Call) -> Any:
     """Per input, its token vectors (infinity's ColBERT shape: ``embedding`` is [tokens][dim])."""
     req = call.parse(OpenAIBody)
     emb, tokens = await _vectors(call, req)
-    if req.encoding_format == "base64":
-        vectors: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in emb]
-    else:
-        vectors = [v.tolist() for v in emb]
-    n_tokens = int(tokens.sum())
-    return {
-        "object": "list",
-        "data": [dict(object=OPENAI_OBJECT, index=i, embedding=v) for i, v in enumerate(vectors)],
-        "model": call.model.name,
-        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-    }
+    return openai_list(call, emb, tokens, req.encoding_format)
 
 
 async def tei_embed(call: Call) -> Any:
