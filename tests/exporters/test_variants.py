@@ -275,7 +275,9 @@ def test_int8_quantizes_weights_the_exporter_shares_through_identity(zoo):
         if n.op_type == "MatMul" and n.input[1] in consts and not n.name.endswith(OUTLIER_SUFFIX)
     ]
     assert sorted(left) == sorted(build["fp32_matmuls"])
-    n_int8 = sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat") for n in int8.graph.node)
+    n_int8 = sum(
+        n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat") for n in int8.graph.node
+    )
     assert n_int8 == build["int8_matmuls"] >= 2 * 4  # both layers' projections (Q/K/V merged) and FFN
 
 
