@@ -28,18 +28,19 @@ DEFAULT_EXPORT_VARIANTS = ("opt", "int8")
 EXPORT_STACK = ("exporters", "torch", "transformers", "sentence_transformers", "onnx", "huggingface_hub")
 EXPORT_EXTRA = 'pip install "st-runtime[export]"'
 
+# st-export's command line, run in the child process only (this process never imports the exporter)
+EXPORTER_CLI = "exporters.cli"
 # Run in the child: on Linux, die with the loading process (PR_SET_PDEATHSIG), so that a load killed mid-export
-# leaves no export running behind it; then st-export's own command line.
+# leaves no export running behind it; then st-export's own command line (argv: parent pid, module, arguments).
 _CHILD = """
-import ctypes, os, signal, sys
+import ctypes, importlib, os, signal, sys
 try:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 except (OSError, AttributeError):
     pass
 if os.getppid() != int(sys.argv[1]):
     sys.exit("st-export: the loading process is gone")
-from exporters.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(importlib.import_module(sys.argv[2]).main(sys.argv[3:]))
 """
 
 
@@ -115,7 +116,7 @@ def _run_st_export(repo_id: str, commit: str, dest: Path, variants: list[str]) -
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         rc = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(os.getpid()), *args],
+            [sys.executable, "-c", _CHILD, str(os.getpid()), EXPORTER_CLI, *args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
