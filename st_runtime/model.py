@@ -149,8 +149,7 @@ class Model:
         self._loaded()
 
     def _loaded(self) -> None:
-        """What a class adds once the model is loaded (the kind's output settings); subclasses override it, so
-        every class keeps this one signature of load arguments."""
+        """What a class adds once loaded (subclasses override it, so every class keeps Model's load signature)."""
 
     # ------------------------------------------------------------------ loading
     def _check_kind(self) -> None:
@@ -382,8 +381,9 @@ class Model:
         kind = self.kind
         rows = kind.new_rows(self, len(prepared.texts))
         with progress(show_progress_bar, prepared.size) as update:
-            if prepared.texts:
-                # the caller checked a max_length it set (call_max_length); None: the model's own
+            if prepared.texts:  # the caller checked a max_length it set (call_max_length); None: the model's own
+                if prepared.strict:  # refused naming its tokens (st-serve's batcher counts them as it tokenizes)
+                    kind.long_call(self, prepared.texts, prepared.max_length, "error", 0)
                 max_length = self._max_seq_length if prepared.max_length is None else prepared.max_length
                 output = self.row_output(prepared.unnormalized)
                 self.text_tower.embed(prepared.texts, batch_size, rows, max_length, update, output)

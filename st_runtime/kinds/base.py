@@ -213,10 +213,8 @@ class Kind:
                 raise UnsupportedInputError("long_inputs='chunk' takes texts only; send the images in another call")
             if len(text_at) == len(items):
                 return Prepared(out, max_length, direction, singular=singular, unnormalized=unnormalized, chunks=chunks)
-        strict = long_inputs == "error"
+        strict = long_inputs == "error"  # the drivers refuse a text over the limit as they tokenize it
         items = model.prepare_texts(items, resolved, kinds, strict, direction)
-        if strict:  # every text's token count, to refuse one over the limit naming it
-            self.long_call(model, [items[i] for i in text_at], max_length, "error", 0)
         image_index = [i for i, k in enumerate(kinds) if k != TEXT] if kinds else []
         if not image_index:
             return Prepared(items, max_length, direction, strict, singular=singular, unnormalized=unnormalized)

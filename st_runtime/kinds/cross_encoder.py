@@ -115,10 +115,10 @@ class CrossEncoderKind(Kind):
         long_inputs = check_long_inputs(long_inputs)
         if strict and long_inputs == "truncate":
             long_inputs = "error"
-        if long_inputs == "truncate":
-            return Prepared(prepare(pairs, None), max_length, direction, singular=singular)
+        if long_inputs != "chunk":  # "error": the drivers refuse a pair over the limit as they tokenize it
+            return Prepared(prepare(pairs, None), max_length, direction, long_inputs == "error", singular=singular)
         items, chunks = self.long_call(model, pairs, max_length, long_inputs, chunk_overlap)
-        return Prepared(items, max_length, direction, long_inputs == "error", singular=singular, chunks=chunks)
+        return Prepared(items, max_length, direction, singular=singular, chunks=chunks)
 
     def pool_windows(self, model: Model, rows: np.ndarray, chunks: Chunks) -> np.ndarray:
         """Each pair's logits: the element-wise maximum over its windows' (MaxP; with one label, the window whose
