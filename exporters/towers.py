@@ -329,7 +329,7 @@ def _runtime_sample(folder: Path, info: dict[str, Any], input_names: list[str]) 
     import torch
 
     from st_runtime.batching import build_feeds
-    from st_runtime.text import load_tokenizer
+    from st_runtime.feeding import load_tokenizer
 
     tok = load_tokenizer(folder, info)
     kwargs = {} if info.get("add_special_tokens", True) else {"add_special_tokens": False}

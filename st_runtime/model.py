@@ -7,21 +7,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import onnxruntime as ort
 
 from . import kinds
+from .config import SessionConfig
 from .errors import GraphLoadError, InputTooLongError, ModelKindError, OutputNotExportedError, UnsupportedInputError
 from .hub.resolve import resolve_model
 from .inputs import LongTextCutter, TokenItem, classify, prepare
 from .manifest import graph_files, load_manifest, read_spec, verify_files
 from .progress import progress
-from .providers import device_name, device_providers, resolve_providers, resolve_threads
-from .session import make_session, with_cuda_graphs
+from .providers import device_name, device_providers
 from .spec import ModelSpec, TowerSpec
 from .text import TextTower
 from .variants import choose_variant, describe_value, length_routing, warn_if_int8_kernels_differ
@@ -34,40 +32,6 @@ def check_batch_size(batch_size: Any) -> int | None:
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0):
         raise ValueError(f"batch_size must be a positive integer or None (automatic), got {batch_size!r}.")
     return batch_size
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """How every graph of one model runs: providers (and whether falling back among them is allowed), threads,
-    session options, IO binding and CUDA graphs."""
-
-    providers: list
-    fallback_allowed: bool
-    threads: int
-    session_options: ort.SessionOptions | None = None
-    io_binding: bool | None = None
-    cuda_graphs: bool = False
-
-    @classmethod
-    def build(cls, providers, device, threads, session_options, io_binding, cuda_graphs) -> SessionConfig:
-        if device is not None:
-            if providers is not None:
-                raise ValueError("pass either device (sentence-transformers' 'cpu', 'cuda:1') or providers, not both")
-            providers = device_providers(device)
-        resolved, fallback_allowed = resolve_providers(providers)
-        if not isinstance(cuda_graphs, bool):
-            raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
-        if cuda_graphs:
-            with_cuda_graphs(resolved)  # the provider check, before any loading
-            if io_binding is False:
-                raise ValueError(
-                    "cuda_graphs=True needs IO binding (CUDA graphs replay fixed device buffers); "
-                    "leave io_binding at its default."
-                )
-        return cls(resolved, fallback_allowed, resolve_threads(threads), session_options, io_binding, cuda_graphs)
-
-    def session(self, path: Path) -> ort.InferenceSession:
-        return make_session(path, self.providers, self.fallback_allowed, self.threads, self.session_options)
 
 
 class QueryDocumentMixin:
@@ -110,6 +74,8 @@ class Model:
             small batches; costs a capture per new shape and device memory per graph.
         device: sentence-transformers' form of ``providers``: "cpu", "cuda" or "cuda:N" (then give no providers).
         revision: for a model name, the hub commit, branch or tag (default: main).
+        feed_threads: threads that tokenize a large call's texts, each a chunk (default: the cores this process
+            may use, at most 8); st_runtime.feeding.
     """
 
     kind: ClassVar[kinds.Kind]
@@ -126,12 +92,15 @@ class Model:
         cuda_graphs: bool = False,
         device: str | None = None,
         revision: str | None = None,
+        feed_threads: int | None = None,
     ):
         self.path = resolve_model(model_path, revision, variant)
         self.manifest: dict[str, Any] = load_manifest(self.path)
         self.spec: ModelSpec = read_spec(self.manifest)
         self._check_kind()
-        self.config = SessionConfig.build(providers, device, threads, session_options, io_binding, cuda_graphs)
+        self.config = SessionConfig.build(
+            providers, device, threads, session_options, io_binding, cuda_graphs, feed_threads
+        )
         self.threads = self.config.threads
         self.providers = self.config.providers
         self._verify_checksums = verify_checksums

@@ -3,46 +3,27 @@ the graph. One tower is shared by every thread that calls its encoder."""
 
 from __future__ import annotations
 
-import copy
-import functools
-import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from .batching import BatchPolicy, build_feeds, graph_width, plan_batches
-from .errors import GraphLoadError, ManifestError
+from .errors import GraphLoadError
+from .feeding import Tokenizers, load_tokenizer
 from .inputs import TokenItem
 from .runners import BoundRunner, SessionRunner, is_out_of_memory
 from .session import make_session
 
 if TYPE_CHECKING:
-    from .model import SessionConfig
+    from .config import SessionConfig
     from .spec import TowerSpec
 
 INT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
-def load_tokenizer(folder: Path, info: Mapping[str, Any]):
-    """The text tower's tokenizer: a tokenizers.Tokenizer (kind "hf", the default) or the word-embedding
-    models' WhitespaceTokenizer (kind "whitespace"), which offers the same encode_batch interface."""
-    kind = info.get("kind", "hf")
-    if kind == "hf":
-        return Tokenizer.from_file(str(folder / info["file"]))
-    if kind == "whitespace":
-        from .glove import WhitespaceTokenizer
-
-        return WhitespaceTokenizer.from_manifest(folder, info)
-    raise ManifestError(
-        f"tokenizer kind {kind!r} in {folder} is unknown to this st-runtime (it knows 'hf' and "
-        "'whitespace'). Upgrade st-runtime or re-export the model."
-    )
 
 
 class TextTower:
@@ -68,11 +49,10 @@ class TextTower:
         self.max_seq_length: int | None = tok.max_seq_length
         self._truncation_side = tok.truncation_side
         self.add_special_tokens: bool = tok.add_special_tokens
-        base = load_tokenizer(folder, tok.raw)
-        base.no_padding()
-        # by truncation length, or (length, side) for the side other than the model's
-        self._tokenizers: dict[Any, Any] = {self.max_seq_length: self._truncating(base, self.max_seq_length)}
-        self._tokenizers_lock = threading.Lock()
+        self.tokenizers = Tokenizers(
+            load_tokenizer(folder, tok.raw), self.max_seq_length, tok.truncation_side, tok.add_special_tokens,
+            config.feed_threads,
+        )  # fmt: skip
         self.pad_id = tok.pad_token_id
         self.inputs = list(tower.inputs)
         self.output = tower.output
@@ -151,46 +131,15 @@ class TextTower:
     @property
     def tokenizer(self):
         """The tokenizer at the exported max_seq_length (the one the model was validated with)."""
-        return self._tokenizers[self.max_seq_length]
-
-    def _truncating(self, tokenizer, max_len: int | None, direction: str | None = None):
-        if max_len is None:
-            tokenizer.no_truncation()
-        else:
-            tokenizer.enable_truncation(
-                max_length=int(max_len), strategy="longest_first", direction=direction or self._truncation_side
-            )
-        return tokenizer
-
-    # other lengths than the exported one whose tokenizers are kept (each is a copy, vocabulary included)
-    MAX_TRUNCATIONS = 8
+        return self.tokenizers.tokenizer
 
     def tokenizer_for(self, max_len: int | None, direction: str | None = None):
         """A tokenizer truncating at ``max_len`` (None: not at all; ``embed`` passes the exported limit for
-        None) on the side ``direction`` ("right" or "left"; None: the model's), made once per length and side;
-        the MAX_TRUNCATIONS most recently made others are kept (a call holds its own reference)."""
-        if direction is not None and direction not in ("right", "left"):
-            raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
-        key = max_len if direction in (None, self._truncation_side) else (max_len, direction)
-        tok = self._tokenizers.get(key)
-        if tok is None:
-            with self._tokenizers_lock:
-                tok = self._tokenizers.get(key)
-                if tok is None:
-                    tok = self._truncating(copy.deepcopy(self.tokenizer), max_len, direction)
-                    others = [k for k in self._tokenizers if k != self.max_seq_length]
-                    if len(others) >= self.MAX_TRUNCATIONS:
-                        del self._tokenizers[others[0]]  # dicts keep insertion order: the oldest
-                    self._tokenizers[key] = tok
-        return tok
+        None) on the side ``direction`` ("right" or "left"; None: the model's), made once per length and side."""
+        return self.tokenizers.entry(max_len, direction)[0]
 
     def _encode_fn(self, max_length: int | None, direction: str | None = None):
-        tokenizer = self.tokenizer_for(max_length, direction)
-        # encode_batch_fast (tokenizers 0.20+) skips the character offsets, which batching never reads
-        encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
-        if not self.add_special_tokens:
-            encode = functools.partial(encode, add_special_tokens=False)
-        return functools.partial(_encode_items, encode, max_length, direction or self._truncation_side)
+        return self.tokenizers.encode_fn(max_length, direction)
 
     def tokenize(
         self, items: list, max_length: int | None = None, direction: str | None = None, truncate: bool = True
@@ -371,16 +320,3 @@ class TextTower:
 def _typed(item) -> bool:
     """Whether an item's token type ids must be read back: a (text, text_pair) tuple, or a TokenItem with some."""
     return isinstance(item, tuple) or (isinstance(item, TokenItem) and item.has_types)
-
-
-def _encode_items(encode, max_length: int | None, side: str, items: list) -> list:
-    """``encode(items)`` where items may hold TokenItems (already tokenized): the texts are tokenized in one call
-    and each TokenItem is passed through, cut to ``max_length`` on ``side``."""
-    if not any(isinstance(it, TokenItem) for it in items):
-        return encode(items)
-    at = [i for i, it in enumerate(items) if not isinstance(it, TokenItem)]
-    out = [it.truncated(max_length, side) if isinstance(it, TokenItem) else None for it in items]
-    if at:
-        for i, enc in zip(at, encode([items[i] for i in at])):
-            out[i] = enc
-    return out

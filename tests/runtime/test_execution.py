@@ -125,7 +125,8 @@ def test_per_call_truncations_keep_a_bounded_set_of_tokenizers(enc):
     texts = _texts(5, 12)
     tower = enc.text_tower
     want = {n: enc.encode(texts, max_seq_length=n) for n in range(2, 20)}
-    assert len(tower._tokenizers) <= tower.MAX_TRUNCATIONS + 1 and tower.max_seq_length in tower._tokenizers
+    sets = tower.tokenizers
+    assert len(sets._entries) <= sets.MAX_TRUNCATIONS + 1 and tower.max_seq_length in sets._entries
     for n in (2, 19, 7):  # evicted ones are made again, with the same results
         np.testing.assert_array_equal(enc.encode(texts, max_seq_length=n), want[n])
     out = np.empty((0, enc.get_sentence_embedding_dimension()), np.float32)

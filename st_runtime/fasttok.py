@@ -1,0 +1,189 @@
+"""The ASCII fast path of a tokenizer: the same token ids in about half the time, for texts made of ASCII
+characters only (most queries and passages in English).
+
+Normalization is most of what ``tokenizers`` spends on a short text (BERT's normalizer: about half of a query's
+time and two thirds of a passage's, on the CPUs measured in docs/speed.md): it tracks every character's
+alignment through Unicode decomposition, accent stripping and lowercasing. On ASCII text, each normalizer this
+module knows reduces to two string operations CPython runs in C over the whole text: ``str.lower`` and deleting
+or spacing control characters (``str.translate``). So an ASCII text is normalized here, and tokenized by a twin of
+the tokenizer that has no normalizer (the same pre-tokenizer, model, post-processor and truncation): the twin sees
+exactly the string the tokenizer's own normalizer would have produced, and gives the same ids, type ids and
+attention mask (offsets are not kept: batching never reads them).
+
+What stays on the tokenizer itself: a text with any non-ASCII character, a text holding an added token's content
+in any letter case (added tokens are matched before normalization or on normalized text, by their own flags),
+and every text of a tokenizer whose normalizer is not one of those below. Which normalizers qualify is read off
+the tokenizer's own configuration, and the twin is checked against the tokenizer on a battery of ASCII texts (every
+character, letter cases, control characters, long words, empty and blank texts) when it is made; a twin that
+differs on any of them is not used.
+
+Normalizers with an exact ASCII form: BertNormalizer (clean_text deletes control characters but tab, newline and
+carriage return, which become spaces; lowercase), Lowercase, NFC/NFD/NFKC/NFKD and StripAccents (nothing to do on
+ASCII), and Sequences of them."""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from typing import Any
+
+import numpy as np
+
+# ASCII control characters (Unicode category Cc): BertNormalizer's clean_text deletes them, but tab, newline and
+# carriage return, which it turns into spaces (as it does every whitespace character)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CLEAN = {**{c: None for c in (*range(32), 127)}, 9: 32, 10: 32, 13: 32}
+_IDENTITY_ON_ASCII = {"NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+_TO_LOWER = operator.methodcaller("lower")
+_TO_CLEAN = operator.methodcaller("translate", _CLEAN)
+
+
+def ascii_steps(config: dict | None) -> tuple[bool, bool] | None:
+    """(lowercase, clean) of a normalizer's configuration (tokenizer.json's "normalizer") on ASCII text, or None
+    when it has no exact ASCII form known here."""
+    if config is None:
+        return False, False
+    kind = config.get("type")
+    if kind in _IDENTITY_ON_ASCII:
+        return False, False
+    if kind == "Lowercase":
+        return True, False
+    if kind == "BertNormalizer":
+        return bool(config.get("lowercase")), bool(config.get("clean_text"))
+    if kind == "Sequence":
+        lower = clean = False
+        for step in config.get("normalizers") or []:
+            got = ascii_steps(step)
+            if got is None:
+                return None
+            lower, clean = lower or got[0], clean or got[1]  # the two commute on ASCII
+        return lower, clean
+    return None
+
+
+def _battery() -> list[str]:
+    """ASCII texts on which a twin must give the tokenizer's own results before it is used."""
+    chars = "".join(map(chr, range(128)))
+    texts = [
+        "",
+        " ",
+        " \t\n\r ",
+        chars,
+        chars[::-1],
+        "Hello, World! HELLO world hello WoRlD.",
+        "The QUICK brown fox's e-mail: Fox@Example.COM (tel. +1-555-0100), 3.14% [sic] {x} <y> ~z~ `q` |p| ^o^",
+        "a\x00b\x01c\x07d\x08e\x0bf\x0cg\x1bh\x1fi\x7fj\tk\nl\rm  n",
+        "Supercalifragilisticexpialidocious" * 6,  # one word past most max_input_chars_per_word
+        "don't can't won't I'm you're it's ''quoted'' \"double\" --dash-- ...",
+        "x" * 600 + " y",
+        " ".join(f"w{i} W{i}" for i in range(300)),
+        "camelCaseWord snake_case_word kebab-case-word PascalCase 1e-5 0x1F 2026-12-07T03:41:00Z",
+    ]
+    return texts + [f"{c}{c.upper()}x{c} {c}" for c in chars]
+
+
+class AsciiFastPath:
+    """A tokenizer's ASCII fast path (see the module docstring); ``make`` returns None where none applies."""
+
+    def __init__(self, tokenizer, twin, lower: bool, clean: bool, added: list[str]):
+        self.tokenizer = tokenizer
+        self.twin = twin
+        self.lower = lower
+        self.clean = clean
+        # added tokens' contents: a text holding one, in any letter case, stays on the tokenizer
+        self._added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE) if added else None
+
+    @classmethod
+    def make(cls, tokenizer) -> AsciiFastPath | None:
+        """The fast path of a ``tokenizers.Tokenizer`` (with the truncation set on it), or None where its normalizer
+        has no known ASCII form, it has none (nothing to gain), or the twin differs from it on the battery."""
+        from tokenizers import Tokenizer
+
+        if not isinstance(tokenizer, Tokenizer) or tokenizer.normalizer is None:
+            return None
+        config = json.loads(tokenizer.to_str())
+        steps = ascii_steps(config.get("normalizer"))
+        if steps is None:
+            return None
+        twin = Tokenizer.from_str(json.dumps({**config, "normalizer": None}))
+        # non-ASCII contents never match ASCII text; none of the others holds a newline (the texts' separator below)
+        contents = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+        added = sorted((c for c in contents if c and c.isascii()), key=len, reverse=True)
+        if any("\n" in c for c in added):
+            return None
+        fast = cls(tokenizer, twin, *steps, added)
+        return fast if fast._agrees() else None
+
+    def _agrees(self) -> bool:
+        battery = _battery()
+        items: list = battery + [(t, "Second TEXT, of the pair.") for t in battery[:8]]
+        if not self.takes_pairs():
+            items = battery
+        for method in ("encode_batch", "encode_batch_fast"):
+            if not hasattr(self.tokenizer, method):
+                continue
+            mine = self.encode(items, method)
+            theirs = getattr(self.tokenizer, method)(items)
+            if not all(
+                a.ids == b.ids and a.type_ids == b.type_ids and a.attention_mask == b.attention_mask
+                for a, b in zip(mine, theirs, strict=True)
+            ):
+                return False
+        return True
+
+    def takes_pairs(self) -> bool:
+        """Whether the tokenizer's post-processor encodes text pairs (a template without a pair part refuses)."""
+        post = json.loads(self.tokenizer.to_str()).get("post_processor") or {}
+        return post.get("type") != "TemplateProcessing" or bool(post.get("pair"))
+
+    def _normalize(self, texts: list[str]) -> list[str]:
+        if self.lower:
+            texts = list(map(_TO_LOWER, texts))
+        if self.clean and _CONTROL.search("\x80".join(texts)):
+            texts = list(map(_TO_CLEAN, texts))
+        return texts
+
+    def eligible(self, items: list) -> np.ndarray:
+        """Per item (text or (text, text_pair) tuple), whether the twin may tokenize it: ASCII only, and no added
+        token's content in any letter case."""
+        flat = items
+        if not all(map(str.__instancecheck__, items)):  # pairs: both texts, joined by a newline
+            flat = [it if isinstance(it, str) else "\n".join(it) for it in items]
+        ok = np.fromiter(map(str.isascii, flat), dtype=bool, count=len(flat))
+        if self._added is not None and ok.any():
+            joined = "\n".join(flat)
+            matches = [m.start() for m in self._added.finditer(joined)]
+            if matches:
+                starts = np.cumsum([0, *map(len, flat[:-1])]) + np.arange(len(flat))
+                ok[np.searchsorted(starts, matches, side="right") - 1] = False
+        return ok
+
+    def encode(self, items: list, method: str = "encode_batch_fast", **options: Any) -> list:
+        """The tokenizer's ``method`` (encode_batch or encode_batch_fast) on ``items`` (texts or (text, text_pair)
+        tuples) with ``options``, every eligible item tokenized by the twin; in input order."""
+        if not items:
+            return getattr(self.tokenizer, method)(items, **options)
+        ok = self.eligible(items)
+        if ok.all():
+            return self._twin_encode(items, method, options)
+        if not ok.any():
+            return getattr(self.tokenizer, method)(items, **options)
+        fast, slow = np.flatnonzero(ok), np.flatnonzero(~ok)
+        out = np.empty(len(items), dtype=object)
+        out[fast] = self._twin_encode([items[i] for i in fast], method, options)
+        out[slow] = getattr(self.tokenizer, method)([items[i] for i in slow], **options)
+        return out.tolist()
+
+    def _twin_encode(self, items: list, method: str, options: dict) -> list:
+        encode = getattr(self.twin, method)
+        single = np.fromiter(map(str.__instancecheck__, items), dtype=bool, count=len(items))
+        if single.all():
+            return encode(self._normalize(items), **options)
+        if single.any():  # texts and pairs in one call: each group in one batch, back in input order
+            out = np.empty(len(items), dtype=object)
+            for group in (np.flatnonzero(single), np.flatnonzero(~single)):
+                out[group] = self._twin_encode([items[i] for i in group], method, options)
+            return out.tolist()
+        firsts, seconds = zip(*items, strict=True)
+        return encode(list(zip(self._normalize(list(firsts)), self._normalize(list(seconds)))), **options)

@@ -1,0 +1,153 @@
+"""The feed path of a text tower, up to the graph's input arrays: its tokenizers (one per truncation length and
+side, each with its ASCII fast path, st_runtime.fasttok) and tokenization spread over worker threads.
+
+``tokenizers`` releases the interpreter lock while it encodes a batch, but holds it while it reads the texts in and
+makes the result objects; so one large call leaves those steps unoverlapped. A large call is cut here into a chunk
+per worker, and each worker thread encodes its chunk: one chunk's Rust work runs while another's objects are made.
+The chunks are contiguous and joined in order, so the encodings are those of one call."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ManifestError
+from .fasttok import AsciiFastPath
+from .inputs import TokenItem
+
+# texts per worker's chunk at least (smaller calls are tokenized in one piece, on the calling thread)
+MIN_CHUNK = 512
+
+
+def default_feed_threads() -> int:
+    """Tokenization threads when the caller sets none: the cores this process may use, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def load_tokenizer(folder: Path, info: Mapping[str, Any]):
+    """The text tower's tokenizer: a tokenizers.Tokenizer (kind "hf", the default) or the word-embedding
+    models' WhitespaceTokenizer (kind "whitespace"), which offers the same encode_batch interface."""
+    kind = info.get("kind", "hf")
+    if kind == "hf":
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(folder / info["file"]))
+    if kind == "whitespace":
+        from .glove import WhitespaceTokenizer
+
+        return WhitespaceTokenizer.from_manifest(folder, info)
+    raise ManifestError(
+        f"tokenizer kind {kind!r} in {folder} is unknown to this st-runtime (it knows 'hf' and "
+        "'whitespace'). Upgrade st-runtime or re-export the model."
+    )
+
+
+class Tokenizers:
+    """A tower's tokenizers: truncation is chosen per call (each maximum length and side has its own configured
+    tokenizer and fast path, made once), so one set is shared by every thread."""
+
+    # other lengths than the exported one whose tokenizers are kept (each is a copy, vocabulary included)
+    MAX_TRUNCATIONS = 8
+
+    def __init__(
+        self, base, max_seq_length: int | None, side: str, add_special_tokens: bool, threads: int | None = None
+    ):
+        self.max_seq_length = max_seq_length
+        self.side = side
+        self.add_special_tokens = add_special_tokens
+        base.no_padding()
+        base = self._truncating(base, max_seq_length)
+        # by truncation length, or (length, side) for the side other than the model's: (tokenizer, fast path)
+        self._entries: dict[Any, tuple[Any, AsciiFastPath | None]] = {max_seq_length: (base, AsciiFastPath.make(base))}
+        self._lock = threading.Lock()
+        self.threads = default_feed_threads() if threads is None else int(threads)
+        if self.threads < 1:
+            raise ValueError(f"feed_threads must be at least 1, got {threads!r}")
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def tokenizer(self):
+        """The tokenizer at the exported max_seq_length (the one the model was validated with)."""
+        return self._entries[self.max_seq_length][0]
+
+    def _truncating(self, tokenizer, max_len: int | None, direction: str | None = None):
+        if max_len is None:
+            tokenizer.no_truncation()
+        else:
+            tokenizer.enable_truncation(
+                max_length=int(max_len), strategy="longest_first", direction=direction or self.side
+            )
+        return tokenizer
+
+    def entry(self, max_len: int | None, direction: str | None = None) -> tuple[Any, AsciiFastPath | None]:
+        """(a tokenizer truncating at ``max_len`` (None: not at all) on the side ``direction`` ("right" or "left";
+        None: the model's), its ASCII fast path or None), made once per length and side; the MAX_TRUNCATIONS most
+        recently made others are kept (a call holds its own reference)."""
+        if direction is not None and direction not in ("right", "left"):
+            raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
+        key = max_len if direction in (None, self.side) else (max_len, direction)
+        entry = self._entries.get(key)
+        if entry is None:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is None:
+                    tok = self._truncating(copy.deepcopy(self.tokenizer), max_len, direction)
+                    entry = (tok, AsciiFastPath.make(tok))
+                    others = [k for k in self._entries if k != self.max_seq_length]
+                    if len(others) >= self.MAX_TRUNCATIONS:
+                        del self._entries[others[0]]  # dicts keep insertion order: the oldest
+                    self._entries[key] = entry
+        return entry
+
+    def encode_fn(self, max_length: int | None, direction: str | None = None):
+        """The function tokenizing a list of items (texts, (text, text_pair) tuples, TokenItems) as the model
+        does, truncating at ``max_length`` on ``direction`` (None: the model's side)."""
+        tokenizer, fast = self.entry(max_length, direction)
+        # encode_batch_fast (tokenizers 0.20+) skips the character offsets, which batching never reads
+        method = "encode_batch_fast" if hasattr(tokenizer, "encode_batch_fast") else "encode_batch"
+        options: dict[str, Any] = {} if self.add_special_tokens else {"add_special_tokens": False}
+        # ASCII texts take the fast path where the tokenizer has one (the same ids: st_runtime.fasttok)
+        encode = (
+            functools.partial(fast.encode, method=method, **options)
+            if fast is not None
+            else functools.partial(getattr(tokenizer, method), **options)
+        )
+        return functools.partial(
+            _encode_items, functools.partial(self._spread, encode), max_length, direction or self.side
+        )
+
+    def _spread(self, encode, items: list) -> list:
+        """``encode(items)``, in one contiguous chunk per worker thread when the call is large enough."""
+        parts = min(self.threads, len(items) // MIN_CHUNK)
+        if parts <= 1:
+            return encode(items)
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="st-tokenize")
+        bounds = np.linspace(0, len(items), parts + 1).astype(np.int64).tolist()
+        chunks = [items[a:b] for a, b in itertools.pairwise(bounds)]
+        return list(itertools.chain.from_iterable(self._pool.map(encode, chunks)))
+
+
+def _encode_items(encode, max_length: int | None, side: str, items: list) -> list:
+    """``encode(items)`` where items may hold TokenItems (already tokenized): the texts are tokenized in one call
+    and each TokenItem is passed through, cut to ``max_length`` on ``side``."""
+    if TokenItem not in set(map(type, items)):
+        return encode(items)
+    at = [i for i, it in enumerate(items) if not isinstance(it, TokenItem)]
+    out = [it.truncated(max_length, side) if isinstance(it, TokenItem) else None for it in items]
+    if at:
+        for i, enc in zip(at, encode([items[i] for i in at])):
+            out[i] = enc
+    return out
