@@ -4,9 +4,13 @@ padded int64 arrays fed to the graph (the exporter's int8 calibration builds its
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass
 
 import numpy as np
+
+_IDS = operator.attrgetter("ids")
+_TYPES = operator.attrgetter("type_ids")
 
 # GPU batches (batch_size=None): up to 1024 texts and 131,072 padded tokens: large enough to keep the device
 # busy on short queries, small enough that long passages do not slow down (the sweep that chose them is
@@ -92,21 +96,22 @@ def plan_batches(
     in cache); ``budget(width)``, where given, sets that cap per batch instead (BatchPolicy.budget).
     """
     out: list[tuple[int, int, int]] = []
-    n = len(sorted_lengths)
+    lengths = np.asarray(sorted_lengths, dtype=np.int64)
+    n = len(lengths)
+    descending = -lengths  # ascending: where a floor falls is one binary search (no loop over the items)
     start = 0
     while start < n:
-        width = max(int(sorted_lengths[start]), 1)
-        floor = width * split_ratio
+        width = max(int(lengths[start]), 1)
         padded = -(-width // pad_multiple) * pad_multiple
         if max_width is not None:
             padded = min(padded, max(width, max_width))
-        end = start + 1
         limit = min(n, start + batch_size)
         cap = budget(padded) if budget is not None else max_tokens
         if cap is not None:
             limit = min(limit, start + max(1, cap // padded))
-        while end < limit and sorted_lengths[end] >= floor:
-            end += 1
+        # the items at least split_ratio of this width are a prefix of the rest (lengths decrease)
+        reach = int(np.searchsorted(descending, -(width * split_ratio), side="right"))
+        end = min(limit, max(start + 1, reach))
         out.append((start, end, padded))
         start = end
     return out
@@ -133,10 +138,10 @@ def build_feeds(
     padding_side: str = "right",
 ) -> dict[str, np.ndarray]:
     """The padded [rows, width] int64 arrays of the tokenized items ``idx`` for the graph's ``inputs``; built
-    with one pass over their token ids (each row's tokens fill a prefix of it, or with ``padding_side="left"``
-    a suffix, as decoder models such as Qwen3-Embedding pad; either way a boolean mask scatters the
-    concatenation in place, row by row in order). ``zero_types``: the token type ids are known to be all zero
-    (single texts), so they are not read back per item."""
+    with one pass over their token ids, read by C (each row's tokens fill a prefix of it, or with
+    ``padding_side="left"`` a suffix, as decoder models such as Qwen3-Embedding pad; either way a boolean mask
+    scatters the concatenation in place, row by row in order). ``zero_types``: the token type ids are known to
+    be all zero (single texts), so they are not read back per item."""
     lens = lengths[idx]
     if padding_side == "left":
         mask = np.arange(width) >= width - lens[:, None]
@@ -145,14 +150,18 @@ def build_feeds(
     else:
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     total = int(lens.sum())
+    chosen = [encodings[i] for i in idx.tolist()] if len(idx) < 2 else operator.itemgetter(*idx.tolist())(encodings)
     ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-    ids[mask] = np.fromiter(itertools.chain.from_iterable(encodings[i].ids for i in idx), dtype=np.int64, count=total)
+    ids[mask] = np.fromiter(itertools.chain.from_iterable(map(_IDS, chosen)), dtype=np.int64, count=total)
     feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
     if "token_type_ids" in inputs:
         types = np.zeros((len(idx), width), dtype=np.int64)
         if not zero_types:
-            types[mask] = np.fromiter(
-                itertools.chain.from_iterable(encodings[i].type_ids for i in idx), dtype=np.int64, count=total
-            )
+            types[mask] = np.fromiter(itertools.chain.from_iterable(map(_TYPES, chosen)), dtype=np.int64, count=total)
         feeds["token_type_ids"] = types
     return {k: feeds[k] for k in inputs}
+
+
+def token_counts(encodings) -> np.ndarray:
+    """Each encoding's token count, as int64 (read by C, not by a Python loop)."""
+    return np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))

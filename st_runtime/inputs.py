@@ -95,6 +95,10 @@ def prepare(
     """Repair surrogates in every text (and text pair) and shorten very long single texts exactly for
     truncation on ``direction`` (None: the model's side). ``kinds`` marks items that are not text (images),
     which are left alone."""
+    if kinds is None and set(map(type, items)) <= {str} and all(map(str.isascii, items)):
+        threshold = None if cutter is None else cutter.threshold  # ASCII texts hold no surrogates
+        if threshold is None or max(map(len, items), default=0) <= threshold:
+            return items  # nothing to repair or cut: no loop over the texts
     out = items
     for i, item in enumerate(items):
         if (kinds is not None and kinds[i] != "text") or isinstance(item, TokenItem):
@@ -125,7 +129,7 @@ def classify(sentences: Any, images: bool = False) -> tuple[list, list[str], boo
     (text, text_pair) tuple) or, for a model with an image tower (``images``), "image" (a PIL image, a 3-D
     uint8 array, an image file path or a ``data:image/`` URI, decided as sentence-transformers 6 decides).
     Anything else raises UnsupportedInputError naming the input."""
-    from .image import is_image_path, is_image_url, is_pil_image
+    from .image import is_pil_image
 
     expected = "text, an image, or a list of them" if images else "a string or a list of strings"
 
@@ -145,6 +149,15 @@ def classify(sentences: Any, images: bool = False) -> tuple[list, list[str], boo
         items, singular = list(sentences), False
     else:
         raise UnsupportedInputError(f"encode expects {expected}, got {type(sentences).__name__}.")
+    if not images and set(map(type, items)) <= {str}:  # plain texts: nothing to decide per item
+        return items, [TEXT] * len(items), singular
+    return items, _kinds(items, images, is_image), singular
+
+
+def _kinds(items: list, images: bool, is_image) -> list[str]:
+    """Each item's kind (tuples of two strings become (text, text_pair) pairs in place); see classify."""
+    from .image import is_image_path, is_image_url
+
     kinds = []
     for i, item in enumerate(items):
         if isinstance(item, str):
@@ -169,4 +182,4 @@ def classify(sentences: Any, images: bool = False) -> tuple[list, list[str], boo
             raise UnsupportedInputError(
                 f"input {i} is a {type(item).__name__} ({item!r:.60}); each input must be {allowed}."
             )
-    return items, kinds, singular
+    return kinds

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import kinds
+from .batching import token_counts
 from .config import SessionConfig
 from .errors import GraphLoadError, InputTooLongError, ModelKindError, OutputNotExportedError, UnsupportedInputError
 from .hub.resolve import resolve_model
@@ -324,7 +325,7 @@ class Model:
         takes them)."""
         items, _kinds, _ = classify(texts)
         encodings = self.text_tower.tokenize(prepare(items, self._cutter))
-        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        lengths = token_counts(encodings)
         width = int(lengths.max()) if len(lengths) else 0
         return self.text_tower.feeds(encodings, lengths, np.arange(len(encodings)), width)
 

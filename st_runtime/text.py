@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .batching import BatchPolicy, build_feeds, graph_width, plan_batches
+from .batching import BatchPolicy, build_feeds, graph_width, plan_batches, token_counts
 from .errors import GraphLoadError
 from .feeding import Tokenizers, load_tokenizer
 from .inputs import TokenItem
@@ -188,7 +188,7 @@ class TextTower:
         batch_size = batch_size or policy.auto_batch_size
         max_length = self.max_seq_length if max_length is None else max_length
         encode = self._encode_fn(max_length)
-        zero_types = self.single_types_zero and not any(_typed(it) for it in items)
+        zero_types = self.single_types_zero and not _any_typed(items)
         chunk = policy.pipeline_items(batch_size)
         if chunk is None or len(items) <= chunk:
             self._embed_encoded(encode(items), batch_size, out, max_length, zero_types, progress, output)
@@ -217,7 +217,7 @@ class TextTower:
             )
         max_length = self.max_seq_length if max_length is None else max_length
         encodings = self._encode_fn(max_length, direction)(items)
-        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        lengths = token_counts(encodings)
         order = np.argsort(-lengths, kind="stable")
         results: list[dict] = [{} for _ in items]
         for start, end, width in self.plan(lengths[order], batch_size or self.policy.auto_batch_size, max_length):
@@ -266,7 +266,7 @@ class TextTower:
         output: str | None = None,
     ) -> None:
         """Embed tokenized items into ``out`` (same order), in length-sorted batches."""
-        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        lengths = token_counts(encodings)
         order = np.argsort(-lengths, kind="stable")
         batches = self.plan(lengths[order], batch_size, max_length)
         if len(batches) == 1:
@@ -317,6 +317,10 @@ class TextTower:
         )
 
 
-def _typed(item) -> bool:
-    """Whether an item's token type ids must be read back: a (text, text_pair) tuple, or a TokenItem with some."""
-    return isinstance(item, tuple) or (isinstance(item, TokenItem) and item.has_types)
+def _any_typed(items: list) -> bool:
+    """Whether some item's token type ids must be read back: a (text, text_pair) tuple, or a TokenItem with some
+    (plain texts are told apart by their types alone, with no loop over them)."""
+    types = set(map(type, items))
+    if types <= {str}:
+        return False
+    return tuple in types or any(isinstance(it, TokenItem) and it.has_types for it in items)

@@ -59,7 +59,7 @@ class EmbeddingKind(Kind):
         images = model.takes_images
         items, kinds, singular = classify(inputs, images=images)
         tokenizer = model.spec.towers["text"].tokenizer
-        if not (tokenizer and tokenizer.pairs):
+        if not (tokenizer and tokenizer.pairs) and tuple in set(map(type, items)):
             pair = next((i for i, it in enumerate(items) if isinstance(it, tuple)), None)
             if pair is not None:
                 raise UnsupportedInputError(

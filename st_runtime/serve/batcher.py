@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..batching import token_counts
 from ..kinds import Prepared
 from .errors import RequestError
 
@@ -212,7 +213,7 @@ class Batcher:
             for job in members:
                 mine = encodings[start : start + len(job.texts)]
                 start += len(job.texts)
-                job.tokens = np.fromiter((len(e) for e in mine), dtype=np.int64, count=len(mine))
+                job.tokens = token_counts(mine)
                 job.tokenize_s = elapsed
                 if job.strict:
                     limit = self.tower.max_seq_length if job.max_length is None else job.max_length
