@@ -353,3 +353,58 @@ def test_feeds_pad_on_the_side_the_manifest_names(tiny_bert, tmp_path, side):
     lengths = np.array([len(e) for e in encodings])
     with pytest.raises(ValueError, match="padding_side must be"):
         build_feeds(encodings, lengths, np.arange(3), width, ["input_ids"], 0, padding_side="middle")
+
+
+def _plan_by_loop(sorted_lengths, batch_size, pad_multiple=1, split_ratio=0.5, max_tokens=None, max_width=None):
+    """plan_batches as it was written before it searched instead of looping over items (the reference)."""
+    out, n, start = [], len(sorted_lengths), 0
+    while start < n:
+        width = max(int(sorted_lengths[start]), 1)
+        floor = width * split_ratio
+        padded = -(-width // pad_multiple) * pad_multiple
+        if max_width is not None:
+            padded = min(padded, max(width, max_width))
+        end, limit = start + 1, min(n, start + batch_size)
+        if max_tokens is not None:
+            limit = min(limit, start + max(1, max_tokens // padded))
+        while end < limit and sorted_lengths[end] >= floor:
+            end += 1
+        out.append((start, end, padded))
+        start = end
+    return out
+
+
+def test_batch_plans_are_those_of_the_item_loop():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n = int(rng.integers(0, 400))
+        lengths = np.sort(rng.integers(0, int(rng.choice([3, 40, 600])), n))[::-1]
+        args = (int(rng.integers(1, 300)), int(rng.choice([1, 8])), float(rng.choice([0.5, 0.3, 1.0])))
+        tokens = rng.choice([None, 64, 2048, 16384])
+        width = rng.choice([None, 48, 512])
+        assert plan_batches(lengths, *args, max_tokens=tokens, max_width=width) == _plan_by_loop(
+            lengths, *args, max_tokens=tokens, max_width=width
+        )
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_feeds_hold_each_items_ids_and_types_padded_on_its_side(side):
+    from tiny_models import minilm_dir
+    from tokenizers import Tokenizer
+
+    from st_runtime.batching import build_feeds, token_counts
+
+    tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    tok.no_padding()
+    items = ["a", "two words", ("a pair", "of texts here"), "x " * 30, ""]
+    encs = tok.encode_batch(items)
+    lengths = token_counts(encs)
+    assert lengths.tolist() == [len(e.ids) for e in encs]
+    for idx in (np.array([3, 0, 2]), np.array([4]), np.arange(5)):
+        width = int(lengths[idx].max()) + 2
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        feeds = build_feeds(encs, lengths, idx, width, names, 0, False, side)
+        for row, i in enumerate(idx):
+            e, pad = encs[i], [0] * (width - len(encs[i].ids))
+            for name, values in zip(names, (e.ids, [1] * len(e.ids), e.type_ids), strict=True):
+                assert feeds[name][row].tolist() == (values + pad if side == "right" else pad + values)

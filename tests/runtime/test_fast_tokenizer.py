@@ -1,0 +1,139 @@
+"""The ASCII fast path (st_runtime.fasttok) gives exactly the tokenizer's own ids, type ids and attention masks:
+for every tokenizer family of the test zoo and the real all-MiniLM-L6-v2 tokenizer, on generated and real text
+(ASCII and not), control characters, added tokens in any letter case, pairs, every truncation, and both sides;
+tokenizers whose normalizer has no ASCII form, and twins that would differ, are not used."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from tiny_models import TOKENIZERS, minilm_dir
+from tokenizers import Tokenizer, normalizers
+
+from benchmarks.common import docs_corpus, make_corpus
+from st_runtime import fasttok
+from st_runtime.fasttok import AsciiFastPath
+from st_runtime.feeding import Tokenizers
+
+EDGES = [
+    "",
+    " ",
+    "a",
+    "A",
+    "Hello [MASK] world",
+    "hello [mask] world",
+    "[CLS] at the start, [SEP] inside, [sep][Sep]",
+    "<s> roberta </s> <pad> <unk> <mask> <|endoftext|> <|im_start|>user",
+    "tabs\tand\nnewlines\rand\x00nulls\x07bells\x1b escapes\x7fdel",
+    "UPPER CASE WORDS AND MiXeD CaSe",
+    "naive cafe",
+    "naïve café, Straße, İstanbul, ǅ, ﬁ ligature, 東京 and 🙂",
+    "a" * 300,
+    "word " * 120,
+    "   leading and trailing   ",
+]
+
+
+def _backend(kind: str) -> Tokenizer:
+    made = TOKENIZERS[kind]()
+    made = getattr(made, "tokenizer", made)  # CLIP: the processor's tokenizer
+    tok = copy.deepcopy(made.backend_tokenizer)
+    tok.no_padding()
+    return tok
+
+
+def _texts() -> list:
+    gen, docs = make_corpus(n_queries=300, n_passages=30), docs_corpus(n_queries=300, n_passages=30)
+    texts = gen["queries"] + gen["passages"] + docs["queries"] + docs["passages"] + EDGES
+    return texts + [(q, p) for q, p in zip(docs["queries"][:40], docs["passages"] + EDGES)]
+
+
+def _same(fast: AsciiFastPath, tok: Tokenizer, items: list, **options) -> None:
+    for method in ("encode_batch_fast", "encode_batch"):
+        mine = fast.encode(items, method, **options)
+        theirs = getattr(tok, method)(items, **options)
+        assert len(mine) == len(theirs) == len(items)
+        for item, a, b in zip(items, mine, theirs, strict=True):
+            assert (a.ids, a.type_ids, a.attention_mask) == (b.ids, b.type_ids, b.attention_mask), item
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZERS))
+def test_the_fast_path_gives_the_tokenizers_own_encodings(kind):
+    tok = _backend(kind)
+    fast = AsciiFastPath.make(tok)
+    if fast is None:
+        assert tok.normalizer is None or fasttok.ascii_steps(_normalizer_config(tok)) is None, kind
+        return
+    texts = _texts()
+    items = texts if fast.takes_pairs() else [t for t in texts if isinstance(t, str)]
+    for max_len, side in ((None, "right"), (16, "right"), (16, "left"), (3, "right")):
+        if max_len is None:
+            tok.no_truncation()
+        else:
+            tok.enable_truncation(max_len, direction=side)
+        truncating = AsciiFastPath.make(tok)
+        assert truncating is not None
+        _same(truncating, tok, items)
+        _same(truncating, tok, [t for t in items if isinstance(t, str)], add_special_tokens=False)
+
+
+def _normalizer_config(tok: Tokenizer):
+    import json
+
+    return json.loads(tok.to_str())["normalizer"]
+
+
+def test_which_normalizers_have_an_ascii_form():
+    assert fasttok.ascii_steps({"type": "BertNormalizer", "clean_text": True, "lowercase": True}) == (True, True)
+    assert fasttok.ascii_steps({"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"}]}) == (
+        True,
+        False,
+    )
+    assert fasttok.ascii_steps({"type": "NFKC"}) == (False, False)
+    assert fasttok.ascii_steps({"type": "Replace", "pattern": {"String": " "}, "content": "_"}) is None
+    assert fasttok.ascii_steps({"type": "Precompiled", "precompiled_charsmap": ""}) is None
+    seq = {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Strip", "strip_left": True}]}
+    assert fasttok.ascii_steps(seq) is None
+
+
+def test_real_minilm_tokenizer_takes_the_fast_path_with_the_same_ids():
+    tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(256)
+    fast = AsciiFastPath.make(tok)
+    assert fast is not None and fast.lower and fast.clean
+    texts = _texts()
+    _same(fast, tok, texts)
+    eligible = fast.eligible([t for t in texts if isinstance(t, str)])
+    assert eligible.mean() > 0.9  # most of the corpus is ASCII without special tokens
+    assert not fast.eligible(["naïve", "x [MASK] y", "x [mask] y", "[Cls]"]).any()
+    assert fast.eligible(["plain words", "brackets [ma sk]", ""]).all()
+
+
+def test_a_twin_that_differs_is_not_used(monkeypatch):
+    tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    monkeypatch.setattr(fasttok, "ascii_steps", lambda config: (False, True))  # "forgets" the lowercasing
+    assert AsciiFastPath.make(tok) is None
+    tok.normalizer = normalizers.Replace(" ", "_")
+    monkeypatch.undo()
+    assert AsciiFastPath.make(tok) is None  # no ASCII form known
+
+
+def test_tokenization_spread_over_threads_keeps_the_order():
+    base = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    base.no_padding()
+    base.enable_truncation(128)
+    texts = make_corpus(n_queries=3000, n_passages=0)["queries"] + ["naïve café"] * 5
+    one = Tokenizers(copy.deepcopy(base), 128, "right", True, threads=1)
+    four = Tokenizers(copy.deepcopy(base), 128, "right", True, threads=4)
+    got = four.encode_fn(128)(texts)
+    want = one.encode_fn(128)(texts)
+    assert [e.ids for e in got] == [e.ids for e in want] == [e.ids for e in base.encode_batch(texts)]
+    assert four._pool is not None and one._pool is None  # the large call was spread; one thread never is
+    with pytest.raises(ValueError, match="feed_threads"):
+        Tokenizers(copy.deepcopy(base), 128, "right", True, threads=0)
+    assert np.array_equal(
+        [len(e) for e in got], [len(e) for e in base.encode_batch(texts)]
+    )  # the token counts batching reads
