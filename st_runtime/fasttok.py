@@ -8,7 +8,8 @@ module knows reduces to two string operations CPython runs in C over the whole t
 or spacing control characters (``str.translate``). So an ASCII text is normalized here, and tokenized by a twin of
 the tokenizer that has no normalizer (the same pre-tokenizer, model, post-processor and truncation): the twin sees
 exactly the string the tokenizer's own normalizer would have produced, and gives the same ids, type ids and
-attention mask (offsets are not kept: batching never reads them).
+attention mask (offsets are not kept: batching never reads them). BERT's pre-tokenizer, which looks every character
+up in Unicode's punctuation tables, is given its ASCII form too (whitespace, then ASCII punctuation).
 
 What stays on the tokenizer itself: a text with any non-ASCII character, a text holding an added token's content
 in any letter case (added tokens are matched before normalization or on normalized text, by their own flags),
@@ -34,6 +35,15 @@ import numpy as np
 # carriage return, which it turns into spaces (as it does every whitespace character)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CLEAN = {**{c: None for c in (*range(32), 127)}, 9: 32, 10: 32, 13: 32}
+# BertPreTokenizer on ASCII text: split at whitespace (removed), then isolate each ASCII punctuation character; its
+# own test of "punctuation" looks each character up in Unicode's tables, which ASCII text does not need
+_ASCII_BERT_PRE_TOKENIZER = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "WhitespaceSplit"},
+        {"type": "Split", "pattern": {"Regex": r"[!-/:-@\[-`{-~]"}, "behavior": "Isolated", "invert": False},
+    ],
+}
 _IDENTITY_ON_ASCII = {"NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
 _TO_LOWER = operator.methodcaller("lower")
 _TO_CLEAN = operator.methodcaller("translate", _CLEAN)
@@ -106,7 +116,10 @@ class AsciiFastPath:
         steps = ascii_steps(config.get("normalizer"))
         if steps is None:
             return None
-        twin = Tokenizer.from_str(json.dumps({**config, "normalizer": None}))
+        twin_config = {**config, "normalizer": None}
+        if (config.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer":
+            twin_config["pre_tokenizer"] = _ASCII_BERT_PRE_TOKENIZER
+        twin = Tokenizer.from_str(json.dumps(twin_config))
         # non-ASCII contents never match ASCII text; none of the others holds a newline (the texts' separator below)
         contents = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
         added = sorted((c for c in contents if c and c.isascii()), key=len, reverse=True)

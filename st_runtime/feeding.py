@@ -24,8 +24,10 @@ from .errors import ManifestError
 from .fasttok import AsciiFastPath
 from .inputs import TokenItem
 
-# texts per worker's chunk at least (smaller calls are tokenized in one piece, on the calling thread)
-MIN_CHUNK = 512
+# a worker's chunk holds at least this many texts, or of plain texts this many characters (smaller calls are
+# tokenized in one piece, on the calling thread)
+MIN_CHUNK = 256
+MIN_CHUNK_CHARS = 32768
 
 
 def default_feed_threads() -> int:
@@ -128,7 +130,10 @@ class Tokenizers:
 
     def _spread(self, encode, items: list) -> list:
         """``encode(items)``, in one contiguous chunk per worker thread when the call is large enough."""
-        parts = min(self.threads, len(items) // MIN_CHUNK)
+        if self.threads == 1 or len(items) < 2:
+            return encode(items)
+        chars = sum(map(len, items)) if all(map(str.__instancecheck__, items)) else 0
+        parts = min(self.threads, len(items), max(len(items) // MIN_CHUNK, chars // MIN_CHUNK_CHARS))
         if parts <= 1:
             return encode(items)
         if self._pool is None:
