@@ -32,6 +32,7 @@ class PeerWorker:
         log_path: Path,
         start_timeout: float = 300.0,
         script: str | os.PathLike = WORKER,
+        args: tuple[str, ...] = (),
     ):
         self.python = str(python)
         self.log_path = Path(log_path)
@@ -39,7 +40,7 @@ class PeerWorker:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         try:
             self.proc = subprocess.Popen(
-                [self.python, "-u", str(script)],
+                [self.python, "-u", str(script), *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._log,
