@@ -137,3 +137,20 @@ def test_tokenization_spread_over_threads_keeps_the_order():
     assert np.array_equal(
         [len(e) for e in got], [len(e) for e in base.encode_batch(texts)]
     )  # the token counts batching reads
+
+
+def test_embeddings_are_bit_identical_with_and_without_the_fast_path(tiny_bert):
+    """The fixture's encoder with its fast paths and feed threads, against the same encoder tokenizing every text
+    with the tokenizer itself on one thread: the same rows, bit for bit, for texts of every kind in one call."""
+    from st_runtime import SentenceEncoder
+
+    gen, docs = make_corpus(n_queries=700, n_passages=60), docs_corpus(n_queries=200, n_passages=40)
+    texts = gen["queries"] + docs["passages"] + EDGES + gen["passages"] + docs["queries"]
+    fast = SentenceEncoder(tiny_bert[1], feed_threads=3)
+    plain = SentenceEncoder(tiny_bert[1], feed_threads=1)
+    sets, entry = plain.text_tower.tokenizers, plain.text_tower.tokenizers.entry
+    sets.entry = lambda max_len, direction=None: (entry(max_len, direction)[0], None)  # the tokenizer alone
+    assert fast.text_tower.tokenizers.entry(fast.text_tower.max_seq_length)[1] is not None
+    for kwargs in ({}, {"batch_size": 7}, {"max_seq_length": 9}):
+        np.testing.assert_array_equal(fast.encode(texts, **kwargs), plain.encode(texts, **kwargs))
+    np.testing.assert_array_equal(fast.encode(texts[:1]), plain.encode(texts[:1]))  # a batch of one
