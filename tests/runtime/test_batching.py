@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import TEXTS, assert_parity
@@ -389,12 +391,13 @@ def test_batch_plans_are_those_of_the_item_loop():
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_feeds_hold_each_items_ids_and_types_padded_on_its_side(side):
-    from tiny_models import minilm_dir
     from tokenizers import Tokenizer
 
     from st_runtime.batching import build_feeds, token_counts
 
-    tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    tok = Tokenizer.from_file(
+        str(Path(__file__).resolve().parents[1] / "fixtures" / "bert" / "export" / "tokenizer.json")
+    )
     tok.no_padding()
     items = ["a", "two words", ("a pair", "of texts here"), "x " * 30, ""]
     encs = tok.encode_batch(items)
