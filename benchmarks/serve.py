@@ -44,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -341,36 +342,83 @@ def bodies_for(queries: list[str], per_request: int, model: str) -> list[bytes]:
 
 
 # ------------------------------------------------------------------------------------------------ in-process
-def in_process(args, queries: list[str]) -> dict:
-    """st_runtime's in-process encode of the same queries (this checkout's, onnxruntime's default session
-    options): all at once (texts/s, CPU ms per text), and one at a time (p50 latency, CPU ms per call)."""
-    code = f"""
+_IN_PROCESS = """
 import json, statistics, sys, time
 from st_runtime import SentenceEncoder
-enc = SentenceEncoder({str(model_folder(args))!r}, threads={args.threads})
-q = json.loads(sys.stdin.read())
+enc = SentenceEncoder(sys.argv[1], threads=int(sys.argv[2]))
+with open(sys.argv[3]) as f:
+    q = json.load(f)
 enc.encode(q[:256])
-rates, cpus = [], []
-for _ in range(3):
-    t, c = time.perf_counter(), time.process_time()
-    enc.encode(q)
-    rates.append(len(q) / (time.perf_counter() - t)); cpus.append(1000 * (time.process_time() - c) / len(q))
-lat = []
-c = time.process_time()
-for text in q[:400]:
-    t = time.perf_counter(); enc.encode([text]); lat.append(time.perf_counter() - t)
-single_cpu = 1000 * (time.process_time() - c) / 400
-print(json.dumps({{"variant": enc.variant, "texts_per_s": statistics.median(rates), "rates": rates,
-                  "cpu_ms_per_text": statistics.median(cpus), "single_query_p50_ms": 1000 * statistics.median(lat),
-                  "single_query_cpu_ms": single_cpu}}))
+print(json.dumps({"variant": enc.variant}), flush=True)
+for line in sys.stdin:
+    if line.strip() == "batch":  # every query in one call
+        t, c = time.perf_counter(), time.process_time()
+        enc.encode(q)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        out = {"texts_per_s": len(q) / wall, "cpu_ms_per_text": 1000 * cpu / len(q)}
+    else:  # one call per query
+        lat = []
+        c = time.process_time()
+        for text in q[:400]:
+            t = time.perf_counter(); enc.encode([text]); lat.append(time.perf_counter() - t)
+        cpu = 1000 * (time.process_time() - c) / 400
+        out = {"single_query_p50_ms": 1000 * statistics.median(lat), "single_query_cpu_ms": cpu}
+    print(json.dumps(out), flush=True)
 """
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps(queries), capture_output=True, text=True, env=env, cwd=ROOT
-    )
-    if r.returncode:
-        raise RuntimeError(r.stderr[-2000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+class InProcess:
+    """st_runtime's in-process encode of the same queries (this checkout's, its default session options), in a
+    process of its own kept up through the run, so that it is measured again beside each round of cells (a
+    ratio to a figure from the same minute of a shared machine): ``batch()`` encodes every query in one call
+    (texts/s, CPU ms per text), ``single()`` one query per call (p50 latency, CPU ms per call)."""
+
+    def __init__(self, args, queries: list[str]):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(queries, f)
+        path = self.queries_file = Path(f.name)
+        argv = [sys.executable, "-c", _IN_PROCESS, str(model_folder(args)), str(args.threads), str(path)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.variant = self._read()["variant"]
+        self.batches: list[dict] = []
+        self.singles: list[dict] = []
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the in-process encoder exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def _ask(self, what: str) -> dict:
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def batch(self) -> dict:
+        self.batches.append(self._ask("batch"))
+        return self.batches[-1]
+
+    def single(self) -> dict:
+        self.singles.append(self._ask("single"))
+        return self.singles[-1]
+
+    def summary(self) -> dict:
+        """Medians over every measurement of the run, and the measurements."""
+        return {
+            "variant": self.variant,
+            "texts_per_s": statistics.median(b["texts_per_s"] for b in self.batches),
+            "cpu_ms_per_text": statistics.median(b["cpu_ms_per_text"] for b in self.batches),
+            "single_query_p50_ms": statistics.median(b["single_query_p50_ms"] for b in self.singles),
+            "single_query_cpu_ms": statistics.median(b["single_query_cpu_ms"] for b in self.singles),
+            "batch_runs": self.batches,
+            "single_runs": self.singles,
+        }
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+        self.queries_file.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -430,7 +478,9 @@ def print_table(result: dict) -> None:
 
 
 def with_ratios(cell: dict, ip: dict) -> dict:
-    """The cell with its throughput and its server CPU as ratios to in-process encode of the same queries."""
+    """The cell with its throughput and its server CPU as ratios to in-process encode of the same queries, as
+    measured just before the cell's round (``ip``: the latest batch and single-query measurements)."""
+    cell["in_process_texts_per_s_now"] = round(ip["texts_per_s"], 1)
     cell["vs_in_process_throughput"] = round(cell["texts_per_s"] / ip["texts_per_s"], 3)
     if "server_cpu_ms_per_text" in cell:
         # against in-process CPU per query at batch (the cost of a query where there is no server)
@@ -501,9 +551,10 @@ def _start(group: list[str], args, out: Path, host: str, result: dict) -> dict:
     return servers
 
 
-def run_group(group: list[str], args, queries: list[str], out: Path, host: str, result: dict) -> None:
+def run_group(group: list[str], args, queries: list[str], out: Path, host: str, result: dict, ip: InProcess) -> None:
     """Every cell on each server of ``group`` (started together), cell by cell, the order of the servers
-    alternating from one run to the next; ``--repeats`` runs per cell, the median kept."""
+    alternating from one run to the next; ``--repeats`` runs per cell, the median kept. In-process encode is
+    measured again before each round of a cell (the servers idle meanwhile)."""
     servers = _start(group, args, out, host, result)
     try:
         flip = False
@@ -512,6 +563,7 @@ def run_group(group: list[str], args, queries: list[str], out: Path, host: str, 
             for c in [int(x) for x in args.concurrency.split(",")]:
                 runs: dict[str, list[dict]] = {s: [] for s in servers}
                 for _ in range(args.repeats):
+                    now = {**ip.batch(), **ip.singles[-1]}
                     for system in reversed(list(servers)) if flip else list(servers):
                         server, path, _argv = servers[system]
                         try:
@@ -519,7 +571,7 @@ def run_group(group: list[str], args, queries: list[str], out: Path, host: str, 
                         except Exception as exc:
                             print(f"{system}: cell c={c} {n}/req failed: {exc}")
                             continue
-                        runs[system].append(with_ratios(cell, result["in_process"]))
+                        runs[system].append(with_ratios(cell, now))
                         print(
                             f"{system:18} c={c:<3} {n:>2}/req {cell['texts_per_s']:8.0f} texts/s "
                             f"p50 {cell['p50_ms']:.2f} ms, server {cell.get('server_cpu_ms_per_request', 0):.2f} "
@@ -570,16 +622,22 @@ def main(argv=None) -> int:
         "machine": machine(),
         "corpus": "benchmarks.throughput.make_corpus queries (5-11 words)",
         "base_checkout": str(args.base_checkout) if args.base_checkout else None,
-        "in_process": in_process(args, queries),
         "systems": {},
     }
-    print(json.dumps(result["in_process"]))
+    ip = InProcess(args, queries)
+    ip.batch(), ip.single()
+    print(json.dumps({"in_process": ip.batches[-1] | ip.singles[-1]}))
     systems = args.systems.split(",")
     # st-serve and its base run interleaved, cell by cell; each peer on its own
     ours = [s for s in systems if s == "st-serve"] + ([BASE] if args.base_checkout else [])
     groups = ([ours] if ours else []) + [[s] for s in systems if s != "st-serve"]
-    for group in groups:
-        run_group(group, args, queries, out, host, result)
+    try:
+        for group in groups:
+            run_group(group, args, queries, out, host, result, ip)
+        ip.single()
+    finally:
+        ip.close()
+    result["in_process"] = ip.summary()
     result["targets"] = targets(result)
     print_table(result)
     out.write_text(json.dumps(result, indent=1))
