@@ -347,7 +347,7 @@ import json, statistics, sys, time
 from st_runtime import SentenceEncoder
 enc = SentenceEncoder(sys.argv[1], threads=int(sys.argv[2]))
 with open(sys.argv[3]) as f:
-    q = json.load(f)
+    q = json.load(f)[: int(sys.argv[4])]
 enc.encode(q[:256])
 print(json.dumps({"variant": enc.variant}), flush=True)
 for line in sys.stdin:
@@ -370,14 +370,16 @@ for line in sys.stdin:
 class InProcess:
     """st_runtime's in-process encode of the same queries (this checkout's, its default session options), in a
     process of its own kept up through the run, so that it is measured again beside each round of cells (a
-    ratio to a figure from the same minute of a shared machine): ``batch()`` encodes every query in one call
-    (texts/s, CPU ms per text), ``single()`` one query per call (p50 latency, CPU ms per call)."""
+    ratio to a figure from the same minute of a shared machine): ``batch()`` encodes the first
+    ``--in-process-queries`` queries in one call (texts/s, CPU ms per text), ``single()`` one query per call
+    (p50 latency, CPU ms per call)."""
 
     def __init__(self, args, queries: list[str]):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(queries, f)
         path = self.queries_file = Path(f.name)
         argv = [sys.executable, "-c", _IN_PROCESS, str(model_folder(args)), str(args.threads), str(path)]
+        argv.append(str(args.in_process_queries))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.variant = self._read()["variant"]
@@ -561,6 +563,8 @@ def run_group(group: list[str], args, queries: list[str], out: Path, host: str, 
         for n in [int(x) for x in args.per_request.split(",")]:
             bodies = bodies_for(queries, n, args.model)
             for c in [int(x) for x in args.concurrency.split(",")]:
+                if args.max_in_flight is not None and c * n > args.max_in_flight:
+                    continue
                 runs: dict[str, list[dict]] = {s: [] for s in servers}
                 for _ in range(args.repeats):
                     now = {**ip.batch(), **ip.singles[-1]}
@@ -608,6 +612,19 @@ def main(argv=None) -> int:
         "one, cell by cell, as 'st-serve (base)'",
     )
     p.add_argument("--repeats", type=int, default=1, help="runs of each cell per system (the median is kept)")
+    p.add_argument(
+        "--in-process-queries",
+        type=int,
+        default=4096,
+        help="queries in-process encode runs at once before each round of cells (default all 4096)",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="skip cells with more texts in flight (concurrency x texts per request): their requests take "
+        "seconds each, and a cell of a few seconds measures a handful",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     queries = make_corpus(n_queries=4096)["queries"]
@@ -619,6 +636,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "seconds_per_cell": args.seconds,
         "repeats": args.repeats,
+        "in_process_queries": args.in_process_queries,
         "machine": machine(),
         "corpus": "benchmarks.throughput.make_corpus queries (5-11 words)",
         "base_checkout": str(args.base_checkout) if args.base_checkout else None,
