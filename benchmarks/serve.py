@@ -499,7 +499,7 @@ def median_cell(runs: list[dict]) -> dict:
     out = dict(runs[0])
     for k, v in runs[0].items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("concurrency", "texts_per_request"):
-            out[k] = statistics.median(r[k] for r in runs if r.get(k) is not None)
+            out[k] = round(statistics.median(r[k] for r in runs if r.get(k) is not None), 4)
     out["runs"] = [{k: r.get(k) for k in ("requests_per_s", "p50_ms", "server_cpu_ms_per_request")} for r in runs]
     return out
 
@@ -521,10 +521,25 @@ def targets(result: dict) -> dict:
             c1 = cells[(1, 1)]
             t["c1_1q_cpu_ms_per_request"] = c1.get("server_cpu_ms_per_request")
             t["c1_1q_cpu_vs_in_process_batch"] = c1.get("cpu_vs_in_process_batch")
+            t["c1_1q_cpu_vs_in_process_single"] = c1.get("cpu_vs_in_process_single")
             t["c1_1q_p50_ms"] = round(c1["p50_ms"], 3)
             t["c1_p50_minus_in_process_single_ms"] = round(c1["p50_ms"] - ip["single_query_p50_ms"], 3)
         if t:
             out[system] = t
+    new, base = out.get("st-serve", {}), out.get(BASE, {})
+    ab = {}
+    rates = {
+        system: {c["concurrency"]: c["texts_per_s"] for c in v.get("cells", []) if c["texts_per_request"] == 1}
+        for system, v in result["systems"].items()
+    }
+    if 64 in rates.get("st-serve", {}) and 64 in rates.get(BASE, {}):
+        ab["c64_1q_throughput_vs_base"] = round(rates["st-serve"][64] / rates[BASE][64], 3)
+    if new.get("c1_1q_cpu_ms_per_request") and base.get("c1_1q_cpu_ms_per_request"):
+        ab["c1_1q_cpu_vs_base"] = round(new["c1_1q_cpu_ms_per_request"] / base["c1_1q_cpu_ms_per_request"], 3)
+    if "c1_1q_p50_ms" in new and "c1_1q_p50_ms" in base:
+        ab["c1_1q_p50_minus_base_ms"] = round(new["c1_1q_p50_ms"] - base["c1_1q_p50_ms"], 3)
+    if ab:
+        out["st-serve vs base"] = ab
     return out
 
 
