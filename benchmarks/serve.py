@@ -383,6 +383,7 @@ class InProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.variant = self._read()["variant"]
+        self.settle = args.settle
         self.batches: list[dict] = []
         self.singles: list[dict] = []
 
@@ -399,6 +400,7 @@ class InProcess:
 
     def batch(self) -> dict:
         self.batches.append(self._ask("batch"))
+        time.sleep(self.settle)  # the next cell starts on a machine at rest
         return self.batches[-1]
 
     def single(self) -> dict:
@@ -633,6 +635,7 @@ def main(argv=None) -> int:
         default=4096,
         help="queries in-process encode runs at once before each round of cells (default all 4096)",
     )
+    p.add_argument("--settle", type=float, default=2.0, help="seconds of rest after each in-process measurement")
     p.add_argument(
         "--max-in-flight",
         type=int,
