@@ -20,8 +20,8 @@ import numpy as np
 
 # The fixed cost of one graph run on the CPU, in tokens of a batch. all-MiniLM-L6-v2 on 2 vCPUs (2026-12-07, a
 # shared Xeon VM): a one-query run costs 13-15 tokens more than its share of a large batch; in-process runs of
-# random chunks of 32 queries cost 3.1-3.2 CPU ms per text as one set, 2.9 / 2.6-2.7 / 2.5-2.6 / 2.5-2.6 grouped
-# with a run cost of 4 / 8 / 16 / 32 tokens, against 2.5 for the whole corpus at once.
+# random chunks of 32 queries cost 3.1-3.2 CPU ms per text as one set, 2.8-2.9 / 2.6-2.7 / 2.5-2.6 / 2.5-2.6
+# grouped with a run cost of 4 / 8 / 16 / 32 tokens, against 2.5 for the whole corpus at once (one run).
 RUN_COST_TOKENS = 16
 
 
