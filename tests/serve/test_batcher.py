@@ -4,6 +4,7 @@ run (length groups), against in-process encode of the same texts."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 
 import numpy as np
@@ -16,6 +17,9 @@ from tests.helpers import assert_parity
 
 SHORT = ["a cat", "the dog ran", "hello there", "one two three four"]
 LONG = [" ".join(["word"] * n) for n in (40, 41, 42, 43)]
+# 12-13 and 21-23 tokens: within a factor of two, so the tower alone would pad them into one graph batch
+MID = [" ".join(["word"] * n) for n in (10, 10, 11, 11)]
+WIDE = [" ".join(["word"] * n) for n in (19, 20, 21, 21)]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,7 @@ def test_requests_that_share_a_batch_run_in_length_groups(bert):
     own rows."""
     batcher = Batcher(bert, "bert")
     spy = Spy(batcher)
-    requests = [SHORT[:2], LONG[:2], SHORT[2:], LONG[2:]]
+    requests = [MID[:2], WIDE[:2], MID[2:], WIDE[2:]]
 
     async def scenario():
         spy.hold.set()
@@ -97,10 +101,10 @@ def test_requests_that_share_a_batch_run_in_length_groups(bert):
         for texts, rows in zip(requests, got):
             assert_parity(bert.encode(texts), rows)
         assert spy.tokenized_on[0][0] == "st-serve-infer-bert"
-        # the shared batch (four requests, one batch) ran as two groups: the four long texts, then the short ones
+        # the shared batch (four requests, one batch) ran as two groups: the four wider texts, then the others
         shared = spy.runs[1:]
         assert len(shared) == 2, spy.runs
-        assert sorted(shared[0]) == sorted(len(e) for e in bert.text_tower.tokenize(LONG))
+        assert sorted(shared[0]) == sorted(len(e) for e in bert.text_tower.tokenize(WIDE))
         assert max(shared[1]) < min(shared[0])
     finally:
         spy.restore()
@@ -113,10 +117,37 @@ def test_length_groups_cut_where_padding_costs_more_than_a_run():
 
     assert length_groups(np.array([12, 12, 12]), budget, 1024) is None  # one length: nothing to save
     assert length_groups(np.array([12, 11, 12]), budget, 1024) is None  # a token of padding: not worth a run
-    lengths = np.array([5, 60, 6, 58, 5, 61, 7])
+    assert length_groups(np.array([5, 60, 6, 58, 5, 61, 7]), budget, 1024) is None  # the tower splits these itself
+    lengths = np.array([20, 34, 21, 33, 20, 35, 22])
     groups = length_groups(lengths, budget, 1024)
-    assert [sorted(lengths[g].tolist()) for g in groups] == [[58, 60, 61], [5, 5, 6, 7]]
+    assert [sorted(lengths[g].tolist()) for g in groups] == [[33, 34, 35], [20, 20, 21, 22]]
     assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))  # every text once
     # under a budget the tower cuts a group into runs anyway: the groups follow those cuts
     many = np.array([20] * 30 + [10] * 30)
     assert [len(g) for g in length_groups(many, budget, 1024)] == [30, 30]
+
+
+def test_length_groups_never_cost_more_than_one_set():
+    """On random lengths: every text in exactly one group, each group's lengths apart from the others', and the
+    groups' cost (runs x run cost + padded tokens, planned as the tower plans) at most that of one set."""
+    from st_runtime.batching import plan_batches
+    from st_runtime.serve.grouping import RUN_COST_TOKENS
+
+    def budget(width: int) -> int:
+        return 512 if width < 64 else 4096
+
+    def cost(lengths: np.ndarray) -> int:
+        plan = plan_batches(np.sort(lengths)[::-1], 1024, budget=budget)  # as TextTower.plan, on the CPU
+        return sum(RUN_COST_TOKENS + (end - start) * width for start, end, width in plan)
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        lengths = rng.integers(3, 300, size=int(rng.integers(2, 120))) // int(rng.choice([1, 10]))
+        lengths = np.maximum(lengths, 1)
+        groups = length_groups(lengths, budget, 1024)
+        if groups is None:
+            continue
+        assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+        spans = [(int(lengths[g].min()), int(lengths[g].max())) for g in groups]
+        assert all(low_a >= high_b for (low_a, _), (_, high_b) in itertools.pairwise(spans)), spans  # longest first
+        assert sum(cost(lengths[g]) for g in groups) <= cost(lengths)
