@@ -1,11 +1,16 @@
 """Serving benchmark: st-serve against the peers, closed-loop clients, one run, same machine and model.
 
     python -m benchmarks.serve [--model all-MiniLM-L6-v2] [--threads 2] [--seconds 8] [--systems ...]
+    python -m benchmarks.serve --systems st-serve --base-checkout ../base --concurrency 1,64   (an A/B run)
 
 Systems, each a server on 127.0.0.1 started and stopped by this script, all asked the same OpenAI-shaped
 requests (``{"input": [...], "model": ..., "encoding_format": "float"}``) for the same texts:
 
 * ``st-serve``: this project's server on the exported folder (default variant, ``--threads``);
+* ``st-serve (base)``, with ``--base-checkout PATH``: the same server from another checkout of this repository
+  (``git worktree add PATH COMMIT``), run with ``PYTHONPATH=PATH``: an A/B of the server in one run. Its cells
+  are interleaved with st-serve's (both servers are up; each cell runs on one, then on the other, the order
+  alternating), so that a slow minute of a shared machine falls on both;
 * ``infinity-torch`` and ``infinity-optimum``: infinity-emb's torch and ONNX (optimum) engines, from the
   venv made by ``scripts/setup-serve-peers.sh`` (skipped, with the reason, where that venv is missing);
 * ``plain-fastapi``: ``benchmarks/serve_peers/plain_fastapi.py``, a FastAPI app calling
@@ -13,10 +18,14 @@ requests (``{"input": [...], "model": ..., "encoding_format": "float"}``) for th
 
 Cells: concurrency 1, 16 and 64 closed-loop clients (each sends its next request when the last is answered,
 over its own keep-alive connection), with requests of 1 and of 32 short queries. Per cell: requests/s,
-texts/s, p50 and p99 latency, after a warm-up. Also measured in the same run, without a server: in-process
-``encode`` of the same queries (throughput, all at once, and single-query latency), the baselines of the
-targets. The load generator is a small asyncio HTTP/1.1 client in this process (cheaper per request than
-httpx), so on a 2-core machine the clients share the CPU with the server, for every system alike.
+texts/s, p50 and p99 latency, after a warm-up; the server's own CPU (utime + stime of its process, from
+``/proc/PID/stat``, over the measured seconds) per request, with its event-loop thread's share and the
+context switches (thread wake-ups) per request; and the load generator's own CPU. Also measured in the same
+run, without a server: in-process ``encode`` of the same queries (throughput and CPU per query, all at once;
+latency and CPU of single-query calls), the baselines of the targets: each cell gives its throughput and its
+CPU per text as ratios to them. The load generator is a small asyncio HTTP/1.1 client in this process
+(cheaper per request than httpx), so on a 2-core machine the clients share the CPU with the server, for
+every system alike.
 
 Writes ``benchmarks/results/serve-<host>.json`` and a PNG beside it. Bounded: every cell stops after
 ``--seconds`` and at most ``--max-requests`` requests.
@@ -29,10 +38,13 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +58,12 @@ HUB_IDS = {
     "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
 }
 SYSTEMS = ("st-serve", "infinity-torch", "infinity-optimum", "plain-fastapi")
+BASE = "st-serve (base)"  # st-serve from --base-checkout
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def model_folder(args) -> Path:
+    return args.model_dir or ROOT / "exported_models" / args.model
 
 
 def free_port() -> int:
@@ -60,13 +78,16 @@ def server_command(system: str, args, port: int) -> tuple[list[str], str, dict[s
     hub_id = HUB_IDS.get(args.model, args.model)
     threads = str(args.threads)
     env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    if system == "st-serve":
-        folder = ROOT / "exported_models" / args.model
+    if system in ("st-serve", BASE):
+        folder = model_folder(args)
         if not (folder / "manifest.json").exists():
             return f"no export at {folder}: run `st-export {args.model}` first"
+        checkout = ROOT if system == "st-serve" else args.base_checkout
+        if checkout is None or not (Path(checkout) / "st_runtime" / "serve" / "cli.py").exists():
+            return f"no st_runtime checkout at {checkout} (--base-checkout)"
         argv = [sys.executable, "-m", "st_runtime.serve.cli", str(folder), "--port", str(port), "--threads", threads]
         argv += ["--served-model-name", args.model, "--no-access-log", "--log-level", "warning"]
-        return argv, "/v1/embeddings", env
+        return argv, "/v1/embeddings", {**env, "PYTHONPATH": str(checkout), "_cwd": str(checkout)}
     if not PEER_PYTHON.exists():
         return f"{PEER_PYTHON} is missing: run `bash scripts/setup-serve-peers.sh`"
     if system == "plain-fastapi":
@@ -129,6 +150,55 @@ class Running:
                 self.proc.wait()
 
 
+# ------------------------------------------------------------------------------------------------ CPU
+def _stat_fields(path: str) -> list[str]:
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+
+
+def proc_cpu(pid: int) -> dict:
+    """CPU seconds (utime + stime) of process ``pid`` (exited threads included), of its main thread (the
+    event loop of an asyncio server) and of each live thread; and the voluntary context switches of its live threads."""
+    f = _stat_fields(f"/proc/{pid}/stat")
+    out = {"cpu_s": (int(f[11]) + int(f[12])) / TICK, "threads": {}, "switches": 0}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            tf = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                status = fh.read()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        out["threads"][int(tid)] = (int(tf[11]) + int(tf[12])) / TICK
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):  # the thread blocked: a wake-up later
+                out["switches"] += int(line.split()[1])
+    out["main_s"] = out["threads"].get(pid, 0.0)
+    return out
+
+
+def cpu_delta(pid: int | None, a: dict, b: dict) -> dict:
+    """The server's CPU between two ``snapshot``s: seconds, of the event loop, threads that ran, switches."""
+    if pid is None:
+        return {}
+    sa, sb = a["server"], b["server"]
+    ran = [t for t, v in sb["threads"].items() if v - sa["threads"].get(t, 0.0) > 0]
+    return {
+        "cpu_s": sb["cpu_s"] - sa["cpu_s"],
+        "main_s": sb["main_s"] - sa["main_s"],
+        "threads_ran": len(ran),
+        "switches": sb["switches"] - sa["switches"],
+    }
+
+
+def snapshot(pid: int | None, done: int) -> dict:
+    return {
+        "t": time.perf_counter(),
+        "client_s": time.process_time(),
+        "done": done,
+        "server": proc_cpu(pid) if pid is not None else None,
+    }
+
+
 # ------------------------------------------------------------------------------------------------ client
 class Connection:
     """One keep-alive HTTP/1.1 connection: POST a JSON body, read the status and the body."""
@@ -178,11 +248,16 @@ async def _one_request(port: int, path: str, body: bytes) -> tuple[int, bytes]:
         conn.close()
 
 
-async def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float, max_requests: int):
+async def closed_loop(
+    port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float, max_requests: int, pid=None
+):
     """``concurrency`` clients, each posting its next body as soon as the last is answered, for ``seconds``
-    (after a warm-up of a fifth of that) or ``max_requests`` requests in all. Returns latencies and errors."""
+    (after a warm-up of a fifth of that) or ``max_requests`` requests in all. Returns latencies, errors, the
+    measured wall time, and two snapshots (``snapshot``: time, CPU of this process and of server ``pid``,
+    responses so far) at the start and the end of the measured seconds."""
     latencies: list[float] = []
     errors: list[str] = []
+    done = [0]
     counter = iter(range(10**9))
     warm_until = time.perf_counter() + seconds / 5
     stop_at = warm_until + seconds
@@ -199,6 +274,7 @@ async def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: in
                 t0 = time.perf_counter()
                 status, data = await conn.post(path, bodies[(i * 7919 + k) % len(bodies)])
                 t1 = time.perf_counter()
+                done[0] += 1
                 if status != 200:
                     errors.append(f"{status}: {data[:200]!r}")
                 elif t0 >= warm_until:
@@ -209,20 +285,37 @@ async def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: in
             conn.close()
 
     t_begin = time.perf_counter()
-    cpu0 = time.process_time()
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
-    client_cpu = (time.process_time() - cpu0) / (time.perf_counter() - t_begin)
+    clients = asyncio.ensure_future(asyncio.gather(*(client(k) for k in range(concurrency))))
+    await asyncio.wait([clients], timeout=max(0.0, warm_until - time.perf_counter()))
+    first = snapshot(pid, done[0])
+    await asyncio.wait([clients], timeout=max(0.0, stop_at - time.perf_counter()))
+    last = snapshot(pid, done[0])  # steady state: every client still busy (or all finished early)
+    await clients
     wall = time.perf_counter() - (measured_start[0] or t_begin)
-    return latencies, errors, wall, client_cpu
+    return latencies, errors, wall, (first, last)
 
 
-def run_cell(port: int, path: str, bodies: list[bytes], concurrency: int, per_request: int, args) -> dict:
-    latencies, errors, wall, client_cpu = asyncio.run(
-        closed_loop(port, path, bodies, concurrency, args.seconds, args.max_requests)
+def run_cell(port: int, path: str, bodies: list[bytes], concurrency: int, per_request: int, args, pid=None) -> dict:
+    latencies, errors, wall, (first, last) = asyncio.run(
+        closed_loop(port, path, bodies, concurrency, args.seconds, args.max_requests, pid)
     )
     if errors and not latencies:
         raise RuntimeError(f"every request failed, e.g. {errors[0]}")
     lat = sorted(latencies)
+    span = last["t"] - first["t"]
+    answered = max(1, last["done"] - first["done"])
+    server = cpu_delta(pid, first, last)
+    cpu = {}
+    if server and span > 0:
+        cpu = {
+            # the server's own CPU over the measured seconds (all its threads), per request answered meanwhile
+            "server_cpu_cores": round(server["cpu_s"] / span, 3),
+            "server_cpu_ms_per_request": round(1000 * server["cpu_s"] / answered, 3),
+            "server_cpu_ms_per_text": round(1000 * server["cpu_s"] / (answered * per_request), 3),
+            "server_event_loop_cpu_ms_per_request": round(1000 * server["main_s"] / answered, 3),
+            "server_threads_ran": server["threads_ran"],
+            "server_context_switches_per_request": round(server["switches"] / answered, 2),
+        }
     return {
         "concurrency": concurrency,
         "texts_per_request": per_request,
@@ -233,8 +326,9 @@ def run_cell(port: int, path: str, bodies: list[bytes], concurrency: int, per_re
         "texts_per_s": len(lat) * per_request / wall,
         "p50_ms": 1000 * lat[len(lat) // 2],
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-        # cores the load generator itself used (it shares this machine with the server)
-        "client_cpu_cores": round(client_cpu, 3),
+        **cpu,
+        # cores the load generator itself used over the measured seconds (it shares this machine with the server)
+        "client_cpu_cores": round((last["client_s"] - first["client_s"]) / span, 3) if span > 0 else None,
     }
 
 
@@ -248,27 +342,87 @@ def bodies_for(queries: list[str], per_request: int, model: str) -> list[bytes]:
 
 
 # ------------------------------------------------------------------------------------------------ in-process
-def in_process(args, queries: list[str]) -> dict:
-    """st_runtime's in-process encode of the same queries: all at once, and one at a time."""
-    code = f"""
+_IN_PROCESS = """
 import json, statistics, sys, time
 from st_runtime import SentenceEncoder
-enc = SentenceEncoder({str(ROOT / "exported_models" / args.model)!r}, threads={args.threads})
-q = json.loads(sys.stdin.read())
+enc = SentenceEncoder(sys.argv[1], threads=int(sys.argv[2]))
+with open(sys.argv[3]) as f:
+    q = json.load(f)[: int(sys.argv[4])]
 enc.encode(q[:256])
-rates = []
-for _ in range(3):
-    t = time.perf_counter(); enc.encode(q); rates.append(len(q) / (time.perf_counter() - t))
-lat = []
-for text in q[:400]:
-    t = time.perf_counter(); enc.encode([text]); lat.append(time.perf_counter() - t)
-print(json.dumps({{"variant": enc.variant, "texts_per_s": statistics.median(rates), "rates": rates,
-                  "single_query_p50_ms": 1000 * statistics.median(lat)}}))
+print(json.dumps({"variant": enc.variant}), flush=True)
+for line in sys.stdin:
+    if line.strip() == "batch":  # every query in one call
+        t, c = time.perf_counter(), time.process_time()
+        enc.encode(q)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        out = {"texts_per_s": len(q) / wall, "cpu_ms_per_text": 1000 * cpu / len(q)}
+    else:  # one call per query
+        lat = []
+        c = time.process_time()
+        for text in q[:400]:
+            t = time.perf_counter(); enc.encode([text]); lat.append(time.perf_counter() - t)
+        cpu = 1000 * (time.process_time() - c) / 400
+        out = {"single_query_p50_ms": 1000 * statistics.median(lat), "single_query_cpu_ms": cpu}
+    print(json.dumps(out), flush=True)
 """
-    r = subprocess.run([sys.executable, "-c", code], input=json.dumps(queries), capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(r.stderr[-2000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+class InProcess:
+    """st_runtime's in-process encode of the same queries (this checkout's, its default session options), in a
+    process of its own kept up through the run, so that it is measured again beside each round of cells (a
+    ratio to a figure from the same minute of a shared machine): ``batch()`` encodes the first
+    ``--in-process-queries`` queries in one call (texts/s, CPU ms per text), ``single()`` one query per call
+    (p50 latency, CPU ms per call)."""
+
+    def __init__(self, args, queries: list[str]):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(queries, f)
+        path = self.queries_file = Path(f.name)
+        argv = [sys.executable, "-c", _IN_PROCESS, str(model_folder(args)), str(args.threads), str(path)]
+        argv.append(str(args.in_process_queries))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.variant = self._read()["variant"]
+        self.settle = args.settle
+        self.batches: list[dict] = []
+        self.singles: list[dict] = []
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the in-process encoder exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def _ask(self, what: str) -> dict:
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def batch(self) -> dict:
+        self.batches.append(self._ask("batch"))
+        time.sleep(self.settle)  # the next cell starts on a machine at rest
+        return self.batches[-1]
+
+    def single(self) -> dict:
+        self.singles.append(self._ask("single"))
+        return self.singles[-1]
+
+    def summary(self) -> dict:
+        """Medians over every measurement of the run, and the measurements."""
+        return {
+            "variant": self.variant,
+            "texts_per_s": statistics.median(b["texts_per_s"] for b in self.batches),
+            "cpu_ms_per_text": statistics.median(b["cpu_ms_per_text"] for b in self.batches),
+            "single_query_p50_ms": statistics.median(b["single_query_p50_ms"] for b in self.singles),
+            "single_query_cpu_ms": statistics.median(b["single_query_cpu_ms"] for b in self.singles),
+            "batch_runs": self.batches,
+            "single_runs": self.singles,
+        }
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+        self.queries_file.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -306,10 +460,12 @@ def plot(result: dict, path: Path) -> bool:
 def print_table(result: dict) -> None:
     ip = result["in_process"]
     print(
-        f"\nin-process encode ({ip['variant']}): {ip['texts_per_s']:.0f} texts/s all at once; "
-        f"single query p50 {ip['single_query_p50_ms']:.2f} ms"
+        f"\nin-process encode ({ip['variant']}): {ip['texts_per_s']:.0f} texts/s all at once, "
+        f"{ip['cpu_ms_per_text']:.2f} CPU ms per text; single query p50 {ip['single_query_p50_ms']:.2f} ms, "
+        f"{ip['single_query_cpu_ms']:.2f} CPU ms"
     )
-    print(f"{'system':18} {'conc':>4} {'texts/req':>9} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    head = f"{'system':18} {'conc':>4} {'texts/req':>9} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+    print(head + f" {'x in-proc':>9} {'srv CPU ms/req':>14} {'x in-proc CPU':>13} {'client cores':>12}")
     for s, v in result["systems"].items():
         if "cells" not in v:
             print(f"{s:18} skipped: {v['skipped']}")
@@ -317,59 +473,82 @@ def print_table(result: dict) -> None:
         for c in v["cells"]:
             print(
                 f"{s:18} {c['concurrency']:>4} {c['texts_per_request']:>9} {c['requests_per_s']:>8.0f} "
-                f"{c['texts_per_s']:>8.0f} {c['p50_ms']:>8.2f} {c['p99_ms']:>8.2f}"
+                f"{c['texts_per_s']:>8.0f} {c['p50_ms']:>8.2f} {c['p99_ms']:>8.2f} "
+                f"{c.get('vs_in_process_throughput', 0):>9.3f} {c.get('server_cpu_ms_per_request', 0):>14.2f} "
+                f"{c.get('cpu_vs_in_process_batch', 0):>13.2f} {c.get('client_cpu_cores') or 0:>12.2f}"
             )
     for k, v in result.get("targets", {}).items():
         print(f"target {k}: {v}")
 
 
-def targets(result: dict) -> dict:
-    st = {(c["concurrency"], c["texts_per_request"]): c for c in result["systems"].get("st-serve", {}).get("cells", [])}
-    ip = result["in_process"]
-    out = {}
-    if (64, 1) in st:
-        out["c64_1q_vs_in_process"] = round(st[(64, 1)]["texts_per_s"] / ip["texts_per_s"], 3)
-        plain = {
-            (c["concurrency"], c["texts_per_request"]): c
-            for c in result["systems"].get("plain-fastapi", {}).get("cells", [])
-        }
-        if (64, 1) in plain:
-            out["c64_1q_vs_plain_fastapi"] = round(st[(64, 1)]["texts_per_s"] / plain[(64, 1)]["texts_per_s"], 2)
-    if (1, 1) in st:
-        out["c1_p50_minus_in_process_single_ms"] = round(st[(1, 1)]["p50_ms"] - ip["single_query_p50_ms"], 3)
+def with_ratios(cell: dict, ip: dict) -> dict:
+    """The cell with its throughput and its server CPU as ratios to in-process encode of the same queries, as
+    measured just before the cell's round (``ip``: the latest batch and single-query measurements)."""
+    cell["in_process_texts_per_s_now"] = round(ip["texts_per_s"], 1)
+    cell["vs_in_process_throughput"] = round(cell["texts_per_s"] / ip["texts_per_s"], 3)
+    if "server_cpu_ms_per_text" in cell:
+        # against in-process CPU per query at batch (the cost of a query where there is no server)
+        cell["cpu_vs_in_process_batch"] = round(cell["server_cpu_ms_per_text"] / ip["cpu_ms_per_text"], 2)
+        if cell["texts_per_request"] == 1:
+            cell["cpu_vs_in_process_single"] = round(cell["server_cpu_ms_per_request"] / ip["single_query_cpu_ms"], 2)
+    return cell
+
+
+def median_cell(runs: list[dict]) -> dict:
+    """One cell from its repeats: each number the median over the runs (the runs kept under "runs")."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("concurrency", "texts_per_request"):
+            out[k] = round(statistics.median(r[k] for r in runs if r.get(k) is not None), 4)
+    out["runs"] = [{k: r.get(k) for k in ("requests_per_s", "p50_ms", "server_cpu_ms_per_request")} for r in runs]
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model", default="all-MiniLM-L6-v2", help="exported_models/NAME for st-serve; its hub id for peers"
-    )
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (plus a fifth to warm up)")
-    p.add_argument("--max-requests", type=int, default=200_000)
-    p.add_argument("--concurrency", default="1,16,64")
-    p.add_argument("--per-request", default="1,32")
-    p.add_argument("--systems", default=",".join(SYSTEMS))
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    queries = make_corpus(n_queries=4096)["queries"]
-    concurrencies = [int(x) for x in args.concurrency.split(",")]
-    sizes = [int(x) for x in args.per_request.split(",")]
-    host = socket.gethostname().split(".")[0]
-    out = args.out or ROOT / "benchmarks" / "results" / f"serve-{host}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "model": args.model,
-        "threads": args.threads,
-        "seconds_per_cell": args.seconds,
-        "machine": machine(),
-        "corpus": "benchmarks.throughput.make_corpus queries (5-11 words)",
-        "in_process": in_process(args, queries),
-        "systems": {},
+def targets(result: dict) -> dict:
+    """issue #30's targets, for st-serve (and st-serve (base)): 64 clients of single queries at 0.85x of
+    in-process encode's throughput or more; at one client, server CPU per request at most 2x in-process CPU per
+    query (at batch); and the one-client p50 (which must not get worse)."""
+    ip = result["in_process"]
+    out: dict = {}
+    for system in ("st-serve", BASE, "plain-fastapi"):
+        cells = {
+            (c["concurrency"], c["texts_per_request"]): c for c in result["systems"].get(system, {}).get("cells", [])
+        }
+        t: dict = {}
+        if (64, 1) in cells:
+            t["c64_1q_vs_in_process"] = cells[(64, 1)]["vs_in_process_throughput"]
+        if (1, 1) in cells:
+            c1 = cells[(1, 1)]
+            t["c1_1q_cpu_ms_per_request"] = c1.get("server_cpu_ms_per_request")
+            t["c1_1q_cpu_vs_in_process_batch"] = c1.get("cpu_vs_in_process_batch")
+            t["c1_1q_cpu_vs_in_process_single"] = c1.get("cpu_vs_in_process_single")
+            t["c1_1q_p50_ms"] = round(c1["p50_ms"], 3)
+            t["c1_p50_minus_in_process_single_ms"] = round(c1["p50_ms"] - ip["single_query_p50_ms"], 3)
+        if t:
+            out[system] = t
+    new, base = out.get("st-serve", {}), out.get(BASE, {})
+    ab = {}
+    rates = {
+        system: {c["concurrency"]: c["texts_per_s"] for c in v.get("cells", []) if c["texts_per_request"] == 1}
+        for system, v in result["systems"].items()
     }
-    print(json.dumps(result["in_process"]))
-    for system in args.systems.split(","):
+    if 64 in rates.get("st-serve", {}) and 64 in rates.get(BASE, {}):
+        ab["c64_1q_throughput_vs_base"] = round(rates["st-serve"][64] / rates[BASE][64], 3)
+    if new.get("c1_1q_cpu_ms_per_request") and base.get("c1_1q_cpu_ms_per_request"):
+        ab["c1_1q_cpu_vs_base"] = round(new["c1_1q_cpu_ms_per_request"] / base["c1_1q_cpu_ms_per_request"], 3)
+    if "c1_1q_p50_ms" in new and "c1_1q_p50_ms" in base:
+        ab["c1_1q_p50_minus_base_ms"] = round(new["c1_1q_p50_ms"] - base["c1_1q_p50_ms"], 3)
+    if ab:
+        out["st-serve vs base"] = ab
+    return out
+
+
+def _start(group: list[str], args, out: Path, host: str, result: dict) -> dict:
+    """Start the group's servers together and wait until each answers; those that cannot run are skipped."""
+    servers = {}
+    for system in group:
         port = free_port()
         cmd = server_command(system, args, port)
         if isinstance(cmd, str):
@@ -377,25 +556,124 @@ def main(argv=None) -> int:
             print(f"{system}: skipped ({cmd})")
             continue
         argv_, path, env = cmd
-        server = Running(system, argv_, env, port, out.with_name(f"serve-{host}-{system}.log"))
+        log = out.with_name(f"serve-{host}-{re.sub(r'[^A-Za-z0-9_.]+', '-', system).strip('-')}.log")
+        servers[system] = (Running(system, argv_, env, port, log), path, argv_)
+    for system, (server, path, argv_) in list(servers.items()):
         try:
             startup = server.wait_ready(path, args.model, timeout=300)
-            entry = {"command": " ".join(argv_), "startup_s": startup, "cells": []}
-            for n in sizes:
-                bodies = bodies_for(queries, n, args.model)
-                for c in concurrencies:
-                    cell = run_cell(port, path, bodies, c, n, args)
-                    entry["cells"].append(cell)
-                    print(
-                        f"{system:18} c={c:<3} {n:>2}/req {cell['texts_per_s']:8.0f} texts/s "
-                        f"p50 {cell['p50_ms']:.2f} ms"
-                    )
-            result["systems"][system] = entry
+            result["systems"][system] = {"command": " ".join(argv_), "startup_s": startup, "cells": []}
         except Exception as exc:  # a peer that fails is reported, the others still run
             result["systems"][system] = {"skipped": f"{type(exc).__name__}: {exc}"[:2000]}
             print(f"{system}: failed: {exc}")
-        finally:
             server.stop()
+            del servers[system]
+    return servers
+
+
+def run_group(group: list[str], args, queries: list[str], out: Path, host: str, result: dict, ip: InProcess) -> None:
+    """Every cell on each server of ``group`` (started together), cell by cell, the order of the servers
+    alternating from one run to the next; ``--repeats`` runs per cell, the median kept. In-process encode is
+    measured again before each round of a cell (the servers idle meanwhile)."""
+    servers = _start(group, args, out, host, result)
+    try:
+        flip = False
+        for n in [int(x) for x in args.per_request.split(",")]:
+            bodies = bodies_for(queries, n, args.model)
+            for c in [int(x) for x in args.concurrency.split(",")]:
+                if args.max_in_flight is not None and c * n > args.max_in_flight:
+                    continue
+                runs: dict[str, list[dict]] = {s: [] for s in servers}
+                for _ in range(args.repeats):
+                    now = {**ip.batch(), **ip.singles[-1]}
+                    for system in reversed(list(servers)) if flip else list(servers):
+                        server, path, _argv = servers[system]
+                        try:
+                            cell = run_cell(server.port, path, bodies, c, n, args, server.proc.pid)
+                        except Exception as exc:
+                            print(f"{system}: cell c={c} {n}/req failed: {exc}")
+                            continue
+                        runs[system].append(with_ratios(cell, now))
+                        print(
+                            f"{system:18} c={c:<3} {n:>2}/req {cell['texts_per_s']:8.0f} texts/s "
+                            f"p50 {cell['p50_ms']:.2f} ms, server {cell.get('server_cpu_ms_per_request', 0):.2f} "
+                            f"CPU ms/req"
+                        )
+                    flip = not flip
+                for system, found in runs.items():
+                    if found:
+                        result["systems"][system]["cells"].append(median_cell(found))
+    finally:
+        for server, _path, _argv in servers.values():
+            server.stop()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model", default="all-MiniLM-L6-v2", help="exported_models/NAME for st-serve; its hub id for peers"
+    )
+    p.add_argument(
+        "--model-dir", type=Path, default=None, help="the export st-serve serves (default exported_models/MODEL)"
+    )
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (plus a fifth to warm up)")
+    p.add_argument("--max-requests", type=int, default=200_000)
+    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--per-request", default="1,32")
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument(
+        "--base-checkout",
+        type=Path,
+        default=None,
+        help="another checkout of this repository (git worktree add PATH COMMIT): its st-serve runs beside this "
+        "one, cell by cell, as 'st-serve (base)'",
+    )
+    p.add_argument("--repeats", type=int, default=1, help="runs of each cell per system (the median is kept)")
+    p.add_argument(
+        "--in-process-queries",
+        type=int,
+        default=4096,
+        help="queries in-process encode runs at once before each round of cells (default all 4096)",
+    )
+    p.add_argument("--settle", type=float, default=2.0, help="seconds of rest after each in-process measurement")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="skip cells with more texts in flight (concurrency x texts per request): their requests take "
+        "seconds each, and a cell of a few seconds measures a handful",
+    )
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    queries = make_corpus(n_queries=4096)["queries"]
+    host = socket.gethostname().split(".")[0]
+    out = args.out or ROOT / "benchmarks" / "results" / f"serve-{host}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "model": args.model,
+        "threads": args.threads,
+        "seconds_per_cell": args.seconds,
+        "repeats": args.repeats,
+        "in_process_queries": args.in_process_queries,
+        "machine": machine(),
+        "corpus": "benchmarks.throughput.make_corpus queries (5-11 words)",
+        "base_checkout": str(args.base_checkout) if args.base_checkout else None,
+        "systems": {},
+    }
+    ip = InProcess(args, queries)
+    ip.batch(), ip.single()
+    print(json.dumps({"in_process": ip.batches[-1] | ip.singles[-1]}))
+    systems = args.systems.split(",")
+    # st-serve and its base run interleaved, cell by cell; each peer on its own
+    ours = [s for s in systems if s == "st-serve"] + ([BASE] if args.base_checkout else [])
+    groups = ([ours] if ours else []) + [[s] for s in systems if s != "st-serve"]
+    try:
+        for group in groups:
+            run_group(group, args, queries, out, host, result, ip)
+        ip.single()
+    finally:
+        ip.close()
+    result["in_process"] = ip.summary()
     result["targets"] = targets(result)
     print_table(result)
     out.write_text(json.dumps(result, indent=1))

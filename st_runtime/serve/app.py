@@ -227,7 +227,7 @@ class _slot:
 
 def _endpoint(state: ServerState, entry: RouteEntry) -> Callable[[Request], Awaitable[Response]]:
     expected = f"Bearer {state.config.api_key}" if state.config.api_key else None
-    counter = state.metrics.requests
+    count = state.metrics.count_request
 
     async def endpoint(request: Request) -> Response:
         status = 500
@@ -260,7 +260,7 @@ def _endpoint(state: ServerState, entry: RouteEntry) -> Callable[[Request], Awai
             bug = RequestError(500, f"internal error: {type(exc).__name__}: {exc}", "Backend")
             return error_response(entry.dialect, bug)
         finally:
-            counter.labels(route=entry.path, status=str(status)).inc()
+            count(entry.path, status)
             if span is not None:
                 state.tracing.end(span, request, status)
 

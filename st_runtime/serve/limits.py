@@ -15,7 +15,8 @@ protocol with a few more timers and counters) adds, per connection:
 * a **write timeout**: a client that reads nothing of its response for ``write_timeout`` seconds (the
   transport's buffer stays full) is dropped;
 * **close after an unread body**: a response sent before the request's body was read whole (413 from the
-  declared length, 408, 401, ...) closes the connection, so the rest of the body is never parsed;
+  declared length, 408, 401, ...) closes the connection, so the rest of the body is never parsed
+  (``st_runtime.serve.writes``, which also sends each response's head and body in one write);
 * a **connection cap**: past ``max_connections`` open connections, a new connection closes an idle one (no
   request being handled): one that never completed a request (nothing sent yet, or a head still arriving)
   if there is one, else the keep-alive connection idle for longest. So idle connections can never keep the
@@ -34,6 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .writes import guard_send
 
 logger = logging.getLogger("st_runtime.serve")
 LINGER_S = 2.0  # after a reply to a client that may still be sending, what it sends is read and dropped this long
@@ -308,7 +311,7 @@ class _Guards:
         self._disarm_head_timer()
         cycle = self.cycle
         if cycle is not None and cycle is not previous:
-            _close_after_unread_body(cycle, self)
+            guard_send(cycle, self)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -318,34 +321,6 @@ class _Guards:
         self._idle_since = time.monotonic()
         self._served += 1
         super().on_response_complete()
-
-
-def _close_after_unread_body(cycle, protocol: _Guards) -> None:
-    """A response that starts before the request's body was read whole ends the connection, with a lingering
-    close (the client is likely still sending)."""
-    send = cycle.send
-
-    async def send_then_close(message, cycle=cycle, send=send) -> None:
-        if message["type"] == "http.response.start" and cycle.more_body:
-            cycle.keep_alive = False
-            cycle.transport = _LingeringClose(cycle.transport, protocol)
-        await send(message)
-
-    cycle.send = send_then_close
-
-
-class _LingeringClose:
-    """The transport as a request/response cycle sees it, with close() made a lingering close."""
-
-    def __init__(self, transport, protocol: _Guards):
-        self._transport = transport
-        self._protocol = protocol
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-    def close(self) -> None:
-        self._protocol._linger()
 
 
 # ---------------------------------------------------------------------------------------------- uvicorn

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -46,6 +48,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # labelled children, looked up once (prometheus_client's labels() takes a lock and builds a key per call)
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._job_children: dict[str, tuple] = {}
+
+    def count_request(self, route: str, status: int) -> None:
+        child = self._request_children.get((route, status))
+        if child is None:
+            child = self._request_children[(route, status)] = self.requests.labels(route=route, status=str(status))
+        child.inc()
 
     def connection_event(self, reason: str) -> None:
         self.connections_closed.labels(reason=reason).inc()
@@ -72,12 +83,17 @@ class Metrics:
         return observe
 
     def observe_job(self, model: str, job, total: float) -> None:
-        h = self.request_seconds
-        h.labels(model=model, phase="queue").observe(job.queue_s)
-        h.labels(model=model, phase="tokenization").observe(job.tokenize_s)
-        h.labels(model=model, phase="inference").observe(job.inference_s)
-        h.labels(model=model, phase="total").observe(total)
-        self.request_items.labels(model=model).observe(job.size)
+        children = self._job_children.get(model)
+        if children is None:
+            h = self.request_seconds
+            phases = [h.labels(model=model, phase=p) for p in ("queue", "tokenization", "inference", "total")]
+            children = self._job_children[model] = (*phases, self.request_items.labels(model=model))
+        queue, tokenization, inference, whole, items = children
+        queue.observe(job.queue_s)
+        tokenization.observe(job.tokenize_s)
+        inference.observe(job.inference_s)
+        whole.observe(total)
+        items.observe(job.size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
