@@ -4,23 +4,24 @@ characters only (most queries and passages in English).
 Normalization is most of what ``tokenizers`` spends on a short text (BERT's normalizer: about half of a query's
 time and two thirds of a passage's, on the CPUs measured in docs/speed.md): it tracks every character's
 alignment through Unicode decomposition, accent stripping and lowercasing. On ASCII text, each normalizer this
-module knows reduces to two string operations CPython runs in C over the whole text: ``str.lower`` and deleting
-or spacing control characters (``str.translate``). So an ASCII text is normalized here, and tokenized by a twin of
-the tokenizer that has no normalizer (the same pre-tokenizer, model, post-processor and truncation): the twin sees
-exactly the string the tokenizer's own normalizer would have produced, and gives the same ids, type ids and
-attention mask (offsets are not kept: batching never reads them). BERT's pre-tokenizer, which looks every character
-up in Unicode's punctuation tables, is given its ASCII form too (whitespace, then ASCII punctuation).
+module knows reduces to string operations CPython runs in C over the whole text: ``str.lower``, deleting or
+spacing control characters (``str.translate``) and ``str.replace``. So an ASCII text is normalized here, and
+tokenized by a twin of the tokenizer that has no normalizer (the same pre-tokenizer, model, post-processor and
+truncation): the twin sees exactly the string the tokenizer's own normalizer would have produced, and gives the
+same ids, type ids and attention mask (offsets are not kept: batching never reads them). BERT's pre-tokenizer,
+which looks every character up in Unicode's punctuation tables, is given its ASCII form too (whitespace, then
+ASCII punctuation).
 
-What stays on the tokenizer itself: a text with any non-ASCII character, a text holding an added token's content
-in any letter case (added tokens are matched before normalization or on normalized text, by their own flags),
-and every text of a tokenizer whose normalizer is not one of those below. Which normalizers qualify is read off
-the tokenizer's own configuration, and the twin is checked against the tokenizer on a battery of ASCII texts (every
-character, letter cases, control characters, long words, empty and blank texts) when it is made; a twin that
-differs on any of them is not used.
+What stays on the tokenizer itself: a text with any non-ASCII character; a text holding an added token's content
+in any letter case, before or after normalization (added tokens are matched on the original text or on the
+normalized one, by their own flags); and every text of a tokenizer whose normalizer is not one of those below.
+Which normalizers qualify is read off the tokenizer's own configuration, and the twin is checked against the
+tokenizer on a battery of ASCII texts (every character, letter cases, control characters, long words, empty and
+blank texts) when it is made; a twin that differs on any of them is not used.
 
 Normalizers with an exact ASCII form: BertNormalizer (clean_text deletes control characters but tab, newline and
-carriage return, which become spaces; lowercase), Lowercase, NFC/NFD/NFKC/NFKD and StripAccents (nothing to do on
-ASCII), and Sequences of them."""
+carriage return, which become spaces; lowercase), Lowercase, Replace of a literal string (ALBERT's quotes,
+Gemma's spaces), NFC/NFD/NFKC/NFKD and StripAccents (nothing to do on ASCII), and Sequences of them, in order."""
 
 from __future__ import annotations
 
@@ -49,26 +50,33 @@ _TO_LOWER = operator.methodcaller("lower")
 _TO_CLEAN = operator.methodcaller("translate", _CLEAN)
 
 
-def ascii_steps(config: dict | None) -> tuple[bool, bool] | None:
-    """(lowercase, clean) of a normalizer's configuration (tokenizer.json's "normalizer") on ASCII text, or None
-    when it has no exact ASCII form known here."""
+def ascii_steps(config: dict | None) -> tuple[tuple[str, ...], ...] | None:
+    """The steps of a normalizer's configuration (tokenizer.json's "normalizer") on ASCII text, in order: ("lower",),
+    ("clean",) (delete control characters, space tab, newline and carriage return) and ("replace", pattern,
+    content) (a literal pattern, as ``str.replace`` replaces it); None when it has no exact ASCII form known here."""
     if config is None:
-        return False, False
+        return ()
     kind = config.get("type")
     if kind in _IDENTITY_ON_ASCII:
-        return False, False
+        return ()
     if kind == "Lowercase":
-        return True, False
-    if kind == "BertNormalizer":
-        return bool(config.get("lowercase")), bool(config.get("clean_text"))
+        return (("lower",),)
+    if kind == "BertNormalizer":  # on ASCII its clean_text and lowercase commute; its other steps do nothing
+        return (("clean",),) * bool(config.get("clean_text")) + (("lower",),) * bool(config.get("lowercase"))
+    if kind == "Replace":
+        pattern = (config.get("pattern") or {}).get("String")
+        content = config.get("content")
+        if not isinstance(pattern, str) or not pattern or not isinstance(content, str):
+            return None  # a regular expression: its engine is not Python's
+        return (("replace", pattern, content),)
     if kind == "Sequence":
-        lower = clean = False
+        steps: tuple[tuple[str, ...], ...] = ()
         for step in config.get("normalizers") or []:
             got = ascii_steps(step)
             if got is None:
                 return None
-            lower, clean = lower or got[0], clean or got[1]  # the two commute on ASCII
-        return lower, clean
+            steps += got
+        return steps
     return None
 
 
@@ -96,12 +104,12 @@ def _battery() -> list[str]:
 class AsciiFastPath:
     """A tokenizer's ASCII fast path (see the module docstring); ``make`` returns None where none applies."""
 
-    def __init__(self, tokenizer, twin, lower: bool, clean: bool, added: list[str]):
+    def __init__(self, tokenizer, twin, steps: tuple[tuple[str, ...], ...], added: list[str]):
         self.tokenizer = tokenizer
         self.twin = twin
-        self.lower = lower
-        self.clean = clean
-        # added tokens' contents: a text holding one, in any letter case, stays on the tokenizer
+        self.steps = steps
+        # added tokens' contents: a text holding one in any letter case, before or after normalization, stays on the
+        # tokenizer (added tokens are matched on the original text or on the normalized one, by their own flags)
         self._added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE) if added else None
 
     @classmethod
@@ -120,12 +128,12 @@ class AsciiFastPath:
         if (config.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer":
             twin_config["pre_tokenizer"] = _ASCII_BERT_PRE_TOKENIZER
         twin = Tokenizer.from_str(json.dumps(twin_config))
-        # non-ASCII contents never match ASCII text; none of the others holds a newline (the texts' separator below)
+        # no content may hold a newline (the texts' separator below)
         contents = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
-        added = sorted((c for c in contents if c and c.isascii()), key=len, reverse=True)
+        added = sorted((c for c in contents if c), key=len, reverse=True)
         if any("\n" in c for c in added):
             return None
-        fast = cls(tokenizer, twin, *steps, added)
+        fast = cls(tokenizer, twin, steps, added)
         return fast if fast._agrees() else None
 
     def _agrees(self) -> bool:
@@ -151,52 +159,85 @@ class AsciiFastPath:
         return post.get("type") != "TemplateProcessing" or bool(post.get("pair"))
 
     def _normalize(self, texts: list[str]) -> list[str]:
-        if self.lower:
-            texts = list(map(_TO_LOWER, texts))
-        if self.clean and _CONTROL.search("\x80".join(texts)):
-            texts = list(map(_TO_CLEAN, texts))
+        """The texts as the tokenizer's normalizer leaves them (each step over every text, in C)."""
+        for step in self.steps:
+            if step[0] == "lower":
+                texts = list(map(_TO_LOWER, texts))
+            elif step[0] == "clean":
+                if _CONTROL.search("\x80".join(texts)):
+                    texts = list(map(_TO_CLEAN, texts))
+            else:
+                texts = list(map(operator.methodcaller("replace", step[1], step[2]), texts))
         return texts
 
-    def eligible(self, items: list) -> np.ndarray:
-        """Per item (text or (text, text_pair) tuple), whether the twin may tokenize it: ASCII only, and no added
-        token's content in any letter case."""
+    def _holds_added(self, items: list) -> np.ndarray:
+        """Per item, whether it holds an added token's content in any letter case."""
+        hit = np.zeros(len(items), dtype=bool)
+        if self._added is None or not items:
+            return hit
         flat = items
         if not all(map(str.__instancecheck__, items)):  # pairs: both texts, joined by a newline
             flat = [it if isinstance(it, str) else "\n".join(it) for it in items]
+        matches = [m.start() for m in self._added.finditer("\n".join(flat))]
+        if matches:
+            starts = np.cumsum([0, *map(len, flat[:-1])]) + np.arange(len(flat))
+            hit[np.searchsorted(starts, matches, side="right") - 1] = True
+        return hit
+
+    def eligible(self, items: list) -> np.ndarray:
+        """Per item (text or (text, text_pair) tuple), whether the twin may tokenize it: ASCII only, and no added
+        token's content in any letter case (its normalized form is checked too, by ``encode``)."""
+        flat = items if all(map(str.__instancecheck__, items)) else ["".join(it) for it in items]
         ok = np.fromiter(map(str.isascii, flat), dtype=bool, count=len(flat))
-        if self._added is not None and ok.any():
-            joined = "\n".join(flat)
-            matches = [m.start() for m in self._added.finditer(joined)]
-            if matches:
-                starts = np.cumsum([0, *map(len, flat[:-1])]) + np.arange(len(flat))
-                ok[np.searchsorted(starts, matches, side="right") - 1] = False
+        if ok.any():
+            ok &= ~self._holds_added(items)
         return ok
+
+    def _normalize_items(self, items: list) -> list:
+        """Texts and (text, text_pair) tuples as the tokenizer's normalizer leaves them."""
+        single = np.fromiter(map(str.__instancecheck__, items), dtype=bool, count=len(items))
+        if single.all():
+            return self._normalize(items)
+        out = list(items)
+        at = np.flatnonzero(single).tolist()
+        for i, text in zip(at, self._normalize([items[i] for i in at]), strict=True):
+            out[i] = text
+        at = np.flatnonzero(~single).tolist()
+        firsts, seconds = zip(*[items[i] for i in at], strict=True)
+        pairs = zip(self._normalize(list(firsts)), self._normalize(list(seconds)), strict=True)
+        for i, pair in zip(at, pairs, strict=True):
+            out[i] = pair
+        return out
 
     def encode(self, items: list, method: str = "encode_batch_fast", **options: Any) -> list:
         """The tokenizer's ``method`` (encode_batch or encode_batch_fast) on ``items`` (texts or (text, text_pair)
         tuples) with ``options``, every eligible item tokenized by the twin; in input order."""
-        if not items:
-            return getattr(self.tokenizer, method)(items, **options)
-        ok = self.eligible(items)
-        if ok.all():
-            return self._twin_encode(items, method, options)
+        encode = getattr(self.tokenizer, method)
+        ok = self.eligible(items) if items else np.zeros(0, dtype=bool)
+        fast = np.flatnonzero(ok)
+        normalized = self._normalize_items([items[i] for i in fast.tolist()]) if len(fast) else []
+        made = self._holds_added(normalized)  # normalization made an added token's content (or changed its case)
+        if made.any():
+            ok[fast[made]] = False
+            fast = fast[~made]
+            normalized = [n for n, m in zip(normalized, made.tolist(), strict=True) if not m]
+        if ok.all() and len(items):
+            return self._twin_encode(normalized, method, options)
         if not ok.any():
-            return getattr(self.tokenizer, method)(items, **options)
-        fast, slow = np.flatnonzero(ok), np.flatnonzero(~ok)
+            return encode(items, **options)
+        slow = np.flatnonzero(~ok)
         out = np.empty(len(items), dtype=object)
-        out[fast] = self._twin_encode([items[i] for i in fast], method, options)
-        out[slow] = getattr(self.tokenizer, method)([items[i] for i in slow], **options)
+        out[fast] = self._twin_encode(normalized, method, options)
+        out[slow] = encode([items[i] for i in slow.tolist()], **options)
         return out.tolist()
 
-    def _twin_encode(self, items: list, method: str, options: dict) -> list:
+    def _twin_encode(self, normalized: list, method: str, options: dict) -> list:
+        """The twin's encodings of normalized texts and pairs, in order (texts and pairs each in one call)."""
         encode = getattr(self.twin, method)
-        single = np.fromiter(map(str.__instancecheck__, items), dtype=bool, count=len(items))
-        if single.all():
-            return encode(self._normalize(items), **options)
-        if single.any():  # texts and pairs in one call: each group in one batch, back in input order
-            out = np.empty(len(items), dtype=object)
-            for group in (np.flatnonzero(single), np.flatnonzero(~single)):
-                out[group] = self._twin_encode([items[i] for i in group], method, options)
-            return out.tolist()
-        firsts, seconds = zip(*items, strict=True)
-        return encode(list(zip(self._normalize(list(firsts)), self._normalize(list(seconds)))), **options)
+        single = np.fromiter(map(str.__instancecheck__, normalized), dtype=bool, count=len(normalized))
+        if single.all() or not single.any():
+            return encode(normalized, **options)
+        out = np.empty(len(normalized), dtype=object)
+        for group in (np.flatnonzero(single), np.flatnonzero(~single)):
+            out[group] = encode([normalized[i] for i in group.tolist()], **options)
+        return out.tolist()

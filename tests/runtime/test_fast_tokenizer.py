@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tiny_models import TOKENIZERS, minilm_dir
-from tokenizers import Tokenizer, normalizers
+from tokenizers import Regex, Tokenizer, normalizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the corpora of benchmarks/ (also in the slim venv)
 from benchmarks.common import docs_corpus, make_corpus
@@ -90,16 +90,37 @@ def _normalizer_config(tok: Tokenizer):
 
 
 def test_which_normalizers_have_an_ascii_form():
-    assert fasttok.ascii_steps({"type": "BertNormalizer", "clean_text": True, "lowercase": True}) == (True, True)
-    assert fasttok.ascii_steps({"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"}]}) == (
-        True,
-        False,
+    lower, clean = ("lower",), ("clean",)
+    assert fasttok.ascii_steps({"type": "BertNormalizer", "clean_text": True, "lowercase": True}) == (clean, lower)
+    assert fasttok.ascii_steps({"type": "BertNormalizer", "clean_text": True, "lowercase": False}) == (clean,)
+    seq = {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"}]}
+    assert fasttok.ascii_steps(seq) == (lower,)
+    assert fasttok.ascii_steps({"type": "NFKC"}) == ()
+    replace = {"type": "Replace", "pattern": {"String": "``"}, "content": '"'}
+    assert fasttok.ascii_steps({"type": "Sequence", "normalizers": [replace, {"type": "Lowercase"}]}) == (
+        ("replace", "``", '"'),
+        lower,
     )
-    assert fasttok.ascii_steps({"type": "NFKC"}) == (False, False)
-    assert fasttok.ascii_steps({"type": "Replace", "pattern": {"String": " "}, "content": "_"}) is None
+    assert fasttok.ascii_steps({"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}) is None
     assert fasttok.ascii_steps({"type": "Precompiled", "precompiled_charsmap": ""}) is None
     seq = {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Strip", "strip_left": True}]}
     assert fasttok.ascii_steps(seq) is None
+
+
+def test_a_special_token_made_by_normalization_stays_on_the_tokenizer():
+    """A cased tokenizer (clean_text without lowercasing): deleting a control character inside "[MA\\x00SK]" makes
+    "[MASK]", which the tokenizer itself does not match (its [MASK] is matched on the original text) but the twin,
+    given the normalized text, would: such a text is tokenized by the tokenizer."""
+    tok = _minilm()
+    tok.no_padding()
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=False, strip_accents=False)
+    fast = AsciiFastPath.make(tok)
+    assert fast is not None and fast.steps == (("clean",),)
+    texts = ["x [MA\x00SK] y", "[CL\x07S]", "plain \x00 text", "[MASK]"]
+    assert fast.eligible(texts).tolist() == [True, True, True, False]  # the original texts hold no [MASK]
+    _same(fast, tok, texts)
+    mask = tok.token_to_id("[MASK]")
+    assert mask not in fast.encode(texts[:1])[0].ids and mask in fast.encode(texts[3:])[0].ids
 
 
 def _minilm() -> Tokenizer:
@@ -119,7 +140,7 @@ def test_real_minilm_tokenizer_takes_the_fast_path_with_the_same_ids():
     tok.no_padding()
     tok.enable_truncation(256)
     fast = AsciiFastPath.make(tok)
-    assert fast is not None and fast.lower and fast.clean
+    assert fast is not None and fast.steps == (("clean",), ("lower",))
     texts = _texts()
     _same(fast, tok, texts)
     eligible = fast.eligible([t for t in texts if isinstance(t, str)])
@@ -130,11 +151,13 @@ def test_real_minilm_tokenizer_takes_the_fast_path_with_the_same_ids():
 
 def test_a_twin_that_differs_is_not_used(monkeypatch):
     tok = _minilm()
-    monkeypatch.setattr(fasttok, "ascii_steps", lambda config: (False, True))  # "forgets" the lowercasing
+    monkeypatch.setattr(fasttok, "ascii_steps", lambda config: (("clean",),))  # "forgets" the lowercasing
     assert AsciiFastPath.make(tok) is None
-    tok.normalizer = normalizers.Replace(" ", "_")
     monkeypatch.undo()
-    assert AsciiFastPath.make(tok) is None  # no ASCII form known
+    tok.normalizer = normalizers.Replace(Regex("\\s+"), " ")
+    assert AsciiFastPath.make(tok) is None  # no ASCII form known (a regular expression)
+    tok.normalizer = normalizers.Replace(" ", "_")
+    assert AsciiFastPath.make(tok) is not None  # a literal one has
 
 
 def test_tokenization_spread_over_threads_keeps_the_order():
