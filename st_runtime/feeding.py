@@ -76,6 +76,7 @@ class Tokenizers:
         if self.threads < 1:
             raise ValueError(f"feed_threads must be at least 1, got {threads!r}")
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = os.getpid()
 
     @property
     def tokenizer(self):
@@ -136,10 +137,11 @@ class Tokenizers:
         parts = min(self.threads, len(items), max(len(items) // MIN_CHUNK, chars // MIN_CHUNK_CHARS))
         if parts <= 1:
             return encode(items)
-        if self._pool is None:
+        if self._pool is None or self._pool_pid != os.getpid():  # a forked child gets a pool of its own
             with self._lock:
-                if self._pool is None:
+                if self._pool is None or self._pool_pid != os.getpid():
                     self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="st-tokenize")
+                    self._pool_pid = os.getpid()
         bounds = np.linspace(0, len(items), parts + 1).astype(np.int64).tolist()
         chunks = [items[a:b] for a, b in itertools.pairwise(bounds)]
         return list(itertools.chain.from_iterable(self._pool.map(encode, chunks)))

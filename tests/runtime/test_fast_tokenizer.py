@@ -193,3 +193,28 @@ def test_embeddings_are_bit_identical_with_and_without_the_fast_path(tiny_bert):
     for kwargs in ({}, {"batch_size": 7}, {"max_seq_length": 9}):
         np.testing.assert_array_equal(fast.encode(texts, **kwargs), plain.encode(texts, **kwargs))
     np.testing.assert_array_equal(fast.encode(texts[:1]), plain.encode(texts[:1]))  # a batch of one
+
+
+def _ids_in_child(sets, texts, queue) -> None:
+    queue.put([e.ids for e in sets.encode_fn(128)(texts)])
+
+
+def test_a_forked_child_tokenizes_on_threads_of_its_own():
+    """A process forked after the feed threads ran (multiprocessing's fork, Ray workers) gets its own pool: the
+    parent's threads do not exist in it, and a large call there must not wait for them."""
+    import multiprocessing
+
+    base = _minilm()
+    base.no_padding()
+    base.enable_truncation(128)
+    sets = Tokenizers(copy.deepcopy(base), 128, "right", True, threads=2)
+    texts = make_corpus(n_queries=1200, n_passages=0)["queries"]
+    want = [e.ids for e in sets.encode_fn(128)(texts)]
+    assert sets._pool is not None
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_ids_in_child, args=(sets, texts, queue), daemon=True)
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(30)
+    assert child.exitcode == 0 and got == want
