@@ -36,16 +36,22 @@ BATCH, TOKENS = 1024, 2048
 
 
 # ---------------------------------------------------------------------------------------------- today's path
-def _legacy_plan(sorted_lengths, batch_size: int, max_tokens: int) -> list[tuple[int, int, int]]:
-    """st_runtime.batching.plan_batches before #30 (a Python loop over the items)."""
+def legacy_plan(sorted_lengths, batch_size, pad_multiple=1, split_ratio=0.5, max_tokens=None, max_width=None):
+    """st_runtime.batching.plan_batches before #30 (a Python loop over the items): the benchmark's "today" and the
+    reference tests/runtime/test_batching.py checks today's plans against."""
     out, n, start = [], len(sorted_lengths), 0
     while start < n:
         width = max(int(sorted_lengths[start]), 1)
-        floor = width * 0.5
-        end, limit = start + 1, min(n, start + batch_size, start + max(1, max_tokens // width))
+        floor = width * split_ratio
+        padded = -(-width // pad_multiple) * pad_multiple
+        if max_width is not None:
+            padded = min(padded, max(width, max_width))
+        end, limit = start + 1, min(n, start + batch_size)
+        if max_tokens is not None:
+            limit = min(limit, start + max(1, max_tokens // padded))
         while end < limit and sorted_lengths[end] >= floor:
             end += 1
-        out.append((start, end, width))
+        out.append((start, end, padded))
         start = end
     return out
 
@@ -67,7 +73,7 @@ def legacy_path(tokenizer, texts: list[str], inputs: list[str], pad_id: int) -> 
     encodings = tokenizer.encode_batch_fast(texts)
     lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
     order = np.argsort(-lengths, kind="stable")
-    plan = _legacy_plan(lengths[order], BATCH, TOKENS)
+    plan = legacy_plan(lengths[order], BATCH, max_tokens=TOKENS)
     return [_legacy_feeds(encodings, lengths, order[s:e], w, inputs, pad_id) for s, e, w in plan]
 
 

@@ -170,32 +170,36 @@ class AsciiFastPath:
                 texts = list(map(operator.methodcaller("replace", step[1], step[2]), texts))
         return texts
 
-    def _holds_added(self, items: list) -> np.ndarray:
-        """Per item, whether it holds an added token's content in any letter case."""
-        hit = np.zeros(len(items), dtype=bool)
-        if self._added is None or not items:
+    @staticmethod
+    def _flat(items: list, single: np.ndarray) -> list[str]:
+        """Each item as one string: a text, or a pair's two texts joined by a newline."""
+        return items if single.all() else [it if isinstance(it, str) else "\n".join(it) for it in items]
+
+    def _holds_added(self, flat: list[str]) -> np.ndarray:
+        """Per item (``_flat``), whether it holds an added token's content in any letter case."""
+        hit = np.zeros(len(flat), dtype=bool)
+        if self._added is None or not flat:
             return hit
-        flat = items
-        if not all(map(str.__instancecheck__, items)):  # pairs: both texts, joined by a newline
-            flat = [it if isinstance(it, str) else "\n".join(it) for it in items]
         matches = [m.start() for m in self._added.finditer("\n".join(flat))]
         if matches:
             starts = np.cumsum([0, *map(len, flat[:-1])]) + np.arange(len(flat))
             hit[np.searchsorted(starts, matches, side="right") - 1] = True
         return hit
 
-    def eligible(self, items: list) -> np.ndarray:
-        """Per item (text or (text, text_pair) tuple), whether the twin may tokenize it: ASCII only, and no added
-        token's content in any letter case (its normalized form is checked too, by ``encode``)."""
-        flat = items if all(map(str.__instancecheck__, items)) else ["".join(it) for it in items]
+    def eligible(self, items: list, single: np.ndarray | None = None) -> np.ndarray:
+        """Per item (text or (text, text_pair) tuple; ``single``: which are texts, when the caller knows), whether
+        the twin may tokenize it: ASCII only, and no added token's content in any letter case (its normalized
+        form is checked too, by ``encode``)."""
+        if single is None:
+            single = _singles(items)
+        flat = self._flat(items, single)
         ok = np.fromiter(map(str.isascii, flat), dtype=bool, count=len(flat))
         if ok.any():
-            ok &= ~self._holds_added(items)
+            ok &= ~self._holds_added(flat)
         return ok
 
-    def _normalize_items(self, items: list) -> list:
+    def _normalize_items(self, items: list, single: np.ndarray) -> list:
         """Texts and (text, text_pair) tuples as the tokenizer's normalizer leaves them."""
-        single = np.fromiter(map(str.__instancecheck__, items), dtype=bool, count=len(items))
         if single.all():
             return self._normalize(items)
         out = list(items)
@@ -213,31 +217,31 @@ class AsciiFastPath:
         """The tokenizer's ``method`` (encode_batch or encode_batch_fast) on ``items`` (texts or (text, text_pair)
         tuples) with ``options``, every eligible item tokenized by the twin; in input order."""
         encode = getattr(self.tokenizer, method)
-        ok = self.eligible(items) if items else np.zeros(0, dtype=bool)
+        if not items:
+            return encode(items, **options)
+        single = _singles(items)
+        ok = self.eligible(items, single)
+        if not ok.any():
+            return encode(items, **options)
         fast = np.flatnonzero(ok)
-        normalized = self._normalize_items([items[i] for i in fast.tolist()]) if len(fast) else []
-        made = self._holds_added(normalized)  # normalization made an added token's content (or changed its case)
+        chosen, single = (items, single) if ok.all() else ([items[i] for i in fast.tolist()], single[fast])
+        normalized = self._normalize_items(chosen, single)
+        made = self._holds_added(self._flat(normalized, single))  # normalization made an added token's content
         if made.any():
             ok[fast[made]] = False
             fast = fast[~made]
             normalized = [n for n, m in zip(normalized, made.tolist(), strict=True) if not m]
-        if ok.all() and len(items):
-            return self._twin_encode(normalized, method, options)
-        if not ok.any():
-            return encode(items, **options)
+        twin_encode = getattr(self.twin, method)
+        if ok.all():
+            return twin_encode(normalized, **options)
         slow = np.flatnonzero(~ok)
         out = np.empty(len(items), dtype=object)
-        out[fast] = self._twin_encode(normalized, method, options)
+        if len(fast):
+            out[fast] = twin_encode(normalized, **options)
         out[slow] = encode([items[i] for i in slow.tolist()], **options)
         return out.tolist()
 
-    def _twin_encode(self, normalized: list, method: str, options: dict) -> list:
-        """The twin's encodings of normalized texts and pairs, in order (texts and pairs each in one call)."""
-        encode = getattr(self.twin, method)
-        single = np.fromiter(map(str.__instancecheck__, normalized), dtype=bool, count=len(normalized))
-        if single.all() or not single.any():
-            return encode(normalized, **options)
-        out = np.empty(len(normalized), dtype=object)
-        for group in (np.flatnonzero(single), np.flatnonzero(~single)):
-            out[group] = encode([normalized[i] for i in group.tolist()], **options)
-        return out.tolist()
+
+def _singles(items: list) -> np.ndarray:
+    """Per item, whether it is a text (not a (text, text_pair) tuple)."""
+    return np.fromiter(map(str.__instancecheck__, items), dtype=bool, count=len(items))

@@ -47,7 +47,6 @@ class TextTower:
             raise GraphLoadError(f"text tower {tower.name!r} has no tokenizer; re-export the model with `st-export`.")
         self.padding_side: str = tok.padding_side
         self.max_seq_length: int | None = tok.max_seq_length
-        self._truncation_side = tok.truncation_side
         self.add_special_tokens: bool = tok.add_special_tokens
         self.tokenizers = Tokenizers(
             load_tokenizer(folder, tok.raw), self.max_seq_length, tok.truncation_side, tok.add_special_tokens,

@@ -334,8 +334,7 @@ class Batcher:
         tower = self.tower
         groups = None
         if len(jobs) > 1 and not tower.on_gpu:  # a request alone keeps encode's batches (grouping.py)
-            lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-            groups = length_groups(lengths, tower.policy.budget, tower.policy.auto_batch_size)
+            groups = length_groups(token_counts(encodings), tower.policy.budget, tower.policy.auto_batch_size)
         parts: list[tuple[list, Any]] = [(encodings, out)]
         if groups is not None:
             parts = [([encodings[i] for i in idx], Scatter(out, idx)) for idx in groups]

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..batching import plan_batches
+
 # The fixed cost of one graph run on the CPU, in tokens of a batch. all-MiniLM-L6-v2 on 2 vCPUs (2026-12-07, a
 # shared Xeon VM): a one-query run costs 13-15 tokens more than its share of a large batch; in-process runs of
 # random chunks of 32 queries cost 3.1-3.2 CPU ms per text as one set, 2.8-2.9 / 2.6-2.7 / 2.5-2.6 / 2.5-2.6
@@ -25,7 +27,6 @@ import numpy as np
 RUN_COST_TOKENS = 16
 MAX_TEXTS = 1024  # larger batches are left to the tower: sorted, they pad little (200 random queries: 1.05x)
 MAX_CUTS = 33  # candidate cuts searched at most (a batch of many distinct lengths searches evenly spaced ones)
-SPLIT_RATIO = 0.5  # batching.plan_batches' default, which TextTower.plan keeps
 
 
 def length_groups(
@@ -51,20 +52,10 @@ def length_groups(
         pick = np.linspace(0, len(cuts) - 1, MAX_CUTS).round().astype(int)
         cuts = [cuts[i] for i in sorted(set(pick.tolist()))]
 
-    descending = -ordered  # ascending: where a run's shorter texts start (searchsorted)
-
     def cost(a: int, b: int) -> float:
-        """Runs x run_cost + padded tokens of texts a:b as the tower plans them (batching.plan_batches: longest
-        first, under the budget, a new run where a text is shorter than half the run's width)."""
-        total, pos = 0.0, a
-        while pos < b:
-            width = max(int(ordered[pos]), 1)
-            cap = budget(width)
-            end = min(b, pos + (min(max_items, max(1, cap // width)) if cap is not None else max_items))
-            end = max(pos + 1, min(end, int(np.searchsorted(descending, -SPLIT_RATIO * width, side="right"))))
-            total += run_cost + (end - pos) * width
-            pos = end
-        return total
+        """Runs x run_cost + padded tokens of texts a:b as the tower plans them (batching.plan_batches)."""
+        plan = plan_batches(ordered[a:b], max_items, budget=budget)
+        return sum(run_cost + (end - start) * width for start, end, width in plan)
 
     best = [0.0] + [float("inf")] * (len(cuts) - 1)
     back = [0] * len(cuts)

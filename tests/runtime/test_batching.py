@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -357,26 +358,10 @@ def test_feeds_pad_on_the_side_the_manifest_names(tiny_bert, tmp_path, side):
         build_feeds(encodings, lengths, np.arange(3), width, ["input_ids"], 0, padding_side="middle")
 
 
-def _plan_by_loop(sorted_lengths, batch_size, pad_multiple=1, split_ratio=0.5, max_tokens=None, max_width=None):
-    """plan_batches as it was written before it searched instead of looping over items (the reference)."""
-    out, n, start = [], len(sorted_lengths), 0
-    while start < n:
-        width = max(int(sorted_lengths[start]), 1)
-        floor = width * split_ratio
-        padded = -(-width // pad_multiple) * pad_multiple
-        if max_width is not None:
-            padded = min(padded, max(width, max_width))
-        end, limit = start + 1, min(n, start + batch_size)
-        if max_tokens is not None:
-            limit = min(limit, start + max(1, max_tokens // padded))
-        while end < limit and sorted_lengths[end] >= floor:
-            end += 1
-        out.append((start, end, padded))
-        start = end
-    return out
-
-
 def test_batch_plans_are_those_of_the_item_loop():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ (also in the slim venv)
+    from benchmarks.feed import legacy_plan
+
     rng = np.random.default_rng(7)
     for _ in range(300):
         n = int(rng.integers(0, 400))
@@ -384,7 +369,7 @@ def test_batch_plans_are_those_of_the_item_loop():
         args = (int(rng.integers(1, 300)), int(rng.choice([1, 8])), float(rng.choice([0.5, 0.3, 1.0])))
         tokens = rng.choice([None, 64, 2048, 16384])
         width = rng.choice([None, 48, 512])
-        assert plan_batches(lengths, *args, max_tokens=tokens, max_width=width) == _plan_by_loop(
+        assert plan_batches(lengths, *args, max_tokens=tokens, max_width=width) == legacy_plan(
             lengths, *args, max_tokens=tokens, max_width=width
         )
 
