@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .packed import Packed
+
 _IDS = operator.attrgetter("ids")
 _TYPES = operator.attrgetter("type_ids")
 
@@ -142,19 +144,28 @@ def build_feeds(
     ``padding_side="left"`` a suffix, as decoder models such as Qwen3-Embedding pad; either way a boolean mask
     scatters the concatenation in place, row by row in order). ``zero_types``: the token type ids are known to
     be all zero (single texts), so they are not read back per item."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    typed = "token_type_ids" in inputs
+    if isinstance(encodings, Packed):  # flat ids: written by C (or one numpy gather)
+        ids, attention, types = encodings.padded(idx, width, pad_id, padding_side == "left", typed and not zero_types)
+        if typed and types is None:
+            types = np.zeros((len(idx), width), dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": attention}
+        if types is not None:
+            feeds["token_type_ids"] = types
+        return {k: feeds[k] for k in inputs}
     lens = lengths[idx]
     if padding_side == "left":
         mask = np.arange(width) >= width - lens[:, None]
-    elif padding_side == "right":
-        mask = np.arange(width) < lens[:, None]
     else:
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        mask = np.arange(width) < lens[:, None]
     total = int(lens.sum())
     chosen = [encodings[i] for i in idx.tolist()] if len(idx) < 2 else operator.itemgetter(*idx.tolist())(encodings)
     ids = np.full((len(idx), width), pad_id, dtype=np.int64)
     ids[mask] = np.fromiter(itertools.chain.from_iterable(map(_IDS, chosen)), dtype=np.int64, count=total)
     feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
-    if "token_type_ids" in inputs:
+    if typed:
         types = np.zeros((len(idx), width), dtype=np.int64)
         if not zero_types:
             types[mask] = np.fromiter(itertools.chain.from_iterable(map(_TYPES, chosen)), dtype=np.int64, count=total)
@@ -164,4 +175,6 @@ def build_feeds(
 
 def token_counts(encodings) -> np.ndarray:
     """Each encoding's token count, as int64 (read by C, not by a Python loop)."""
+    if isinstance(encodings, Packed):
+        return encodings.lengths
     return np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))

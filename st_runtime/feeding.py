@@ -23,6 +23,8 @@ import numpy as np
 from .errors import ManifestError
 from .fasttok import AsciiFastPath
 from .inputs import TokenItem
+from .nativetok import NativeWordPiece
+from .packed import Packed
 
 # a worker's chunk holds at least this many texts, or of plain texts this many characters (smaller calls are
 # tokenized in one piece, on the calling thread)
@@ -53,6 +55,13 @@ def load_tokenizer(folder: Path, info: Mapping[str, Any]):
         "'whitespace'). Upgrade st-runtime or re-export the model."
     )
 
+# per truncation: (the tokenizer, its ASCII fast path or None, its native form or None)
+Entry = tuple[Any, AsciiFastPath | None, NativeWordPiece | None]
+
+
+def _entry(tokenizer) -> Entry:
+    return tokenizer, AsciiFastPath.make(tokenizer), NativeWordPiece.make(tokenizer)
+
 
 class Tokenizers:
     """A tower's tokenizers: truncation is chosen per call (each maximum length and side has its own configured
@@ -70,7 +79,7 @@ class Tokenizers:
         base.no_padding()
         base = self._truncating(base, max_seq_length)
         # by truncation length, or (length, side) for the side other than the model's: (tokenizer, fast path)
-        self._entries: dict[Any, tuple[Any, AsciiFastPath | None]] = {max_seq_length: (base, AsciiFastPath.make(base))}
+        self._entries: dict[Any, Entry] = {max_seq_length: _entry(base)}
         self._lock = threading.Lock()
         self.threads = default_feed_threads() if threads is None else int(threads)
         if self.threads < 1:
@@ -92,10 +101,10 @@ class Tokenizers:
             )
         return tokenizer
 
-    def entry(self, max_len: int | None, direction: str | None = None) -> tuple[Any, AsciiFastPath | None]:
+    def entry(self, max_len: int | None, direction: str | None = None) -> Entry:
         """(a tokenizer truncating at ``max_len`` (None: not at all) on the side ``direction`` ("right" or "left";
-        None: the model's), its ASCII fast path or None), made once per length and side; the MAX_TRUNCATIONS most
-        recently made others are kept (a call holds its own reference)."""
+        None: the model's), its ASCII fast path or None, its native form or None), made once per length and side;
+        the MAX_TRUNCATIONS most recently made others are kept (a call holds its own reference)."""
         if direction is not None and direction not in ("right", "left"):
             raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
         key = max_len if direction in (None, self.side) else (max_len, direction)
@@ -104,8 +113,7 @@ class Tokenizers:
             with self._lock:
                 entry = self._entries.get(key)
                 if entry is None:
-                    tok = self._truncating(copy.deepcopy(self.tokenizer), max_len, direction)
-                    entry = (tok, AsciiFastPath.make(tok))
+                    entry = _entry(self._truncating(copy.deepcopy(self.tokenizer), max_len, direction))
                     others = [k for k in self._entries if k != self.max_seq_length]
                     if len(others) >= self.MAX_TRUNCATIONS:
                         del self._entries[others[0]]  # dicts keep insertion order: the oldest
@@ -115,7 +123,7 @@ class Tokenizers:
     def encode_fn(self, max_length: int | None, direction: str | None = None):
         """The function tokenizing a list of items (texts, (text, text_pair) tuples, TokenItems) as the model
         does, truncating at ``max_length`` on ``direction`` (None: the model's side)."""
-        tokenizer, fast = self.entry(max_length, direction)
+        tokenizer, fast, native = self.entry(max_length, direction)
         # encode_batch_fast (tokenizers 0.20+) skips the character offsets, which batching never reads
         method = "encode_batch_fast" if hasattr(tokenizer, "encode_batch_fast") else "encode_batch"
         options: dict[str, Any] = {} if self.add_special_tokens else {"add_special_tokens": False}
@@ -125,6 +133,8 @@ class Tokenizers:
             if fast is not None
             else functools.partial(getattr(tokenizer, method), **options)
         )
+        if native is not None:  # WordPiece texts natively (st_runtime.nativetok), the rest as above
+            encode = functools.partial(native.encode_all, encode, add_special_tokens=self.add_special_tokens)
         return functools.partial(
             _encode_items, functools.partial(self._spread, encode), max_length, direction or self.side
         )
@@ -144,17 +154,25 @@ class Tokenizers:
                     self._pool_pid = os.getpid()
         bounds = np.linspace(0, len(items), parts + 1).astype(np.int64).tolist()
         chunks = [items[a:b] for a, b in itertools.pairwise(bounds)]
-        return list(itertools.chain.from_iterable(self._pool.map(encode, chunks)))
+        done = list(self._pool.map(encode, chunks))
+        if all(isinstance(part, Packed) for part in done):
+            return Packed.join(done)
+        return list(itertools.chain.from_iterable(done))
 
 
-def _encode_items(encode, max_length: int | None, side: str, items: list) -> list:
+
+def _encode_items(encode, max_length: int | None, side: str, items: list):
     """``encode(items)`` where items may hold TokenItems (already tokenized): the texts are tokenized in one call
     and each TokenItem is passed through, cut to ``max_length`` on ``side``."""
     if TokenItem not in set(map(type, items)):
         return encode(items)
     at = [i for i, it in enumerate(items) if not isinstance(it, TokenItem)]
     out = [it.truncated(max_length, side) if isinstance(it, TokenItem) else None for it in items]
-    if at:
-        for i, enc in zip(at, encode([items[i] for i in at])):
-            out[i] = enc
+    encoded = encode([items[i] for i in at]) if at else []
+    if isinstance(encoded, Packed):  # the TokenItems packed beside the texts
+        given = [i for i, it in enumerate(out) if it is not None]
+        parts = [(np.asarray(at, dtype=np.int64), encoded), (np.asarray(given, dtype=np.int64), Packed.of([out[i] for i in given]))]
+        return Packed.scatter(len(items), parts)
+    for i, enc in zip(at, encoded):
+        out[i] = enc
     return out

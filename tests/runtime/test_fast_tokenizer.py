@@ -188,7 +188,7 @@ def test_embeddings_are_bit_identical_with_and_without_the_fast_path(tiny_bert):
     fast = SentenceEncoder(tiny_bert[1], feed_threads=3)
     plain = SentenceEncoder(tiny_bert[1], feed_threads=1)
     sets, entry = plain.text_tower.tokenizers, plain.text_tower.tokenizers.entry
-    sets.entry = lambda max_len, direction=None: (entry(max_len, direction)[0], None)  # the tokenizer alone
+    sets.entry = lambda max_len, direction=None: (entry(max_len, direction)[0], None, None)  # the tokenizer alone
     assert fast.text_tower.tokenizers.entry(fast.text_tower.max_seq_length)[1] is not None
     for kwargs in ({}, {"batch_size": 7}, {"max_seq_length": 9}):
         np.testing.assert_array_equal(fast.encode(texts, **kwargs), plain.encode(texts, **kwargs))

@@ -1,0 +1,557 @@
+/* st_runtime._wordpiece: BERT-style WordPiece tokenization of ASCII texts into flat token id arrays, without the
+ * interpreter lock (see st_runtime/nativetok.py, which decides when a tokenizer may use it and checks it against
+ * the tokenizer itself before it does).
+ *
+ * Per text, in order: the normalizer's ASCII steps (delete control characters but tab, newline and carriage
+ * return, which become spaces; lowercase), a check for added tokens' contents (a text holding one, in any letter
+ * case, before or after those steps, is left to the tokenizer: flag 0), BertPreTokenizer's ASCII form (split at
+ * whitespace, isolate each ASCII punctuation character), WordPiece's greedy longest-match-first (a word longer
+ * than max_input_chars_per_word, or with a part no vocabulary entry matches, is the unknown token), truncation to
+ * a number of tokens from the right or the left, and the special tokens around the text.
+ *
+ * encode() reads the texts' characters under the interpreter lock (each text is kept alive by a reference), then
+ * releases it for the work: threads encoding different chunks run in parallel. It returns three bytes objects:
+ * the token ids (int32, every text's ids one after another), each text's token count (int64) and each text's flag
+ * (uint8: 1 tokenized here, 0 left to the tokenizer, with no ids). */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint32_t hash;
+    uint32_t key; /* offset in the arena */
+    uint32_t len;
+    int32_t id;
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    uint32_t mask; /* capacity - 1 (a power of two) */
+    uint32_t longest;
+} Table;
+
+typedef struct {
+    PyObject_HEAD
+    char *arena;
+    size_t arena_len;
+    Table words;     /* every ASCII vocabulary entry as it is */
+    Table pieces;    /* entries starting with the continuing-subword prefix, without it */
+    int32_t unk;
+    Py_ssize_t max_chars;
+    int lower;
+    int clean;
+    int prefixed; /* a non-empty continuing-subword prefix: pieces after the first are looked up in `pieces` */
+    /* added tokens' contents, lowercased ASCII, joined in the arena; by first byte */
+    uint32_t *added_off;
+    uint32_t *added_len;
+    Py_ssize_t n_added;
+    uint8_t first[256];
+} WordPiece;
+
+static uint32_t fnv(const char *s, size_t n) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (uint8_t)s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static int32_t lookup(const WordPiece *wp, const Table *t, const char *s, size_t n) {
+    if (n > t->longest || t->slots == NULL) return -1;
+    uint32_t h = fnv(s, n);
+    for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
+        const Slot *slot = &t->slots[i];
+        if (slot->len == 0) return -1;
+        if (slot->hash == h && slot->len == n && memcmp(wp->arena + slot->key, s, n) == 0) return slot->id;
+    }
+}
+
+static void put(WordPiece *wp, Table *t, uint32_t key, uint32_t n, int32_t id) {
+    uint32_t h = fnv(wp->arena + key, n);
+    for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
+        Slot *slot = &t->slots[i];
+        if (slot->len == 0) {
+            slot->hash = h;
+            slot->key = key;
+            slot->len = n;
+            slot->id = id;
+            if (n > t->longest) t->longest = n;
+            return;
+        }
+        if (slot->hash == h && slot->len == n && memcmp(wp->arena + slot->key, wp->arena + key, n) == 0) return;
+    }
+}
+
+static int table_init(Table *t, Py_ssize_t entries) {
+    uint32_t cap = 16;
+    while (cap < 2 * (uint64_t)entries + 2) cap <<= 1;
+    t->slots = calloc(cap, sizeof(Slot));
+    t->mask = cap - 1;
+    t->longest = 0;
+    return t->slots != NULL;
+}
+
+static void wp_dealloc(WordPiece *wp) {
+    free(wp->arena);
+    free(wp->words.slots);
+    free(wp->pieces.slots);
+    free(wp->added_off);
+    free(wp->added_len);
+    Py_TYPE(wp)->tp_free((PyObject *)wp);
+}
+
+/* the ASCII bytes of a str, or NULL (not a str, or not ASCII) */
+static const char *ascii_of(PyObject *s, Py_ssize_t *n) {
+    if (!PyUnicode_Check(s) || !PyUnicode_IS_ASCII(s)) return NULL;
+    *n = PyUnicode_GET_LENGTH(s);
+    return (const char *)PyUnicode_1BYTE_DATA(s);
+}
+
+static int append_arena(WordPiece *wp, size_t *cap, const char *s, size_t n, uint32_t *at) {
+    if (wp->arena_len + n > UINT32_MAX) return 0;
+    if (wp->arena_len + n > *cap) {
+        size_t grown = (*cap ? *cap * 2 : 4096);
+        while (grown < wp->arena_len + n) grown *= 2;
+        char *arena = realloc(wp->arena, grown);
+        if (arena == NULL) return 0;
+        wp->arena = arena;
+        *cap = grown;
+    }
+    memcpy(wp->arena + wp->arena_len, s, n);
+    *at = (uint32_t)wp->arena_len;
+    wp->arena_len += n;
+    return 1;
+}
+
+static int wp_init(WordPiece *wp, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"vocab", "unk_id", "prefix", "max_chars", "lower", "clean", "added", NULL};
+    PyObject *vocab, *added;
+    const char *prefix;
+    Py_ssize_t prefix_len;
+    int unk;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!is#nppO!", names, &PyDict_Type, &vocab, &unk, &prefix,
+                                     &prefix_len, &wp->max_chars, &wp->lower, &wp->clean, &PyList_Type, &added))
+        return -1;
+    if (wp->words.slots != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "WordPiece is initialized once");
+        return -1;
+    }
+    wp->unk = unk;
+    wp->prefixed = prefix_len > 0;
+    Py_ssize_t entries = PyDict_Size(vocab);
+    if (!table_init(&wp->words, entries) || !table_init(&wp->pieces, entries)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t cap = 0;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(vocab, &pos, &key, &value)) {
+        Py_ssize_t n;
+        const char *s = ascii_of(key, &n);
+        if (s == NULL || n == 0) continue; /* ASCII text never matches another entry */
+        long id = PyLong_AsLong(value);
+        if (id == -1 && PyErr_Occurred()) return -1;
+        uint32_t at;
+        if (!append_arena(wp, &cap, s, (size_t)n, &at)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        put(wp, &wp->words, at, (uint32_t)n, (int32_t)id);
+        if (prefix_len > 0 && n > prefix_len && memcmp(s, prefix, prefix_len) == 0)
+            put(wp, &wp->pieces, at + (uint32_t)prefix_len, (uint32_t)(n - prefix_len), (int32_t)id);
+    }
+    wp->n_added = PyList_GET_SIZE(added);
+    wp->added_off = calloc(wp->n_added + 1, sizeof(uint32_t));
+    wp->added_len = calloc(wp->n_added + 1, sizeof(uint32_t));
+    if (wp->added_off == NULL || wp->added_len == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(wp->first, 0, sizeof(wp->first));
+    for (Py_ssize_t i = 0; i < wp->n_added; i++) {
+        Py_ssize_t n;
+        const char *s = ascii_of(PyList_GET_ITEM(added, i), &n);
+        if (s == NULL || n == 0) {
+            PyErr_SetString(PyExc_ValueError, "added token contents must be non-empty ASCII strings");
+            return -1;
+        }
+        if (!append_arena(wp, &cap, s, (size_t)n, &wp->added_off[i])) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        wp->added_len[i] = (uint32_t)n;
+        for (Py_ssize_t j = 0; j < n; j++) /* stored lowercased */
+            if (wp->arena[wp->added_off[i] + j] >= 'A' && wp->arena[wp->added_off[i] + j] <= 'Z')
+                wp->arena[wp->added_off[i] + j] += 32;
+        wp->first[(uint8_t)wp->arena[wp->added_off[i]]] = 1;
+    }
+    return 0;
+}
+
+static inline char lowered(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c; }
+
+/* whether s[0:n] holds an added token's content in any letter case */
+static int holds_added(const WordPiece *wp, const char *s, size_t n) {
+    if (wp->n_added == 0) return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!wp->first[(uint8_t)lowered(s[i])]) continue;
+        for (Py_ssize_t k = 0; k < wp->n_added; k++) {
+            size_t m = wp->added_len[k];
+            if (m > n - i) continue;
+            const char *c = wp->arena + wp->added_off[k];
+            size_t j = 0;
+            while (j < m && lowered(s[i + j]) == c[j]) j++;
+            if (j == m) return 1;
+        }
+    }
+    return 0;
+}
+
+static inline int is_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13); }
+
+static inline int is_punct(uint8_t c) {
+    return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
+}
+
+typedef struct {
+    int32_t *ids;
+    size_t len, cap;
+} Ids;
+
+static int push(Ids *out, int32_t id) {
+    if (out->len == out->cap) {
+        size_t cap = out->cap ? out->cap * 2 : 1024;
+        int32_t *ids = realloc(out->ids, cap * sizeof(int32_t));
+        if (ids == NULL) return 0;
+        out->ids = ids;
+        out->cap = cap;
+    }
+    out->ids[out->len++] = id;
+    return 1;
+}
+
+/* one word's pieces appended to out; 0 when out of memory */
+static int word_pieces(const WordPiece *wp, const char *w, size_t n, Ids *out) {
+    if ((Py_ssize_t)n > wp->max_chars) return push(out, wp->unk);
+    size_t mark = out->len, start = 0;
+    while (start < n) {
+        const Table *t = start && wp->prefixed ? &wp->pieces : &wp->words;
+        size_t end = n - start > t->longest ? start + t->longest : n;
+        int32_t id = -1;
+        for (; end > start; end--) {
+            id = lookup(wp, t, w + start, end - start);
+            if (id >= 0) break;
+        }
+        if (id < 0) {
+            out->len = mark;
+            return push(out, wp->unk);
+        }
+        if (!push(out, id)) return 0;
+        start = end;
+    }
+    return 1;
+}
+
+/* the text's ids (after normalization) appended to out, stopping once `stop` ids are there (stop < 0: never);
+ * 0 when out of memory */
+static int tokenize(const WordPiece *wp, const char *s, size_t n, Ids *out, Py_ssize_t stop) {
+    size_t base = out->len;
+    size_t i = 0;
+    while (i < n) {
+        if (stop >= 0 && (Py_ssize_t)(out->len - base) >= stop) break;
+        uint8_t c = (uint8_t)s[i];
+        if (is_space(c)) {
+            i++;
+            continue;
+        }
+        size_t j = i;
+        if (is_punct(c))
+            j = i + 1;
+        else
+            while (j < n && !is_space((uint8_t)s[j]) && !is_punct((uint8_t)s[j])) j++;
+        if (!word_pieces(wp, s + i, j - i, out)) return 0;
+        i = j;
+    }
+    if (stop >= 0 && (Py_ssize_t)(out->len - base) > stop) out->len = base + (size_t)stop;
+    return 1;
+}
+
+/* the normalizer's ASCII steps into buf (room for n bytes); the normalized length */
+static size_t normalize(const WordPiece *wp, const char *s, size_t n, char *buf) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (wp->clean) {
+            if (c == '\t' || c == '\n' || c == '\r')
+                c = ' ';
+            else if ((uint8_t)c < 32 || c == 127)
+                continue;
+        }
+        buf[k++] = wp->lower ? lowered(c) : c;
+    }
+    return k;
+}
+
+typedef struct {
+    PyObject **items;
+    Py_ssize_t count;
+    Py_ssize_t budget; /* tokens of the text kept (-1: all) */
+    int left;
+    const int32_t *head, *tail;
+    Py_ssize_t n_head, n_tail;
+    Ids out;
+    int64_t *lengths;
+    uint8_t *ok;
+} Job;
+
+/* the work of encode(), without the interpreter lock; 0 when out of memory */
+static int run(const WordPiece *wp, Job *job) {
+    char *buf = NULL;
+    size_t buf_cap = 0;
+    Ids text = {NULL, 0, 0};
+    int fine = 1;
+    for (Py_ssize_t t = 0; t < job->count && fine; t++) {
+        job->lengths[t] = 0;
+        job->ok[t] = 0;
+        Py_ssize_t n;
+        const char *s = ascii_of(job->items[t], &n);
+        if (s == NULL) continue;
+        if (holds_added(wp, s, (size_t)n)) continue;
+        const char *norm = s;
+        size_t m = (size_t)n;
+        if (wp->clean || wp->lower) {
+            if ((size_t)n > buf_cap) {
+                free(buf);
+                buf_cap = (size_t)n * 2 + 64;
+                buf = malloc(buf_cap);
+                if (buf == NULL) {
+                    fine = 0;
+                    break;
+                }
+            }
+            m = normalize(wp, s, (size_t)n, buf);
+            norm = buf;
+            if (holds_added(wp, norm, m)) continue;
+        }
+        size_t before = job->out.len;
+        for (Py_ssize_t k = 0; k < job->n_head && fine; k++) fine = push(&job->out, job->head[k]);
+        if (!fine) break;
+        if (job->budget >= 0 && job->left) { /* the last `budget` tokens: tokenize all, keep the end */
+            text.len = 0;
+            if (!tokenize(wp, norm, m, &text, -1)) {
+                fine = 0;
+                break;
+            }
+            size_t from = text.len > (size_t)job->budget ? text.len - (size_t)job->budget : 0;
+            for (size_t k = from; k < text.len && fine; k++) fine = push(&job->out, text.ids[k]);
+        } else {
+            fine = tokenize(wp, norm, m, &job->out, job->budget);
+        }
+        for (Py_ssize_t k = 0; k < job->n_tail && fine; k++) fine = push(&job->out, job->tail[k]);
+        job->lengths[t] = (int64_t)(job->out.len - before);
+        job->ok[t] = 1;
+    }
+    free(buf);
+    free(text.ids);
+    return fine;
+}
+
+static int32_t *int_list(PyObject *list, Py_ssize_t *n) {
+    *n = PyList_GET_SIZE(list);
+    int32_t *out = malloc((*n + 1) * sizeof(int32_t));
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        long v = PyLong_AsLong(PyList_GET_ITEM(list, i));
+        if (v == -1 && PyErr_Occurred()) {
+            free(out);
+            return NULL;
+        }
+        out[i] = (int32_t)v;
+    }
+    return out;
+}
+
+static PyObject *wp_encode(WordPiece *wp, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"texts", "budget", "left", "head", "tail", NULL};
+    PyObject *texts, *head, *tail;
+    Job job;
+    memset(&job, 0, sizeof(job));
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!npO!O!", names, &PyList_Type, &texts, &job.budget, &job.left,
+                                     &PyList_Type, &head, &PyList_Type, &tail))
+        return NULL;
+    if (wp->words.slots == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "WordPiece was not initialized");
+        return NULL;
+    }
+    job.count = PyList_GET_SIZE(texts);
+    int32_t *h = int_list(head, &job.n_head);
+    int32_t *tl = h ? int_list(tail, &job.n_tail) : NULL;
+    job.items = PyMem_Malloc((job.count + 1) * sizeof(PyObject *));
+    job.lengths = PyMem_Malloc((job.count + 1) * sizeof(int64_t));
+    job.ok = PyMem_Malloc(job.count + 1);
+    PyObject *result = NULL;
+    if (h == NULL || tl == NULL || job.items == NULL || job.lengths == NULL || job.ok == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    job.head = h;
+    job.tail = tl;
+    for (Py_ssize_t i = 0; i < job.count; i++) { /* each text stays alive while the lock is released */
+        job.items[i] = PyList_GET_ITEM(texts, i);
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_Check(job.items[i]) && PyUnicode_READY(job.items[i]) < 0) {
+            for (Py_ssize_t k = 0; k < i; k++) Py_DECREF(job.items[k]);
+            goto done;
+        }
+#endif
+        Py_INCREF(job.items[i]);
+    }
+    int fine;
+    Py_BEGIN_ALLOW_THREADS
+    fine = run(wp, &job);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < job.count; i++) Py_DECREF(job.items[i]);
+    if (!fine) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* (y# of a NULL pointer is None, not an empty bytes) */
+    result = Py_BuildValue("(y#y#y#)", job.out.ids ? (const char *)job.out.ids : "", (Py_ssize_t)(job.out.len * sizeof(int32_t)),
+                           (const char *)job.lengths, (Py_ssize_t)(job.count * sizeof(int64_t)),
+                           (const char *)job.ok, job.count);
+done:
+    free(h);
+    free(tl);
+    free(job.out.ids);
+    PyMem_Free(job.items);
+    PyMem_Free(job.lengths);
+    PyMem_Free(job.ok);
+    return result;
+}
+
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return 0;
+    if (view->itemsize != itemsize && !(itemsize == 0 && (view->itemsize == 4 || view->itemsize == 8))) {
+        PyErr_Format(PyExc_ValueError, "%s: expected items of %zd bytes, got %zd", what, itemsize, view->itemsize);
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *fill(PyObject *self, PyObject *args) {
+    PyObject *ids_o, *bounds_o, *idx_o, *out_o, *mask_o, *types_o, *out_types_o;
+    Py_ssize_t width;
+    long long pad;
+    int left;
+    if (!PyArg_ParseTuple(args, "OOOnLpOOOO", &ids_o, &bounds_o, &idx_o, &width, &pad, &left, &out_o, &mask_o,
+                          &types_o, &out_types_o))
+        return NULL;
+    Py_buffer ids, bounds, idx, out, mask, types, out_types;
+    int typed = types_o != Py_None && out_types_o != Py_None;
+    int got = 0;
+    if (get_buffer(ids_o, &ids, 0, 0, "ids")) got++; else goto done;
+    if (get_buffer(bounds_o, &bounds, 0, 8, "bounds")) got++; else goto done;
+    if (get_buffer(idx_o, &idx, 0, 8, "idx")) got++; else goto done;
+    if (get_buffer(out_o, &out, 1, 8, "out")) got++; else goto done;
+    if (get_buffer(mask_o, &mask, 1, 8, "mask")) got++; else goto done;
+    if (typed) {
+        if (get_buffer(types_o, &types, 0, 8, "types")) got++; else goto done;
+        if (get_buffer(out_types_o, &out_types, 1, 8, "out_types")) got++; else goto done;
+    }
+    Py_ssize_t rows = idx.len / 8, n_items = bounds.len / 8 - 1, n_ids = ids.len / ids.itemsize;
+    const int64_t *b = bounds.buf, *at = idx.buf;
+    if (out.len != rows * width * 8 || mask.len != out.len || (typed && (out_types.len != out.len ||
+                                                                          types.len / 8 != n_ids))) {
+        PyErr_SetString(PyExc_ValueError, "fill: output arrays must be [len(idx), width] and types like ids");
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        if (at[r] < 0 || at[r] >= n_items || b[at[r]] < 0 || b[at[r] + 1] > n_ids || b[at[r] + 1] < b[at[r]] ||
+            b[at[r] + 1] - b[at[r]] > width) {
+            PyErr_Format(PyExc_ValueError, "fill: item %lld is out of range or wider than %zd", (long long)at[r],
+                         width);
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    int64_t *o = out.buf, *m = mask.buf, *ot = typed ? out_types.buf : NULL;
+    const int64_t *ts = typed ? types.buf : NULL;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        int64_t s = b[at[r]], n = b[at[r] + 1] - s;
+        int64_t *row = o + r * width, *mrow = m + r * width, *trow = typed ? ot + r * width : NULL;
+        Py_ssize_t first = left ? width - (Py_ssize_t)n : 0; /* where the tokens start */
+        for (Py_ssize_t c = 0; c < width; c++) {
+            row[c] = pad;
+            mrow[c] = 0;
+            if (trow) trow[c] = 0;
+        }
+        if (ids.itemsize == 4) {
+            const int32_t *src = (const int32_t *)ids.buf + s;
+            for (int64_t k = 0; k < n; k++) row[first + k] = src[k];
+        } else {
+            memcpy(row + first, (const int64_t *)ids.buf + s, (size_t)n * 8);
+        }
+        for (int64_t k = 0; k < n; k++) mrow[first + k] = 1;
+        if (trow) memcpy(trow + first, ts + s, (size_t)n * 8);
+    }
+    Py_END_ALLOW_THREADS
+    got = -got; /* success: release what was taken, return None */
+done:;
+    int taken = got < 0 ? -got : got;
+    Py_buffer *views[] = {&ids, &bounds, &idx, &out, &mask, &types, &out_types};
+    for (int i = 0; i < taken; i++) PyBuffer_Release(views[i]);
+    if (got < 0) Py_RETURN_NONE;
+    return NULL;
+}
+
+static PyMethodDef wp_methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))wp_encode, METH_VARARGS | METH_KEYWORDS,
+     "encode(texts, budget, left, head, tail) -> (ids int32 bytes, lengths int64 bytes, flags uint8 bytes)\n\n"
+     "Tokenize a list of texts: each text's tokens, truncated to `budget` (-1: all) from the right (left=False: "
+     "the first ones kept) or the left, between the ids `head` and `tail`. A text that is not ASCII or holds an "
+     "added token's content gets flag 0 and no ids."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject WordPieceType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "st_runtime._wordpiece.WordPiece",
+    .tp_basicsize = sizeof(WordPiece),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "WordPiece(vocab, unk_id, prefix, max_chars, lower, clean, added): a WordPiece vocabulary for "
+              "ASCII texts (see the module).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)wp_init,
+    .tp_dealloc = (destructor)wp_dealloc,
+    .tp_methods = wp_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"fill", fill, METH_VARARGS,
+     "fill(ids, bounds, idx, width, pad_id, left, out, mask, types, out_types) -> None\n\n"
+     "Write the items idx of flat token ids (int32 or int64; item i is ids[bounds[i]:bounds[i+1]]) into the "
+     "[len(idx), width] int64 arrays out (padded with pad_id, on the left when left) and mask (1 at tokens), and "
+     "their type ids (int64, like ids) into out_types unless types is None; without the interpreter lock."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wordpiece",
+                                    "BERT-style WordPiece on ASCII texts without the interpreter lock.", -1,
+                                    module_methods};
+
+PyMODINIT_FUNC PyInit__wordpiece(void) {
+    if (PyType_Ready(&WordPieceType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&WordPieceType);
+    if (PyModule_AddObject(m, "WordPiece", (PyObject *)&WordPieceType) < 0) {
+        Py_DECREF(&WordPieceType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
