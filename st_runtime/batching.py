@@ -156,10 +156,8 @@ def build_feeds(
             feeds["token_type_ids"] = types
         return {k: feeds[k] for k in inputs}
     lens = lengths[idx]
-    if padding_side == "left":
-        mask = np.arange(width) >= width - lens[:, None]
-    else:
-        mask = np.arange(width) < lens[:, None]
+    columns = np.arange(width)
+    mask = columns >= width - lens[:, None] if padding_side == "left" else columns < lens[:, None]
     total = int(lens.sum())
     chosen = [encodings[i] for i in idx.tolist()] if len(idx) < 2 else operator.itemgetter(*idx.tolist())(encodings)
     ids = np.full((len(idx), width), pad_id, dtype=np.int64)

@@ -13,7 +13,7 @@ import functools
 import itertools
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ def load_tokenizer(folder: Path, info: Mapping[str, Any]):
         f"tokenizer kind {kind!r} in {folder} is unknown to this st-runtime (it knows 'hf' and "
         "'whitespace'). Upgrade st-runtime or re-export the model."
     )
+
 
 # per truncation: (the tokenizer, its ASCII fast path or None, its native form or None)
 Entry = tuple[Any, AsciiFastPath | None, NativeWordPiece | None]
@@ -128,7 +129,7 @@ class Tokenizers:
         method = "encode_batch_fast" if hasattr(tokenizer, "encode_batch_fast") else "encode_batch"
         options: dict[str, Any] = {} if self.add_special_tokens else {"add_special_tokens": False}
         # ASCII texts take the fast path where the tokenizer has one (the same ids: st_runtime.fasttok)
-        encode = (
+        encode: Callable[[list], Sequence] = (
             functools.partial(fast.encode, method=method, **options)
             if fast is not None
             else functools.partial(getattr(tokenizer, method), **options)
@@ -139,7 +140,7 @@ class Tokenizers:
             _encode_items, functools.partial(self._spread, encode), max_length, direction or self.side
         )
 
-    def _spread(self, encode, items: list) -> list:
+    def _spread(self, encode, items: list) -> Sequence:
         """``encode(items)``, in one contiguous chunk per worker thread when the call is large enough."""
         if self.threads == 1 or len(items) < 2:
             return encode(items)
@@ -160,7 +161,6 @@ class Tokenizers:
         return list(itertools.chain.from_iterable(done))
 
 
-
 def _encode_items(encode, max_length: int | None, side: str, items: list):
     """``encode(items)`` where items may hold TokenItems (already tokenized): the texts are tokenized in one call
     and each TokenItem is passed through, cut to ``max_length`` on ``side``."""
@@ -171,7 +171,7 @@ def _encode_items(encode, max_length: int | None, side: str, items: list):
     encoded = encode([items[i] for i in at]) if at else []
     if isinstance(encoded, Packed):  # the TokenItems packed beside the texts
         given = [i for i, it in enumerate(out) if it is not None]
-        parts = [(np.asarray(at, dtype=np.int64), encoded), (np.asarray(given, dtype=np.int64), Packed.of([out[i] for i in given]))]
+        parts = [(np.asarray(at, np.int64), encoded), (np.asarray(given, np.int64), Packed.of([out[i] for i in given]))]
         return Packed.scatter(len(items), parts)
     for i, enc in zip(at, encoded):
         out[i] = enc

@@ -21,15 +21,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from .fasttok import _battery, ascii_steps
 from .packed import Packed
 
 try:
-    from . import _wordpiece  # type: ignore[attr-defined]
+    from . import _wordpiece
 except ImportError:  # built without a C compiler: the tokenizer alone
-    _wordpiece = None
+    _wordpiece = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 _NATIVE_STEPS = {("clean",), ("lower",)}
@@ -73,7 +74,7 @@ class NativeWordPiece:
             return None
         frame = _frame(tokenizer)
         vocab = tokenizer.get_vocab(with_added_tokens=True)
-        unk = vocab.get(model.get("unk_token"))
+        unk = vocab.get(str(model.get("unk_token")))
         if frame is None or unk is None:
             return None
         head, tail = frame
@@ -116,7 +117,8 @@ class NativeWordPiece:
         return Packed.scatter(len(items), [(done, packed.take(done)), (rest, others)])
 
     def _agrees(self, tokenizer) -> bool:
-        texts = _battery() + [
+        texts = [
+            *_battery(),
             "[MASK] [mask] [Mask]ed x[cls]y <s> </s> <mask>",
             "a[UN\x00K]b",
             "pre##fix ## #word ##",
@@ -136,7 +138,7 @@ class NativeWordPiece:
 def _frame(tokenizer) -> tuple[list[int], list[int]] | None:
     """(the ids before a single text, the ids after it) that the post-processor adds; None where it does anything
     else to it (type ids other than 0, or ids not around the text)."""
-    probe = "hello world"
+    probe = "a"  # one token, so that a short truncation keeps it
     bare = tokenizer.encode(probe, add_special_tokens=False).ids
     full = tokenizer.encode(probe)
     if any(full.type_ids) or not bare:

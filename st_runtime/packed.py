@@ -12,9 +12,9 @@ from typing import Any, overload
 import numpy as np
 
 try:
-    from ._wordpiece import fill as _fill  # type: ignore[import-not-found]
+    from ._wordpiece import fill as _fill
 except ImportError:  # built without a C compiler: numpy's gather
-    _fill = None
+    _fill = None  # type: ignore[assignment]
 
 _IDS = operator.attrgetter("ids")
 _TYPES = operator.attrgetter("type_ids")
@@ -48,7 +48,7 @@ class Packed(Sequence):
     """Tokenized items: ``ids`` (int32 or int64, every item's ids in order), ``bounds`` (int64, item i's ids are
     ``ids[bounds[i]:bounds[i + 1]]``) and ``type_ids`` (flat like ids; None: all zero)."""
 
-    __slots__ = ("ids", "bounds", "type_ids")
+    __slots__ = ("bounds", "ids", "type_ids")
 
     def __init__(self, ids: np.ndarray, bounds: np.ndarray, type_ids: np.ndarray | None = None):
         self.ids = ids
@@ -120,7 +120,7 @@ class Packed(Sequence):
         out_types = np.empty(shape, dtype=np.int64) if typed else None
         if _fill is not None:  # C, without the interpreter lock
             src = np.ascontiguousarray(self.ids)
-            _fill(src, self.bounds, idx, width, pad_id, left, ids, mask, types, out_types if types is not None else None)
+            _fill(src, self.bounds, idx, width, pad_id, left, ids, mask, types, None if types is None else out_types)
             if out_types is not None and types is None:
                 out_types.fill(0)
             return ids, mask, out_types

@@ -1,0 +1,30 @@
+# The C extension st_runtime._wordpiece (st_runtime/_wordpiece.c); see st_runtime/nativetok.py.
+from typing import Any
+
+class WordPiece:
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        unk_id: int,
+        prefix: str,
+        max_chars: int,
+        lower: bool,
+        clean: bool,
+        added: list[str],
+    ) -> None: ...
+    def encode(
+        self, texts: list[Any], budget: int, left: bool, head: list[int], tail: list[int]
+    ) -> tuple[bytes, bytes, bytes]: ...
+
+def fill(
+    ids: Any,
+    bounds: Any,
+    idx: Any,
+    width: int,
+    pad_id: int,
+    left: bool,
+    out: Any,
+    mask: Any,
+    types: Any | None,
+    out_types: Any | None,
+) -> None: ...
