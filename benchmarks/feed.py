@@ -85,7 +85,9 @@ def new_path(tokenizers, texts: list[str], inputs: list[str], pad_id: int) -> li
     lengths = token_counts(encodings)
     order = np.argsort(-lengths, kind="stable")
     plan = plan_batches(lengths[order], BATCH, max_tokens=TOKENS)
-    return [build_feeds(encodings, lengths, order[s:e], w, inputs, pad_id, True) for s, e, w in plan]
+    # the batches' arrays built on the feed threads, as a GPU tower builds them (TextTower._embed_encoded)
+    calls = [(encodings, lengths, order[s:e], w, inputs, pad_id, True) for s, e, w in plan]
+    return list(tokenizers.ahead(build_feeds, calls))
 
 
 def _worker(model: Path, threads: int, rounds: int) -> dict:

@@ -8,12 +8,13 @@ The chunks are contiguous and joined in order, so the encodings are those of one
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import itertools
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,30 @@ class Tokenizers:
             _encode_items, functools.partial(self._spread, encode), max_length, direction or self.side
         )
 
+    def _ensure_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_pid != os.getpid():  # a forked child gets a pool of its own
+            with self._lock:
+                if self._pool is None or self._pool_pid != os.getpid():
+                    self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="st-tokenize")
+                    self._pool_pid = os.getpid()
+        return self._pool
+
+    def ahead(self, fn: Callable, calls: Sequence[tuple]) -> Iterator:
+        """``fn(*args)`` for each of ``calls``, in order, the next ones made on the feed threads while the caller
+        uses this one (at most ``threads`` ahead): the batches' input arrays (written by C without the interpreter
+        lock, st_runtime.packed) are built in parallel and overlap the device's runs. One thread: in line."""
+        if self.threads == 1 or len(calls) < 2:
+            yield from (fn(*args) for args in calls)
+            return
+        pool = self._ensure_pool()
+        pending: collections.deque = collections.deque()
+        for args in calls:
+            pending.append(pool.submit(fn, *args))
+            if len(pending) > self.threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
     def _spread(self, encode, items: list) -> Sequence:
         """``encode(items)``, in one contiguous chunk per worker thread when the call is large enough."""
         if self.threads == 1 or len(items) < 2:
@@ -148,14 +173,10 @@ class Tokenizers:
         parts = min(self.threads, len(items), max(len(items) // MIN_CHUNK, chars // MIN_CHUNK_CHARS))
         if parts <= 1:
             return encode(items)
-        if self._pool is None or self._pool_pid != os.getpid():  # a forked child gets a pool of its own
-            with self._lock:
-                if self._pool is None or self._pool_pid != os.getpid():
-                    self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="st-tokenize")
-                    self._pool_pid = os.getpid()
+        pool = self._ensure_pool()
         bounds = np.linspace(0, len(items), parts + 1).astype(np.int64).tolist()
         chunks = [items[a:b] for a, b in itertools.pairwise(bounds)]
-        done = list(self._pool.map(encode, chunks))
+        done = list(pool.map(encode, chunks))
         if all(isinstance(part, Packed) for part in done):
             return Packed.join(done)
         return list(itertools.chain.from_iterable(done))

@@ -277,14 +277,10 @@ class TextTower:
                 if progress is not None:
                     progress(end - start)
             return
-        # GPU: build the next batch's arrays while onnxruntime (which releases the GIL) runs this one.
-        s0, e0, w0 = batches[0]
-        nxt = self._prefetch.submit(self.feeds, encodings, lengths, order[s0:e0], w0, zero_types)
-        for k, (start, end, _width) in enumerate(batches):
-            feeds = nxt.result()
-            if k + 1 < len(batches):
-                s2, e2, w2 = batches[k + 1]
-                nxt = self._prefetch.submit(self.feeds, encodings, lengths, order[s2:e2], w2, zero_types)
+        # GPU: the next batches' arrays are built on the feed threads (C, without the interpreter lock) while
+        # onnxruntime (which releases it too) runs this one
+        calls = [(encodings, lengths, order[s:e], w, zero_types) for s, e, w in batches]
+        for (start, end, _width), feeds in zip(batches, self.tokenizers.ahead(self.feeds, calls), strict=True):
             out[order[start:end]] = self._run(feeds, output)
             if progress is not None:
                 progress(end - start)

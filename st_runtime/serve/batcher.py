@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ import numpy as np
 
 from ..batching import token_counts
 from ..kinds import Prepared
+from ..packed import join, take
 from .errors import RequestError
 from .grouping import Scatter, length_groups
 
@@ -66,7 +67,7 @@ class Job:
     images: list[Any] = field(default_factory=list)
     cancelled: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
-    encodings: list | None = None
+    encodings: Sequence | None = None
     tokens: np.ndarray | None = None
     tokenize_s: float = 0.0
     queue_s: float = 0.0
@@ -327,7 +328,7 @@ class Batcher:
             index = list(range(len(job.images)))
             rows = self.model.run(Prepared([], images=job.images, image_index=index))
             return [(rows, np.zeros(len(job.images), dtype=np.int64))], 0
-        encodings = [e for j in jobs for e in (j.encodings or ())]
+        encodings = join([j.encodings for j in jobs if j.encodings])
         out = self.kind.new_rows(self.model, len(encodings))
         pairs = any(j.pairs for j in jobs)
         output = self.model.row_output(jobs[0].unnormalized)  # _take batches jobs of one kind of rows
@@ -335,9 +336,9 @@ class Batcher:
         groups = None
         if len(jobs) > 1 and not tower.on_gpu:  # a request alone keeps encode's batches (grouping.py)
             groups = length_groups(token_counts(encodings), tower.policy.budget, tower.policy.auto_batch_size)
-        parts: list[tuple[list, Any]] = [(encodings, out)]
+        parts: list[tuple[Sequence, Any]] = [(encodings, out)]
         if groups is not None:
-            parts = [([encodings[i] for i in idx], Scatter(out, idx)) for idx in groups]
+            parts = [(take(encodings, idx), Scatter(out, idx)) for idx in groups]
         for part, rows in parts:
             tower.embed_encoded(part, rows, max_length=tower.max_seq_length, pairs=pairs, output=output)
         results: list[tuple[Any, np.ndarray]] = []
