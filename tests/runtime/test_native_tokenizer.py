@@ -196,3 +196,27 @@ def test_fill_refuses_arrays_of_the_wrong_shape():
         fill(packed.ids, packed.bounds, np.array([0]), 3, 0, False, out, out.copy(), None, None)
     with pytest.raises(ValueError, match="bytes"):
         fill(packed.ids, packed.bounds, np.array([0], dtype=np.int32), 2, 0, False, out, out.copy(), None, None)
+
+
+def test_a_gpu_tower_builds_its_batches_on_the_feed_threads_with_the_same_rows(tiny_bert):
+    """On a GPU the next batches' arrays are built on the feed threads while the device runs (Tokenizers.ahead):
+    the same rows as built in line, in input order, for a call of many batches, native and not."""
+    from st_runtime import SentenceEncoder
+
+    gen, docs = make_corpus(n_queries=400, n_passages=40), docs_corpus(n_queries=100, n_passages=20)
+    texts = gen["queries"] + docs["passages"] + EDGES + gen["passages"] + docs["queries"]
+    enc = SentenceEncoder(tiny_bert[1], feed_threads=3)
+    assert enc.text_tower.tokenizers.entry(enc.text_tower.max_seq_length)[2] is not None  # native
+    expected = enc.encode(texts, batch_size=16)
+    built: list[int] = []
+    feeds = enc.text_tower.feeds
+
+    def spy(*args, **kwargs):
+        built.append(threading.get_ident())
+        return feeds(*args, **kwargs)
+
+    enc.text_tower.feeds = spy
+    enc.text_tower.on_gpu = True  # as on CUDA (the CPU session runs the batches)
+    got = enc.encode(texts, batch_size=16)
+    np.testing.assert_array_equal(got, expected)
+    assert len(built) > 30 and threading.get_ident() not in built  # every batch built on a feed thread
