@@ -18,6 +18,7 @@ the tokenizer: the same ids, slower."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ class NativeWordPiece:
     def make(cls, tokenizer) -> NativeWordPiece | None:
         """The native form of a ``tokenizers.Tokenizer`` (with the truncation set on it), or None."""
         if _wordpiece is None:
+            _say_not_built()
             return None
         from tokenizers import Tokenizer
 
@@ -133,6 +135,14 @@ class NativeWordPiece:
                     logger.debug("native tokenization differs from the tokenizer on %r: not used", texts[i][:80])
                     return False
         return True
+
+
+@functools.cache
+def _say_not_built() -> None:
+    logger.info(
+        "st_runtime._wordpiece is not built (installed without a C compiler): WordPiece models are tokenized by "
+        "`tokenizers` alone, with the same ids but slower; reinstall st-runtime where gcc or clang is available."
+    )
 
 
 def _frame(tokenizer) -> tuple[list[int], list[int]] | None:
