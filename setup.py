@@ -9,7 +9,8 @@ setup(
         Extension(
             "st_runtime._wordpiece",
             ["st_runtime/_wordpiece.c"],
-            extra_compile_args=["-O3"],
+            extra_compile_args=["-O3", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         )
     ]

@@ -79,15 +79,14 @@ def legacy_path(tokenizer, texts: list[str], inputs: list[str], pad_id: int) -> 
 
 # ---------------------------------------------------------------------------------------------- st_runtime's
 def new_path(tokenizers, texts: list[str], inputs: list[str], pad_id: int) -> list[dict[str, np.ndarray]]:
-    from st_runtime.batching import build_feeds, plan_batches, token_counts
+    from st_runtime.batching import build_all_feeds, plan_batches, token_counts
 
     encodings = tokenizers.encode_fn(tokenizers.max_seq_length)(texts)
     lengths = token_counts(encodings)
     order = np.argsort(-lengths, kind="stable")
     plan = plan_batches(lengths[order], BATCH, max_tokens=TOKENS)
-    # the batches' arrays built on the feed threads, as a GPU tower builds them (TextTower._embed_encoded)
-    calls = [(encodings, lengths, order[s:e], w, inputs, pad_id, True) for s, e, w in plan]
-    return list(tokenizers.ahead(build_feeds, calls))
+    # every batch's arrays at once, on the feed threads, as a GPU tower builds them (TextTower._embed_encoded)
+    return build_all_feeds(encodings, lengths, order, plan, inputs, pad_id, True, threads=tokenizers.threads)
 
 
 def _worker(model: Path, threads: int, rounds: int) -> dict:

@@ -16,9 +16,16 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* a call is spread over threads only where each gets at least this many characters (about 0.1 ms of work) */
+#define MIN_PART_CHARS 16384
+#define MAX_THREADS 64
+/* and batches' arrays where each gets at least this many tokens */
+#define MIN_FILL_TOKENS 16384
 
 typedef struct {
     uint32_t hash;
@@ -376,26 +383,86 @@ static int32_t *int_list(PyObject *list, Py_ssize_t *n) {
     return out;
 }
 
+/* a contiguous range of a call's texts, encoded on one thread */
+typedef struct {
+    const WordPiece *wp;
+    Job job;
+    int fine;
+} Part;
+
+static void *part_main(void *arg) {
+    Part *part = arg;
+    part->fine = run(part->wp, &part->job);
+    return NULL;
+}
+
+/* encode the job's texts in up to `threads` contiguous parts of about equal characters, one per thread (the calling
+ * thread takes the first); parts[k].job.out holds part k's ids; the number of parts, or 0 when out of memory */
+static int run_parts(const WordPiece *wp, const Job *job, const Py_ssize_t *chars, int threads, Part *parts) {
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < job->count; i++) total += chars[i];
+    int n = threads;
+    if ((Py_ssize_t)n > total / MIN_PART_CHARS) n = (int)(total / MIN_PART_CHARS);
+    if ((Py_ssize_t)n > job->count) n = (int)job->count;
+    if (n < 1) n = 1;
+    Py_ssize_t at = 0, seen = 0;
+    for (int k = 0; k < n; k++) {
+        Py_ssize_t from = at;
+        Py_ssize_t goal = total / n * (k + 1);
+        if (k == n - 1) at = job->count;
+        else
+            while (at < job->count && (seen < goal || at == from)) seen += chars[at++];
+        parts[k].wp = wp;
+        parts[k].job = *job;
+        parts[k].job.items = job->items + from;
+        parts[k].job.count = at - from;
+        parts[k].job.lengths = job->lengths + from;
+        parts[k].job.ok = job->ok + from;
+        memset(&parts[k].job.out, 0, sizeof(Ids));
+        parts[k].fine = 0;
+    }
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int k = 1; k < n; k++) started[k] = pthread_create(&tids[k], NULL, part_main, &parts[k]) == 0;
+    part_main(&parts[0]);
+    for (int k = 1; k < n; k++) {
+        if (started[k])
+            pthread_join(tids[k], NULL);
+        else
+            part_main(&parts[k]); /* no thread to be had: here */
+    }
+    for (int k = 0; k < n; k++)
+        if (!parts[k].fine) return 0;
+    return n;
+}
+
 static PyObject *wp_encode(WordPiece *wp, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"texts", "budget", "left", "head", "tail", NULL};
+    static char *names[] = {"texts", "budget", "left", "head", "tail", "threads", NULL};
     PyObject *texts, *head, *tail;
+    int threads = 1;
     Job job;
     memset(&job, 0, sizeof(job));
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!npO!O!", names, &PyList_Type, &texts, &job.budget, &job.left,
-                                     &PyList_Type, &head, &PyList_Type, &tail))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!npO!O!|i", names, &PyList_Type, &texts, &job.budget, &job.left,
+                                     &PyList_Type, &head, &PyList_Type, &tail, &threads))
         return NULL;
     if (wp->words.slots == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "WordPiece was not initialized");
         return NULL;
     }
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
     job.count = PyList_GET_SIZE(texts);
     int32_t *h = int_list(head, &job.n_head);
     int32_t *tl = h ? int_list(tail, &job.n_tail) : NULL;
     job.items = PyMem_Malloc((job.count + 1) * sizeof(PyObject *));
     job.lengths = PyMem_Malloc((job.count + 1) * sizeof(int64_t));
     job.ok = PyMem_Malloc(job.count + 1);
+    Py_ssize_t *chars = PyMem_Malloc((job.count + 1) * sizeof(Py_ssize_t));
+    Part parts[MAX_THREADS];
+    int n_parts = 0;
+    memset(parts, 0, sizeof(parts));
     PyObject *result = NULL;
-    if (h == NULL || tl == NULL || job.items == NULL || job.lengths == NULL || job.ok == NULL) {
+    if (h == NULL || tl == NULL || job.items == NULL || job.lengths == NULL || job.ok == NULL || chars == NULL) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
@@ -409,31 +476,38 @@ static PyObject *wp_encode(WordPiece *wp, PyObject *args, PyObject *kwds) {
             goto done;
         }
 #endif
+        chars[i] = PyUnicode_Check(job.items[i]) ? PyUnicode_GET_LENGTH(job.items[i]) : 0;
         Py_INCREF(job.items[i]);
     }
-    int fine;
     Py_BEGIN_ALLOW_THREADS
-    fine = run(wp, &job);
+    n_parts = run_parts(wp, &job, chars, threads, parts);
     Py_END_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < job.count; i++) Py_DECREF(job.items[i]);
-    if (!fine) {
+    if (n_parts == 0) {
         PyErr_NoMemory();
         goto done;
     }
-    /* (y# of a NULL pointer is None, not an empty bytes) */
-    result = Py_BuildValue("(y#y#y#)", job.out.ids ? (const char *)job.out.ids : "", (Py_ssize_t)(job.out.len * sizeof(int32_t)),
-                           (const char *)job.lengths, (Py_ssize_t)(job.count * sizeof(int64_t)),
+    size_t total = 0;
+    for (int k = 0; k < n_parts; k++) total += parts[k].job.out.len;
+    PyObject *ids = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(total * sizeof(int32_t)));
+    if (ids == NULL) goto done;
+    char *w = PyBytes_AS_STRING(ids);
+    for (int k = 0; k < n_parts; k++) {
+        if (parts[k].job.out.len) memcpy(w, parts[k].job.out.ids, parts[k].job.out.len * sizeof(int32_t));
+        w += parts[k].job.out.len * sizeof(int32_t);
+    }
+    result = Py_BuildValue("(Ny#y#)", ids, (const char *)job.lengths, (Py_ssize_t)(job.count * sizeof(int64_t)),
                            (const char *)job.ok, job.count);
 done:
+    for (int k = 0; k < MAX_THREADS; k++) free(parts[k].job.out.ids);
     free(h);
     free(tl);
-    free(job.out.ids);
     PyMem_Free(job.items);
     PyMem_Free(job.lengths);
     PyMem_Free(job.ok);
+    PyMem_Free(chars);
     return result;
 }
-
 
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return 0;
@@ -443,6 +517,32 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t i
         return 0;
     }
     return 1;
+}
+
+
+/* rows of padded arrays: item at[r] of the flat ids (int32 or int64, `itemsize`) into row r of out, mask (and of
+ * out_types from ts, when given) */
+static void fill_rows(const void *ids, Py_ssize_t itemsize, const int64_t *b, const int64_t *at, Py_ssize_t rows,
+                      Py_ssize_t width, int64_t pad, int left, int64_t *o, int64_t *m, const int64_t *ts,
+                      int64_t *ot) {
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        int64_t s = b[at[r]], n = b[at[r] + 1] - s;
+        int64_t *row = o + r * width, *mrow = m + r * width, *trow = ot ? ot + r * width : NULL;
+        Py_ssize_t first = left ? width - (Py_ssize_t)n : 0; /* where the tokens start */
+        for (Py_ssize_t c = 0; c < width; c++) {
+            row[c] = pad;
+            mrow[c] = 0;
+            if (trow) trow[c] = 0;
+        }
+        if (itemsize == 4) {
+            const int32_t *src = (const int32_t *)ids + s;
+            for (int64_t k = 0; k < n; k++) row[first + k] = src[k];
+        } else {
+            memcpy(row + first, (const int64_t *)ids + s, (size_t)n * 8);
+        }
+        for (int64_t k = 0; k < n; k++) mrow[first + k] = 1;
+        if (trow) memcpy(trow + first, ts + s, (size_t)n * 8);
+    }
 }
 
 static PyObject *fill(PyObject *self, PyObject *args) {
@@ -481,26 +581,8 @@ static PyObject *fill(PyObject *self, PyObject *args) {
         }
     }
     Py_BEGIN_ALLOW_THREADS
-    int64_t *o = out.buf, *m = mask.buf, *ot = typed ? out_types.buf : NULL;
-    const int64_t *ts = typed ? types.buf : NULL;
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        int64_t s = b[at[r]], n = b[at[r] + 1] - s;
-        int64_t *row = o + r * width, *mrow = m + r * width, *trow = typed ? ot + r * width : NULL;
-        Py_ssize_t first = left ? width - (Py_ssize_t)n : 0; /* where the tokens start */
-        for (Py_ssize_t c = 0; c < width; c++) {
-            row[c] = pad;
-            mrow[c] = 0;
-            if (trow) trow[c] = 0;
-        }
-        if (ids.itemsize == 4) {
-            const int32_t *src = (const int32_t *)ids.buf + s;
-            for (int64_t k = 0; k < n; k++) row[first + k] = src[k];
-        } else {
-            memcpy(row + first, (const int64_t *)ids.buf + s, (size_t)n * 8);
-        }
-        for (int64_t k = 0; k < n; k++) mrow[first + k] = 1;
-        if (trow) memcpy(trow + first, ts + s, (size_t)n * 8);
-    }
+    fill_rows(ids.buf, ids.itemsize, b, at, rows, width, pad, left, out.buf, mask.buf, typed ? types.buf : NULL,
+              typed ? out_types.buf : NULL);
     Py_END_ALLOW_THREADS
     got = -got; /* success: release what was taken, return None */
 done:;
@@ -511,12 +593,141 @@ done:;
     return NULL;
 }
 
+
+typedef struct {
+    Py_buffer out, mask, out_types;
+    int taken; /* buffers held: 0-3 */
+    int64_t from, rows, width;
+} Batch;
+
+typedef struct {
+    const void *ids;
+    Py_ssize_t itemsize;
+    const int64_t *bounds, *order, *types;
+    int64_t pad;
+    int left;
+    Batch *batches;
+    Py_ssize_t first, last; /* this thread's batches */
+} FillPart;
+
+static void *fill_part(void *arg) {
+    FillPart *p = arg;
+    for (Py_ssize_t k = p->first; k < p->last; k++) {
+        Batch *bt = &p->batches[k];
+        fill_rows(p->ids, p->itemsize, p->bounds, p->order + bt->from, bt->rows, bt->width, p->pad, p->left,
+                  bt->out.buf, bt->mask.buf, p->types, p->types ? bt->out_types.buf : NULL);
+    }
+    return NULL;
+}
+
+static PyObject *fill_batches(PyObject *self, PyObject *args) {
+    PyObject *ids_o, *bounds_o, *order_o, *plan_o, *outs_o, *types_o;
+    long long pad;
+    int left, threads;
+    if (!PyArg_ParseTuple(args, "OOOOLpO!Oi", &ids_o, &bounds_o, &order_o, &plan_o, &pad, &left, &PyList_Type,
+                          &outs_o, &types_o, &threads))
+        return NULL;
+    Py_buffer ids, bounds, order, plan, types;
+    int typed = types_o != Py_None, got = 0, fine = 0;
+    Py_ssize_t k_batches = PyList_GET_SIZE(outs_o);
+    Batch *batches = PyMem_Calloc(k_batches + 1, sizeof(Batch));
+    if (batches == NULL) return PyErr_NoMemory();
+    if (get_buffer(ids_o, &ids, 0, 0, "ids")) got++; else goto done;
+    if (get_buffer(bounds_o, &bounds, 0, 8, "bounds")) got++; else goto done;
+    if (get_buffer(order_o, &order, 0, 8, "order")) got++; else goto done;
+    if (get_buffer(plan_o, &plan, 0, 8, "plan")) got++; else goto done;
+    if (typed) {
+        if (get_buffer(types_o, &types, 0, 8, "types")) got++; else goto done;
+    }
+    Py_ssize_t n_items = bounds.len / 8 - 1, n_ids = ids.len / ids.itemsize, n_order = order.len / 8;
+    const int64_t *b = bounds.buf, *at = order.buf, *pl = plan.buf; /* plan: (start, end, width) per batch */
+    if (plan.len != k_batches * 3 * 8 || (typed && types.len / 8 != n_ids)) {
+        PyErr_SetString(PyExc_ValueError, "fill_batches: one (start, end, width) per output, and types like ids");
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < k_batches; k++) {
+        Batch *bt = &batches[k];
+        bt->from = pl[3 * k];
+        bt->rows = pl[3 * k + 1] - pl[3 * k];
+        bt->width = pl[3 * k + 2];
+        PyObject *o = PyList_GET_ITEM(outs_o, k);
+        if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 3) {
+            PyErr_SetString(PyExc_ValueError, "fill_batches: each output is (ids, mask, types or None)");
+            goto done;
+        }
+        if (get_buffer(PyTuple_GET_ITEM(o, 0), &bt->out, 1, 8, "out")) bt->taken++; else goto done;
+        if (get_buffer(PyTuple_GET_ITEM(o, 1), &bt->mask, 1, 8, "mask")) bt->taken++; else goto done;
+        if (typed) {
+            if (get_buffer(PyTuple_GET_ITEM(o, 2), &bt->out_types, 1, 8, "out_types")) bt->taken++; else goto done;
+        }
+        Py_ssize_t size = bt->rows * bt->width * 8;
+        if (bt->from < 0 || bt->rows < 0 || bt->from + bt->rows > n_order || bt->out.len != size ||
+            bt->mask.len != size || (typed && bt->out_types.len != size)) {
+            PyErr_Format(PyExc_ValueError, "fill_batches: batch %zd's outputs must be [rows, width]", k);
+            goto done;
+        }
+        for (int64_t r = bt->from; r < bt->from + bt->rows; r++) {
+            if (at[r] < 0 || at[r] >= n_items || b[at[r]] < 0 || b[at[r] + 1] > n_ids || b[at[r] + 1] < b[at[r]] ||
+                b[at[r] + 1] - b[at[r]] > bt->width) {
+                PyErr_Format(PyExc_ValueError, "fill_batches: item %lld is out of range or wider than %lld",
+                             (long long)at[r], (long long)bt->width);
+                goto done;
+            }
+        }
+    }
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t total = 0;
+    for (Py_ssize_t k = 0; k < k_batches; k++) total += batches[k].rows * batches[k].width;
+    int n = threads;
+    if (n > total / MIN_FILL_TOKENS) n = (int)(total / MIN_FILL_TOKENS);
+    if (n > k_batches) n = (int)k_batches;
+    if (n < 1) n = 1;
+    FillPart parts[MAX_THREADS];
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    Py_ssize_t k = 0;
+    int64_t seen = 0;
+    for (int t = 0; t < n; t++) {
+        parts[t] = (FillPart){ids.buf, ids.itemsize, b, at, typed ? types.buf : NULL, pad, left, batches, k, k};
+        int64_t goal = total / n * (t + 1);
+        if (t == n - 1) k = k_batches;
+        else
+            while (k < k_batches && (seen < goal || k == parts[t].first))
+                seen += batches[k].rows * batches[k].width, k++;
+        parts[t].last = k;
+    }
+    for (int t = 1; t < n; t++) started[t] = pthread_create(&tids[t], NULL, fill_part, &parts[t]) == 0;
+    fill_part(&parts[0]);
+    for (int t = 1; t < n; t++) {
+        if (started[t])
+            pthread_join(tids[t], NULL);
+        else
+            fill_part(&parts[t]);
+    }
+    Py_END_ALLOW_THREADS
+    fine = 1;
+done:
+    for (Py_ssize_t k = 0; k < k_batches; k++) {
+        Py_buffer *views[] = {&batches[k].out, &batches[k].mask, &batches[k].out_types};
+        for (int i = 0; i < batches[k].taken; i++) PyBuffer_Release(views[i]);
+    }
+    PyMem_Free(batches);
+    Py_buffer *views[] = {&ids, &bounds, &order, &plan, &types};
+    for (int i = 0; i < got; i++) PyBuffer_Release(views[i]);
+    if (fine) Py_RETURN_NONE;
+    return NULL;
+}
+
 static PyMethodDef wp_methods[] = {
     {"encode", (PyCFunction)(void (*)(void))wp_encode, METH_VARARGS | METH_KEYWORDS,
-     "encode(texts, budget, left, head, tail) -> (ids int32 bytes, lengths int64 bytes, flags uint8 bytes)\n\n"
+     "encode(texts, budget, left, head, tail, threads=1) -> (ids int32 bytes, lengths int64 bytes, flags uint8 "
+     "bytes)\n\n"
      "Tokenize a list of texts: each text's tokens, truncated to `budget` (-1: all) from the right (left=False: "
      "the first ones kept) or the left, between the ids `head` and `tail`. A text that is not ASCII or holds an "
-     "added token's content gets flag 0 and no ids."},
+     "added token's content gets flag 0 and no ids. A large call is split into contiguous parts on up to "
+     "`threads` threads."},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject WordPieceType = {
@@ -537,6 +748,11 @@ static PyMethodDef module_methods[] = {
      "Write the items idx of flat token ids (int32 or int64; item i is ids[bounds[i]:bounds[i+1]]) into the "
      "[len(idx), width] int64 arrays out (padded with pad_id, on the left when left) and mask (1 at tokens), and "
      "their type ids (int64, like ids) into out_types unless types is None; without the interpreter lock."},
+    {"fill_batches", fill_batches, METH_VARARGS,
+     "fill_batches(ids, bounds, order, plan, pad_id, left, outs, types, threads) -> None\n\n"
+     "fill for several batches at once: plan is an int64 [k, 3] array of (start, end, width), batch j holding the "
+     "items order[start:end]; outs[j] is (out, mask, out_types or None). Large plans are spread over up to "
+     "`threads` threads, without the interpreter lock."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wordpiece",

@@ -13,7 +13,7 @@ class WordPiece:
         added: list[str],
     ) -> None: ...
     def encode(
-        self, texts: list[Any], budget: int, left: bool, head: list[int], tail: list[int]
+        self, texts: list[Any], budget: int, left: bool, head: list[int], tail: list[int], threads: int = 1
     ) -> tuple[bytes, bytes, bytes]: ...
 
 def fill(
@@ -27,4 +27,15 @@ def fill(
     mask: Any,
     types: Any | None,
     out_types: Any | None,
+) -> None: ...
+def fill_batches(
+    ids: Any,
+    bounds: Any,
+    order: Any,
+    plan: Any,
+    pad_id: int,
+    left: bool,
+    outs: list[tuple[Any, Any, Any | None]],
+    types: Any | None,
+    threads: int,
 ) -> None: ...

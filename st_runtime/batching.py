@@ -171,6 +171,36 @@ def build_feeds(
     return {k: feeds[k] for k in inputs}
 
 
+def build_all_feeds(
+    encodings,
+    lengths: np.ndarray,
+    order: np.ndarray,
+    plan: list[tuple[int, int, int]],
+    inputs: list[str],
+    pad_id: int,
+    zero_types: bool = False,
+    padding_side: str = "right",
+    threads: int = 1,
+) -> list[dict[str, np.ndarray]]:
+    """``build_feeds`` for every batch of ``plan`` ((start, end, width) over ``order``); Packed encodings are written
+    by C, on up to ``threads`` threads at once where the plan is large."""
+    if not isinstance(encodings, Packed):
+        return [
+            build_feeds(encodings, lengths, order[s:e], w, inputs, pad_id, zero_types, padding_side) for s, e, w in plan
+        ]
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    typed = "token_type_ids" in inputs
+    arrays = encodings.padded_batches(order, plan, pad_id, padding_side == "left", typed and not zero_types, threads)
+    out = []
+    for (ids, attention, types), (s, e, w) in zip(arrays, plan, strict=True):
+        feeds = {"input_ids": ids, "attention_mask": attention}
+        if typed:
+            feeds["token_type_ids"] = types if types is not None else np.zeros((e - s, w), dtype=np.int64)
+        out.append({k: feeds[k] for k in inputs})
+    return out
+
+
 def token_counts(encodings) -> np.ndarray:
     """Each encoding's token count, as int64 (read by C, not by a Python loop)."""
     if isinstance(encodings, Packed):

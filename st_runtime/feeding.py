@@ -8,13 +8,12 @@ The chunks are contiguous and joined in order, so the encodings are those of one
 
 from __future__ import annotations
 
-import collections
 import copy
 import functools
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -135,11 +134,12 @@ class Tokenizers:
             if fast is not None
             else functools.partial(getattr(tokenizer, method), **options)
         )
-        if native is not None:  # WordPiece texts natively (st_runtime.nativetok), the rest as above
-            encode = functools.partial(native.encode_all, encode, add_special_tokens=self.add_special_tokens)
-        return functools.partial(
-            _encode_items, functools.partial(self._spread, encode), max_length, direction or self.side
-        )
+        spread: Callable[[list], Sequence] = functools.partial(self._spread, encode)
+        if native is not None:  # WordPiece texts natively, on the extension's threads (nativetok); the rest as above
+            spread = functools.partial(
+                native.encode_all, spread, add_special_tokens=self.add_special_tokens, threads=self.threads
+            )
+        return functools.partial(_encode_items, spread, max_length, direction or self.side)
 
     def _ensure_pool(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_pid != os.getpid():  # a forked child gets a pool of its own
@@ -148,22 +148,6 @@ class Tokenizers:
                     self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="st-tokenize")
                     self._pool_pid = os.getpid()
         return self._pool
-
-    def ahead(self, fn: Callable, calls: Sequence[tuple]) -> Iterator:
-        """``fn(*args)`` for each of ``calls``, in order, the next ones made on the feed threads while the caller
-        uses this one (at most ``threads`` ahead): the batches' input arrays (written by C without the interpreter
-        lock, st_runtime.packed) are built in parallel and overlap the device's runs. One thread: in line."""
-        if self.threads == 1 or len(calls) < 2:
-            yield from (fn(*args) for args in calls)
-            return
-        pool = self._ensure_pool()
-        pending: collections.deque = collections.deque()
-        for args in calls:
-            pending.append(pool.submit(fn, *args))
-            if len(pending) > self.threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
     def _spread(self, encode, items: list) -> Sequence:
         """``encode(items)``, in one contiguous chunk per worker thread when the call is large enough."""

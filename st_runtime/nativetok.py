@@ -98,19 +98,22 @@ class NativeWordPiece:
         native = cls(core, budget, left, head, tail, len(head) + len(tail))
         return native if native._agrees(tokenizer) else None
 
-    def encode(self, texts: list, add_special_tokens: bool = True) -> tuple[Packed, np.ndarray]:
+    def encode(self, texts: list, add_special_tokens: bool = True, threads: int = 1) -> tuple[Packed, np.ndarray]:
         """(the tokenized texts, which of them it tokenized): the others (not texts, not ASCII, or holding an
-        added token's content) have no ids here and are left to the tokenizer."""
+        added token's content) have no ids here and are left to the tokenizer. A large call is tokenized in
+        contiguous parts on up to ``threads`` threads of the extension's own."""
         budget, head, tail = self._forms[add_special_tokens]
-        ids, lengths, ok = self.core.encode(texts, budget, self.left, head, tail)
+        ids, lengths, ok = self.core.encode(texts, budget, self.left, head, tail, threads)
         counts = np.frombuffer(lengths, dtype=np.int64)
         bounds = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(counts, out=bounds[1:])
         return Packed(np.frombuffer(ids, dtype=np.int32), bounds), np.frombuffer(ok, dtype=np.bool_)
 
-    def encode_all(self, fallback: Callable[[list], Sequence], items: list, add_special_tokens: bool = True) -> Packed:
+    def encode_all(
+        self, fallback: Callable[[list], Sequence], items: list, add_special_tokens: bool = True, threads: int = 1
+    ) -> Packed:
         """Every item tokenized: natively where it can be, the rest by ``fallback`` (the tokenizer), in order."""
-        packed, ok = self.encode(items, add_special_tokens)
+        packed, ok = self.encode(items, add_special_tokens, threads)
         if ok.all():
             return packed
         rest = np.flatnonzero(~ok)

@@ -13,8 +13,10 @@ import numpy as np
 
 try:
     from ._wordpiece import fill as _fill
+    from ._wordpiece import fill_batches as _fill_batches
 except ImportError:  # built without a C compiler: numpy's gather
     _fill = None  # type: ignore[assignment]
+    _fill_batches = None  # type: ignore[assignment]
 
 _IDS = operator.attrgetter("ids")
 _TYPES = operator.attrgetter("type_ids")
@@ -135,6 +137,36 @@ class Packed(Sequence):
             if types is not None:
                 out_types[where] = types[src]
         return ids, mask, out_types
+
+    def padded_batches(
+        self,
+        order: np.ndarray,
+        plan: list[tuple[int, int, int]],
+        pad_id: int,
+        left: bool = False,
+        typed: bool = False,
+        threads: int = 1,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """``padded`` for every batch of ``plan`` ((start, end, width): the items ``order[start:end]``), written by
+        C on up to ``threads`` threads at once where the plan is large."""
+        if _fill_batches is None:
+            return [self.padded(order[s:e], w, pad_id, left, typed) for s, e, w in plan]
+        types = self.type_ids if typed and self.type_ids is not None else None
+        outs = [
+            (
+                np.empty((e - s, w), dtype=np.int64),
+                np.empty((e - s, w), dtype=np.int64),
+                np.empty((e - s, w), dtype=np.int64) if typed else None,
+            )
+            for s, e, w in plan
+        ]
+        order = np.ascontiguousarray(order, dtype=np.int64)
+        table = np.asarray(plan, dtype=np.int64).reshape(-1, 3)
+        _fill_batches(np.ascontiguousarray(self.ids), self.bounds, order, table, pad_id, left, outs, types, threads)
+        if typed and types is None:
+            for out in outs:
+                out[2].fill(0)  # type: ignore[union-attr]
+        return outs
 
     def take(self, idx) -> Packed:
         """The items ``idx`` (positions), in that order."""

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .batching import BatchPolicy, build_feeds, graph_width, plan_batches, token_counts
+from .batching import BatchPolicy, build_all_feeds, build_feeds, graph_width, plan_batches, token_counts
 from .errors import GraphLoadError
 from .feeding import Tokenizers, load_tokenizer
 from .inputs import TokenItem
+from .packed import Packed
 from .runners import BoundRunner, SessionRunner, is_out_of_memory
 from .session import make_session
 
@@ -277,10 +278,26 @@ class TextTower:
                 if progress is not None:
                     progress(end - start)
             return
-        # GPU: the next batches' arrays are built on the feed threads (C, without the interpreter lock) while
-        # onnxruntime (which releases it too) runs this one
-        calls = [(encodings, lengths, order[s:e], w, zero_types) for s, e, w in batches]
-        for (start, end, _width), feeds in zip(batches, self.tokenizers.ahead(self.feeds, calls), strict=True):
+        if isinstance(encodings, Packed):
+            # GPU, flat ids: every batch's arrays at once, written by C on the feed threads (microseconds a batch;
+            # the call is a tokenization chunk or a server batch, so their memory is bounded), then run in turn
+            feeds_list = build_all_feeds(
+                encodings, lengths, order, batches, self.inputs, self.pad_id, zero_types, self.padding_side,
+                self.tokenizers.threads,
+            )  # fmt: skip
+            for (start, end, _width), feeds in zip(batches, feeds_list, strict=True):
+                out[order[start:end]] = self._run(feeds, output)
+                if progress is not None:
+                    progress(end - start)
+            return
+        # GPU, encodings: build the next batch's arrays while onnxruntime (which releases the GIL) runs this one.
+        s0, e0, w0 = batches[0]
+        nxt = self._prefetch.submit(self.feeds, encodings, lengths, order[s0:e0], w0, zero_types)
+        for k, (start, end, _width) in enumerate(batches):
+            feeds = nxt.result()
+            if k + 1 < len(batches):
+                s2, e2, w2 = batches[k + 1]
+                nxt = self._prefetch.submit(self.feeds, encodings, lengths, order[s2:e2], w2, zero_types)
             out[order[start:end]] = self._run(feeds, output)
             if progress is not None:
                 progress(end - start)
