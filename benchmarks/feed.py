@@ -10,6 +10,8 @@ Each thread count runs in a process of its own, since the tokenizer's Rust threa
 process (RAYON_NUM_THREADS): today's path runs with n rayon threads, st_runtime's with n rayon threads and n feed
 threads (``feed_threads``). Within a process both paths run every workload once per round, alternating, after a
 warm-up; figures are medians over rounds. Before timing, the two paths' arrays are compared, bit for bit.
+Tokenization alone (no batch plan, no arrays) is timed too, for both paths ("today tokenize", "st_runtime
+tokenize"). st_runtime builds its arrays as a GPU tower does: every batch at once (batching.build_all_feeds).
 
 Writes JSON (the machine description, texts/s per path, thread count and workload, the ratios) to --json or
 benchmarks/results/feed-<host>.json.
@@ -101,9 +103,13 @@ def _worker(model: Path, threads: int, rounds: int) -> dict:
     tokenizer.enable_truncation(tok.max_seq_length, direction=tok.truncation_side)
     ours = Tokenizers(load_tokenizer(model, tok.raw), tok.max_seq_length, tok.truncation_side, True, threads)
     inputs, pad = list(tower.inputs), tok.pad_token_id
+    encode = ours.encode_fn(tok.max_seq_length)
     systems = {
         "today": lambda t: legacy_path(tokenizer, t, inputs, pad),
         "st_runtime": lambda t: new_path(ours, t, inputs, pad),
+        # tokenization alone (no batch plan, no arrays)
+        "today tokenize": tokenizer.encode_batch_fast,
+        "st_runtime tokenize": encode,
     }
     corpora = {"generated": make_corpus(), "docs": docs_corpus()}
     workloads = {f"{c}/{w}": texts for c, corpus in corpora.items() for w, texts in corpus.items()}
@@ -116,7 +122,7 @@ def _worker(model: Path, threads: int, rounds: int) -> dict:
     times: dict[str, dict[str, list[float]]] = {s: {w: [] for w in workloads} for s in systems}
     names = list(systems)
     for r in range(rounds):
-        for name in names[r % 2 :] + names[: r % 2]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             for workload, texts in workloads.items():
                 start = time.perf_counter()
                 systems[name](texts)
@@ -151,6 +157,10 @@ def main(argv=None) -> int:
         r["st_runtime_over_today"] = {
             w: round(r["texts_per_s"]["st_runtime"][w] / v, 3) for w, v in r["texts_per_s"]["today"].items()
         }
+        r["tokenize_st_runtime_over_today"] = {
+            w: round(r["texts_per_s"]["st_runtime tokenize"][w] / v, 3)
+            for w, v in r["texts_per_s"]["today tokenize"].items()
+        }
         one = by.get(1)
         if one is not None and r["threads"] != 1:
             r["over_one_thread"] = {
@@ -163,6 +173,10 @@ def main(argv=None) -> int:
             scale = r.get("over_one_thread", {}).get("st_runtime", {}).get(w)
             extra = f", {scale:.2f}x its 1-thread rate" if scale else ""
             print(f"  {w:18s} today {today:9.0f}/s  st_runtime {ours:9.0f}/s  ({ours / today:.2f}x{extra})")
+            alone = r["texts_per_s"]["st_runtime tokenize"][w]
+            scale = r.get("over_one_thread", {}).get("st_runtime tokenize", {}).get(w)
+            extra = f", {scale:.2f}x its 1-thread rate" if scale else ""
+            print(f"  {'':18s} tokenization alone: st_runtime {alone:9.0f}/s{extra}")
     result = {"machine": machine(), "model": args.model, "batch": {"texts": BATCH, "tokens": TOKENS}, "runs": runs}
     out = args.json or ROOT / "benchmarks" / "results" / f"feed-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(result, indent=1))
