@@ -21,8 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* a call is spread over threads only where each gets at least this many characters (about 0.1 ms of work) */
-#define MIN_PART_CHARS 16384
+/* a call is spread over threads only where each gets at least this many characters (about 50 microseconds) */
+#define MIN_PART_CHARS 8192
 #define MAX_THREADS 64
 /* and batches' arrays where each gets at least this many tokens */
 #define MIN_FILL_TOKENS 16384
@@ -383,6 +383,94 @@ static int32_t *int_list(PyObject *list, Py_ssize_t *n) {
     return out;
 }
 
+
+/* ---- a pool of worker threads, made on first use and again in a forked child (the parent's do not exist there).
+ * run_parallel(n, fn, args, stride) runs fn on n arguments, the first on the calling thread and the others on the
+ * pool; a caller waiting for its own tasks runs queued tasks itself (of any call), so calls from several threads
+ * at once never wait on each other. */
+typedef struct Task {
+    void *(*fn)(void *);
+    void *arg;
+    int *left; /* the call's tasks not finished */
+    struct Task *next;
+} Task;
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_work = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
+static Task *queue_head = NULL, *queue_tail = NULL;
+static int pool_size = 0, pool_atfork = 0;
+
+static void pool_child(void) { /* after fork, in the child: no workers, an empty queue, fresh locks */
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_cond_init(&pool_work, NULL);
+    pthread_cond_init(&pool_done, NULL);
+    queue_head = queue_tail = NULL;
+    pool_size = 0;
+}
+
+static Task *pop_task(void) { /* with pool_mu held */
+    Task *task = queue_head;
+    if (task != NULL) {
+        queue_head = task->next;
+        if (queue_head == NULL) queue_tail = NULL;
+    }
+    return task;
+}
+
+static void finish_task(Task *task) { /* runs it without pool_mu, then counts it done */
+    pthread_mutex_unlock(&pool_mu);
+    task->fn(task->arg);
+    pthread_mutex_lock(&pool_mu);
+    if (--*task->left == 0) pthread_cond_broadcast(&pool_done);
+}
+
+static void *pool_worker(void *unused) {
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        Task *task = pop_task();
+        if (task == NULL)
+            pthread_cond_wait(&pool_work, &pool_mu);
+        else
+            finish_task(task);
+    }
+    return NULL;
+}
+
+static void run_parallel(int n, void *(*fn)(void *), void *args, size_t stride) {
+    Task tasks[MAX_THREADS];
+    int left = n - 1;
+    pthread_mutex_lock(&pool_mu);
+    if (!pool_atfork) pool_atfork = pthread_atfork(NULL, NULL, pool_child) == 0;
+    while (pool_size < n - 1 && pool_size < MAX_THREADS) {
+        pthread_t tid;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int made = pthread_create(&tid, &attr, pool_worker, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        if (!made) break; /* no thread to be had: the caller runs the rest itself */
+        pool_size++;
+    }
+    for (int k = 1; k < n; k++) {
+        tasks[k] = (Task){fn, (char *)args + (size_t)k * stride, &left, NULL};
+        if (queue_tail) queue_tail->next = &tasks[k];
+        else queue_head = &tasks[k];
+        queue_tail = &tasks[k];
+    }
+    pthread_cond_broadcast(&pool_work);
+    pthread_mutex_unlock(&pool_mu);
+    fn(args);
+    pthread_mutex_lock(&pool_mu);
+    while (left > 0) {
+        Task *task = pop_task();
+        if (task == NULL)
+            pthread_cond_wait(&pool_done, &pool_mu);
+        else
+            finish_task(task);
+    }
+    pthread_mutex_unlock(&pool_mu);
+}
+
 /* a contiguous range of a call's texts, encoded on one thread */
 typedef struct {
     const WordPiece *wp;
@@ -421,16 +509,7 @@ static int run_parts(const WordPiece *wp, const Job *job, const Py_ssize_t *char
         memset(&parts[k].job.out, 0, sizeof(Ids));
         parts[k].fine = 0;
     }
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int k = 1; k < n; k++) started[k] = pthread_create(&tids[k], NULL, part_main, &parts[k]) == 0;
-    part_main(&parts[0]);
-    for (int k = 1; k < n; k++) {
-        if (started[k])
-            pthread_join(tids[k], NULL);
-        else
-            part_main(&parts[k]); /* no thread to be had: here */
-    }
+    run_parallel(n, part_main, parts, sizeof(Part));
     for (int k = 0; k < n; k++)
         if (!parts[k].fine) return 0;
     return n;
@@ -685,8 +764,6 @@ static PyObject *fill_batches(PyObject *self, PyObject *args) {
     if (n > k_batches) n = (int)k_batches;
     if (n < 1) n = 1;
     FillPart parts[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     Py_ssize_t k = 0;
     int64_t seen = 0;
     for (int t = 0; t < n; t++) {
@@ -698,14 +775,7 @@ static PyObject *fill_batches(PyObject *self, PyObject *args) {
                 seen += batches[k].rows * batches[k].width, k++;
         parts[t].last = k;
     }
-    for (int t = 1; t < n; t++) started[t] = pthread_create(&tids[t], NULL, fill_part, &parts[t]) == 0;
-    fill_part(&parts[0]);
-    for (int t = 1; t < n; t++) {
-        if (started[t])
-            pthread_join(tids[t], NULL);
-        else
-            fill_part(&parts[t]);
-    }
+    run_parallel(n, fill_part, parts, sizeof(FillPart));
     Py_END_ALLOW_THREADS
     fine = 1;
 done:
@@ -742,7 +812,17 @@ static PyTypeObject WordPieceType = {
     .tp_methods = wp_methods,
 };
 
+static PyObject *pool_threads(PyObject *self, PyObject *unused) {
+    pthread_mutex_lock(&pool_mu);
+    int n = pool_size;
+    pthread_mutex_unlock(&pool_mu);
+    return PyLong_FromLong(n);
+}
+
 static PyMethodDef module_methods[] = {
+    {"pool_threads", pool_threads, METH_NOARGS,
+     "pool_threads() -> int\n\nThe worker threads this process's pool has (0 before a call was spread, and in a "
+     "child forked since)."},
     {"fill", fill, METH_VARARGS,
      "fill(ids, bounds, idx, width, pad_id, left, out, mask, types, out_types) -> None\n\n"
      "Write the items idx of flat token ids (int32 or int64; item i is ids[bounds[i]:bounds[i+1]]) into the "

@@ -167,6 +167,8 @@ def test_tokenization_spread_over_threads_keeps_the_order():
     texts = make_corpus(n_queries=3000, n_passages=0)["queries"] + ["naïve café"] * 5
     one = Tokenizers(copy.deepcopy(base), 128, "right", True, threads=1)
     four = Tokenizers(copy.deepcopy(base), 128, "right", True, threads=4)
+    entry = four.entry
+    four.entry = lambda max_len, direction=None: (*entry(max_len, direction)[:2], None)  # not natively
     got = four.encode_fn(128)(texts)
     want = one.encode_fn(128)(texts)
     assert [e.ids for e in got] == [e.ids for e in want] == [e.ids for e in base.encode_batch(texts)]
@@ -196,25 +198,38 @@ def test_embeddings_are_bit_identical_with_and_without_the_fast_path(tiny_bert):
 
 
 def _ids_in_child(sets, texts, queue) -> None:
-    queue.put([e.ids for e in sets.encode_fn(128)(texts)])
+    from st_runtime import nativetok
+
+    fresh = nativetok._wordpiece.pool_threads() if nativetok.available() else 0  # the parent's are not here
+    queue.put((fresh, [e.ids for e in sets.encode_fn(128)(texts)]))
 
 
-def test_a_forked_child_tokenizes_on_threads_of_its_own():
-    """A process forked after the feed threads ran (multiprocessing's fork, Ray workers) gets its own pool: the
-    parent's threads do not exist in it, and a large call there must not wait for them."""
+@pytest.mark.parametrize("native", [True, False])
+def test_a_forked_child_tokenizes_on_threads_of_its_own(native):
+    """A process forked after the feed threads ran (multiprocessing's fork, Ray workers) gets its own threads: the
+    parent's do not exist in it, and a large call there must not wait for them. Natively the extension's pool of
+    worker threads is made again in the child; otherwise the feed threads' pool is."""
     import multiprocessing
+
+    from st_runtime import nativetok
 
     base = _minilm()
     base.no_padding()
     base.enable_truncation(128)
     sets = Tokenizers(copy.deepcopy(base), 128, "right", True, threads=2)
+    if not native:
+        entry = sets.entry
+        sets.entry = lambda max_len, direction=None: (*entry(max_len, direction)[:2], None)
     texts = make_corpus(n_queries=1200, n_passages=0)["queries"]
     want = [e.ids for e in sets.encode_fn(128)(texts)]
-    assert sets._pool is not None
+    if native:
+        assert nativetok._wordpiece.pool_threads() >= 1  # the call was spread on the extension's threads
+    else:
+        assert sets._pool is not None
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_ids_in_child, args=(sets, texts, queue), daemon=True)
     child.start()
-    got = queue.get(timeout=60)
+    fresh, got = queue.get(timeout=60)
     child.join(30)
-    assert child.exitcode == 0 and got == want
+    assert child.exitcode == 0 and got == want and fresh == 0

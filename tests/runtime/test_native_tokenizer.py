@@ -18,6 +18,7 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the corpora of benchmarks/ (also in the slim venv)
 from test_fast_tokenizer import EDGES, _backend, _minilm
+from test_long_texts import _truncating
 
 from benchmarks.common import docs_corpus, make_corpus
 from st_runtime import nativetok
@@ -40,16 +41,6 @@ MORE = [
 def _texts() -> list:
     gen, docs = make_corpus(n_queries=300, n_passages=30), docs_corpus(n_queries=300, n_passages=30)
     return gen["queries"] + gen["passages"] + docs["queries"] + docs["passages"] + EDGES + MORE
-
-
-def _truncating(tok: Tokenizer, max_len: int | None, side: str = "right") -> Tokenizer:
-    tok = copy.deepcopy(tok)
-    tok.no_padding()
-    if max_len is None:
-        tok.no_truncation()
-    else:
-        tok.enable_truncation(max_len, direction=side)
-    return tok
 
 
 def _same(native: NativeWordPiece, tok: Tokenizer, items: list, specials: bool = True) -> None:
@@ -135,8 +126,10 @@ def test_threads_encoding_at_once_get_their_own_results():
 
     def work(k: int) -> None:
         mine = texts[k:] + texts[:k]
-        got[k] = [e.ids for e in native.encode_all(tok.encode_batch, mine)]
+        got[k] = [e.ids for e in native.encode_all(tok.encode_batch, mine, threads=2)]
 
+    spread = native.encode_all(tok.encode_batch, texts * 3, True, threads=4)  # in parts, on the extension's threads
+    assert [e.ids for e in spread] == want * 3
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
