@@ -21,8 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* a call is spread over threads only where each gets at least this many characters (about 50 microseconds) */
-#define MIN_PART_CHARS 8192
+/* a call is spread over threads only where each gets at least this many characters (about 0.1 ms of work) */
+#define MIN_PART_CHARS 16384
 #define MAX_THREADS 64
 /* and batches' arrays where each gets at least this many tokens */
 #define MIN_FILL_TOKENS 16384
@@ -384,91 +384,20 @@ static int32_t *int_list(PyObject *list, Py_ssize_t *n) {
 }
 
 
-/* ---- a pool of worker threads, made on first use and again in a forked child (the parent's do not exist there).
- * run_parallel(n, fn, args, stride) runs fn on n arguments, the first on the calling thread and the others on the
- * pool; a caller waiting for its own tasks runs queued tasks itself (of any call), so calls from several threads
- * at once never wait on each other. */
-typedef struct Task {
-    void *(*fn)(void *);
-    void *arg;
-    int *left; /* the call's tasks not finished */
-    struct Task *next;
-} Task;
-
-static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pool_work = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
-static Task *queue_head = NULL, *queue_tail = NULL;
-static int pool_size = 0, pool_atfork = 0;
-
-static void pool_child(void) { /* after fork, in the child: no workers, an empty queue, fresh locks */
-    pthread_mutex_init(&pool_mu, NULL);
-    pthread_cond_init(&pool_work, NULL);
-    pthread_cond_init(&pool_done, NULL);
-    queue_head = queue_tail = NULL;
-    pool_size = 0;
-}
-
-static Task *pop_task(void) { /* with pool_mu held */
-    Task *task = queue_head;
-    if (task != NULL) {
-        queue_head = task->next;
-        if (queue_head == NULL) queue_tail = NULL;
-    }
-    return task;
-}
-
-static void finish_task(Task *task) { /* runs it without pool_mu, then counts it done */
-    pthread_mutex_unlock(&pool_mu);
-    task->fn(task->arg);
-    pthread_mutex_lock(&pool_mu);
-    if (--*task->left == 0) pthread_cond_broadcast(&pool_done);
-}
-
-static void *pool_worker(void *unused) {
-    pthread_mutex_lock(&pool_mu);
-    for (;;) {
-        Task *task = pop_task();
-        if (task == NULL)
-            pthread_cond_wait(&pool_work, &pool_mu);
-        else
-            finish_task(task);
-    }
-    return NULL;
-}
-
+/* run fn on n arguments (args, args + stride, ...): the first on the calling thread, the others on threads started
+ * for the call (a process-wide pool of sleeping threads measured slower on a VM: waking a sleeping thread took
+ * longer than starting one); where no thread can be had, the calling thread runs that part too */
 static void run_parallel(int n, void *(*fn)(void *), void *args, size_t stride) {
-    Task tasks[MAX_THREADS];
-    int left = n - 1;
-    pthread_mutex_lock(&pool_mu);
-    if (!pool_atfork) pool_atfork = pthread_atfork(NULL, NULL, pool_child) == 0;
-    while (pool_size < n - 1 && pool_size < MAX_THREADS) {
-        pthread_t tid;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int made = pthread_create(&tid, &attr, pool_worker, NULL) == 0;
-        pthread_attr_destroy(&attr);
-        if (!made) break; /* no thread to be had: the caller runs the rest itself */
-        pool_size++;
-    }
-    for (int k = 1; k < n; k++) {
-        tasks[k] = (Task){fn, (char *)args + (size_t)k * stride, &left, NULL};
-        if (queue_tail) queue_tail->next = &tasks[k];
-        else queue_head = &tasks[k];
-        queue_tail = &tasks[k];
-    }
-    pthread_cond_broadcast(&pool_work);
-    pthread_mutex_unlock(&pool_mu);
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int k = 1; k < n; k++) started[k] = pthread_create(&tids[k], NULL, fn, (char *)args + (size_t)k * stride) == 0;
     fn(args);
-    pthread_mutex_lock(&pool_mu);
-    while (left > 0) {
-        Task *task = pop_task();
-        if (task == NULL)
-            pthread_cond_wait(&pool_done, &pool_mu);
+    for (int k = 1; k < n; k++) {
+        if (started[k])
+            pthread_join(tids[k], NULL);
         else
-            finish_task(task);
+            fn((char *)args + (size_t)k * stride);
     }
-    pthread_mutex_unlock(&pool_mu);
 }
 
 /* a contiguous range of a call's texts, encoded on one thread */
@@ -624,55 +553,6 @@ static void fill_rows(const void *ids, Py_ssize_t itemsize, const int64_t *b, co
     }
 }
 
-static PyObject *fill(PyObject *self, PyObject *args) {
-    PyObject *ids_o, *bounds_o, *idx_o, *out_o, *mask_o, *types_o, *out_types_o;
-    Py_ssize_t width;
-    long long pad;
-    int left;
-    if (!PyArg_ParseTuple(args, "OOOnLpOOOO", &ids_o, &bounds_o, &idx_o, &width, &pad, &left, &out_o, &mask_o,
-                          &types_o, &out_types_o))
-        return NULL;
-    Py_buffer ids, bounds, idx, out, mask, types, out_types;
-    int typed = types_o != Py_None && out_types_o != Py_None;
-    int got = 0;
-    if (get_buffer(ids_o, &ids, 0, 0, "ids")) got++; else goto done;
-    if (get_buffer(bounds_o, &bounds, 0, 8, "bounds")) got++; else goto done;
-    if (get_buffer(idx_o, &idx, 0, 8, "idx")) got++; else goto done;
-    if (get_buffer(out_o, &out, 1, 8, "out")) got++; else goto done;
-    if (get_buffer(mask_o, &mask, 1, 8, "mask")) got++; else goto done;
-    if (typed) {
-        if (get_buffer(types_o, &types, 0, 8, "types")) got++; else goto done;
-        if (get_buffer(out_types_o, &out_types, 1, 8, "out_types")) got++; else goto done;
-    }
-    Py_ssize_t rows = idx.len / 8, n_items = bounds.len / 8 - 1, n_ids = ids.len / ids.itemsize;
-    const int64_t *b = bounds.buf, *at = idx.buf;
-    if (out.len != rows * width * 8 || mask.len != out.len || (typed && (out_types.len != out.len ||
-                                                                          types.len / 8 != n_ids))) {
-        PyErr_SetString(PyExc_ValueError, "fill: output arrays must be [len(idx), width] and types like ids");
-        goto done;
-    }
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        if (at[r] < 0 || at[r] >= n_items || b[at[r]] < 0 || b[at[r] + 1] > n_ids || b[at[r] + 1] < b[at[r]] ||
-            b[at[r] + 1] - b[at[r]] > width) {
-            PyErr_Format(PyExc_ValueError, "fill: item %lld is out of range or wider than %zd", (long long)at[r],
-                         width);
-            goto done;
-        }
-    }
-    Py_BEGIN_ALLOW_THREADS
-    fill_rows(ids.buf, ids.itemsize, b, at, rows, width, pad, left, out.buf, mask.buf, typed ? types.buf : NULL,
-              typed ? out_types.buf : NULL);
-    Py_END_ALLOW_THREADS
-    got = -got; /* success: release what was taken, return None */
-done:;
-    int taken = got < 0 ? -got : got;
-    Py_buffer *views[] = {&ids, &bounds, &idx, &out, &mask, &types, &out_types};
-    for (int i = 0; i < taken; i++) PyBuffer_Release(views[i]);
-    if (got < 0) Py_RETURN_NONE;
-    return NULL;
-}
-
-
 typedef struct {
     Py_buffer out, mask, out_types;
     int taken; /* buffers held: 0-3 */
@@ -812,27 +692,15 @@ static PyTypeObject WordPieceType = {
     .tp_methods = wp_methods,
 };
 
-static PyObject *pool_threads(PyObject *self, PyObject *unused) {
-    pthread_mutex_lock(&pool_mu);
-    int n = pool_size;
-    pthread_mutex_unlock(&pool_mu);
-    return PyLong_FromLong(n);
-}
-
 static PyMethodDef module_methods[] = {
-    {"pool_threads", pool_threads, METH_NOARGS,
-     "pool_threads() -> int\n\nThe worker threads this process's pool has (0 before a call was spread, and in a "
-     "child forked since)."},
-    {"fill", fill, METH_VARARGS,
-     "fill(ids, bounds, idx, width, pad_id, left, out, mask, types, out_types) -> None\n\n"
-     "Write the items idx of flat token ids (int32 or int64; item i is ids[bounds[i]:bounds[i+1]]) into the "
-     "[len(idx), width] int64 arrays out (padded with pad_id, on the left when left) and mask (1 at tokens), and "
-     "their type ids (int64, like ids) into out_types unless types is None; without the interpreter lock."},
+
     {"fill_batches", fill_batches, METH_VARARGS,
      "fill_batches(ids, bounds, order, plan, pad_id, left, outs, types, threads) -> None\n\n"
-     "fill for several batches at once: plan is an int64 [k, 3] array of (start, end, width), batch j holding the "
-     "items order[start:end]; outs[j] is (out, mask, out_types or None). Large plans are spread over up to "
-     "`threads` threads, without the interpreter lock."},
+     "Write batches of flat token ids (int32 or int64; item i is ids[bounds[i]:bounds[i+1]]) into padded int64 "
+     "arrays: plan is an int64 [k, 3] array of (start, end, width), batch j holding the items order[start:end]; "
+     "outs[j] is (out, mask, out_types or None), each [end - start, width]: the ids padded with pad_id (on the "
+     "left when left), the attention mask (1 at tokens) and, unless types is None, the type ids (int64, like ids). "
+     "Without the interpreter lock; large plans on up to `threads` threads."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wordpiece",

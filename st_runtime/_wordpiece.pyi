@@ -16,18 +16,6 @@ class WordPiece:
         self, texts: list[Any], budget: int, left: bool, head: list[int], tail: list[int], threads: int = 1
     ) -> tuple[bytes, bytes, bytes]: ...
 
-def fill(
-    ids: Any,
-    bounds: Any,
-    idx: Any,
-    width: int,
-    pad_id: int,
-    left: bool,
-    out: Any,
-    mask: Any,
-    types: Any | None,
-    out_types: Any | None,
-) -> None: ...
 def fill_batches(
     ids: Any,
     bounds: Any,
@@ -39,4 +27,3 @@ def fill_batches(
     types: Any | None,
     threads: int,
 ) -> None: ...
-def pool_threads() -> int: ...

@@ -12,10 +12,8 @@ from typing import Any, overload
 import numpy as np
 
 try:
-    from ._wordpiece import fill as _fill
     from ._wordpiece import fill_batches as _fill_batches
 except ImportError:  # built without a C compiler: numpy's gather
-    _fill = None  # type: ignore[assignment]
     _fill_batches = None  # type: ignore[assignment]
 
 _IDS = operator.attrgetter("ids")
@@ -116,16 +114,12 @@ class Packed(Sequence):
         """(token ids, attention mask, type ids or None unless ``typed``) of the items ``idx`` as [len(idx), width]
         int64 arrays, each row padded with ``pad_id`` on the right (``left``: on the left)."""
         idx = np.ascontiguousarray(idx, dtype=np.int64)
+        if _fill_batches is not None:  # C, without the interpreter lock
+            return self.padded_batches(idx, [(0, len(idx), width)], pad_id, left, typed)[0]
         shape = (len(idx), width)
         types = self.type_ids if typed and self.type_ids is not None else None
         ids, mask = np.empty(shape, dtype=np.int64), np.empty(shape, dtype=np.int64)
         out_types = np.empty(shape, dtype=np.int64) if typed else None
-        if _fill is not None:  # C, without the interpreter lock
-            src = np.ascontiguousarray(self.ids)
-            _fill(src, self.bounds, idx, width, pad_id, left, ids, mask, types, None if types is None else out_types)
-            if out_types is not None and types is None:
-                out_types.fill(0)
-            return ids, mask, out_types
         lens = self.bounds[idx + 1] - self.bounds[idx]
         where = np.arange(width) >= width - lens[:, None] if left else np.arange(width) < lens[:, None]
         src = self.sources(idx)

@@ -177,18 +177,27 @@ def test_packed_sequences_slice_take_join_and_scatter():
 
 
 def test_fill_refuses_arrays_of_the_wrong_shape():
-    from st_runtime._wordpiece import fill
+    from st_runtime._wordpiece import fill_batches
 
     packed = Packed.of([TokenItem([1, 2, 3])])
+
+    def fill(order, width, out, plan=None, types=None):
+        plan = np.array([[0, len(order), width]]) if plan is None else plan
+        fill_batches(packed.ids, packed.bounds, order, plan, 0, False, [(out, out.copy(), out.copy())], types, 1)
+
     out = np.empty((1, 2), dtype=np.int64)
     with pytest.raises(ValueError, match="wider than"):
-        fill(packed.ids, packed.bounds, np.array([0]), 2, 0, False, out, out.copy(), None, None)
+        fill(np.array([0]), 2, out)
     with pytest.raises(ValueError, match="out of range"):
-        fill(packed.ids, packed.bounds, np.array([3]), 2, 0, False, out, out.copy(), None, None)
+        fill(np.array([3]), 2, out)
     with pytest.raises(ValueError, match="must be"):
-        fill(packed.ids, packed.bounds, np.array([0]), 3, 0, False, out, out.copy(), None, None)
+        fill(np.array([0]), 3, out)
     with pytest.raises(ValueError, match="bytes"):
-        fill(packed.ids, packed.bounds, np.array([0], dtype=np.int32), 2, 0, False, out, out.copy(), None, None)
+        fill(np.array([0], dtype=np.int32), 2, out)
+    with pytest.raises(ValueError, match=r"one \(start, end, width\) per output"):
+        fill(np.array([0]), 2, out, plan=np.array([[0, 1, 2], [0, 1, 2]]))
+    with pytest.raises(ValueError, match="types like ids"):
+        fill(np.array([0]), 3, np.empty((1, 3), dtype=np.int64), types=np.zeros(2, dtype=np.int64))
 
 
 def test_a_gpu_tower_builds_its_batches_on_the_feed_threads_with_the_same_rows(tiny_bert):
