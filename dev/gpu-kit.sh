@@ -17,7 +17,8 @@
 #   all-mpnet-base-v2-random/  all-mpnet-base-v2's config, tokenizer and module files without its weights;
 #          `run` writes random weights at the real shape (speed does not depend on weight values).
 #
-# `run` (results under $OUT, each step time-limited, each writing as it goes): the onnxruntime providers,
+# `run` (results under $OUT, each step time-limited, each writing as it goes): the onnxruntime providers, the
+# native tokenizer's C extension built in place,
 # `st-export all-MiniLM-L6-v2 --variants opt,fp16` (fp16 validated on CUDA), benchmarks/gpu_sweep.py on it
 # (st_runtime fp16/opt x CUDA graphs x batch sizes against sentence-transformers fp32 and fp16 in the same run,
 # GPU busy %, tokenizer rate, graph-only ceiling), the CUDA tests (tests/gpu), then the random-weight
@@ -204,6 +205,9 @@ run() {
   # cut short keeps what it finished. The MiniLM figures first, then correctness, then mpnet.
   step providers 30 "$py" -c "import onnxruntime as o; getattr(o, 'preload_dlls', lambda: None)(); \
 print(o.__version__, o.__file__, o.get_available_providers())"
+  # the native tokenizer (st_runtime/_wordpiece.c) is not carried (a build output): built here, where a compiler is
+  step native 60 "$py" setup.py -q build_ext --inplace
+  "$py" -c "import st_runtime.nativetok as n; print('native tokenizer:', n.available())"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   nproc
   local folder="$KIT/export/$MODEL"
