@@ -29,9 +29,9 @@ from .fasttok import _battery, ascii_steps
 from .packed import Packed
 
 try:
-    from . import _wordpiece
+    from ._wordpiece import WordPiece as _WordPiece
 except ImportError:  # built without a C compiler: the tokenizer alone
-    _wordpiece = None  # type: ignore[assignment]
+    _WordPiece = None  # type: ignore[assignment, misc]
 
 logger = logging.getLogger(__name__)
 _NATIVE_STEPS = {("clean",), ("lower",)}
@@ -39,7 +39,7 @@ _NATIVE_STEPS = {("clean",), ("lower",)}
 
 def available() -> bool:
     """Whether the compiled extension is installed (st-runtime then tokenizes WordPiece models natively)."""
-    return _wordpiece is not None
+    return _WordPiece is not None
 
 
 class NativeWordPiece:
@@ -57,7 +57,7 @@ class NativeWordPiece:
     @classmethod
     def make(cls, tokenizer) -> NativeWordPiece | None:
         """The native form of a ``tokenizers.Tokenizer`` (with the truncation set on it), or None."""
-        if _wordpiece is None:
+        if _WordPiece is None:
             _say_not_built()
             return None
         from tokenizers import Tokenizer
@@ -86,7 +86,7 @@ class NativeWordPiece:
             budget, left = int(truncation["max_length"]), truncation["direction"] == "left"
             if budget < len(head) + len(tail):
                 return None
-        core = _wordpiece.WordPiece(
+        core = _WordPiece(
             vocab,
             int(unk),
             str(model.get("continuing_subword_prefix") or ""),
