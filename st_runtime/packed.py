@@ -194,6 +194,17 @@ class Packed(Sequence):
         types = [0] * (b - a) if self.type_ids is None else self.type_ids[a:b].tolist()
         return Encoded(self.ids[a:b].tolist(), types)
 
+    def __add__(self, other: Any) -> Any:
+        """``a + b`` concatenates as lists do: a Packed when both are, else a list of items."""
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return join([self, other])
+
+    def __radd__(self, other: Any) -> Any:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return join([other, self])
+
     def __repr__(self) -> str:
         return f"Packed({len(self)} items, {int(self.bounds[-1] - self.bounds[0])} tokens)"
 

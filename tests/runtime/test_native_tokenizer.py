@@ -174,6 +174,13 @@ def test_packed_sequences_slice_take_join_and_scatter():
     assert [e.ids for e in join([packed[:1], items[1:2]])] == [[1, 2, 3], [4]]  # a list part: a list
     mixed = Packed.scatter(3, [(np.array([2, 0]), packed[:2]), (np.array([1]), packed[2:3])])
     assert [(e.ids, e.type_ids) for e in mixed] == [([4], [0]), ([5, 6], [0, 1]), ([1, 2, 3], [0, 0, 0])]
+    # ``+`` concatenates as on the lists tokenize returned before: Packed + Packed stays packed, a list makes a list
+    both = packed[2:] + packed[:1]
+    assert isinstance(both, Packed) and [e.ids for e in both] == [[5, 6], [], [1, 2, 3]]
+    assert [e.ids for e in items[1:2] + packed[:1]] == [[4], [1, 2, 3]]
+    assert [e.ids for e in packed[:1] + items[1:2]] == [[1, 2, 3], [4]]
+    with pytest.raises(TypeError):
+        packed + 1
 
 
 def test_fill_refuses_arrays_of_the_wrong_shape():
