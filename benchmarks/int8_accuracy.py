@@ -2,7 +2,8 @@
 variant of an export (and for a second export, such as one whose int8 quantizes activations per tensor), in one
 run on the same texts and threads.
 
-    python -m benchmarks.int8_accuracy EXPORT_DIR [--other LABEL=EXPORT_DIR ...] [--threads 2] [--out FILE.json]
+    python -m benchmarks.int8_accuracy EXPORT_DIR [--other LABEL=EXPORT_DIR ...] [--threads 2] [--corpora]
+        [--out FILE.json]
 
 Texts (kept apart from st-export's calibration and validation battery, exporters/battery.py): the Python standard
 library's docstrings. Queries are the first lines of 4-16 words, passages the docstrings of 40-200 words, and the
@@ -13,7 +14,11 @@ library's docstrings. Queries are the first lines of 4-16 words, passages the do
 * top-10 retrieval overlap: for each pair's query, the 10 passages nearest by sentence-transformers fp32 against
   those by the variant (mean over queries of |intersection| / 10);
 * batch company: each query alone against the same query in one call with 64 passages (max |difference|);
-* texts/s of queries and of passages (median of ``--rounds``), sentence-transformers fp32 in the same run.
+* texts/s of queries and of passages (median of ``--rounds``), sentence-transformers fp32 in the same run;
+* with ``--corpora``: min and mean cosine on benchmarks/throughput.py's corpora (generated and docs, 2048 queries and
+  256 passages each), and each int8's calibration record from its manifest (what st-export's calibration reached on
+  its own texts, and its target), with ``worst_error_vs_calibration_mean``: the worst text's 1 - cosine over the
+  calibration's mean 1 - cosine (how far the tail of thousands of texts lies beyond what calibration sees).
 """
 
 from __future__ import annotations
@@ -123,12 +128,42 @@ def measure(enc, texts: dict, ref: dict, rounds: int) -> dict:
     }
 
 
+def corpora_texts() -> dict[str, list[str]]:
+    from benchmarks.common import docs_corpus, make_corpus
+
+    gen, docs = make_corpus(), docs_corpus()
+    return {
+        "generated queries": gen["queries"],
+        "generated passages": gen["passages"],
+        "docs queries": docs["queries"],
+        "docs passages": docs["passages"],
+    }
+
+
+def on_corpora(enc, corpora: dict, ref: dict, build: dict | None) -> dict:
+    """Min and mean cosine per workload against ``ref``; with the int8 ``build`` record, the calibration's figures
+    and the worst error over the calibration's mean error."""
+    out: dict = {}
+    for name, texts in corpora.items():
+        cos = _cos(ref[name], enc.encode(texts))
+        out[name] = {"n": len(texts), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+    if build and "calibration" in build:
+        cal = build["calibration"]
+        worst = 1 - min(v["min_cosine"] for v in out.values())
+        out["calibration"] = {**cal, "fp32_matmuls": len(build["fp32_matmuls"]), "int8_matmuls": build["int8_matmuls"]}
+        if "mean_cosine_vs_fp32" in cal:
+            out["worst_error_vs_calibration_mean"] = worst / max(1 - cal["mean_cosine_vs_fp32"], 1e-12)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("export", type=Path)
     p.add_argument("--other", action="append", default=[], help="LABEL=EXPORT_DIR: more exports' int8 to compare")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--variants", help="comma-separated variants of EXPORT_DIR to measure (default: all)")
+    p.add_argument("--corpora", action="store_true", help="also measure on benchmarks/throughput.py's corpora")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -144,6 +179,8 @@ def main(argv=None) -> int:
     sets = {"q": texts["queries"][:256], "p": texts["passages"][:128]}
     sets |= {"pq": [a for a, _ in texts["pairs"]], "pp": [b for _, b in texts["pairs"]]}
     ref = {k: st.encode(v, batch_size=32) for k, v in sets.items()}
+    corpora = corpora_texts() if args.corpora else {}
+    corpora_ref = {k: st.encode(v, batch_size=32) for k, v in corpora.items()}
     results: dict = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
@@ -154,13 +191,18 @@ def main(argv=None) -> int:
             "passages_per_s": _speed(lambda t: st.encode(t, batch_size=32), texts["passages"][:96], args.rounds),
         },
     }
-    systems = {v: (args.export, v) for v in manifest["towers"]["text"]["variants"]}
+    wanted = args.variants.split(",") if args.variants else list(manifest["towers"]["text"]["variants"])
+    systems = {v: (args.export, v) for v in wanted}
     for spec in args.other:
         label, _, folder = spec.partition("=")
         systems[label] = (Path(folder), "int8")
     for label, (folder, variant) in systems.items():
         enc = SentenceEncoder(folder, variant=variant, threads=args.threads)
         results[label] = measure(enc, texts, ref, args.rounds)
+        if corpora:
+            variants = json.loads((folder / "manifest.json").read_text())["towers"]["text"]["variants"]
+            build = variants[variant].get("build") if variant.startswith("int8") else None
+            results[label]["corpora"] = on_corpora(enc, corpora, corpora_ref, build)
         print(label, json.dumps(results[label]), flush=True)
     st_speed = results["sentence-transformers fp32"]
     for label in systems:

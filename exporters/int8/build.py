@@ -186,7 +186,9 @@ def build_int8(
         "outlier_decomposed_matmuls": decomposed,
         "fp32_matmuls": excluded,
         "int8_matmuls": n_matmuls - len(excluded),
-        "calibration": _calibration_record(len(calibration_feeds), agreement, cal_min, cal_mean),
+        "calibration": _calibration_record(
+            len(calibration_feeds), agreement, (cal_min, cal_mean), (target_min, target_mean)
+        ),
     }
 
 
@@ -205,14 +207,19 @@ def _structure(src: Path) -> tuple[ModelProto, bool]:
     return base, external
 
 
-def _calibration_record(n_feeds: int, agreement: Agreement | None, cal_min: float, cal_mean: float) -> dict:
-    """The manifest's account of the calibration: its inputs, its measure and what the int8 graph reached."""
+def _calibration_record(
+    n_feeds: int, agreement: Agreement | None, reached: tuple[float, float], targets: tuple[float, float]
+) -> dict:
+    """The manifest's account of the calibration: its inputs, its measure, its (min, mean) targets and what the
+    int8 graph reached."""
     measure = "cosine" if agreement is None else "agreement"
     return {
         "texts": n_feeds,
         "agreement": "cosine" if agreement is None else getattr(agreement, "__doc__", None) or "custom",
-        f"min_{measure}_vs_fp32": cal_min,
-        f"mean_{measure}_vs_fp32": cal_mean,
+        f"min_{measure}_vs_fp32": reached[0],
+        f"mean_{measure}_vs_fp32": reached[1],
+        f"target_min_{measure}": targets[0],
+        f"target_mean_{measure}": targets[1],
     }
 
 
@@ -290,8 +297,8 @@ class Calibration:
         targets: tuple[float, float],
         max_excluded: int,
     ) -> tuple[ModelProto, list[str], tuple[float, float]]:
-        """``smooth`` quantized, keeping MatMuls in fp32 (worst local signal-to-noise ratio first, doubling how many
-        each round) while its (min, mean) agreement ``scores`` are below ``targets`` and at most ``max_excluded``
+        """``smooth`` quantized, keeping MatMuls in fp32 (worst local signal-to-noise ratio first, one more each round
+        than the round before: 1, 3, 6, 10, ..., so a target just missed costs a few MatMuls, not twice as many) while its (min, mean) agreement ``scores`` are below ``targets`` and at most ``max_excluded``
         are kept: the quantized graph, the MatMuls kept and its scores."""
         (cal_min, cal_mean), (target_min, target_mean) = scores, targets
         result = self.quantized(smooth, [])
@@ -310,5 +317,5 @@ class Calibration:
                 f"  int8 calibration: keeping {len(excluded)} MatMul(s) in fp32 (+{', '.join(chosen)}): "
                 f"min agreement {cal_min:.4f}, mean {cal_mean:.5f}"
             )
-            step *= 2
+            step += 1
         return result, excluded, (cal_min, cal_mean)

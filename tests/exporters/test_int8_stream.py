@@ -114,7 +114,7 @@ def test_rewrites_read_and_write_weights_on_disk_one_at_a_time(rewritten, tmp_pa
 
 def test_calibration_keeps_the_noisiest_matmuls_in_fp32_when_it_misses_its_target(zoo, tmp_path):
     """A target no int8 graph can meet: the build keeps MatMuls in fp32 (ranked by their int8 noise, their fp32
-    weights read from disk), doubling the step, up to ``max_excluded``; the graph it writes runs and has exactly
+    weights read from disk), one more each round (1, then 2 more), up to ``max_excluded``; the graph it writes runs and has exactly
     those MatMuls in fp32."""
     import shutil
 
@@ -131,6 +131,7 @@ def test_calibration_keeps_the_noisiest_matmuls_in_fp32_when_it_misses_its_targe
     dst = tmp_path / "model_int8.onnx"
     info = build_int8(tmp_path / "model.onnx", dst, feeds, "sentence_embedding", 1.01, 1.01, tmp_path, max_excluded=3)
     assert len(info["fp32_matmuls"]) == 3 and info["external_data"] is False
+    assert info["calibration"]["target_min_cosine"] == info["calibration"]["target_mean_cosine"] == 1.01
     graph = onnx.load(str(dst)).graph
     plain = {n.name for n in graph.node if n.op_type == "MatMul"}
     assert set(info["fp32_matmuls"]) <= plain
