@@ -297,9 +297,10 @@ class Calibration:
         targets: tuple[float, float],
         max_excluded: int,
     ) -> tuple[ModelProto, list[str], tuple[float, float]]:
-        """``smooth`` quantized, keeping MatMuls in fp32 (worst local signal-to-noise ratio first, one more each round
-        than the round before: 1, 3, 6, 10, ..., so a target just missed costs a few MatMuls, not twice as many) while its (min, mean) agreement ``scores`` are below ``targets`` and at most ``max_excluded``
-        are kept: the quantized graph, the MatMuls kept and its scores."""
+        """``smooth`` quantized, keeping MatMuls in fp32 (worst local signal-to-noise ratio first, one more each
+        round than the round before: 1, 3, 6, 10, ..., so a target just missed costs a few MatMuls, not twice as
+        many) while its (min, mean) agreement ``scores`` are below ``targets`` and at most ``max_excluded`` are kept:
+        the quantized graph, the MatMuls kept and its scores."""
         (cal_min, cal_mean), (target_min, target_mean) = scores, targets
         result = self.quantized(smooth, [])
         excluded: list[str] = []

@@ -114,8 +114,8 @@ def test_rewrites_read_and_write_weights_on_disk_one_at_a_time(rewritten, tmp_pa
 
 def test_calibration_keeps_the_noisiest_matmuls_in_fp32_when_it_misses_its_target(zoo, tmp_path):
     """A target no int8 graph can meet: the build keeps MatMuls in fp32 (ranked by their int8 noise, their fp32
-    weights read from disk), one more each round (1, then 2 more), up to ``max_excluded``; the graph it writes runs and has exactly
-    those MatMuls in fp32."""
+    weights read from disk), one more each round (1, then 2 more), up to ``max_excluded``; the graph it writes runs
+    and has exactly those MatMuls in fp32."""
     import shutil
 
     import onnx
