@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         results[label] = measure(enc, texts, ref, args.rounds)
         if corpora:
             variants = json.loads((folder / "manifest.json").read_text())["towers"]["text"]["variants"]
-            build = variants[variant].get("build") if variant.startswith("int8") else None
+            build = variants[variant].get("build")  # only int8 builds carry a calibration record
             results[label]["corpora"] = on_corpora(enc, corpora, corpora_ref, build)
         print(label, json.dumps(results[label]), flush=True)
     st_speed = results["sentence-transformers fp32"]

@@ -69,9 +69,7 @@ class VariantPlan:
     # built only when asked for by name (st-export --variants), never by default
     on_request: bool = False
     # int8: the mean cosine to fp32 its calibration must reach over the calibration texts (None: the gate's mean +
-    # 0.002). The calibration's 33 texts cannot show the tail of thousands of real texts, but their mean predicts
-    # it: on benchmarks/throughput.py's corpora the worst text's error (1 - cosine) was 2.65-6.9x the calibration's
-    # mean error (all-MiniLM-L6-v2, all-mpnet-base-v2, benchmarks/results/int8-calibration-mean-*.json)
+    # 0.002); see CALIBRATION_MEAN
     calibration_mean_cosine: float | None = None
 
     def build(self, ctx: BuildContext, dst: Path) -> dict[str, Any]:
@@ -357,9 +355,12 @@ def _build_fp16_variant(ctx: BuildContext, dst: Path) -> dict[str, Any]:
     return build_fp16(ctx.variant_path("opt") or ctx.fp32_path, dst)
 
 
-# int8's calibration target for the mean cosine (issue #25): a mean error of 0.0008 kept real text's worst at 0.9975
-# or more on both models (worst/mean error ratio 3.0 there); with the largest ratio measured (6.9, mpnet's earlier
-# int8) it still gives about 0.9945. 0.9991 kept mpnet's worst at 0.9953, too close to 0.995.
+# int8's calibration target for the mean cosine (issue #25). The calibration's 33 texts cannot show the tail of
+# thousands of real texts, but their mean predicts it: on benchmarks/throughput.py's corpora the worst text's error
+# (1 - cosine) was 2.65-6.9x the calibration's mean error with the per-row forms (all-MiniLM-L6-v2,
+# all-mpnet-base-v2; benchmarks/results/int8-calibration-mean-*.json). A mean error of 0.0008 kept real text's worst
+# at 0.9975 or more on both models (ratio 2.95-3.6 there); 0.9991 left mpnet's worst at 0.9953 against its fp32
+# graph (an unrecorded run), too close to 0.995.
 CALIBRATION_MEAN = 0.9992
 
 PLANS = {
