@@ -5,7 +5,13 @@ batch plans and padded arrays built by Python loops over the texts), on the same
     python -m benchmarks.feed [--model all-MiniLM-L6-v2] [--threads 1,2] [--rounds 7] [--json FILE]
 
 Workloads: queries and passages of the generated corpus and of the docs corpus (benchmarks.common), 2,048 queries
-and 256 passages each, truncated at the model's max_seq_length, in CPU batches (1,024 texts / 2,048 padded tokens).
+and 256 passages each, and the generated ones in calls 8 times as large (16,384 queries, 2,048 passages: a bulk
+job's calls, a GPU's tokenization chunks), truncated at the model's max_seq_length, in CPU batches (1,024 texts /
+2,048 padded tokens). Each timed call follows an untimed call of the same path and workload, as in a stream of
+calls (a bulk job's, a GPU's feed): a call after another path's would meet that path's leftovers (the tokenizer's
+rayon threads spin a while after a call), and one after a rest would meet an idle vCPU, which on a VM can take
+milliseconds to start a thread (2-vCPU VM, 16,384 queries natively on 2 threads: 4.0 ms back to back, 7.6-7.9 ms
+after 5-20 ms of rest, where 1 thread takes 7.5 ms; each run records the same probe as ``rest_probe``).
 Each thread count runs in a process of its own, since the tokenizer's Rust thread pool (rayon) is sized once per
 process (RAYON_NUM_THREADS): today's path runs with n rayon threads, st_runtime's with n rayon threads and n feed
 threads (``feed_threads``). Within a process both paths run every workload once per round, alternating, after a
@@ -35,6 +41,7 @@ import numpy as np
 from benchmarks.common import ROOT, docs_corpus, ensure_export, machine, make_corpus
 
 BATCH, TOKENS = 1024, 2048
+LARGE = 8
 
 
 # ---------------------------------------------------------------------------------------------- today's path
@@ -81,11 +88,11 @@ def legacy_path(tokenizer, texts: list[str], inputs: list[str], pad_id: int) -> 
 
 # ---------------------------------------------------------------------------------------------- st_runtime's
 def new_path(tokenizers, texts: list[str], inputs: list[str], pad_id: int) -> list[dict[str, np.ndarray]]:
-    from st_runtime.batching import build_all_feeds, plan_batches, token_counts
+    from st_runtime.batching import build_all_feeds, longest_first, plan_batches, token_counts
 
     encodings = tokenizers.encode_fn(tokenizers.max_seq_length)(texts)
     lengths = token_counts(encodings)
-    order = np.argsort(-lengths, kind="stable")
+    order = longest_first(lengths)
     plan = plan_batches(lengths[order], BATCH, max_tokens=TOKENS)
     # every batch's arrays at once, on the feed threads, as a GPU tower builds them (TextTower._embed_encoded)
     return build_all_feeds(encodings, lengths, order, plan, inputs, pad_id, True, threads=tokenizers.threads)
@@ -113,6 +120,11 @@ def _worker(model: Path, threads: int, rounds: int) -> dict:
     }
     corpora = {"generated": make_corpus(), "docs": docs_corpus()}
     workloads = {f"{c}/{w}": texts for c, corpus in corpora.items() for w, texts in corpus.items()}
+    # calls LARGE times as large (a bulk job's, or a GPU's tokenization chunks): a second thread pays only where a
+    # call's work is well above what starting it costs (on a 2-vCPU VM, a thread on the idle vCPU starts running
+    # 0.1-0.2 ms after it is asked to, and a short query takes 0.4 us to tokenize)
+    for w in ("queries", "passages"):
+        workloads[f"generated/{w} x{LARGE}"] = corpora["generated"][w] * LARGE
     identical = {}
     for name, texts in workloads.items():
         a, b = systems["today"](texts), systems["st_runtime"](texts)
@@ -124,12 +136,31 @@ def _worker(model: Path, threads: int, rounds: int) -> dict:
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             for workload, texts in workloads.items():
+                systems[name](texts)  # untimed: the timed call follows one of its own, as in a stream of calls
                 start = time.perf_counter()
                 systems[name](texts)
                 times[name][workload].append(time.perf_counter() - start)
     rates = {s: {w: len(workloads[w]) / statistics.median(ts) for w, ts in per.items()} for s, per in times.items()}
+    # what an idle vCPU costs a call: st_runtime's tokenization of the large query workload, back to back and after
+    # 20 ms of rest (milliseconds, medians)
+    big = workloads[f"generated/queries x{LARGE}"]
+    rest_probe = {}
+    for label, rest in (("back_to_back_ms", 0.0), ("after_20ms_rest_ms", 0.02)):
+        spent = []
+        for _ in range(rounds):
+            time.sleep(rest)
+            start = time.perf_counter()
+            encode(big)
+            spent.append(time.perf_counter() - start)
+        rest_probe[label] = round(1000 * statistics.median(spent), 3)
     ascii_share = {w: sum(map(str.isascii, t)) / len(t) for w, t in workloads.items()}
-    return {"threads": threads, "texts_per_s": rates, "identical_feeds": identical, "ascii_share": ascii_share}
+    return {
+        "threads": threads,
+        "texts_per_s": rates,
+        "identical_feeds": identical,
+        "ascii_share": ascii_share,
+        "rest_probe": rest_probe,
+    }
 
 
 def main(argv=None) -> int:
@@ -177,6 +208,7 @@ def main(argv=None) -> int:
             scale = r.get("over_one_thread", {}).get("st_runtime tokenize", {}).get(w)
             extra = f", {scale:.2f}x its 1-thread rate" if scale else ""
             print(f"  {'':18s} tokenization alone: st_runtime {alone:9.0f}/s{extra}")
+        print(f"  tokenizing generated/queries x{LARGE}: {r['rest_probe']} (back to back, and after a rest)")
     result = {"machine": machine(), "model": args.model, "batch": {"texts": BATCH, "tokens": TOKENS}, "runs": runs}
     out = args.json or ROOT / "benchmarks" / "results" / f"feed-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(result, indent=1))

@@ -369,12 +369,14 @@ class Sweep:
         self.save()
 
     def graph_alone(self, text, best: dict, texts: list[str]) -> dict:
+        from st_runtime.batching import longest_first
+
         bs = best["batch_size"] or text.policy.auto_batch_size
         t = time.perf_counter()
         encodings = text.tokenizer.encode_batch(texts)
         t_tok = time.perf_counter() - t
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-        order = np.argsort(-lengths, kind="stable")
+        order = longest_first(lengths)
         batches = text.plan(lengths[order], bs, text.max_seq_length)
         t = time.perf_counter()
         feeds = [text.feeds(encodings, lengths, order[s:e], wd) for s, e, wd in batches]

@@ -23,7 +23,10 @@ texts/s, p50 and p99 latency, after a warm-up; the server's own CPU (utime + sti
 context switches (thread wake-ups) per request; and the load generator's own CPU. Also measured in the same
 run, without a server: in-process ``encode`` of the same queries (throughput and CPU per query, all at once;
 latency and CPU of single-query calls), the baselines of the targets: each cell gives its throughput and its
-CPU per text as ratios to them. The load generator is a small asyncio HTTP/1.1 client in this process
+CPU per text as ratios to them. For st-serve's cells of many clients, also in-process ``encode`` of random draws
+of as many queries as the server's batches held in that cell (read from its /metrics): the server's own cost apart
+from the shape of its batches (random lengths from many clients pad more, and a batch of 32 short queries runs at
+a lower rate than 2,048 sorted ones). The load generator is a small asyncio HTTP/1.1 client in this process
 (cheaper per request than httpx), so on a 2-core machine the clients share the CPU with the server, for
 every system alike.
 
@@ -199,6 +202,24 @@ def snapshot(pid: int | None, done: int) -> dict:
     }
 
 
+def batch_counts(port: int) -> tuple[float, float] | None:
+    """(items, batches) st-serve has run so far, from its /metrics (st_batch_size's sum and count, all models);
+    None where the server has no such metrics (the peers)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    sums = {"st_batch_size_sum": 0.0, "st_batch_size_count": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    return sums["st_batch_size_sum"], sums["st_batch_size_count"]
+
+
 # ------------------------------------------------------------------------------------------------ client
 class Connection:
     """One keep-alive HTTP/1.1 connection: POST a JSON body, read the status and the body."""
@@ -343,7 +364,7 @@ def bodies_for(queries: list[str], per_request: int, model: str) -> list[bytes]:
 
 # ------------------------------------------------------------------------------------------------ in-process
 _IN_PROCESS = """
-import json, statistics, sys, time
+import json, random, statistics, sys, time
 from st_runtime import SentenceEncoder
 enc = SentenceEncoder(sys.argv[1], threads=int(sys.argv[2]))
 with open(sys.argv[3]) as f:
@@ -356,6 +377,15 @@ for line in sys.stdin:
         enc.encode(q)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         out = {"texts_per_s": len(q) / wall, "cpu_ms_per_text": 1000 * cpu / len(q)}
+    elif line.startswith("chunks"):  # random draws of N queries, one call each: a server's batches of N requests
+        n = int(line.split()[1])
+        rng = random.Random(n)
+        calls = [rng.sample(q, n) for _ in range(max(1, len(q) // n))]
+        t, c = time.perf_counter(), time.process_time()
+        for x in calls:
+            enc.encode(x)
+        wall, cpu, done = time.perf_counter() - t, time.process_time() - c, n * len(calls)
+        out = {"items": n, "texts_per_s": done / wall, "cpu_ms_per_text": 1000 * cpu / done}
     else:  # one call per query
         lat = []
         c = time.process_time()
@@ -372,7 +402,7 @@ class InProcess:
     process of its own kept up through the run, so that it is measured again beside each round of cells (a
     ratio to a figure from the same minute of a shared machine): ``batch()`` encodes the first
     ``--in-process-queries`` queries in one call (texts/s, CPU ms per text), ``single()`` one query per call
-    (p50 latency, CPU ms per call)."""
+    (p50 latency, CPU ms per call), ``chunks(n)`` random draws of n queries per call."""
 
     def __init__(self, args, queries: list[str]):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -406,6 +436,14 @@ class InProcess:
     def single(self) -> dict:
         self.singles.append(self._ask("single"))
         return self.singles[-1]
+
+    def chunks(self, n: int) -> dict:
+        """Random draws of ``n`` of the queries, one ``encode`` call each: in-process encode of batches the size
+        of a server's (its batches of requests from many clients hold random lengths, which pad more and run
+        more graph batches than the whole corpus sorted at once)."""
+        out = self._ask(f"chunks {n}")
+        time.sleep(self.settle)
+        return out
 
     def summary(self) -> dict:
         """Medians over every measurement of the run, and the measurements."""
@@ -519,6 +557,9 @@ def targets(result: dict) -> dict:
         t: dict = {}
         if (64, 1) in cells:
             t["c64_1q_vs_in_process"] = cells[(64, 1)]["vs_in_process_throughput"]
+            if "vs_in_process_same_batches" in cells[(64, 1)]:
+                t["c64_1q_vs_in_process_same_batches"] = cells[(64, 1)]["vs_in_process_same_batches"]
+                t["c64_1q_server_batch_items_mean"] = cells[(64, 1)]["server_batch_items_mean"]
         if (1, 1) in cells:
             c1 = cells[(1, 1)]
             t["c1_1q_cpu_ms_per_request"] = c1.get("server_cpu_ms_per_request")
@@ -587,11 +628,22 @@ def run_group(group: list[str], args, queries: list[str], out: Path, host: str, 
                     now = {**ip.batch(), **ip.singles[-1]}
                     for system in reversed(list(servers)) if flip else list(servers):
                         server, path, _argv = servers[system]
+                        before = batch_counts(server.port) if system in ("st-serve", BASE) else None
                         try:
                             cell = run_cell(server.port, path, bodies, c, n, args, server.proc.pid)
                         except Exception as exc:
                             print(f"{system}: cell c={c} {n}/req failed: {exc}")
                             continue
+                        after = batch_counts(server.port) if before is not None else None
+                        if before is not None and after is not None and after[1] > before[1]:
+                            # the server's own cost apart from its batches' shape: in-process encode of random
+                            # draws of as many queries as its batches held (warm-up included), measured now
+                            mean = (after[0] - before[0]) / (after[1] - before[1])
+                            cell["server_batch_items_mean"] = round(mean, 2)
+                            if c > 1 and n == 1:
+                                same = ip.chunks(max(1, round(mean)))
+                                cell["in_process_same_batches_texts_per_s"] = round(same["texts_per_s"], 1)
+                                cell["vs_in_process_same_batches"] = round(cell["texts_per_s"] / same["texts_per_s"], 3)
                         runs[system].append(with_ratios(cell, now))
                         print(
                             f"{system:18} c={c:<3} {n:>2}/req {cell['texts_per_s']:8.0f} texts/s "

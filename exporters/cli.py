@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(created when missing); st_runtime then loads ORG/REPO by name, without torch",
     )
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    p.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="skip timing the variants and CPU batch budgets on this machine (minutes on a base-size model): for "
+        "an export served on other machines, where these timings would not hold; the runtime then picks the "
+        "exact variant by rank and uses its default batch budgets",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     return p
 
@@ -102,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None,
             log=log,
             kind=args.kind,
+            timing=not args.no_timing,
         )
         if args.push_to_hub:
             from .hub import push_to_hub

@@ -119,6 +119,7 @@ class ExportRun:
     unnormalized_references: dict[str, Any] = field(default_factory=dict)  # per tower with unnormalized_output
     kind: str | None = None  # st-export --kind: the task asked for (None: the folder's own)
     task: str = ""  # the manifest task it is exported as (st_model.choose_task)
+    timing: bool = True  # time the variants and batch budgets on this CPU (st-export --no-timing: False)
 
 
 def _validate_variant(
@@ -419,6 +420,12 @@ def _record_files(manifest: dict[str, Any], tower: dict[str, Any], path: Path, i
 def _time(run: ExportRun) -> None:
     from .batch_policy import measure_cpu_batching, route_by_length
 
+    if not run.timing:  # no variant gets cpu_timing or cpu_batching: the runtime's choice without them
+        run.log(
+            "CPU timing skipped (--no-timing): the runtime picks the exact variant by rank and uses its default "
+            "batch budgets"
+        )
+        return
     measure_cpu_batching(run.manifest, run.tmp, run.log)
     dump_manifest(run.manifest, run.tmp)  # the variants are timed under their own batch policy
     _time_variants_on_cpu(run.manifest, run.tmp, run.log)
@@ -454,6 +461,7 @@ def export_model(
     variants: list[str] | None = None,
     log: Callable[[str], None] = print,
     kind: str | None = None,
+    timing: bool = True,
 ) -> Path:
     """Export a sentence-transformers model to ``output`` (default ``exported_models/<name>``).
 
@@ -466,6 +474,11 @@ def export_model(
     Hugging Face folder is exported as that kind's sentence-transformers class loads it (``sparse-embedding``:
     ``SparseEncoder(folder)``, SPLADE; ``embedding``: ``SentenceTransformer(folder)``, mean pooling); a plain
     ``*ForMaskedLM`` folder, which could be either, is refused unless ``kind`` says which.
+
+    ``timing``: time the passed variants and the CPU batch budgets on this machine (minutes on a base-size model on
+    2 cores) and record them, so the runtime picks the fastest variant and budget measured. False (st-export
+    --no-timing) for an export built on one machine and served on others, whose timings would say nothing there:
+    the runtime then picks by the variants' static rank and uses its default budgets.
     """
     wanted = list(dict.fromkeys(["fp32", *(variants if variants is not None else default_variants())]))
     run = ExportRun(
@@ -478,6 +491,7 @@ def export_model(
         wanted,
         log,
         kind=kind,
+        timing=timing,
     )
     # Objects that exist before the export are set aside from the garbage collector while it runs: each
     # release_memory then scans only what the export made (its torch model, graphs, arrays), not a long-lived

@@ -280,12 +280,13 @@ def calibration_feeds(folder: Path, input_names: list[str], task: str = "embeddi
     runtime's own length-sorted batching (int8 activation ranges are per batch, so batch company matters as much
     as the text). The export is loaded as st_runtime.load loads it, so the runtime's own kind feeds it."""
     import st_runtime
+    from st_runtime.batching import longest_first
 
     text = st_runtime.load(folder, variant="fp32").text_tower
     encodings = text.tokenizer.encode_batch(TASKS[task].calibration())
     lengths = np.array([len(e) for e in encodings], dtype=np.int64)
     feeds = [text.feeds(encodings, lengths, np.array([i]), int(n)) for i, n in enumerate(lengths)]
-    order = np.argsort(-lengths, kind="stable")
+    order = longest_first(lengths)
     for start, end, width in text.plan(lengths[order], text.policy.auto_batch_size, text.max_seq_length):
         if end - start > 1:
             feeds.append(text.feeds(encodings, lengths, order[start:end], width))

@@ -26,18 +26,32 @@ def with_cuda_graphs(providers: list) -> list:
     return [("CUDAExecutionProvider", options), *providers[1:]]
 
 
-def session_options_for(threads: int, spinning: bool = True) -> ort.SessionOptions:
-    """st_runtime's session options: ``threads`` intra-op threads, sequential execution, every graph
-    optimization. ``spinning=False`` lets the intra-op threads sleep between runs instead of spinning (a
-    server's event loop then gets the cores back between batches; for st-serve on 2 cores, 64 clients, an A/B run
-    gave 917-958 requests/s sleeping against 912-933 spinning: within this VM's noise, kept for the principle)."""
+# st-serve's intra-op threads spin at most this long waiting for the next operator, and not after a run (see
+# session_options_for)
+SERVER_SPIN_US = 10
+
+
+def session_options_for(threads: int, spin_us: int | None = None) -> ort.SessionOptions:
+    """st_runtime's session options: ``threads`` intra-op threads, sequential execution, every graph optimization.
+
+    ``spin_us=None`` (in-process encode): onnxruntime's default, intra-op threads spinning between operators and for
+    a while after a run. A number (st-serve: SERVER_SPIN_US): they spin at most that many microseconds waiting for
+    the next operator, then sleep, and stop when a run ends (``session.force_spinning_stop``): the server's event
+    loop and tokenizer need the cores between and beside runs. Measured with st-serve on a 2-vCPU VM
+    (all-MiniLM-L6-v2, 2026-12-07), against sleeping threads (st-serve's earlier setting; a sleeping thread is woken
+    for every operator, which on a VM takes 0.1 ms to milliseconds when its vCPU went idle): one client of single
+    queries 286 against 212 requests/s at 5.6 against 6.5 CPU ms each, 64 clients 592 against 568; with a 1-core
+    busy loop beside it 233 against 204 and 445 against 436. Longer spins (50 us, or onnxruntime's default even with
+    the stop) did better on the calm machine and far worse beside the busy loop (64 clients: 312-364 requests/s)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if spin_us is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_us > 0 else "0")
+        so.add_session_config_entry("session.intra_op.spin_duration_us", str(int(spin_us)))
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..batching import plan_batches
+from ..batching import longest_first, plan_batches
 
 # The fixed cost of one graph run on the CPU, in tokens of a batch. all-MiniLM-L6-v2 on 2 vCPUs (2026-12-07, a
 # shared Xeon VM): a one-query run costs 13-15 tokens more than its share of a large batch; in-process runs of
@@ -43,7 +43,7 @@ def length_groups(
     n = len(lengths)
     if n < 2 or n > MAX_TEXTS:
         return None
-    order = np.argsort(-lengths, kind="stable")
+    order = longest_first(lengths)
     ordered = lengths[order]
     cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), n]
     if len(cuts) <= 2:  # one length: nothing to save

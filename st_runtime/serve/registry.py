@@ -128,18 +128,19 @@ class ServerState:
 def _load_one(state: ServerState, i: int, folder: Path) -> None:
     from ..kinds import load
     from ..providers import physical_cores
-    from ..session import session_options_for
+    from ..session import SERVER_SPIN_US, session_options_for
 
     cfg = state.config
     t0 = time.perf_counter()
     threads = cfg.threads or physical_cores()
-    # onnxruntime's threads sleep between runs instead of spinning: the event loop needs the cores then
+    # onnxruntime's threads spin briefly between operators and not after a run: the event loop and the tokenizer
+    # need the cores then (session_options_for has the measurements)
     model = load(
         folder,
         providers=cfg.providers,
         threads=threads,
         variant=cfg.variant,
-        session_options=session_options_for(threads, spinning=False),
+        session_options=session_options_for(threads, SERVER_SPIN_US),
     )
     name = cfg.names[i] if cfg.names else model.spec.name or Path(folder).name
     model.kind.warm_up(model)

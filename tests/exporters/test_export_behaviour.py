@@ -203,6 +203,26 @@ def test_quiet_export_prints_nothing(zoo, tmp_path, capfd):
     assert (tmp_path / "q" / "model_int8.onnx").is_file()
 
 
+def test_no_timing_records_no_timings_and_the_runtime_picks_by_rank(zoo, tmp_path, capfd):
+    """`st-export --no-timing` (an export served on other machines): no variant gets timings or batch budgets, and
+    the runtime runs the exact variant of the lowest rank (opt) with its default batch budgets."""
+    from exporters import cli
+    from st_runtime import SentenceEncoder
+    from st_runtime.batching import CPU_BATCH_TOKENS
+
+    out = tmp_path / "untimed"
+    capfd.readouterr()
+    assert cli.main([str(zoo.model("bert")), "-o", str(out), "--variants", "opt", "--no-timing"]) == 0
+    printed = capfd.readouterr().out
+    assert "CPU timing skipped (--no-timing)" in printed and "CPU timing (items/s)" not in printed
+    variants = json.loads((out / "manifest.json").read_text())["towers"]["text"]["variants"]
+    assert sorted(variants) == ["fp32", "opt"]
+    assert not any("cpu_timing" in v or "cpu_batching" in v for v in variants.values())
+    enc = SentenceEncoder(out)
+    assert enc.variant == "opt"
+    assert enc.text_tower.policy.max_batch_tokens == CPU_BATCH_TOKENS
+
+
 @pytest.fixture(scope="module")
 def other_kinds(tmp_path_factory):
     from tiny_models import build_tiny_other_kinds

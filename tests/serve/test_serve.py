@@ -229,6 +229,31 @@ def test_health_is_503_until_loaded(fixtures_dir):
         assert started.post("/embed", json={"inputs": "a"}).status_code == 200
 
 
+def test_served_sessions_spin_briefly_and_not_after_a_run(fixtures_dir):
+    """st-serve's onnxruntime threads spin at most SERVER_SPIN_US between operators and stop when a run ends (the
+    event loop and the tokenizer need the cores); in-process encode keeps onnxruntime's default spinning."""
+    from starlette.testclient import TestClient
+
+    from st_runtime import SentenceEncoder
+    from st_runtime.serve.app import ServeConfig, create_app
+    from st_runtime.session import SERVER_SPIN_US
+
+    app = create_app(ServeConfig(folders=[fixtures_dir / "bert" / "export"], threads=2))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (served,) = app.state.models.values()
+        options = served.model.text_tower.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.spin_duration_us") == str(SERVER_SPIN_US)
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        assert client.post("/embed", json={"inputs": "a"}).status_code == 200
+    local = SentenceEncoder(fixtures_dir / "bert" / "export").text_tower.session.get_session_options()
+    with pytest.raises(Exception, match="force_spinning_stop"):  # not set: onnxruntime's default
+        local.get_session_config_entry("session.force_spinning_stop")
+
+
 def test_a_model_that_fails_to_load_exits_1(start_server, fixtures_dir, tmp_path):
     import shutil
 
