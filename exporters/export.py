@@ -421,6 +421,7 @@ def _time(run: ExportRun) -> None:
     from .batch_policy import measure_cpu_batching, route_by_length
 
     if not run.timing:  # no variant gets cpu_timing or cpu_batching: the runtime's choice without them
+        dump_manifest(run.manifest, run.tmp)  # the variants' validation, which the timing's dump writes otherwise
         run.log(
             "CPU timing skipped (--no-timing): the runtime picks the exact variant by rank and uses its default "
             "batch budgets"

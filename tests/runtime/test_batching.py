@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from st_runtime import SentenceEncoder
-from st_runtime.batching import plan_batches
+from st_runtime.batching import longest_first, plan_batches
 
 
 @settings(max_examples=200, deadline=None)
@@ -37,6 +37,17 @@ def test_plan_covers_everything_once(lengths, batch_size, multiple, max_tokens, 
         assert lens[end - 1] >= lens[start] * 0.5  # no batch is mostly padding
         if max_tokens is not None and end - start > 1:
             assert (end - start) * width <= max_tokens
+
+
+@given(st.lists(st.integers(0, 70000), max_size=300), st.integers(0, 40000))
+@settings(max_examples=200, deadline=None)
+def test_longest_first_is_the_stable_descending_order(lengths, cap):
+    """The 16-bit radix sort gives the order of a stable sort of the 64-bit lengths: ties in input order, and token
+    counts past 32,767 (untruncated texts) sorted right too."""
+    arr = np.minimum(np.asarray(lengths, dtype=np.int64), cap)
+    order = longest_first(arr)
+    assert order.dtype == np.intp and len(order) == len(arr)
+    np.testing.assert_array_equal(order, np.argsort(-arr, kind="stable"))
 
 
 def test_plan_splits_queries_from_passages():
