@@ -11,7 +11,7 @@ job's calls, a GPU's tokenization chunks), truncated at the model's max_seq_leng
 calls (a bulk job's, a GPU's feed): a call after another path's would meet that path's leftovers (the tokenizer's
 rayon threads spin a while after a call), and one after a rest would meet an idle vCPU, which on a VM can take
 milliseconds to start a thread (2-vCPU VM, 16,384 queries natively on 2 threads: 4.0 ms back to back, 7.6-7.9 ms
-after 5-20 ms of rest, where 1 thread takes 7.5 ms; each run records the same probe as ``rest_probe``).
+after 5-20 ms of rest, where 1 thread takes 7.5 ms).
 Each thread count runs in a process of its own, since the tokenizer's Rust thread pool (rayon) is sized once per
 process (RAYON_NUM_THREADS): today's path runs with n rayon threads, st_runtime's with n rayon threads and n feed
 threads (``feed_threads``). Within a process both paths run every workload once per round, alternating, after a
@@ -141,25 +141,12 @@ def _worker(model: Path, threads: int, rounds: int) -> dict:
                 systems[name](texts)
                 times[name][workload].append(time.perf_counter() - start)
     rates = {s: {w: len(workloads[w]) / statistics.median(ts) for w, ts in per.items()} for s, per in times.items()}
-    # what an idle vCPU costs a call: st_runtime's tokenization of the large query workload, back to back and after
-    # 20 ms of rest (milliseconds, medians)
-    big = workloads[f"generated/queries x{LARGE}"]
-    rest_probe = {}
-    for label, rest in (("back_to_back_ms", 0.0), ("after_20ms_rest_ms", 0.02)):
-        spent = []
-        for _ in range(rounds):
-            time.sleep(rest)
-            start = time.perf_counter()
-            encode(big)
-            spent.append(time.perf_counter() - start)
-        rest_probe[label] = round(1000 * statistics.median(spent), 3)
     ascii_share = {w: sum(map(str.isascii, t)) / len(t) for w, t in workloads.items()}
     return {
         "threads": threads,
         "texts_per_s": rates,
         "identical_feeds": identical,
         "ascii_share": ascii_share,
-        "rest_probe": rest_probe,
     }
 
 
@@ -208,7 +195,6 @@ def main(argv=None) -> int:
             scale = r.get("over_one_thread", {}).get("st_runtime tokenize", {}).get(w)
             extra = f", {scale:.2f}x its 1-thread rate" if scale else ""
             print(f"  {'':18s} tokenization alone: st_runtime {alone:9.0f}/s{extra}")
-        print(f"  tokenizing generated/queries x{LARGE}: {r['rest_probe']} (back to back, and after a rest)")
     result = {"machine": machine(), "model": args.model, "batch": {"texts": BATCH, "tokens": TOKENS}, "runs": runs}
     out = args.json or ROOT / "benchmarks" / "results" / f"feed-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(result, indent=1))
