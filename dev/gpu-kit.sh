@@ -19,7 +19,7 @@
 #
 # `run` (results under $OUT, each step time-limited, each writing as it goes): the onnxruntime providers, the
 # native tokenizer's C extension built in place,
-# `st-export all-MiniLM-L6-v2 --variants opt,fp16` (fp16 validated on CUDA), benchmarks/gpu_sweep.py on it
+# `st-export all-MiniLM-L6-v2 --variants opt,fp16 --no-timing` (fp16 validated on CUDA), benchmarks/gpu_sweep.py on it
 # (st_runtime fp16/opt x CUDA graphs x batch sizes against sentence-transformers fp32 and fp16 in the same run,
 # GPU busy %, tokenizer rate, graph-only ceiling), the CUDA tests (tests/gpu), then the random-weight
 # all-mpnet-base-v2: export and a smaller sweep. Keep the JSON and PNG under benchmarks/results/ with the
@@ -211,8 +211,11 @@ print(o.__version__, o.__file__, o.get_available_providers())"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   nproc
   local folder="$KIT/export/$MODEL"
-  step export 80 "$py" -m exporters.cli "$MODEL" --variants "$variants" -o "$folder"
-  [ -f "$folder/manifest.json" ] || step export-opt 60 "$py" -m exporters.cli "$MODEL" --variants opt -o "$folder"
+  # --no-timing: the CPU timing would measure this machine's CPU for nothing (the GPU runs by rank and the sweep
+  # names its variants), and leaves the device time to the sweeps
+  step export 80 "$py" -m exporters.cli "$MODEL" --variants "$variants" --no-timing -o "$folder"
+  [ -f "$folder/manifest.json" ] ||
+    step export-opt 60 "$py" -m exporters.cli "$MODEL" --variants opt --no-timing -o "$folder"
   cp "$folder/manifest.json" "$OUT/manifest-minilm.json"
   step sweep 160 "$py" -m benchmarks.gpu_sweep "$folder" --provider "$provider" --json "$OUT/sweep-minilm.json" \
     --png "$OUT/sweep-minilm.png" "${sweep_args[@]}"
@@ -220,9 +223,9 @@ print(o.__version__, o.__file__, o.get_available_providers())"
   local mpnet="$KIT/all-mpnet-base-v2-random"
   write_random_weights_script
   step mpnet-weights 30 "$py" "$KIT/random_weights.py" "$mpnet"
-  step mpnet-export 90 "$py" -m exporters.cli "$mpnet" --variants "$variants" -o "$KIT/export/mpnet"
+  step mpnet-export 90 "$py" -m exporters.cli "$mpnet" --variants "$variants" --no-timing -o "$KIT/export/mpnet"
   [ -f "$KIT/export/mpnet/manifest.json" ] ||
-    step mpnet-export-opt 60 "$py" -m exporters.cli "$mpnet" --variants opt -o "$KIT/export/mpnet"
+    step mpnet-export-opt 60 "$py" -m exporters.cli "$mpnet" --variants opt --no-timing -o "$KIT/export/mpnet"
   cp "$KIT/export/mpnet/manifest.json" "$OUT/manifest-mpnet.json"
   step mpnet-sweep 90 "$py" -m benchmarks.gpu_sweep "$KIT/export/mpnet" --provider "$provider" \
     --json "$OUT/sweep-mpnet.json" --png "$OUT/sweep-mpnet.png" "${mpnet_sweep_args[@]}"

@@ -38,11 +38,12 @@ def session_options_for(threads: int, spin_us: int | None = None) -> ort.Session
     a while after a run. A number (st-serve: SERVER_SPIN_US): they spin at most that many microseconds waiting for
     the next operator, then sleep, and stop when a run ends (``session.force_spinning_stop``): the server's event
     loop and tokenizer need the cores between and beside runs. Measured with st-serve on a 2-vCPU VM
-    (all-MiniLM-L6-v2, 2026-12-07), against sleeping threads (st-serve's earlier setting; a sleeping thread is woken
-    for every operator, which on a VM takes 0.1 ms to milliseconds when its vCPU went idle): one client of single
-    queries 286 against 212 requests/s at 5.6 against 6.5 CPU ms each, 64 clients 592 against 568; with a 1-core
-    busy loop beside it 233 against 204 and 445 against 436. Longer spins (50 us, or onnxruntime's default even with
-    the stop) did better on the calm machine and far worse beside the busy loop (64 clients: 312-364 requests/s)."""
+    (all-MiniLM-L6-v2, 2026-12-07; benchmarks/results/serve-spin-ab*.json), against sleeping threads (st-serve's
+    earlier setting; a sleeping thread is woken for every operator, which on a VM takes 0.1 ms to milliseconds when
+    its vCPU went idle): one client of single queries 324 against 251 requests/s at 4.9 against 5.6 CPU ms each,
+    64 clients 625 against 601; with a 1-core busy loop beside it 254 against 214 and 465 against 463. Longer spins
+    (50 us, or onnxruntime's default even with the stop) did a little better on the calm machine and far worse
+    beside the busy loop (64 clients: 312-364 requests/s against 436-471 sleeping; docs/speed.md)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
