@@ -142,12 +142,7 @@ def _worker(model: Path, threads: int, rounds: int) -> dict:
                 times[name][workload].append(time.perf_counter() - start)
     rates = {s: {w: len(workloads[w]) / statistics.median(ts) for w, ts in per.items()} for s, per in times.items()}
     ascii_share = {w: sum(map(str.isascii, t)) / len(t) for w, t in workloads.items()}
-    return {
-        "threads": threads,
-        "texts_per_s": rates,
-        "identical_feeds": identical,
-        "ascii_share": ascii_share,
-    }
+    return {"threads": threads, "texts_per_s": rates, "identical_feeds": identical, "ascii_share": ascii_share}
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,7 @@ def session_options_for(threads: int, spin_us: int | None = None) -> ort.Session
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if spin_us is not None:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_us > 0 else "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
         so.add_session_config_entry("session.intra_op.spin_duration_us", str(int(spin_us)))
         so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
